@@ -1,0 +1,38 @@
+"""gateway-redis: the Redis side of a Starlette/FastAPI gateway.
+
+One shared async client (:class:`RedisClient`) with a bounded pool, retries, fast failure
+and health state; a cache API; pub/sub with bounded per-subscriber buffers; a session
+store. Knows nothing about ASGI: see the ``middleware`` package for that.
+"""
+
+from __future__ import annotations
+
+from gateway_redis.client import ClientState, RedisClient
+from gateway_redis.config import RedisConfig, parse_duration
+from gateway_redis.errors import (
+    CacheKeyNotFound,
+    CacheUnavailable,
+    ConfigurationError,
+    GatewayRedisError,
+    RedisUnavailable,
+    SerializationError,
+    SessionNotFound,
+    SubscriptionClosed,
+)
+from gateway_redis.health import HealthState
+
+__all__ = [
+    "CacheKeyNotFound",
+    "CacheUnavailable",
+    "ClientState",
+    "ConfigurationError",
+    "GatewayRedisError",
+    "HealthState",
+    "RedisClient",
+    "RedisConfig",
+    "RedisUnavailable",
+    "SerializationError",
+    "SessionNotFound",
+    "SubscriptionClosed",
+    "parse_duration",
+]

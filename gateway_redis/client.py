@@ -1,0 +1,472 @@
+"""The shared async Redis client: lifecycle, availability and the cache API.
+
+One :class:`RedisClient` per process, connected in the application's lifespan and handed
+to every middleware. Pub/sub and sessions are reached through it too (see
+:mod:`gateway_redis.pubsub` and :mod:`gateway_redis.sessions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from gateway_redis import _driver
+from gateway_redis._driver import deadline
+from gateway_redis.config import RedisConfig
+from gateway_redis.errors import (
+    CacheKeyNotFound,
+    CacheUnavailable,
+    ConfigurationError,
+    GatewayRedisError,
+    RedisUnavailable,
+)
+from gateway_redis.health import HealthMonitor, HealthState, StateListener
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import Connection
+
+    from gateway_redis.pubsub import PubSubHub, Subscription
+    from gateway_redis.sessions import Session, SessionStore
+
+__all__ = ["ClientState", "RedisClient", "ttl_milliseconds"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+class ClientState(enum.Enum):
+    """Lifecycle of a :class:`RedisClient`: a closed client cannot be reused."""
+
+    NEW = "new"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def ttl_milliseconds(ttl: float | timedelta) -> int:
+    """Validate a TTL (seconds or timedelta) and return whole milliseconds (at least 1).
+
+    Raises :class:`ValueError` for zero, negative or non-finite values and
+    :class:`TypeError` for other types.
+    """
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(f"ttl must be seconds (int/float) or timedelta, got {type(ttl).__name__}")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"ttl must be a positive, finite duration, got {ttl!r}")
+    return max(1, round(seconds * 1000))
+
+
+def _encode_value(value: bytes | str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"value must be bytes or str, got {type(value).__name__}")
+
+
+class RedisClient:
+    """A Redis client for gateways: bounded pool, retries, fast failure, health state.
+
+    ``config`` says where Redis is (:class:`RedisConfig`); ``logger`` defaults to this
+    module's logger. Use ``async with RedisClient(config) as client:`` or call
+    :meth:`connect` and :meth:`aclose` yourself. Whoever creates the client closes it.
+
+    Every call has a hard deadline (``config.operation_timeout``). When Redis is known to
+    be unavailable calls fail at once with :class:`RedisUnavailable` (a cache ``get``
+    raises :class:`CacheUnavailable`, which is also a :class:`CacheKeyNotFound`); a probe
+    runs about once a second until Redis answers again.
+    """
+
+    def __init__(self, config: RedisConfig | None = None, *, logger: logging.Logger | None = None):
+        self._config = config if config is not None else RedisConfig()
+        self._logger = logger if logger is not None else _log
+        self._state = ClientState.NEW
+        self._pool = _driver.build_pool(self._config)
+        self._redis: Redis = _driver.make_redis(self._pool)
+        self._probe_timeout = min(self._config.dial_timeout, self._config.probe_interval, 1.0)
+        self._probe_conn: Connection = _driver.open_probe_connection(
+            self._config, self._probe_timeout
+        )
+        self._health = HealthMonitor(
+            self._probe,
+            interval=self._config.health_check_interval,
+            probe_interval=self._config.probe_interval,
+            is_misconfigured=_driver.is_auth_error,
+            logger=self._logger,
+            on_recover=self._on_recover,
+        )
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._pubsub: PubSubHub | None = None
+        self._sessions: SessionStore | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def config(self) -> RedisConfig:
+        """The configuration this client was built with."""
+        return self._config
+
+    @property
+    def state(self) -> ClientState:
+        """``new``, ``connected`` or ``closed``."""
+        return self._state
+
+    async def connect(self) -> None:
+        """Open ``min_idle_conns`` connections and start health monitoring.
+
+        An unreachable Redis does not make this fail: the client starts ``down`` and
+        recovers by itself (a gateway keeps serving what it can). Credentials that Redis
+        rejects raise :class:`ConfigurationError`. Calling it twice is harmless; calling it
+        on a closed client raises :class:`RedisUnavailable`.
+        """
+        if self._state is ClientState.CONNECTED:
+            return
+        if self._state is ClientState.CLOSED:
+            raise RedisUnavailable("client is closed", reason="closed")
+        try:
+            async with deadline(self._config.dial_timeout + self._config.operation_timeout):
+                await self._warm()
+        except Exception as exc:
+            if _driver.is_auth_error(exc):
+                await self._pool.disconnect()
+                raise ConfigurationError(
+                    f"Redis at {self._config.redacted_url} rejected the credentials: "
+                    f"{type(exc).__name__}"
+                ) from exc
+            if not _driver.is_outage_error(exc):
+                raise
+            self._health.report_failure(exc, f"connect failed: {type(exc).__name__}")
+        self._state = ClientState.CONNECTED
+        self._health.start()
+
+    async def aclose(self) -> None:
+        """Stop background work and close every connection. Idempotent."""
+        if self._state is ClientState.CLOSED:
+            return
+        self._state = ClientState.CLOSED
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:
+                self._logger.exception("error while closing a component")
+        self._closers.clear()
+        await self._health.aclose()
+        await self._probe_conn.disconnect()
+        await self._redis.aclose()
+        await self._pool.disconnect()
+
+    async def __aenter__(self) -> RedisClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Components built on this client register their ``aclose`` here."""
+        self._closers.append(closer)
+
+    # -- availability ----------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """True when Redis is believed reachable and calls go through."""
+        return self._state is ClientState.CONNECTED and self._health.available
+
+    @property
+    def health(self) -> HealthState:
+        """``up``, ``down`` or ``misconfigured``."""
+        return self._health.state
+
+    @property
+    def health_reason(self) -> str:
+        """Why the health state is what it is; never contains secrets."""
+        return self._health.reason
+
+    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(state, reason)`` on each change of availability.
+
+        Returns a function that removes the listener. Listeners run on the event loop and
+        must not block; an exception in one is logged and ignored.
+        """
+        return self._health.add_listener(listener)
+
+    @property
+    def monitor(self) -> HealthMonitor:
+        """The availability state machine (for components that feed it)."""
+        return self._health
+
+    @property
+    def pool_in_use(self) -> int:
+        """Pooled connections currently lent out."""
+        return self._pool.in_use
+
+    @property
+    def pool_idle(self) -> int:
+        """Open pooled connections waiting for work."""
+        return self._pool.idle
+
+    async def _probe(self) -> None:
+        conn = self._probe_conn
+        try:
+            async with deadline(self._probe_timeout):
+                if not conn.is_connected:
+                    await conn.connect()
+                await conn.send_command("PING")
+                reply = await conn.read_response()
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        if reply not in (b"PONG", "PONG", True):
+            raise rexc.ConnectionError(f"unexpected PING reply {reply!r}")
+        if self._health.available and self._pool.idle + self._pool.in_use < (
+            self._config.min_idle_conns
+        ):
+            async with deadline(self._config.operation_timeout):
+                await self._warm()
+
+    async def _on_recover(self) -> None:
+        # Idle connections may point at a server that has since restarted: drop them and
+        # open fresh ones, so the first calls after recovery do not trip over them.
+        await self._pool.disconnect(inuse_connections=False)
+        async with deadline(self._config.operation_timeout):
+            await self._warm()
+
+    async def _warm(self) -> None:
+        conns = []
+        try:
+            for _ in range(self._config.min_idle_conns - self._pool.idle):
+                conns.append(await self._pool.get_connection())
+        finally:
+            for conn in conns:
+                await self._pool.release(conn)
+
+    # -- the one boundary where calls go out and redis-py errors come back ------------
+
+    def _unavailable(self, miss: bool, message: str, reason: str) -> RedisUnavailable:
+        cls = CacheUnavailable if miss else RedisUnavailable
+        return cls(message, reason=reason)
+
+    async def execute(
+        self,
+        operation: str,
+        call: Callable[[Redis], Awaitable[T]],
+        *,
+        retry: bool = True,
+        miss: bool = False,
+    ) -> T:
+        """Run ``call(redis)`` under the client's rules; the building block of every method.
+
+        ``operation`` names the call in errors and logs. ``retry=False`` sends commands at
+        most once (for non-idempotent ones). ``miss=True`` makes outage errors
+        :class:`CacheUnavailable`. Raises :class:`RedisUnavailable` (fast, when Redis is
+        known to be down; after the deadline, when it does not answer) and
+        :class:`ConfigurationError`-free: credential problems surface as
+        ``RedisUnavailable(reason="misconfigured")``.
+        """
+        if self._state is not ClientState.CONNECTED:
+            reason = "closed" if self._state is ClientState.CLOSED else "not_connected"
+            raise self._unavailable(miss, f"{operation}: client is {self._state.value}", reason)
+        if not self._health.available:
+            raise self._unavailable(
+                miss,
+                f"{operation}: Redis is {self._health.state.value} ({self._health.reason})",
+                self._health.state.value,
+            )
+        try:
+            async with deadline(self._config.operation_timeout):
+                if retry:
+                    return await call(self._redis)
+                with _driver.no_retry():
+                    return await call(self._redis)
+        except GatewayRedisError:
+            raise
+        except _driver.PoolExhausted as exc:
+            raise self._unavailable(miss, f"{operation}: {exc}", "pool_exhausted") from exc
+        except asyncio.TimeoutError as exc:
+            self._health.report_failure(exc, "timeout")
+            raise self._unavailable(
+                miss,
+                f"{operation}: no answer within {self._config.operation_timeout}s",
+                "timeout",
+            ) from exc
+        except Exception as exc:
+            if _driver.is_auth_error(exc):
+                self._health.report_failure(exc, "credentials rejected")
+                raise self._unavailable(
+                    miss, f"{operation}: Redis rejected the credentials", "misconfigured"
+                ) from exc
+            if _driver.is_outage_error(exc):
+                reason = "timeout" if isinstance(exc, rexc.TimeoutError) else "down"
+                self._health.report_failure(exc, f"{type(exc).__name__}: {exc}")
+                raise self._unavailable(
+                    miss, f"{operation}: {type(exc).__name__}: {exc}", reason
+                ) from exc
+            raise
+
+    def key(self, name: str) -> str:
+        """``name`` with the configured key prefix."""
+        if not isinstance(name, str):
+            raise TypeError(f"key must be str, got {type(name).__name__}")
+        return self._config.key_prefix + name
+
+    # -- cache API (the Go service's semantics) ---------------------------------------
+
+    async def get(self, key: str) -> bytes:
+        """The value stored at ``key``.
+
+        Raises :class:`CacheKeyNotFound` on a miss and :class:`CacheUnavailable` (both a
+        miss and a :class:`RedisUnavailable`) when Redis cannot be reached.
+        """
+        full = self.key(key)
+        value: bytes | None = await self.execute("get", lambda r: r.get(full), miss=True)
+        if value is None:
+            raise CacheKeyNotFound(key)
+        return value
+
+    async def set(self, key: str, value: bytes | str, ttl: float | timedelta | None = None) -> None:
+        """Store ``value`` at ``key``, expiring after ``ttl`` (seconds or timedelta).
+
+        ``ttl=None`` stores without expiry. Raises :class:`RedisUnavailable`.
+        """
+        full, data = self.key(key), _encode_value(value)
+        px = None if ttl is None else ttl_milliseconds(ttl)
+        await self.execute("set", lambda r: r.set(full, data, px=px))
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error if it does not exist. Raises :class:`RedisUnavailable`."""
+        full = self.key(key)
+        await self.execute("delete", lambda r: r.delete(full))
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists. Raises :class:`RedisUnavailable`."""
+        full = self.key(key)
+        count: int = await self.execute("exists", lambda r: r.exists(full))
+        return count > 0
+
+    async def set_nx(self, key: str, value: bytes | str, ttl: float | timedelta) -> bool:
+        """Store ``value`` only if ``key`` does not exist; True if it was stored.
+
+        The TTL is required: a lock or marker without expiry outlives its owner.
+        Raises :class:`RedisUnavailable`.
+        """
+        full, data, px = self.key(key), _encode_value(value), ttl_milliseconds(ttl)
+        stored: bool | None = await self.execute(
+            "set_nx", lambda r: r.set(full, data, px=px, nx=True)
+        )
+        return bool(stored)
+
+    async def increment(self, key: str) -> int:
+        """Add 1 to the integer at ``key`` (created as 0) and return the new value.
+
+        Sent at most once: a lost reply is reported as :class:`RedisUnavailable`, never
+        retried into a double increment.
+        """
+        full = self.key(key)
+        value: int = await self.execute("increment", lambda r: r.incr(full), retry=False)
+        return value
+
+    async def expire(self, key: str, ttl: float | timedelta) -> bool:
+        """Set a TTL on an existing key; False if the key does not exist."""
+        full, px = self.key(key), ttl_milliseconds(ttl)
+        done: bool = await self.execute("expire", lambda r: r.pexpire(full, px))
+        return bool(done)
+
+    async def ping(self) -> None:
+        """Round-trip to Redis through the pool. Raises :class:`RedisUnavailable`."""
+        await self.execute("ping", lambda r: r.ping())
+
+    # -- pub/sub (gateway_redis.pubsub) ---------------------------------------------------
+
+    @property
+    def pubsub(self) -> PubSubHub:
+        """The process's pub/sub hub: one subscriber connection shared by every subscription."""
+        if self._pubsub is None:
+            from gateway_redis.pubsub import PubSubHub
+
+            self._pubsub = PubSubHub(self)
+            self._on_close(self._pubsub.aclose)
+        return self._pubsub
+
+    async def publish(self, channel: str, message: Any) -> int:
+        """Publish ``message`` as JSON on ``channel``; returns the number of receivers.
+
+        See :meth:`gateway_redis.pubsub.PubSubHub.publish`.
+        """
+        return await self.pubsub.publish(channel, message)
+
+    async def subscribe(self, *channels: str, buffer_size: int = 100) -> Subscription:
+        """Subscribe to ``channels``; see :meth:`gateway_redis.pubsub.PubSubHub.subscribe`."""
+        return await self.pubsub.subscribe(*channels, buffer_size=buffer_size)
+
+    async def psubscribe(self, *patterns: str, buffer_size: int = 100) -> Subscription:
+        """Subscribe to glob ``patterns``; never pass user input here."""
+        return await self.pubsub.psubscribe(*patterns, buffer_size=buffer_size)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        """End every subscription of this process to ``channels`` (as the Go service does)."""
+        await self.pubsub.unsubscribe(*channels)
+
+    # -- sessions (gateway_redis.sessions) ------------------------------------------------
+
+    @property
+    def sessions(self) -> SessionStore:
+        """The session store on this client (24 h default TTL)."""
+        if self._sessions is None:
+            from gateway_redis.sessions import SessionStore
+
+            self._sessions = SessionStore(self)
+        return self._sessions
+
+    async def create_session(
+        self,
+        user_id: str,
+        metadata: dict[str, Any] | None = None,
+        ttl: float | timedelta | None = None,
+    ) -> str:
+        """Create a session for ``user_id``; returns its new ID. See :mod:`gateway_redis.sessions`."""
+        return await self.sessions.create(user_id, metadata, ttl=ttl)
+
+    async def get_session(self, session_id: str) -> Session:
+        """The session; raises :class:`SessionNotFound`."""
+        return await self.sessions.get(session_id)
+
+    async def update_session(self, session_id: str, metadata: dict[str, Any]) -> Session:
+        """Merge ``metadata`` into the session; raises :class:`SessionNotFound`."""
+        return await self.sessions.update(session_id, metadata)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete the session; no error if it is already gone."""
+        await self.sessions.delete(session_id)
+
+    async def get_user_sessions(self, user_id: str) -> list[Session]:
+        """Every live session of ``user_id``."""
+        return await self.sessions.get_user_sessions(user_id)
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        """Delete every session of ``user_id`` (log out everywhere); returns how many."""
+        return await self.sessions.delete_user_sessions(user_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisClient {self._config.redacted_url} state={self._state.value} "
+            f"health={self._health.state.value}>"
+        )
+
+

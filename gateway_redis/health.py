@@ -1,0 +1,189 @@
+"""Availability of Redis: one state machine per client, fed by calls and by probes.
+
+States: ``up`` (calls go through), ``down`` (calls fail fast; a probe runs about once a
+second until Redis answers) and ``misconfigured`` (Redis answers but refuses our
+credentials; probed slowly, never in a storm). Every change of state is logged once and
+handed to listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+__all__ = ["HealthMonitor", "HealthState", "StateListener"]
+
+
+class HealthState(str, enum.Enum):
+    """Whether Redis can serve calls."""
+
+    UP = "up"
+    DOWN = "down"
+    MISCONFIGURED = "misconfigured"
+
+
+StateListener = Callable[[HealthState, str], None]
+"""Called as ``listener(new_state, reason)`` on every change of state, on the event loop."""
+
+Probe = Callable[[], Awaitable[None]]
+
+
+class HealthMonitor:
+    """Owns the availability state and the background task that probes Redis.
+
+    ``probe`` raises when Redis is not usable; :class:`ProbeMisconfigured` (any exception
+    for which ``is_misconfigured`` returns True) moves to ``misconfigured``.
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        interval: float,
+        probe_interval: float,
+        is_misconfigured: Callable[[BaseException], bool],
+        logger: logging.Logger,
+        on_recover: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._probe_interval = probe_interval
+        self._is_misconfigured = is_misconfigured
+        self._logger = logger
+        self._on_recover = on_recover
+        self._state = HealthState.UP
+        self._reason = "connected"
+        self._since = time.monotonic()
+        self._listeners: list[StateListener] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._down_votes: dict[str, str] = {}
+
+    @property
+    def state(self) -> HealthState:
+        """The current state."""
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        """Why the state is what it is (``"connected"``, ``"timeout"``, ...)."""
+        return self._reason
+
+    @property
+    def available(self) -> bool:
+        """True when calls may go to Redis."""
+        return self._state is HealthState.UP
+
+    def add_listener(self, listener: StateListener) -> Callable[[], None]:
+        """Register ``listener``; returns a function that removes it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def start(self) -> None:
+        """Start the background probe task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="gateway-redis-health"
+            )
+
+    async def aclose(self) -> None:
+        """Stop the background task and wait for it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def report_failure(self, error: BaseException, reason: str) -> None:
+        """A call failed because Redis was unreachable or misconfigured: switch at once."""
+        state = HealthState.MISCONFIGURED if self._is_misconfigured(error) else HealthState.DOWN
+        self._set(state, reason)
+
+    def hold_down(self, source: str, reason: str) -> None:
+        """Another component (the pub/sub liveness check) reports Redis unusable."""
+        self._down_votes[source] = reason
+        self._set(HealthState.DOWN, reason)
+
+    def release_down(self, source: str) -> None:
+        """``source`` no longer sees a problem; the next probe may bring the state up."""
+        if self._down_votes.pop(source, None) is not None:
+            self._wake.set()
+
+    def check_now(self) -> None:
+        """Run a probe as soon as possible."""
+        self._wake.set()
+
+    def _set(self, state: HealthState, reason: str) -> None:
+        if state is self._state:
+            return
+        previous = self._state
+        self._state, self._reason, self._since = state, reason, time.monotonic()
+        log = self._logger.info if state is HealthState.UP else self._logger.warning
+        log(
+            "redis %s -> %s (%s)",
+            previous.value,
+            state.value,
+            reason,
+            extra={"event": "redis_state", "component": "health", "state": state.value,
+                   "previous": previous.value, "reason": reason},
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(state, reason)
+            except Exception:  # a listener can never break the monitor
+                self._logger.exception("health listener failed")
+        self._wake.set()
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        misconfigured_delay = self._probe_interval
+        while True:
+            if self._state is HealthState.UP:
+                await self._wait(self._interval)
+            elif self._state is HealthState.MISCONFIGURED:
+                # Slow down: a refused password answered once a second is no storm, but
+                # there is nothing to gain from asking faster.
+                await asyncio.sleep(misconfigured_delay)
+                misconfigured_delay = min(misconfigured_delay * 2, 30.0)
+            else:
+                await asyncio.sleep(self._probe_interval)
+            try:
+                await self._probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.report_failure(exc, _describe(exc))
+                continue
+            if self._state is not HealthState.UP:
+                if self._down_votes:
+                    continue
+                misconfigured_delay = self._probe_interval
+                if self._on_recover is not None:
+                    try:
+                        await self._on_recover()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        self.report_failure(exc, _describe(exc))
+                        continue
+                self._set(HealthState.UP, "probe succeeded")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    name = type(exc).__name__
+    return f"{name}: {exc}" if str(exc) else name
