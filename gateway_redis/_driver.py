@@ -116,10 +116,10 @@ class GatewayPool(BlockingConnectionPool):
 
     wait_observer: Callable[[float], None] | None = None
 
-    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
         started = time.perf_counter()
         try:
-            conn = await super().get_connection(command_name, *keys, **options)
+            conn = await super().get_connection(*args, **options)
         except rexc.ConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError):
                 raise PoolExhausted(

@@ -40,6 +40,8 @@ def parse_duration(text: str) -> float:
     value = text.strip()
     if not value:
         raise ValueError("empty duration")
+    if value.startswith("-"):
+        raise ValueError(f"{text!r} is negative")
     try:
         seconds = float(value)
     except ValueError:

@@ -62,6 +62,7 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._down_votes: dict[str, str] = {}
+        self._closed = False
 
     @property
     def state(self) -> HealthState:
@@ -97,11 +98,17 @@ class HealthMonitor:
 
     async def aclose(self) -> None:
         """Stop the background task and wait for it."""
+        self._closed = True
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        # A cancellation can be swallowed by driver code that happens to be running
+        # (seen inside redis-py's connect); keep cancelling until the task has ended.
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task], timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     def report_failure(self, error: BaseException, reason: str) -> None:
         """A call failed because Redis was unreachable or misconfigured: switch at once."""
@@ -150,7 +157,7 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         misconfigured_delay = self._probe_interval
-        while True:
+        while not self._closed:
             if self._state is HealthState.UP:
                 await self._wait(self._interval)
             elif self._state is HealthState.MISCONFIGURED:
