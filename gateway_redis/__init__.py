@@ -12,6 +12,7 @@ from gateway_redis.config import RedisConfig, parse_duration
 from gateway_redis.errors import (
     CacheKeyNotFound,
     CacheUnavailable,
+    CommandError,
     ConfigurationError,
     GatewayRedisError,
     RedisUnavailable,
@@ -25,6 +26,7 @@ __all__ = [
     "CacheKeyNotFound",
     "CacheUnavailable",
     "ClientState",
+    "CommandError",
     "ConfigurationError",
     "GatewayRedisError",
     "HealthState",

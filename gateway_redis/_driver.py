@@ -24,7 +24,7 @@ from gateway_redis.config import RedisConfig
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
 else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as deadline
+    from async_timeout import timeout as deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = [
     "GatewayPool",
@@ -76,7 +76,7 @@ class GatewayRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        self._backoff.reset()
+        self._backoff.reset()  # type: ignore[no-untyped-call]
         nested = _IN_RETRY.get()
         token = _IN_RETRY.set(True)
         try:
@@ -119,7 +119,7 @@ class GatewayPool(BlockingConnectionPool):
     async def get_connection(self, *args: Any, **options: Any) -> Any:
         started = time.perf_counter()
         try:
-            conn = await super().get_connection(*args, **options)
+            conn = await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
         except rexc.ConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError):
                 raise PoolExhausted(
@@ -214,7 +214,8 @@ def open_probe_connection(config: RedisConfig, timeout: float) -> Connection:
     connection_kwargs.update(kwargs)
     connection_kwargs.pop("max_connections", None)
     connection_kwargs.pop("timeout", None)
-    conn: Connection = pool.connection_class(**connection_kwargs)
+    conn = pool.connection_class(**connection_kwargs)
+    assert isinstance(conn, Connection)
     return conn
 
 

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from gateway_redis import _driver
+from gateway_redis import _driver, telemetry
 from gateway_redis._driver import deadline
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheKeyNotFound,
     CacheUnavailable,
+    CommandError,
     ConfigurationError,
     GatewayRedisError,
     RedisUnavailable,
@@ -109,6 +110,15 @@ class RedisClient:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._pubsub: PubSubHub | None = None
         self._sessions: SessionStore | None = None
+        metrics = telemetry.instruments()
+        self._pool.wait_observer = metrics.pool_wait.record
+        self._health.add_listener(
+            lambda state, _reason: metrics.state_changes.add(
+                1, {"gateway.redis.state": state.value}
+            )
+        )
+        telemetry.register_gauge_source("available", self, lambda c: 1.0 if c.available else 0.0)
+        telemetry.register_gauge_source("pool_in_use", self, lambda c: float(c.pool_in_use))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class RedisClient:
         try:
             async with deadline(self._probe_timeout):
                 if not conn.is_connected:
-                    await conn.connect()
+                    await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_command("PING")
                 reply = await conn.read_response()
         except BaseException:
@@ -278,7 +288,8 @@ class RedisClient:
         :class:`CacheUnavailable`. Raises :class:`RedisUnavailable` (fast, when Redis is
         known to be down; after the deadline, when it does not answer) and
         :class:`ConfigurationError`-free: credential problems surface as
-        ``RedisUnavailable(reason="misconfigured")``.
+        ``RedisUnavailable(reason="misconfigured")``; an error reply from Redis raises
+        :class:`CommandError`.
         """
         if self._state is not ClientState.CONNECTED:
             reason = "closed" if self._state is ClientState.CLOSED else "not_connected"
@@ -318,6 +329,8 @@ class RedisClient:
                 raise self._unavailable(
                     miss, f"{operation}: {type(exc).__name__}: {exc}", reason
                 ) from exc
+            if isinstance(exc, rexc.ResponseError):
+                raise CommandError(f"{operation}: {exc}") from exc
             raise
 
     def key(self, name: str) -> str:
@@ -335,10 +348,10 @@ class RedisClient:
         miss and a :class:`RedisUnavailable`) when Redis cannot be reached.
         """
         full = self.key(key)
-        value: bytes | None = await self.execute("get", lambda r: r.get(full), miss=True)
+        value: Any = await self.execute("get", lambda r: r.get(full), miss=True)
         if value is None:
             raise CacheKeyNotFound(key)
-        return value
+        return bytes(value)
 
     async def set(self, key: str, value: bytes | str, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` at ``key``, expiring after ``ttl`` (seconds or timedelta).
@@ -367,9 +380,7 @@ class RedisClient:
         Raises :class:`RedisUnavailable`.
         """
         full, data, px = self.key(key), _encode_value(value), ttl_milliseconds(ttl)
-        stored: bool | None = await self.execute(
-            "set_nx", lambda r: r.set(full, data, px=px, nx=True)
-        )
+        stored: Any = await self.execute("set_nx", lambda r: r.set(full, data, px=px, nx=True))
         return bool(stored)
 
     async def increment(self, key: str) -> int:
@@ -379,8 +390,8 @@ class RedisClient:
         retried into a double increment.
         """
         full = self.key(key)
-        value: int = await self.execute("increment", lambda r: r.incr(full), retry=False)
-        return value
+        value: Any = await self.execute("increment", lambda r: r.incr(full), retry=False)
+        return int(value)
 
     async def expire(self, key: str, ttl: float | timedelta) -> bool:
         """Set a TTL on an existing key; False if the key does not exist."""
@@ -440,7 +451,7 @@ class RedisClient:
         metadata: dict[str, Any] | None = None,
         ttl: float | timedelta | None = None,
     ) -> str:
-        """Create a session for ``user_id``; returns its new ID. See :mod:`gateway_redis.sessions`."""
+        """Create a session for ``user_id``; returns its new ID (see :mod:`.sessions`)."""
         return await self.sessions.create(user_id, metadata, ttl=ttl)
 
     async def get_session(self, session_id: str) -> Session:
@@ -468,5 +479,3 @@ class RedisClient:
             f"<RedisClient {self._config.redacted_url} state={self._state.value} "
             f"health={self._health.state.value}>"
         )
-
-

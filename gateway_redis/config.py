@@ -73,7 +73,9 @@ def _seconds(name: str, value: float | timedelta, *, allow_zero: bool = False) -
     if seconds != seconds or seconds == float("inf"):
         raise ConfigurationError(f"{name}: must be finite, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ConfigurationError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ConfigurationError(
+            f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}"
+        )
     return seconds
 
 
@@ -158,7 +160,8 @@ class RedisConfig:
             raise ConfigurationError(f"pool_size: must be >= 1, got {self.pool_size}")
         if not 0 <= self.min_idle_conns <= self.pool_size:
             raise ConfigurationError(
-                f"min_idle_conns: must be 0..pool_size ({self.pool_size}), got {self.min_idle_conns}"
+                f"min_idle_conns: must be 0..pool_size ({self.pool_size}), "
+                f"got {self.min_idle_conns}"
             )
         if not 0 <= self.retry_attempts <= 10:
             raise ConfigurationError(f"retry_attempts: must be 0-10, got {self.retry_attempts}")
@@ -190,11 +193,10 @@ class RedisConfig:
             raise ConfigurationError(f"url: missing host in {_redact_url(url)!r}")
         del port
         path = parts.path.strip("/")
-        if path:
-            if not path.isdigit() or not 0 <= int(path) <= 15:
-                raise ConfigurationError(
-                    f"url: database must be 0-15, got {path!r} in {_redact_url(url)!r}"
-                )
+        if path and (not path.isdigit() or not 0 <= int(path) <= 15):
+            raise ConfigurationError(
+                f"url: database must be 0-15, got {path!r} in {_redact_url(url)!r}"
+            )
         if parts.password is not None and self.password is not None:
             raise ConfigurationError("password given both in url and separately")
 
@@ -329,5 +331,5 @@ class RedisConfig:
             message = str(exc)
             field = message.split(":", 1)[0]
             if field in env_name and field in kwargs:
-                message = f"{env_name[field]}{message[len(field):]}"
+                message = f"{env_name[field]}{message[len(field) :]}"
             raise ConfigurationError(message) from None

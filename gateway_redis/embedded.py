@@ -125,14 +125,22 @@ class EmbeddedRedis:
         """The command line used to start the server."""
         cmd = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", str(self.log_file),
-            "--daemonize", "no",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.log_file),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
@@ -142,7 +150,7 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING. Raises on failure."""
         if self.running:
             return
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -154,15 +162,25 @@ class EmbeddedRedis:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                log = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
+                log = (
+                    self.log_file.read_text(errors="replace")[-2000:]
+                    if self.log_file.exists()
+                    else ""
+                )
                 self._process = None
                 raise RuntimeError(f"{self.binary} exited at start on port {self.port}: {err}{log}")
             if self._answers_ping():
                 return
             time.sleep(0.01)
         self.kill()
-        raise RuntimeError(f"{self.binary} on port {self.port} did not answer within {self.startup_timeout}s")
+        raise RuntimeError(
+            f"{self.binary} on port {self.port} did not answer within {self.startup_timeout}s"
+        )
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop."""

@@ -8,6 +8,7 @@
     │   └── CacheUnavailable        ...because Redis is unavailable (also a RedisUnavailable)
     ├── RedisUnavailable            Redis cannot be reached, timed out, or the pool is exhausted
     │   └── CacheUnavailable
+    ├── CommandError                Redis answered with an error (WRONGTYPE, not an integer...)
     ├── SessionNotFound             no such session (unknown, malformed, expired or deleted)
     ├── SubscriptionClosed          a subscription ended (closed, or the listener gave up)
     └── SerializationError          a message could not be serialized to JSON (also a TypeError)
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "CacheKeyNotFound",
     "CacheUnavailable",
+    "CommandError",
     "ConfigurationError",
     "GatewayRedisError",
     "RedisUnavailable",
@@ -72,6 +74,13 @@ class CacheUnavailable(CacheKeyNotFound, RedisUnavailable):
 
     def __init__(self, message: str, *, reason: str = "down") -> None:
         RedisUnavailable.__init__(self, message, reason=reason)
+
+
+class CommandError(GatewayRedisError):
+    """Redis refused the command with an error reply (``WRONGTYPE``, ``ERR value is not an
+    integer``...). Redis itself is fine; the call was wrong for the data. The reply text
+    is the message; redis-py's exception is the ``__cause__``.
+    """
 
 
 class SessionNotFound(GatewayRedisError, KeyError):

@@ -140,8 +140,13 @@ class HealthMonitor:
             previous.value,
             state.value,
             reason,
-            extra={"event": "redis_state", "component": "health", "state": state.value,
-                   "previous": previous.value, "reason": reason},
+            extra={
+                "event": "redis_state",
+                "component": "health",
+                "state": state.value,
+                "previous": previous.value,
+                "reason": reason,
+            },
         )
         for listener in list(self._listeners):
             try:

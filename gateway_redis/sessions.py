@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from redis import exceptions as rexc
 
 from gateway_redis.client import ttl_milliseconds
-from gateway_redis.errors import SerializationError, SessionNotFound
+from gateway_redis.errors import CommandError, SerializationError, SessionNotFound
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -58,17 +58,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function num(x) return string.format('%.0f', x) end
--- absolute expiry (ms) of a live session, nil when it is missing, corrupt or expired
+-- absolute expiry (ms) of a live session; nil when it is missing, corrupt or expired
 local function live_until(key, now, idle)
-  local v = redis.call('HMGET', key, 'expires_at', 'last_accessed_at')
+  local v = redis.pcall('HMGET', key, 'expires_at', 'last_accessed_at')
+  if v.err then return nil end  -- not a hash
   local exp, last = tonumber(v[1]), tonumber(v[2])
-  if exp == nil or last == nil or exp <= now then return nil end
-  if idle > 0 and last + idle <= now then return nil end
+  if exp == nil or last == nil or exp <= now or (idle > 0 and last + idle <= now) then
+    return nil
+  end
   return exp
 end
-local function key_ttl(exp, now, idle)
-  if idle > 0 and idle < exp - now then return idle end
-  return exp - now
+local function expire(key, exp, now, idle)
+  local px = exp - now
+  if idle > 0 and idle < px then px = idle end
+  redis.call('PEXPIRE', key, num(px))
 end
 local function index_add(idx, id, exp, now)
   redis.call('ZADD', idx, num(exp), id)
@@ -78,23 +81,22 @@ local function index_add(idx, id, exp, now)
 end
 """
 
+# Scripts that return {now, hash} give nil when the session is not live, and then write
+# nothing: a save racing a logout cannot resurrect the session.
 _LUA = {
-    # KEYS: session, index. ARGV: id, user_id, ttl_ms, idle_ms, (m:field, json)*
-    # A retried call (lost reply) rewrites the same fields: harmless.
+    # KEYS: session, index. ARGV: id, user_id, ttl_ms, idle_ms, (m:name, json)*.
+    # A retry after a lost reply rewrites the same fields: harmless.
     "create": """
-local now, ttl, idle = now_ms(), tonumber(ARGV[3]), tonumber(ARGV[4])
-local exp = now + ttl
+local now, idle = now_ms(), tonumber(ARGV[4])
+local exp = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'created_at', num(now),
            'last_accessed_at', num(now), 'expires_at', num(exp))
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[1], num(key_ttl(exp, now, idle)))
+expire(KEYS[1], exp, now, idle)
 index_add(KEYS[2], ARGV[1], exp, now)
-return now
 """,
-    # KEYS: session. Read-only.
     "get": "return {now_ms(), redis.call('HGETALL', KEYS[1])}",
-    # KEYS: session. ARGV: idle_ms, n, n args of (m:field, json)*, then m:fields to delete.
-    # Writes nothing unless the session is live: a save racing a logout cannot resurrect it.
+    # KEYS: session. ARGV: idle_ms, n, n values (m:name, json)*, then m:names to delete
     "update": """
 local now, idle, n = now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2])
 if not live_until(KEYS[1], now, idle) then return false end
@@ -108,56 +110,43 @@ local now, idle = now_ms(), tonumber(ARGV[1])
 local exp = live_until(KEYS[1], now, idle)
 if not exp then return false end
 redis.call('HSET', KEYS[1], 'last_accessed_at', num(now))
-redis.call('PEXPIRE', KEYS[1], num(key_ttl(exp, now, idle)))
+expire(KEYS[1], exp, now, idle)
 return {now, redis.call('HGETALL', KEYS[1])}
 """,
-    # KEYS: session, index. ARGV: id
+    # KEYS: index, session keys. ARGV: the sessions' IDs. Returns {deleted, left in index}.
+    # IDs are never reused, so deleting an ID read from the index a moment ago is safe.
     "delete": """
-local n = redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return n
+local deleted = 0
+for i = 1, #ARGV do
+  deleted = deleted + redis.call('DEL', KEYS[i + 1])
+  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+return {deleted, redis.call('ZCARD', KEYS[1])}
 """,
-    # KEYS: index, session keys. ARGV: idle_ms, ids (ARGV[i] is the ID of KEYS[i]).
-    # Returns {now, hash or {}} per session; drops dead sessions from the index.
+    # KEYS: index, session keys. ARGV: idle_ms, IDs (ARGV[i] names KEYS[i]).
+    # Returns {now, hash or {} for each}; prunes dead sessions from the index.
     "load_many": """
 local now, idle = now_ms(), tonumber(ARGV[1])
 local out = {now}
 for i = 2, #KEYS do
-  if live_until(KEYS[i], now, idle) then
-    out[i] = redis.call('HGETALL', KEYS[i])
-  else
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    out[i] = {}
-  end
+  out[i] = {}
+  if live_until(KEYS[i], now, idle) then out[i] = redis.call('HGETALL', KEYS[i])
+  else redis.call('ZREM', KEYS[1], ARGV[i]) end
 end
 return out
-""",
-    # KEYS: index, session keys. ARGV: ids (ARGV[i] is the ID of KEYS[i + 1]).
-    # Only members still in the index are deleted; returns {deleted, members left}.
-    "delete_many": """
-local deleted = 0
-for i = 1, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    deleted = deleted + redis.call('DEL', KEYS[i + 1])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return {deleted, redis.call('ZCARD', KEYS[1])}
 """,
     # KEYS: old session, new session, index. ARGV: old id, new id, user_id, idle_ms
     "regenerate": """
 local now, idle = now_ms(), tonumber(ARGV[4])
 local exp = live_until(KEYS[1], now, idle)
 if not exp or redis.call('HGET', KEYS[1], 'user_id') ~= ARGV[3] then
-  -- a retry whose first attempt went through (the new ID is known to nobody else)
-  if redis.call('HGET', KEYS[2], 'user_id') == ARGV[3] then
-    return {now, redis.call('HGETALL', KEYS[2])}
-  end
-  return false
+  -- a retry whose first attempt went through (nobody else knows the new ID)
+  if redis.call('HGET', KEYS[2], 'user_id') ~= ARGV[3] then return false end
+  return {now, redis.call('HGETALL', KEYS[2])}
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'last_accessed_at', num(now))
-redis.call('PEXPIRE', KEYS[2], num(key_ttl(exp, now, idle)))
+expire(KEYS[2], exp, now, idle)
 redis.call('ZREM', KEYS[3], ARGV[1])
 index_add(KEYS[3], ARGV[2], exp, now)
 return {now, redis.call('HGETALL', KEYS[2])}
@@ -165,8 +154,8 @@ return {now, redis.call('HGETALL', KEYS[2])}
 }
 
 
-def _sha256(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _tag(user_id: str) -> str:
@@ -301,9 +290,7 @@ class SessionStore:
         session_id = f"{tag}.{secrets.token_urlsafe(32)}"
         keys = [self._session_key(session_id), self._index_key(user_id)]
         args: list[str | int] = [session_id, user_id, ttl_ms, self._idle_ms, *pairs]
-        await self._client.execute(
-            "session.create", lambda r: self._script(r, "create")(keys, args, client=r)
-        )
+        await self._client.execute("session.create", self._call("create", keys, args))
         return session_id
 
     async def get(self, session_id: str) -> Session:
@@ -313,7 +300,7 @@ class SessionStore:
         :class:`~gateway_redis.RedisUnavailable`.
         """
         key = self._checked_key(session_id)
-        reply = await self._run("session.get", lambda r: self._script(r, "get")([key], client=r))
+        reply = await self._run("session.get", self._call("get", [key]))
         return self._decode(session_id, reply)
 
     async def update(self, session_id: str, metadata: Mapping[str, Any]) -> Session:
@@ -329,9 +316,7 @@ class SessionStore:
         pairs, removed = _encode_metadata(metadata)
         key = self._checked_key(session_id)
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
-        reply = await self._run(
-            "session.update", lambda r: self._script(r, "update")([key], args, client=r)
-        )
+        reply = await self._run("session.update", self._call("update", [key], args))
         return self._decode(session_id, reply)
 
     async def touch(self, session_id: str) -> Session:
@@ -342,10 +327,7 @@ class SessionStore:
         :class:`~gateway_redis.SessionNotFound` and :class:`~gateway_redis.RedisUnavailable`.
         """
         key = self._checked_key(session_id)
-        args = [self._idle_ms]
-        reply = await self._run(
-            "session.touch", lambda r: self._script(r, "touch")([key], args, client=r)
-        )
+        reply = await self._run("session.touch", self._call("touch", [key], [self._idle_ms]))
         return self._decode(session_id, reply)
 
     async def delete(self, session_id: str) -> None:
@@ -366,8 +348,7 @@ class SessionStore:
             if user_id is None or _tag(user_id) != session_id[:12]:
                 await r.delete(key)  # missing, or corrupt: there is no index entry to trust
                 return
-            index = self._index_key(user_id)
-            await self._script(r, "delete")([key, index], [session_id], client=r)
+            await self._call("delete", [self._index_key(user_id), key], [session_id])(r)
 
         await self._client.execute("session.delete", call)
 
@@ -382,14 +363,9 @@ class SessionStore:
 
         async def call(r: Redis) -> list[tuple[str, Any]]:
             found: list[tuple[str, Any]] = []
-            ids = await self._members(r, index, user_id)
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                keys = [index, *(self._session_key(i) for i in chunk)]
-                reply = await self._script(r, "load_many")(
-                    keys, [self._idle_ms, *chunk], client=r
-                )
-                found += [(i, [reply[0], flat]) for i, flat in zip(chunk, reply[1:], strict=False) if flat]
+            for ids, keys in self._chunks(index, await self._members(r, index, user_id)):
+                now, *hashes = await self._call("load_many", keys, [self._idle_ms, *ids])(r)
+                found += [(i, [now, h]) for i, h in zip(ids, hashes, strict=True) if h]
             return found
 
         sessions = []
@@ -413,12 +389,9 @@ class SessionStore:
         async def call(r: Redis) -> int:
             deleted = 0
             for _ in range(3):
-                ids = await self._members(r, index, user_id)
                 left = 0
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = ids[start : start + _CHUNK]
-                    keys = [index, *(self._session_key(i) for i in chunk)]
-                    n, left = await self._script(r, "delete_many")(keys, chunk, client=r)
+                for ids, keys in self._chunks(index, await self._members(r, index, user_id)):
+                    n, left = await self._call("delete", keys, ids)(r)
                     deleted += int(n)
                 if not left:
                     break
@@ -438,10 +411,11 @@ class SessionStore:
         new_key = self._session_key(new_id)
 
         async def call(r: Redis) -> Any:
-            current = self._decode(session_id, await self._script(r, "get")([old_key], client=r))
-            keys = [old_key, new_key, self._index_key(current.user_id)]
-            args: list[str | int] = [session_id, new_id, current.user_id, self._idle_ms]
-            return await self._script(r, "regenerate")(keys, args, client=r)
+            user_id = self._decode(session_id, await self._call("get", [old_key])(r)).user_id
+            keys = [old_key, new_key, self._index_key(user_id)]
+            return await self._call(
+                "regenerate", keys, [session_id, new_id, user_id, self._idle_ms]
+            )(r)
 
         self._decode(new_id, await self._run("session.regenerate", call))
         return new_id
@@ -459,20 +433,34 @@ class SessionStore:
             raise SessionNotFound("session not found")
         return self._session_key(session_id)
 
-    def _script(self, r: Redis, name: str) -> AsyncScript:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = r.register_script(_LUA_LIB + _LUA[name])
-        return script
+    def _call(
+        self, name: str, keys: list[str], args: Sequence[str | int] = ()
+    ) -> Callable[[Redis], Awaitable[Any]]:
+        """``call(r)`` runs script ``name`` by EVALSHA (loading it once if Redis lacks it)."""
+
+        def call(r: Redis) -> Awaitable[Any]:
+            script = self._scripts.get(name)
+            if script is None:
+                script = self._scripts[name] = r.register_script(_LUA_LIB + _LUA[name])
+            return script(keys, args, client=r)
+
+        return call
+
+    def _chunks(self, index: str, ids: list[str]) -> Iterator[tuple[list[str], list[str]]]:
+        """``(ids, [index, *their session keys])`` in chunks of :data:`_CHUNK`."""
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            yield chunk, [index, *(self._session_key(i) for i in chunk)]
 
     async def _members(self, r: Redis, index: str, user_id: str) -> list[str]:
         """The IDs in ``index``; entries that cannot belong to ``user_id`` are removed."""
-        tag = _tag(user_id)
-        ids: list[str] = []
-        bad: list[str] = []
+        tag, ids, bad = _tag(user_id), list[str](), list[Any]()
         for raw in await r.zrange(index, 0, -1):
             text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-            (ids if _valid_id(text) and text[:12] == tag else bad).append(text)
+            if _valid_id(text) and text[:12] == tag:
+                ids.append(text)
+            else:
+                bad.append(raw)  # written by someone else: it names no session of ours
         if bad:
             _log.warning("dropping %d malformed entries from a session index", len(bad))
             await r.zrem(index, *bad)
@@ -482,7 +470,7 @@ class SessionStore:
         """``client.execute`` for scripts that return ``{now, hash}`` or nil (not found)."""
         try:
             reply = await self._client.execute(operation, call)
-        except rexc.ResponseError as exc:
+        except CommandError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             _log.warning("%s: a session key holds the wrong type", operation)

@@ -10,8 +10,10 @@ setup_venv() {
   local stamp=".venv/.installed-$extras"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "== installing gateway-redis[$extras] into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".[$extras]"
+    # (this machine's pip config names local mirrors that may be absent: drop that noise)
+    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+    .venv/bin/python -m pip install -q -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
+    .venv/bin/python -c "import gateway_redis, middleware" || { echo "installation failed"; return 1; }
     touch "$stamp"
   fi
 }

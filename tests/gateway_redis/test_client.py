@@ -11,6 +11,7 @@ import redis
 from gateway_redis import (
     CacheKeyNotFound,
     ClientState,
+    CommandError,
     RedisClient,
     RedisConfig,
     RedisUnavailable,
@@ -81,7 +82,9 @@ async def test_set_nx_expires_so_a_lock_is_released(client: RedisClient) -> None
     assert await client.set_nx("lock", "2", 0.2)
 
 
-async def test_expire_on_existing_and_missing_key(client: RedisClient, redis_admin: redis.Redis) -> None:
+async def test_expire_on_existing_and_missing_key(
+    client: RedisClient, redis_admin: redis.Redis
+) -> None:
     await client.set("k", "v")
     assert await client.expire("k", 30) is True
     assert 29_000 < redis_admin.pttl("gw:k") <= 30_000
@@ -96,8 +99,9 @@ async def test_bad_ttl_is_rejected_before_sending(client: RedisClient, ttl: floa
 
 async def test_increment_on_non_integer_is_a_redis_error_not_an_outage(client: RedisClient) -> None:
     await client.set("text", "abc")
-    with pytest.raises(redis.ResponseError):
+    with pytest.raises(CommandError) as info:
         await client.increment("text")
+    assert "not an integer" in str(info.value)
     assert client.available
 
 
@@ -148,7 +152,9 @@ async def test_min_idle_connections_are_opened_at_connect(
 async def test_pool_size_is_a_hard_cap_and_callers_wait(
     redis_config: RedisConfig, redis_admin: redis.Redis
 ) -> None:
-    cfg = redis_config.replace(pool_size=10, min_idle_conns=0, pool_timeout=5.0, operation_timeout=5.0)
+    cfg = redis_config.replace(
+        pool_size=10, min_idle_conns=0, pool_timeout=5.0, operation_timeout=5.0
+    )
     peak = 0
     async with RedisClient(cfg) as c:
         stop = asyncio.Event()
@@ -163,7 +169,10 @@ async def test_pool_size_is_a_hard_cap_and_callers_wait(
         # BLPOP with a short server-side timeout holds a connection for a while, so 200
         # callers really compete for 10 connections.
         results = await asyncio.gather(
-            *(c.execute("blpop", lambda r: r.blpop(["gw:nothing"], timeout=0.05)) for _ in range(60)),
+            *(
+                c.execute("blpop", lambda r: r.blpop(["gw:nothing"], timeout=0.05))
+                for _ in range(60)
+            ),
             *(c.increment("n") for _ in range(140)),
         )
         stop.set()
@@ -177,7 +186,9 @@ async def test_pool_size_is_a_hard_cap_and_callers_wait(
 async def test_pool_exhaustion_reports_unavailable_without_marking_redis_down(
     redis_config: RedisConfig,
 ) -> None:
-    cfg = redis_config.replace(pool_size=1, min_idle_conns=0, pool_timeout=0.1, operation_timeout=2.0)
+    cfg = redis_config.replace(
+        pool_size=1, min_idle_conns=0, pool_timeout=0.1, operation_timeout=2.0
+    )
     async with RedisClient(cfg) as c:
         hog = asyncio.create_task(c.execute("blpop", lambda r: r.blpop(["gw:none"], timeout=0.5)))
         await asyncio.sleep(0.05)

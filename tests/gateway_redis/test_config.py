@@ -35,7 +35,9 @@ def test_parse_duration_accepts_go_style_and_plain_seconds(text: str, seconds: f
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "s", "1m30", "-1s", "-2", "abc", "5 s", "inf", "nan", "1s2"])
+@pytest.mark.parametrize(
+    "text", ["", "5x", "s", "1m30", "-1s", "-2", "abc", "5 s", "inf", "nan", "1s2"]
+)
 def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message is checked via from_env
         parse_duration(text)
@@ -94,7 +96,9 @@ def test_from_env_with_nothing_set_gives_defaults() -> None:
         ({"REDIS_TLS": "maybe"}, ["REDIS_TLS", "maybe"]),
     ],
 )
-def test_from_env_bad_value_names_variable_and_problem(env: dict[str, str], names: list[str]) -> None:
+def test_from_env_bad_value_names_variable_and_problem(
+    env: dict[str, str], names: list[str]
+) -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisConfig.from_env(env)
     for name in names:

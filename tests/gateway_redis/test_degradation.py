@@ -36,7 +36,9 @@ async def _wait_for(predicate: object, timeout: float) -> float:
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def test_killed_server_calls_fail_fast_with_documented_errors(fault_server: EmbeddedRedis) -> None:
+async def test_killed_server_calls_fail_fast_with_documented_errors(
+    fault_server: EmbeddedRedis,
+) -> None:
     async with RedisClient(_config(fault_server)) as c:
         await c.set("k", "v")
         fault_server.kill()
@@ -58,7 +60,9 @@ async def test_killed_server_calls_fail_fast_with_documented_errors(fault_server
             assert time.perf_counter() - started < 0.05
 
 
-async def test_server_back_makes_client_available_without_calls(fault_server: EmbeddedRedis) -> None:
+async def test_server_back_makes_client_available_without_calls(
+    fault_server: EmbeddedRedis,
+) -> None:
     async with RedisClient(_config(fault_server)) as c:
         fault_server.kill()
         with pytest.raises(RedisUnavailable):
@@ -78,9 +82,7 @@ async def test_frozen_server_calls_respect_the_deadline_then_fail_fast(
         fault_server.freeze()
         try:
             started = time.perf_counter()
-            results = await asyncio.gather(
-                *(c.get("k") for _ in range(20)), return_exceptions=True
-            )
+            results = await asyncio.gather(*(c.get("k") for _ in range(20)), return_exceptions=True)
             waited = time.perf_counter() - started
             assert all(isinstance(r, RedisUnavailable) for r in results)
             assert waited < 0.5 + 0.15, f"calls waited {waited:.3f}s with a 0.5s deadline"
@@ -144,7 +146,10 @@ async def test_in_flight_work_recovers_after_restart(fault_server: EmbeddedRedis
         assert recovery < 2.0
         assert c.available
         assert c.pool_in_use == 0
-        print(f"{len(errors)} failed calls during the outage; recovered {recovery * 1000:.0f} ms after restart")
+        print(
+            f"{len(errors)} failed calls during the outage; "
+            f"recovered {recovery * 1000:.0f} ms after restart"
+        )
 
 
 async def test_idle_connections_reset_by_server_are_replaced_transparently(
@@ -165,7 +170,9 @@ async def test_wrong_password_is_a_configuration_error_without_retry_storm() -> 
     with EmbeddedRedis(password="right-password-123") as server:
         admin = redis.Redis.from_url(server.url)
         before = int(admin.info("stats")["total_connections_received"])
-        bad = RedisConfig(url=f"redis://:wrong-password@127.0.0.1:{server.port}/0", min_idle_conns=2)
+        bad = RedisConfig(
+            url=f"redis://:wrong-password@127.0.0.1:{server.port}/0", min_idle_conns=2
+        )
         client = RedisClient(bad)
         with pytest.raises(ConfigurationError) as info:
             await client.connect()
@@ -180,7 +187,9 @@ async def test_wrong_password_is_a_configuration_error_without_retry_storm() -> 
         async with RedisClient(good) as c:
             await c.set("k", "v")
             admin.config_set("requirepass", "rotated-password-456")
-            admin2 = redis.Redis.from_url(f"redis://:rotated-password-456@127.0.0.1:{server.port}/0")
+            admin2 = redis.Redis.from_url(
+                f"redis://:rotated-password-456@127.0.0.1:{server.port}/0"
+            )
             admin2.client_kill_filter(_type="normal", skipme=True)
             with pytest.raises(RedisUnavailable):
                 await c.get("k")

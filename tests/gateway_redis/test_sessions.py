@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -42,6 +42,10 @@ def session_keys(admin: redis.Redis, prefix: str = "gw:") -> list[str]:
 
 def index_keys(admin: redis.Redis, prefix: str = "gw:") -> list[str]:
     return [k for k in all_keys(admin) if k.startswith(prefix + "user-sessions:")]
+
+
+def index_members(admin: redis.Redis, index_key: str) -> list[str]:
+    return [m.decode() for m in cast("list[bytes]", admin.zrange(index_key, 0, -1))]
 
 
 def commands_processed(admin: redis.Redis) -> int:
@@ -168,7 +172,7 @@ async def test_session_expires_after_its_ttl_and_the_index_is_pruned(
         await client.get_session(short)
     assert [s.id for s in await client.get_user_sessions("u1")] == [long]
     (index_key,) = index_keys(redis_admin)
-    assert [m.decode() for m in redis_admin.zrange(index_key, 0, -1)] == [long]
+    assert index_members(redis_admin, index_key) == [long]
 
 
 async def test_expired_by_its_fields_is_not_found_even_if_the_key_lives(
@@ -185,7 +189,9 @@ async def test_expired_by_its_fields_is_not_found_even_if_the_key_lives(
     assert await client.get_user_sessions("u1") == []
 
 
-async def test_idle_timeout_slides_with_touch(client: RedisClient, redis_admin: redis.Redis) -> None:
+async def test_idle_timeout_slides_with_touch(
+    client: RedisClient, redis_admin: redis.Redis
+) -> None:
     store = SessionStore(client, default_ttl=60, idle_timeout=0.5)
     session_id = await store.create("u1")
     (key,) = session_keys(redis_admin)
@@ -464,11 +470,11 @@ async def test_corrupt_session_hash_is_not_found_and_logged_without_the_id(
     client: RedisClient,
     redis_admin: redis.Redis,
     caplog: pytest.LogCaptureFixture,
-    corruption: dict[str, Any],
+    corruption: dict[str, str | bytes],
 ) -> None:
     session_id = await client.create_session("u1", {"a": 1})
     (key,) = session_keys(redis_admin)
-    redis_admin.hset(key, mapping=corruption)
+    redis_admin.hset(key, mapping=cast(Any, corruption))
     with caplog.at_level(logging.WARNING, logger="gateway_redis.sessions"):
         with pytest.raises(SessionNotFound):
             await client.get_session(session_id)
@@ -505,6 +511,25 @@ async def test_wrong_key_type_is_not_found_and_delete_still_removes_it(
         await client.update_session(session_id, {"a": 1})
     await client.delete_session(session_id)
     assert session_keys(redis_admin) == []
+
+
+async def test_listing_skips_a_wrong_type_key_and_prunes_foreign_index_entries(
+    client: RedisClient, redis_admin: redis.Redis
+) -> None:
+    broken = await client.create_session("u1")
+    good = await client.create_session("u1", {"keep": True})
+    # one session key becomes a string; junk that names no session of u1 joins the index
+    (index_key,) = index_keys(redis_admin)
+    (broken_key,) = [k for k in session_keys(redis_admin) if not redis_admin.hexists(k, "m:keep")]
+    redis_admin.delete(broken_key)
+    redis_admin.set(broken_key, "not a hash", px=60_000)
+    junk: dict[str | bytes, float] = {"junk": 9e12, b"\xff\xfe": 9e12, other_id("f" * 12): 9e12}
+    redis_admin.zadd(index_key, cast(Any, junk))
+    assert [s.id for s in await client.get_user_sessions("u1")] == [good]
+    assert index_members(redis_admin, index_key) == [good]
+    with pytest.raises(SessionNotFound):
+        await client.get_session(broken)
+    assert await client.delete_user_sessions("u1") == 1
 
 
 # ---------------------------------------------------------------- input validation
@@ -559,7 +584,7 @@ async def test_unserializable_update_raises_type_error_before_any_redis_call(
     [{"default_ttl": 0}, {"idle_timeout": -1}, {"idle_timeout": timedelta(0)}],
 )
 def test_store_rejects_non_positive_durations(client: RedisClient, options: Any) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a positive"):
         SessionStore(client, **options)
 
 
