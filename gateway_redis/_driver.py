@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 
 from redis import exceptions as rexc
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from gateway_redis.config import RedisConfig
 
@@ -27,10 +29,12 @@ else:  # pragma: no cover - Python 3.10
     from async_timeout import timeout as deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = [
+    "Backend",
+    "ClusterSeedConnection",
     "GatewayPool",
+    "GatewaySentinelPool",
     "GatewayRetry",
     "PoolExhausted",
-    "build_pool",
     "deadline",
     "is_auth_error",
     "is_outage_error",
@@ -76,7 +80,7 @@ class GatewayRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        self._backoff.reset()  # type: ignore[no-untyped-call]
+        self._backoff.reset()
         nested = _IN_RETRY.get()
         token = _IN_RETRY.set(True)
         try:
@@ -95,7 +99,7 @@ class GatewayRetry(Retry):
                         or _NO_RETRY.get()
                         or is_auth_error(error)
                         or _refused(error)
-                        or isinstance(error, PoolExhausted)
+                        or isinstance(error, (PoolExhausted, rexc.MaxConnectionsError))
                         or (is_retryable is not None and not is_retryable(error))
                         or failures > self._retries
                     ):
@@ -119,7 +123,7 @@ class GatewayPool(BlockingConnectionPool):
     async def get_connection(self, *args: Any, **options: Any) -> Any:
         started = time.perf_counter()
         try:
-            conn = await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+            conn = await super().get_connection(*args, **options)
         except rexc.ConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError):
                 raise PoolExhausted(
@@ -177,46 +181,231 @@ def _tls_kwargs(config: RedisConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_pool(config: RedisConfig) -> GatewayPool:
-    """The command pool for ``config``: blocking, capped at ``pool_size``."""
-    kwargs = _connection_kwargs(config)
-    kwargs["max_connections"] = config.pool_size
-    kwargs["timeout"] = config.pool_timeout
-    if config.url is not None:
-        if config.url.startswith("rediss://"):
+class GatewaySentinelPool(SentinelConnectionPool, GatewayPool):
+    """A Sentinel-managed pool with the blocking, capped behaviour of :class:`GatewayPool`.
+
+    Connections ask the sentinels for the current primary whenever they (re)connect, and
+    a primary that turned replica (READONLY) makes them reconnect: a failover is followed
+    without a restart.
+    """
+
+
+class ClusterSeedConnection(Connection):
+    """A lone connection to whichever of a cluster's seed nodes answers first.
+
+    Classic pub/sub and probes need one connection to any node; when that node dies the
+    next connect moves on to the others.
+    """
+
+    def __init__(self, *, seeds: tuple[tuple[str, int], ...], **kwargs: Any) -> None:
+        super().__init__(host=seeds[0][0], port=seeds[0][1], **kwargs)
+        self._seeds = list(seeds)
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        last: BaseException | None = None
+        for _ in range(len(self._seeds)):
+            self.host, self.port = self._seeds[0]
+            try:
+                await super().connect_check_health(check_health, retry_socket_connect=False)
+                return
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                last = exc
+                self._seeds.append(self._seeds.pop(0))
+        assert last is not None
+        raise last
+
+
+class Backend:
+    """The Redis side of one client: the command pool (or cluster), and lone connections.
+
+    Standalone and Sentinel share one shape (a capped blocking pool behind a ``Redis``
+    facade); Cluster uses redis-py's ``RedisCluster``, whose per-node pools cannot wait
+    for a free connection (redis-py #3135), so a full node pool fails at once with
+    ``pool_exhausted``. The Sentinel client is created once and shared (redis-py #3259).
+    """
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.topology = config.topology
+        self.mode = self.topology.mode
+        self._sentinel: Sentinel | None = None
+        self.pool: GatewayPool | None = None
+        self.cluster: RedisCluster | None = None
+        if self.mode == "sentinel":
+            self._sentinel = self._make_sentinel()
+        if self.mode == "cluster":
+            self.cluster = self._make_cluster()
+            self.redis: Any = self.cluster
+        else:
+            self.pool = self._make_pool(
+                config.pool_size, timeout=config.pool_timeout, **_connection_kwargs(config)
+            )
+            self.redis = Redis(connection_pool=self.pool)
+
+    def _make_sentinel(self) -> Sentinel:
+        topo, config = self.topology, self.config
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": config.dial_timeout,
+            "socket_connect_timeout": config.dial_timeout,
+            # Ask each sentinel once; the caller's deadline and our probe handle the rest.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if config.sentinel_username:
+            sentinel_kwargs["username"] = config.sentinel_username
+        if config.sentinel_password:
+            sentinel_kwargs["password"] = config.sentinel_password
+        return Sentinel(list(topo.nodes), sentinel_kwargs=sentinel_kwargs)
+
+    def _make_cluster(self) -> RedisCluster:
+        from redis.asyncio.cluster import ClusterNode
+
+        topo, config = self.topology, self.config
+        kwargs = _connection_kwargs(config)
+        kwargs.pop("health_check_interval", None)
+        if topo.username:
+            kwargs["username"] = topo.username
+        if topo.password:
+            kwargs["password"] = topo.password
+        if topo.tls:
+            kwargs["ssl"] = True
             kwargs.update(_tls_kwargs(config))
-        pool = GatewayPool.from_url(config.url, **kwargs)
-        assert isinstance(pool, GatewayPool)
-        return pool
-    kwargs.update(host=config.host, port=config.port, db=config.db)
-    if config.tls:
-        from redis.asyncio.connection import SSLConnection
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in topo.nodes],
+            max_connections=config.pool_size,
+            require_full_coverage=True,
+            **kwargs,
+        )
 
-        kwargs["connection_class"] = SSLConnection
-        kwargs.update(_tls_kwargs(config))
-    return GatewayPool(**kwargs)
+    def _make_pool(self, size: int, *, timeout: float, **kwargs: Any) -> GatewayPool:
+        config, topo = self.config, self.topology
+        kwargs["max_connections"] = size
+        kwargs["timeout"] = timeout
+        if self.mode == "sentinel":
+            assert self._sentinel is not None
+            kwargs["db"] = topo.db
+            if topo.username:
+                kwargs["username"] = topo.username
+            if topo.password:
+                kwargs["password"] = topo.password
+            if topo.tls:
+                kwargs["ssl"] = True
+                kwargs.update(_tls_kwargs(config))
+            return GatewaySentinelPool(topo.master_name, self._sentinel, **kwargs)
+        if config.url is not None:
+            if config.url.startswith("rediss://"):
+                kwargs.update(_tls_kwargs(config))
+            pool = GatewayPool.from_url(config.url, **kwargs)
+            assert isinstance(pool, GatewayPool)
+            return pool
+        kwargs.update(host=config.host, port=config.port, db=config.db)
+        if config.tls:
+            from redis.asyncio.connection import SSLConnection
+
+            kwargs["connection_class"] = SSLConnection
+            kwargs.update(_tls_kwargs(config))
+        return GatewayPool(**kwargs)
+
+    def lone_connection(self, **overrides: Any) -> AbstractConnection:
+        """A new, unconnected connection outside the pool, to the primary (or any node).
+
+        ``overrides`` replace connection settings (timeouts, ``retry``, ``client_name``,
+        ``protocol``...). Used for health probes and the pub/sub subscriber.
+        """
+        kwargs = _connection_kwargs(self.config)
+        kwargs.update(overrides)
+        if self.mode == "cluster":
+            topo = self.topology
+            kwargs.pop("health_check_interval", None)
+            if topo.username:
+                kwargs["username"] = topo.username
+            if topo.password:
+                kwargs["password"] = topo.password
+            return ClusterSeedConnection(seeds=topo.nodes, **kwargs)
+        pool = self._make_pool(1, timeout=self.config.pool_timeout, **kwargs)
+        conn = pool.make_connection()
+        # A Sentinel-managed connection holds only a weak proxy to its pool: keep it alive.
+        conn._gateway_pool = pool
+        return conn  # type: ignore[no-any-return]
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent out (all nodes together in cluster mode)."""
+        if self.pool is not None:
+            return self.pool.in_use
+        assert self.cluster is not None
+        return sum(len(node._connections) - len(node._free) for node in self.cluster.get_nodes())
+
+    @property
+    def idle(self) -> int:
+        """Open connections waiting for work."""
+        if self.pool is not None:
+            return self.pool.idle
+        assert self.cluster is not None
+        return sum(
+            sum(1 for c in node._free if c.is_connected) for node in self.cluster.get_nodes()
+        )
+
+    def set_wait_observer(self, observer: Callable[[float], None]) -> None:
+        """Report pool wait times to ``observer`` (standalone and Sentinel)."""
+        if self.pool is not None:
+            self.pool.wait_observer = observer
+
+    async def warm(self, count: int) -> None:
+        """Open connections until ``count`` are idle (cluster: discover the nodes)."""
+        if self.cluster is not None:
+            await self.cluster.initialize()
+            return
+        assert self.pool is not None
+        conns = []
+        try:
+            for _ in range(count - self.pool.idle):
+                conns.append(await self.pool.get_connection())
+        finally:
+            for conn in conns:
+                await self.pool.release(conn)
+
+    async def drop_idle(self) -> None:
+        """Close idle connections (they may point at a restarted or demoted server)."""
+        if self.pool is not None:
+            await self.pool.disconnect(inuse_connections=False)
+        # Cluster nodes re-check themselves through MOVED/connection errors.
+
+    async def aclose(self) -> None:
+        """Close every connection this backend opened."""
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        else:
+            await self.redis.aclose()
+            assert self.pool is not None
+            await self.pool.disconnect()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
 
-def open_probe_connection(config: RedisConfig, timeout: float) -> Connection:
-    """A lone, unpooled connection for health probes: no retries, short timeouts.
+def build_pool(config: RedisConfig) -> GatewayPool:
+    """Deprecated shim (standalone only); use :meth:`Backend.lone_connection`."""
+    pool = Backend(config).pool
+    assert pool is not None
+    return pool
+
+
+def open_probe_connection(backend: Backend | RedisConfig, timeout: float) -> AbstractConnection:
+    """A lone connection for health probes: no retries, short timeouts.
 
     Probes go over the raw connection, not ``Redis.execute_command``, so they never show
     up as command spans in OpenTelemetry's redis instrumentation.
     """
-    kwargs = _connection_kwargs(config)
-    kwargs["retry"] = None
-    kwargs["socket_timeout"] = timeout
-    kwargs["socket_connect_timeout"] = timeout
-    kwargs["health_check_interval"] = 0
-    kwargs["client_name"] = "gateway-redis-probe"
-    pool = build_pool(config.replace(pool_size=1, min_idle_conns=0))
-    connection_kwargs = dict(pool.connection_kwargs)
-    connection_kwargs.update(kwargs)
-    connection_kwargs.pop("max_connections", None)
-    connection_kwargs.pop("timeout", None)
-    conn = pool.connection_class(**connection_kwargs)
-    assert isinstance(conn, Connection)
-    return conn
+    if isinstance(backend, RedisConfig):
+        backend = Backend(backend)
+    return backend.lone_connection(
+        retry=None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=0,
+        client_name="gateway-redis-probe",
+    )
 
 
 def _refused(error: BaseException) -> bool:
@@ -248,9 +437,3 @@ def is_outage_error(error: BaseException) -> bool:
         error,
         (rexc.ConnectionError, rexc.TimeoutError, asyncio.TimeoutError, OSError, EOFError),
     )
-
-
-def make_redis(pool: GatewayPool) -> Redis:
-    """A ``Redis`` facade over ``pool`` that does not own it."""
-    # An explicitly given pool is never closed by the facade: the client owns it.
-    return Redis(connection_pool=pool)

@@ -32,7 +32,7 @@ from gateway_redis.errors import (
 from gateway_redis.health import HealthMonitor, HealthState, StateListener
 
 if TYPE_CHECKING:
-    from redis.asyncio.connection import Connection
+    from redis.asyncio.connection import AbstractConnection
 
     from gateway_redis.pubsub import PubSubHub, Subscription
     from gateway_redis.sessions import Session, SessionStore
@@ -93,11 +93,11 @@ class RedisClient:
         self._config = config if config is not None else RedisConfig()
         self._logger = logger if logger is not None else _log
         self._state = ClientState.NEW
-        self._pool = _driver.build_pool(self._config)
-        self._redis: Redis = _driver.make_redis(self._pool)
+        self._backend = _driver.Backend(self._config)
+        self._redis: Redis = self._backend.redis
         self._probe_timeout = min(self._config.dial_timeout, self._config.probe_interval, 1.0)
-        self._probe_conn: Connection = _driver.open_probe_connection(
-            self._config, self._probe_timeout
+        self._probe_conn: AbstractConnection = _driver.open_probe_connection(
+            self._backend, self._probe_timeout
         )
         self._health = HealthMonitor(
             self._probe,
@@ -111,7 +111,7 @@ class RedisClient:
         self._pubsub: PubSubHub | None = None
         self._sessions: SessionStore | None = None
         metrics = telemetry.instruments()
-        self._pool.wait_observer = metrics.pool_wait.record
+        self._backend.set_wait_observer(metrics.pool_wait.record)
         self._health.add_listener(
             lambda state, _reason: metrics.state_changes.add(
                 1, {"gateway.redis.state": state.value}
@@ -149,7 +149,7 @@ class RedisClient:
                 await self._warm()
         except Exception as exc:
             if _driver.is_auth_error(exc):
-                await self._pool.disconnect()
+                await self._backend.aclose()
                 raise ConfigurationError(
                     f"Redis at {self._config.redacted_url} rejected the credentials: "
                     f"{type(exc).__name__}"
@@ -173,8 +173,7 @@ class RedisClient:
         self._closers.clear()
         await self._health.aclose()
         await self._probe_conn.disconnect()
-        await self._redis.aclose()
-        await self._pool.disconnect()
+        await self._backend.aclose()
 
     async def __aenter__(self) -> RedisClient:
         await self.connect()
@@ -218,6 +217,11 @@ class RedisClient:
         return self._health.add_listener(listener)
 
     @property
+    def backend(self) -> _driver.Backend:
+        """The driver-facing side (pool, cluster, lone connections); internal use."""
+        return self._backend
+
+    @property
     def monitor(self) -> HealthMonitor:
         """The availability state machine (for components that feed it)."""
         return self._health
@@ -225,12 +229,12 @@ class RedisClient:
     @property
     def pool_in_use(self) -> int:
         """Pooled connections currently lent out."""
-        return self._pool.in_use
+        return self._backend.in_use
 
     @property
     def pool_idle(self) -> int:
         """Open pooled connections waiting for work."""
-        return self._pool.idle
+        return self._backend.idle
 
     async def _probe(self) -> None:
         conn = self._probe_conn
@@ -245,7 +249,7 @@ class RedisClient:
             raise
         if reply not in (b"PONG", "PONG", True):
             raise rexc.ConnectionError(f"unexpected PING reply {reply!r}")
-        if self._health.available and self._pool.idle + self._pool.in_use < (
+        if self._health.available and self._backend.idle + self._backend.in_use < (
             self._config.min_idle_conns
         ):
             async with deadline(self._config.operation_timeout):
@@ -254,18 +258,12 @@ class RedisClient:
     async def _on_recover(self) -> None:
         # Idle connections may point at a server that has since restarted: drop them and
         # open fresh ones, so the first calls after recovery do not trip over them.
-        await self._pool.disconnect(inuse_connections=False)
+        await self._backend.drop_idle()
         async with deadline(self._config.operation_timeout):
             await self._warm()
 
     async def _warm(self) -> None:
-        conns = []
-        try:
-            for _ in range(self._config.min_idle_conns - self._pool.idle):
-                conns.append(await self._pool.get_connection())
-        finally:
-            for conn in conns:
-                await self._pool.release(conn)
+        await self._backend.warm(self._config.min_idle_conns)
 
     # -- the one boundary where calls go out and redis-py errors come back ------------
 
@@ -308,7 +306,7 @@ class RedisClient:
                     return await call(self._redis)
         except GatewayRedisError:
             raise
-        except _driver.PoolExhausted as exc:
+        except (_driver.PoolExhausted, rexc.MaxConnectionsError) as exc:
             raise self._unavailable(miss, f"{operation}: {exc}", "pool_exhausted") from exc
         except asyncio.TimeoutError as exc:
             self._health.report_failure(exc, "timeout")

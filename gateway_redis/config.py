@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gateway_redis.errors import ConfigurationError
 
-__all__ = ["RedisConfig", "parse_duration"]
+__all__ = ["RedisConfig", "Topology", "parse_addresses", "parse_duration"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -28,7 +28,16 @@ _UNIT_SECONDS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+_MULTI_HOST = ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def parse_duration(text: str) -> float:
@@ -61,6 +70,54 @@ def parse_duration(text: str) -> float:
     if seconds < 0:
         raise ValueError(f"{text!r} is negative")
     return seconds
+
+
+def parse_addresses(text: str, *, default_port: int) -> tuple[tuple[str, int], ...]:
+    """Parse ``"host1:26379,host2,[::1]:26380"`` into ``((host, port), ...)``.
+
+    Raises :class:`ValueError` for an empty list, an empty host or a bad port.
+    """
+    result: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        else:
+            host, port_text = item, ""
+        if not host:
+            raise ValueError(f"empty host in {text!r}")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise ValueError(f"bad port {port_text!r} in {text!r}") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range in {text!r}")
+        result.append((host, port))
+    if not result:
+        raise ValueError(f"no addresses in {text!r}")
+    return tuple(result)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Topology:
+    """Where the data lives, resolved from the URL or the fields of :class:`RedisConfig`.
+
+    ``mode`` is ``"standalone"``, ``"sentinel"`` or ``"cluster"``; ``nodes`` are the
+    sentinels (sentinel mode) or the seed nodes (cluster mode).
+    """
+
+    mode: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    db: int = 0
+    tls: bool = False
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
 
 
 def _seconds(name: str, value: float | timedelta, *, allow_zero: bool = False) -> float:
@@ -126,6 +183,11 @@ class RedisConfig:
     channel_prefix: str = ""
     health_check_interval: float = 30.0
     probe_interval: float = 1.0
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
     retry_attempts: int = 2
     retry_backoff_base: float = 0.005
     retry_backoff_cap: float = 0.1
@@ -171,6 +233,28 @@ class RedisConfig:
             raise ConfigurationError("key_prefix: must be a string")
         if self.url is not None:
             self._check_url(self.url)
+        for name in ("sentinels", "cluster_nodes"):
+            nodes = getattr(self, name)
+            if isinstance(nodes, str):
+                try:
+                    nodes = parse_addresses(
+                        nodes, default_port=26379 if name == "sentinels" else 6379
+                    )
+                except ValueError as exc:
+                    raise ConfigurationError(f"{name}: {exc}") from None
+            nodes = tuple(tuple(n) for n in nodes)
+            for node in nodes:
+                if len(node) != 2 or not isinstance(node[0], str) or not isinstance(node[1], int):
+                    raise ConfigurationError(f"{name}: expected (host, port) pairs, got {node!r}")
+            set_(self, name, nodes)
+        if self.sentinels and self.cluster_nodes:
+            raise ConfigurationError("sentinels and cluster_nodes: choose one topology")
+        if self.sentinels and not self.sentinel_master:
+            raise ConfigurationError("sentinel_master: required with sentinels")
+        if self.url is not None and (self.sentinels or self.cluster_nodes):
+            raise ConfigurationError("url and sentinels/cluster_nodes: give the topology once")
+        if self.cluster_nodes and self.db != 0:
+            raise ConfigurationError("db: Redis Cluster has only database 0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigurationError("tls_cert_file and tls_key_file must be given together")
 
@@ -181,6 +265,9 @@ class RedisConfig:
                 f"url: scheme must be one of {', '.join(s + '://' for s in _SCHEMES)}, "
                 f"got {_redact_url(url)!r}"
             )
+        if parts.scheme in _MULTI_HOST:
+            self._url_topology(url)
+            return
         try:
             port = parts.port
         except ValueError as exc:
@@ -188,6 +275,9 @@ class RedisConfig:
         if parts.scheme == "unix":
             if not parts.path:
                 raise ConfigurationError(f"url: unix:// needs a socket path, got {url!r}")
+            return
+        if parts.scheme in _MULTI_HOST:
+            self._url_topology(url)
             return
         if not parts.hostname:
             raise ConfigurationError(f"url: missing host in {_redact_url(url)!r}")
@@ -200,12 +290,85 @@ class RedisConfig:
         if parts.password is not None and self.password is not None:
             raise ConfigurationError("password given both in url and separately")
 
+    def _url_topology(self, url: str) -> Topology:
+        """Parse ``redis+sentinel://[user:pw@]h1:p1,h2:p2/master[/db]`` or
+        ``redis+cluster://[user:pw@]h1:p1,h2:p2``."""
+        scheme, _, rest = url.partition("://")
+        userinfo, _, hostpart = rest.rpartition("@")
+        hosts, _, path = hostpart.partition("/")
+        username = password = None
+        if userinfo:
+            user, _, pw = userinfo.partition(":")
+            username, password = (unquote(user) or None), (unquote(pw) or None)
+        if password is not None and self.password is not None:
+            raise ConfigurationError("password given both in url and separately")
+        sentinel = "sentinel" in scheme
+        try:
+            nodes = parse_addresses(hosts, default_port=26379 if sentinel else 6379)
+        except ValueError as exc:
+            raise ConfigurationError(f"url: {exc}") from None
+        segments = [p for p in path.split("/") if p]
+        master, db = None, 0
+        if sentinel:
+            if not segments:
+                raise ConfigurationError(
+                    "url: redis+sentinel:// needs the master name: "
+                    "redis+sentinel://host:26379,host2:26379/mymaster[/db]"
+                )
+            master = unquote(segments[0])
+            segments = segments[1:]
+        if segments:
+            if len(segments) > 1 or not segments[0].isdigit() or not 0 <= int(segments[0]) <= 15:
+                raise ConfigurationError(f"url: bad database in {_redact_url(url)!r}")
+            db = int(segments[0])
+            if not sentinel and db != 0:
+                raise ConfigurationError("url: Redis Cluster has only database 0")
+        return Topology(
+            mode="sentinel" if sentinel else "cluster",
+            nodes=nodes,
+            master_name=master,
+            db=db,
+            tls=scheme.startswith("rediss"),
+            username=username or self.username,
+            password=password or self.password,
+        )
+
+    @property
+    def topology(self) -> Topology:
+        """Standalone, Sentinel or Cluster, with the addresses to start from."""
+        if self.url is not None and urlsplit(self.url).scheme in _MULTI_HOST:
+            return self._url_topology(self.url)
+        if self.sentinels:
+            return Topology(
+                mode="sentinel",
+                nodes=self.sentinels,
+                master_name=self.sentinel_master,
+                db=self.db,
+                tls=self.tls,
+                username=self.username,
+                password=self.password,
+            )
+        if self.cluster_nodes:
+            return Topology(
+                mode="cluster",
+                nodes=self.cluster_nodes,
+                tls=self.tls,
+                username=self.username,
+                password=self.password,
+            )
+        return Topology(mode="standalone", db=self.db, tls=self.tls)
+
+    @property
+    def mode(self) -> str:
+        """``"standalone"``, ``"sentinel"`` or ``"cluster"``."""
+        return self.topology.mode
+
     def __repr__(self) -> str:
         fields = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "password":
-                fields.append(f"password={'***' if value else None!r}")
+            if f.name in ("password", "sentinel_password"):
+                fields.append(f"{f.name}={'***' if value else None!r}")
             elif f.name == "url" and value is not None:
                 fields.append(f"url={_redact_url(value)!r}")
             elif value != f.default:
@@ -234,7 +397,9 @@ class RedisConfig:
         ``REDIS_POOL_TIMEOUT``, ``REDIS_OPERATION_TIMEOUT``, ``REDIS_KEY_PREFIX``,
         ``REDIS_CHANNEL_PREFIX``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_RETRY_ATTEMPTS``,
         ``REDIS_TLS``, ``REDIS_TLS_CA_FILE``, ``REDIS_TLS_CERT_FILE``, ``REDIS_TLS_KEY_FILE``,
-        ``REDIS_TLS_VERIFY``. Durations accept ``5s``, ``250ms``, ``1m30s`` or plain
+        ``REDIS_TLS_VERIFY``, ``REDIS_SENTINELS`` (``host:port,host:port``),
+        ``REDIS_SENTINEL_MASTER``, ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``,
+        ``REDIS_CLUSTER_NODES``. Durations accept ``5s``, ``250ms``, ``1m30s`` or plain
         seconds. Unset variables keep the defaults; an empty string counts as unset for
         text values (URL, host, credentials, prefixes) and is an error for numbers.
         ``REDIS_URL`` together with ``REDIS_HOST``/``REDIS_PORT``/``REDIS_DB`` is an
@@ -281,6 +446,15 @@ class RedisConfig:
             else:
                 raise ConfigurationError(f"{var}={value!r}: expected true/false/1/0/yes/no")
 
+        def addresses(var: str, field: str, default_port: int) -> None:
+            value = env.get(var)
+            if value is None or value == "":
+                return
+            try:
+                kwargs[field] = parse_addresses(value, default_port=default_port)
+            except ValueError as exc:
+                raise ConfigurationError(f"{var}: {exc}") from None
+
         text("REDIS_URL", "url")
         text("REDIS_HOST", "host")
         integer("REDIS_PORT", "port")
@@ -303,6 +477,11 @@ class RedisConfig:
         text("REDIS_TLS_CERT_FILE", "tls_cert_file")
         text("REDIS_TLS_KEY_FILE", "tls_key_file")
         boolean("REDIS_TLS_VERIFY", "tls_verify")
+        addresses("REDIS_SENTINELS", "sentinels", 26379)
+        text("REDIS_SENTINEL_MASTER", "sentinel_master")
+        text("REDIS_SENTINEL_USERNAME", "sentinel_username")
+        text("REDIS_SENTINEL_PASSWORD", "sentinel_password")
+        addresses("REDIS_CLUSTER_NODES", "cluster_nodes", 6379)
 
         if "url" in kwargs:
             clash = [v for v in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB") if env.get(v)]
@@ -323,6 +502,9 @@ class RedisConfig:
             "pool_timeout": "REDIS_POOL_TIMEOUT",
             "operation_timeout": "REDIS_OPERATION_TIMEOUT",
             "health_check_interval": "REDIS_HEALTH_CHECK_INTERVAL",
+            "sentinels": "REDIS_SENTINELS",
+            "sentinel_master": "REDIS_SENTINEL_MASTER",
+            "cluster_nodes": "REDIS_CLUSTER_NODES",
         }
         try:
             return cls(**kwargs)

@@ -23,10 +23,11 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from gateway_redis.errors import ConfigurationError
 
-__all__ = ["EmbeddedRedis", "find_server_binary", "free_port"]
+__all__ = ["EmbeddedRedis", "EmbeddedSentinel", "find_server_binary", "free_port"]
 
 _RUNNING: weakref.WeakSet[EmbeddedRedis] = weakref.WeakSet()
 
@@ -273,3 +274,57 @@ def _kill_leftovers() -> None:
     for server in list(_RUNNING):
         with contextlib.suppress(Exception):
             server.kill()
+
+
+class EmbeddedSentinel(EmbeddedRedis):
+    """A real Redis Sentinel watching ``master_name`` at ``master_host:master_port``.
+
+    ``quorum``, ``down_after`` and ``failover_timeout`` (seconds) are kept short by
+    default so that tests see a failover within a few seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        master_name: str,
+        master_host: str,
+        master_port: int,
+        quorum: int = 2,
+        down_after: float = 1.0,
+        failover_timeout: float = 3.0,
+        master_password: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.master_name = master_name
+        lines = [
+            f"sentinel monitor {master_name} {master_host} {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {master_name} {int(down_after * 1000)}",
+            f"sentinel failover-timeout {master_name} {int(failover_timeout * 1000)}",
+            f"sentinel parallel-syncs {master_name} 1",
+        ]
+        if master_password:
+            lines.append(f"sentinel auth-pass {master_name} {master_password}")
+        self.config_file = self.directory / f"sentinel-{self.port}.conf"
+        self.config_file.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        """``redis-server <sentinel.conf> --sentinel`` (Sentinel rewrites its own file)."""
+        cmd = [
+            self.binary,
+            str(self.config_file),
+            "--sentinel",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.log_file),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+        return cmd + list(self.args)
