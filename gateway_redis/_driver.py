@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -233,10 +233,15 @@ class Backend:
         self._sentinel: Sentinel | None = None
         self.pool: GatewayPool | None = None
         self.cluster: RedisCluster | None = None
+        # Cluster node pools cannot wait for a free connection (redis-py #3135): cap
+        # concurrent calls ourselves, so callers queue instead of failing.
+        self.limiter: asyncio.Semaphore | None = None
+        self._wait_observer: Callable[[float], None] | None = None
         if self.mode == "sentinel":
             self._sentinel = self._make_sentinel()
         if self.mode == "cluster":
             self.cluster = self._make_cluster()
+            self.limiter = asyncio.Semaphore(config.pool_size)
             self.redis: Any = self.cluster
         else:
             self.pool = self._make_pool(
@@ -347,8 +352,32 @@ class Backend:
             sum(1 for c in node._free if c.is_connected) for node in self.cluster.get_nodes()
         )
 
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait (at most ``pool_timeout``) for a free call slot in cluster mode."""
+        limiter = self.limiter
+        if limiter is None:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            async with deadline(self.config.pool_timeout):
+                await limiter.acquire()
+        except asyncio.TimeoutError:
+            raise PoolExhausted(
+                f"no connection free within {self.config.pool_timeout}s "
+                f"({self.config.pool_size} per client)"
+            ) from None
+        if self._wait_observer is not None:
+            self._wait_observer(time.perf_counter() - started)
+        try:
+            yield
+        finally:
+            limiter.release()
+
     def set_wait_observer(self, observer: Callable[[float], None]) -> None:
         """Report pool wait times to ``observer`` (standalone and Sentinel)."""
+        self._wait_observer = observer
         if self.pool is not None:
             self.pool.wait_observer = observer
 

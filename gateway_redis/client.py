@@ -300,10 +300,10 @@ class RedisClient:
             )
         try:
             async with deadline(self._config.operation_timeout):
-                if retry:
-                    return await call(self._redis)
-                with _driver.no_retry():
-                    return await call(self._redis)
+                if self._backend.limiter is not None:
+                    async with self._backend.slot():
+                        return await self._call(call, retry)
+                return await self._call(call, retry)
         except GatewayRedisError:
             raise
         except (_driver.PoolExhausted, rexc.MaxConnectionsError) as exc:
@@ -330,6 +330,12 @@ class RedisClient:
             if isinstance(exc, rexc.ResponseError):
                 raise CommandError(f"{operation}: {exc}") from exc
             raise
+
+    async def _call(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
+        if retry:
+            return await call(self._redis)
+        with _driver.no_retry():
+            return await call(self._redis)
 
     def key(self, name: str) -> str:
         """``name`` with the configured key prefix."""

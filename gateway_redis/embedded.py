@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -61,12 +62,27 @@ def find_server_binary(name: str = "server") -> str:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(host: str = "127.0.0.1", *, cluster: bool = False) -> int:
+    """A TCP port that was free on ``host`` a moment ago.
+
+    ``cluster=True`` picks a port at most 55535 whose cluster bus port (+10000) is free too.
+    """
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+            return port
+    rng = random.SystemRandom()
+    for _ in range(200):
+        candidate = rng.randint(20000, 55535)
+        try:
+            for p in (candidate, candidate + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((host, p))
+        except OSError:
+            continue
+        return candidate
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class EmbeddedRedis:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import redis
 
-from gateway_redis.embedded import EmbeddedRedis, EmbeddedSentinel
+from gateway_redis.embedded import EmbeddedRedis, EmbeddedSentinel, free_port
 
 MASTER = "gwmaster"
 
@@ -90,6 +90,99 @@ class SentinelTopology:
 @contextmanager
 def sentinel_topology() -> Iterator[SentinelTopology]:
     topo = SentinelTopology()
+    try:
+        yield topo
+    finally:
+        topo.cleanup()
+
+
+class ClusterTopology:
+    """A Redis Cluster of ``primaries`` primaries, each with ``replicas`` replicas."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        from gateway_redis.embedded import find_server_binary
+
+        self.nodes = [
+            EmbeddedRedis(
+                port=free_port(cluster=True),
+                args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
+            )
+            for _ in range(primaries * (1 + replicas))
+        ]
+        for node in self.nodes:
+            node.args = (*node.args, "--cluster-config-file", f"nodes-{node.port}.conf")
+            node.start()
+        cli = find_server_binary("cli")
+        import subprocess
+
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self._wait_ok()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(("127.0.0.1", n.port) for n in self.nodes)
+
+    def _wait_ok(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(self.state(n.port) == "ok" for n in self.nodes if n.running):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("cluster did not reach state ok")
+
+    @staticmethod
+    def state(port: int) -> str:
+        with redis.Redis(port=port, socket_timeout=1) as r:
+            info = r.execute_command("CLUSTER INFO")
+        if isinstance(info, dict):
+            return str(info.get("cluster_state", "unknown"))
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"
+
+    def primary_for_slot(self, slot: int) -> EmbeddedRedis:
+        live = next(n for n in self.nodes if n.running)
+        with redis.Redis(port=live.port, socket_timeout=1) as r:
+            for start, end, primary, *_ in r.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"slot {slot} not covered")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+@contextmanager
+def cluster_topology() -> Iterator[ClusterTopology]:
+    topo = ClusterTopology()
     try:
         yield topo
     finally:
