@@ -110,6 +110,7 @@ class RedisClient:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._pubsub: PubSubHub | None = None
         self._sessions: SessionStore | None = None
+        self._replicas = 0
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
         self._health.add_listener(
@@ -147,6 +148,7 @@ class RedisClient:
         try:
             async with deadline(self._config.dial_timeout + self._config.operation_timeout):
                 await self._warm()
+                await self._probe()
         except Exception as exc:
             if _driver.is_auth_error(exc):
                 await self._backend.aclose()
@@ -242,13 +244,20 @@ class RedisClient:
             async with deadline(self._probe_timeout):
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("PING")
+                # ROLE answers like PING and also says how many replicas the primary
+                # has, which decides whether security writes wait for one (WAIT 1).
+                command = "PING" if self._backend.mode == "cluster" else "ROLE"
+                await conn.send_command(command)
                 reply = await conn.read_response()
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
-        if reply not in (b"PONG", "PONG", True):
-            raise rexc.ConnectionError(f"unexpected PING reply {reply!r}")
+        if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
+            self._replicas = len(reply[2]) if len(reply) > 2 else 0
+        elif isinstance(reply, list):
+            raise rexc.ConnectionError(f"connected to a {reply[0]!r}, not a primary")
+        elif reply not in (b"PONG", "PONG", True):
+            raise rexc.ConnectionError(f"unexpected probe reply {reply!r}")
         if self._health.available and self._backend.idle + self._backend.in_use < (
             self._config.min_idle_conns
         ):
@@ -278,12 +287,16 @@ class RedisClient:
         *,
         retry: bool = True,
         miss: bool = False,
+        confirm: bool = False,
     ) -> T:
         """Run ``call(redis)`` under the client's rules; the building block of every method.
 
         ``operation`` names the call in errors and logs. ``retry=False`` sends commands at
         most once (for non-idempotent ones). ``miss=True`` makes outage errors
-        :class:`CacheUnavailable`. Raises :class:`RedisUnavailable` (fast, when Redis is
+        :class:`CacheUnavailable`. ``confirm=True`` is for writes that protect security
+        (logout, revocation): when the primary has replicas, the write must reach one
+        (``WAIT 1``) or the call raises ``RedisUnavailable(reason="unconfirmed")``, since
+        a failover could otherwise silently undo it (replication is asynchronous). Raises :class:`RedisUnavailable` (fast, when Redis is
         known to be down; after the deadline, when it does not answer) and
         :class:`ConfigurationError`-free: credential problems surface as
         ``RedisUnavailable(reason="misconfigured")``; an error reply from Redis raises
@@ -300,6 +313,8 @@ class RedisClient:
             )
         try:
             async with deadline(self._config.operation_timeout):
+                if confirm and self._replicas > 0 and self._backend.pool is not None:
+                    return await self._confirmed(call, retry)
                 if self._backend.limiter is not None:
                     async with self._backend.slot():
                         return await self._call(call, retry)
@@ -331,11 +346,29 @@ class RedisClient:
                 raise CommandError(f"{operation}: {exc}") from exc
             raise
 
-    async def _call(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
+    async def _call(
+        self, call: Callable[[Redis], Awaitable[T]], retry: bool, redis: Redis | None = None
+    ) -> T:
+        target = self._redis if redis is None else redis
         if retry:
-            return await call(self._redis)
+            return await call(target)
         with _driver.no_retry():
-            return await call(self._redis)
+            return await call(target)
+
+    async def _confirmed(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
+        # WAIT counts the writes made on its own connection: pin one for both.
+        pinned = self._redis.client()
+        try:
+            result = await self._call(call, retry, pinned)
+            wait_ms = max(1, int(self._config.operation_timeout * 500))
+            acked = await pinned.wait(1, wait_ms)
+        finally:
+            await pinned.aclose()
+        if int(acked) < 1:
+            raise RedisUnavailable(
+                "write not confirmed by any replica within the deadline", reason="unconfirmed"
+            )
+        return result
 
     def key(self, name: str) -> str:
         """``name`` with the configured key prefix."""

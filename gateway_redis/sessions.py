@@ -350,7 +350,8 @@ class SessionStore:
                 return
             await self._call("delete", [self._index_key(user_id), key], [session_id])(r)
 
-        await self._client.execute("session.delete", call)
+        # Logout protects security: confirmed by a replica when there is one (DESIGN).
+        await self._client.execute("session.delete", call, confirm=True)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
@@ -397,7 +398,10 @@ class SessionStore:
                     break
             return deleted
 
-        return await self._client.execute("session.delete_user_sessions", call)
+        deleted: int = await self._client.execute(
+            "session.delete_user_sessions", call, confirm=True
+        )
+        return deleted
 
     async def regenerate(self, session_id: str) -> str:
         """Give the session a new ID (at login, on privilege change); returns the new ID.

@@ -101,3 +101,19 @@ async def test_client_follows_failover_under_traffic(sentinel: SentinelTopology)
         # Data written before the failover survived on the promoted replica.
         assert await c.get("before") == b"1"
         assert (await c.get_session(sid)).metadata["role"] == "admin"
+
+
+async def test_logout_is_confirmed_by_a_replica_or_fails_closed(sentinel: SentinelTopology) -> None:
+    async with RedisClient(_config(sentinel)) as c:
+        sid = await c.create_session("bob", {})
+        await c.delete_session(sid)  # replica up: WAIT 1 succeeds
+        with pytest.raises(SessionNotFound):
+            await c.get_session(sid)
+        sid = await c.create_session("bob", {})
+        sentinel.replica.freeze()
+        try:
+            with pytest.raises(RedisUnavailable) as info:
+                await c.delete_session(sid)
+            assert info.value.reason in ("unconfirmed", "timeout")
+        finally:
+            sentinel.replica.thaw()
