@@ -295,12 +295,12 @@ class RedisClient:
         most once (for non-idempotent ones). ``miss=True`` makes outage errors
         :class:`CacheUnavailable`. ``confirm=True`` is for writes that protect security
         (logout, revocation): when the primary has replicas, the write must reach one
-        (``WAIT 1``) or the call raises ``RedisUnavailable(reason="unconfirmed")``, since
-        a failover could otherwise silently undo it (replication is asynchronous). Raises :class:`RedisUnavailable` (fast, when Redis is
-        known to be down; after the deadline, when it does not answer) and
-        :class:`ConfigurationError`-free: credential problems surface as
-        ``RedisUnavailable(reason="misconfigured")``; an error reply from Redis raises
-        :class:`CommandError`.
+        (``WAIT 1``) or the call raises ``RedisUnavailable(reason="unconfirmed")``, since a
+        failover could otherwise silently undo it (replication is asynchronous).
+
+        Raises :class:`RedisUnavailable` (fast, when Redis is known to be down; after the
+        deadline, when it does not answer; ``reason="misconfigured"`` when the credentials
+        are refused) and :class:`CommandError` for an error reply from Redis.
         """
         if self._state is not ClientState.CONNECTED:
             reason = "closed" if self._state is ClientState.CLOSED else "not_connected"
