@@ -96,8 +96,8 @@ async def run(
                     )
                     rows.append(row)
                     progress(
-                        f"  {name:<15} x{concurrency:<3} ours {row.ours:9.0f}/s  raw {row.raw:9.0f}/s  "
-                        f"ratio {row.ratio:.2f}"
+                        f"  {name:<15} x{concurrency:<3} ours {row.ours:9.0f}/s  "
+                        f"raw {row.raw:9.0f}/s  ratio {row.ratio:.2f}"
                     )
         await raw.aclose()
         await raw_pool.disconnect()

@@ -48,9 +48,8 @@ def main() -> None:
     parser.add_argument("parts", nargs="*", default=["client"], choices=["client"])
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    sections = [
-        f"# gateway-redis benchmarks\n\n{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}\n"
-    ]
+    now = dt.datetime.now(dt.timezone.utc)
+    sections = [f"# gateway-redis benchmarks\n\n{now:%Y-%m-%d %H:%M} UTC, {machine()}\n"]
     if "client" in args.parts:
         print("== client overhead: RedisClient vs raw redis-py (same server, interleaved rounds)")
         rows = asyncio.run(bench_client.run())
