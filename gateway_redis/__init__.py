@@ -21,6 +21,8 @@ from gateway_redis.errors import (
     SubscriptionClosed,
 )
 from gateway_redis.health import HealthState
+from gateway_redis.pubsub import Message, PubSubHub, PubSubStats, Subscription
+from gateway_redis.sessions import Session, SessionStore
 
 __all__ = [
     "CacheKeyNotFound",
@@ -30,11 +32,17 @@ __all__ = [
     "ConfigurationError",
     "GatewayRedisError",
     "HealthState",
+    "Message",
+    "PubSubHub",
+    "PubSubStats",
     "RedisClient",
     "RedisConfig",
     "RedisUnavailable",
     "SerializationError",
+    "Session",
     "SessionNotFound",
+    "SessionStore",
+    "Subscription",
     "SubscriptionClosed",
     "parse_duration",
 ]

@@ -20,6 +20,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway_redis.config import RedisConfig
 
@@ -287,6 +288,10 @@ class Backend:
         config, topo = self.config, self.topology
         kwargs["max_connections"] = size
         kwargs["timeout"] = timeout
+        # With maintenance notifications in "auto" mode redis-py skips its check that a
+        # pooled connection is still alive when lending it out, so the first command after
+        # a server restart hits a dead socket (fatal for a command sent at most once).
+        kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         if self.mode == "sentinel":
             assert self._sentinel is not None
             kwargs["db"] = topo.db
@@ -413,21 +418,12 @@ class Backend:
             await self._sentinel.aclose()
 
 
-def build_pool(config: RedisConfig) -> GatewayPool:
-    """Deprecated shim (standalone only); use :meth:`Backend.lone_connection`."""
-    pool = Backend(config).pool
-    assert pool is not None
-    return pool
-
-
-def open_probe_connection(backend: Backend | RedisConfig, timeout: float) -> AbstractConnection:
+def open_probe_connection(backend: Backend, timeout: float) -> AbstractConnection:
     """A lone connection for health probes: no retries, short timeouts.
 
     Probes go over the raw connection, not ``Redis.execute_command``, so they never show
     up as command spans in OpenTelemetry's redis instrumentation.
     """
-    if isinstance(backend, RedisConfig):
-        backend = Backend(backend)
     return backend.lone_connection(
         retry=None,
         socket_timeout=timeout,

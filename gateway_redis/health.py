@@ -171,7 +171,8 @@ class HealthMonitor:
                 await asyncio.sleep(misconfigured_delay)
                 misconfigured_delay = min(misconfigured_delay * 2, 30.0)
             else:
-                await asyncio.sleep(self._probe_interval)
+                # Interruptible: check_now()/release_down() probe at once.
+                await self._wait(self._probe_interval)
             try:
                 await self._probe()
             except asyncio.CancelledError:

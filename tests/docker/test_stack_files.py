@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -124,9 +125,8 @@ def test_image_command_serves_health_locally(redis_server: EmbeddedRedis) -> Non
         "GATEWAY_JWT_SECRET": "test-secret-" + "x9Kq2" * 8,
     }
     env.pop("REDIS_HOST", None)
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         body = None
@@ -137,7 +137,10 @@ def test_image_command_serves_health_locally(redis_server: EmbeddedRedis) -> Non
                     break
             except OSError:
                 time.sleep(0.1)
-        assert body is not None, f"gateway did not answer; command: {shlex.join(args)}"
+        if body is None:
+            log.seek(0)
+            output = log.read().decode(errors="replace")[-3000:]
+            raise AssertionError(f"gateway did not answer; {shlex.join(args)}\n{output}")
         assert body["redis"] == "up"
     finally:
         proc.terminate()
@@ -146,3 +149,4 @@ def test_image_command_serves_health_locally(redis_server: EmbeddedRedis) -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
