@@ -125,7 +125,7 @@ def test_image_command_serves_health_locally(redis_server: EmbeddedRedis) -> Non
         "GATEWAY_JWT_SECRET": "test-secret-" + "x9Kq2" * 8,
     }
     env.pop("REDIS_HOST", None)
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
