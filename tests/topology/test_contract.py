@@ -114,7 +114,8 @@ async def test_pubsub(topo_client: RedisClient) -> None:
         await c.publish("news", {"n": 1})
         await c.publish("metrics:cpu", 0.5)
         host, port = c.test_node  # type: ignore[attr-defined]
-        subprocess.run(
+        await asyncio.to_thread(
+            subprocess.run,
             [
                 find_server_binary("cli"),
                 "-h",
