@@ -51,3 +51,50 @@ def fault_server() -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.cleanup()
+
+
+class Telemetry:
+    """The process-wide OpenTelemetry SDK used by tests: in-memory spans and metrics."""
+
+    def __init__(self) -> None:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.metrics = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metrics])
+        trace.set_tracer_provider(self.tracer_provider)
+        metrics.set_meter_provider(self.meter_provider)
+
+    def points(self, name: str) -> list[tuple[dict[str, object], object]]:
+        """(attributes, point) for every data point of the metric ``name`` right now."""
+        data = self.metrics.get_metrics_data()
+        found: list[tuple[dict[str, object], object]] = []
+        if data is None:
+            return found
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            found.append((dict(point.attributes or {}), point))
+        return found
+
+
+_TELEMETRY: Telemetry | None = None
+
+
+@pytest.fixture
+def telemetry() -> Telemetry:
+    """The SDK, installed globally once per test session (OpenTelemetry allows one)."""
+    global _TELEMETRY
+    if _TELEMETRY is None:
+        _TELEMETRY = Telemetry()
+    _TELEMETRY.spans.clear()
+    return _TELEMETRY

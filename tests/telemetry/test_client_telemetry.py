@@ -1,0 +1,77 @@
+"""Metrics and spans of the Redis side, read back through the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.trace import SpanKind
+
+from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
+from gateway_redis.embedded import EmbeddedRedis
+from tests.conftest import Telemetry
+
+
+async def test_availability_state_changes_and_pool_wait_are_measured(
+    telemetry: Telemetry, fault_server: EmbeddedRedis
+) -> None:
+    before = {
+        attrs.get("gateway.redis.state"): point.value  # type: ignore[attr-defined]
+        for attrs, point in telemetry.points("gateway.redis.state_changes")
+    }
+    async with RedisClient(RedisConfig(url=fault_server.url, probe_interval=0.1)) as c:
+        for i in range(20):
+            await c.set(f"k{i}", "v")
+        waits = telemetry.points("gateway.redis.pool.wait_time")
+        assert waits and sum(p.count for _, p in waits) >= 20  # type: ignore[attr-defined]
+        available = [p.value for a, p in telemetry.points("gateway.redis.available")]  # type: ignore[attr-defined]
+        assert 1 in available
+        fault_server.kill()
+        with pytest.raises(RedisUnavailable):
+            await c.get("k1")
+        assert 0 in [p.value for a, p in telemetry.points("gateway.redis.available")]  # type: ignore[attr-defined]
+        fault_server.start()
+        for _ in range(100):
+            if c.available:
+                break
+            await asyncio.sleep(0.05)
+        assert c.available
+    after = {
+        attrs.get("gateway.redis.state"): point.value  # type: ignore[attr-defined]
+        for attrs, point in telemetry.points("gateway.redis.state_changes")
+    }
+    assert after.get("down", 0) - before.get("down", 0) == 1
+    assert after.get("up", 0) - before.get("up", 0) == 1
+
+
+async def test_publish_span_is_a_producer_without_payload_or_secrets(
+    telemetry: Telemetry, client: RedisClient
+) -> None:
+    secret = "payload-secret-value"
+    await client.publish("orders:42", {"card": secret})
+    spans = [s for s in telemetry.spans.get_finished_spans() if s.name == "gateway.pubsub publish"]
+    assert len(spans) == 1
+    span = spans[0]
+    assert span.kind is SpanKind.PRODUCER
+    for value in (span.attributes or {}).values():
+        assert secret not in str(value)
+
+
+async def test_health_probes_create_no_spans_with_redis_instrumentation(
+    telemetry: Telemetry, redis_config: RedisConfig
+) -> None:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.tracer_provider)
+    try:
+        async with RedisClient(redis_config.replace(health_check_interval=0.05)) as c:
+            telemetry.spans.clear()
+            await asyncio.sleep(0.3)  # several periodic probes
+            assert c.available
+            assert telemetry.spans.get_finished_spans() == ()
+            await c.get("anything") if await c.exists("anything") else None
+            # The instrumentation is live: a real command is traced.
+            assert len(telemetry.spans.get_finished_spans()) >= 1
+    finally:
+        instrumentor.uninstrument()
