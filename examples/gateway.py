@@ -2,70 +2,328 @@
 
 Redis comes from ``RedisConfig.from_env()`` (``REDIS_URL`` or ``REDIS_HOST``...); with
 neither set, an embedded Redis-compatible server is started for the life of the app.
+
+Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a PEM; RS256,
+ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
+``GATEWAY_JWT_ISSUER``, ``GATEWAY_JWT_AUDIENCE`` and ``GATEWAY_JWT_LEEWAY`` (seconds, 0-60,
+default 0). ``/auth/login`` signs with the secret or ``GATEWAY_JWT_PRIVATE_KEY`` (path to a
+PEM); with only a public key it answers 501. ``GATEWAY_JWT_TTL`` sets the token lifetime
+(seconds, default 900). With no key at all a random secret is made up for this process (a
+warning says so; tokens then die with it). Cookies are ``Secure`` unless
+``GATEWAY_COOKIE_SECURE=0``.
+
+Middleware, outermost first: sessions (cookie; during a Redis outage only ``/api/session``
+and ``/auth/*`` answer 503, other routes carry on without a session), JWT (public: health,
+readiness, login, logout, ``/api/session``, the docs), RBAC (``/api/admin/**`` needs
+``admin:read``; roles from the token's ``roles`` claim).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
-from fastapi import FastAPI
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway_redis import RedisClient, RedisConfig
+from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.sessions import SessionStore
+from middleware import (
+    JWTAuthenticator,
+    JWTMiddleware,
+    JWTSettings,
+    JWTValidator,
+    PermissionCache,
+    RBACMiddleware,
+    Rule,
+    ServiceUnavailable,
+    SessionCookie,
+    SessionManager,
+    SessionMiddleware,
+    StaticRolePermissions,
+    get_claims_or_none,
+)
+from middleware.fastapi import Claims, RequirePermissions, SessionHandleDep
 
 log = logging.getLogger("examples.gateway")
 
+ROLES = {
+    "admin": ("admin:read", "channels:publish", "profile:read"),
+    "user": ("profile:read",),
+}
+# Demo only: (password, roles). A real gateway asks its identity provider.
+DEMO_USERS = {
+    "alice": ("alice-password", ("admin",)),
+    "bob": ("bob-password", ("user",)),
+}
+PUBLIC_PATHS = (
+    "/health", "/ready", "/auth/login", "/auth/logout", "/api/session",
+    "/docs", "/docs/*", "/openapi.json",
+)  # fmt: skip
 
-def _redis_configured() -> bool:
-    return bool(os.environ.get("REDIS_URL") or os.environ.get("REDIS_HOST"))
+
+class GatewayKeys:
+    """Verification settings plus the signing key (None when only a public key is known)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        secret = env.get("GATEWAY_JWT_SECRET") or None
+        public_path = env.get("GATEWAY_JWT_PUBLIC_KEY") or None
+        private_path = env.get("GATEWAY_JWT_PRIVATE_KEY") or None
+        if secret and (public_path or private_path):
+            raise ValueError("set GATEWAY_JWT_SECRET or a key pair, not both")
+        signing: Any = None
+        if secret:
+            verify: str | bytes = secret
+            default_algs = ["HS256"]
+            signing = secret
+        elif public_path or private_path:
+            if private_path:
+                with open(private_path, "rb") as f:
+                    signing = serialization.load_pem_private_key(f.read(), password=None)
+            if public_path:
+                with open(public_path, "rb") as f:
+                    verify = f.read()
+            else:
+                verify = signing.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            default_algs = [_default_algorithm(serialization.load_pem_public_key(verify))]
+        else:
+            log.warning("no GATEWAY_JWT_SECRET or key set: using a random secret for this process")
+            signing = verify = secrets.token_urlsafe(48)
+            default_algs = ["HS256"]
+        algs = env.get("GATEWAY_JWT_ALGORITHMS") or ",".join(default_algs)
+        self.settings = JWTSettings(
+            algorithms=tuple(a.strip() for a in algs.split(",") if a.strip()),
+            key=verify,
+            issuer=env.get("GATEWAY_JWT_ISSUER") or "https://gateway.example",
+            audience=env.get("GATEWAY_JWT_AUDIENCE") or "gateway-api",
+            leeway=float(env.get("GATEWAY_JWT_LEEWAY") or 0),
+        )
+        self.signing_key = signing
+        self.algorithm = self.settings.algorithms[0]
+        self.ttl = int(env.get("GATEWAY_JWT_TTL") or 900)
+        if not 10 <= self.ttl <= 86400:
+            raise ValueError("GATEWAY_JWT_TTL must be 10..86400 seconds")
+
+    def issue(self, subject: str, roles: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+        """A signed token for ``subject`` and its claims."""
+        now = int(time.time())
+        audience = self.settings.audience
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "roles": list(roles),
+            "iat": now,
+            "exp": now + self.ttl,
+            "jti": uuid.uuid4().hex,
+            "iss": self.settings.issuer,
+            "aud": audience if isinstance(audience, str) else audience[0],
+        }
+        return jwt.encode(claims, self.signing_key, algorithm=self.algorithm), claims
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    embedded: EmbeddedRedis | None = None
-    if _redis_configured():
-        config = RedisConfig.from_env()
-    else:
-        embedded = EmbeddedRedis()
-        await embedded.astart()
-        log.warning("no REDIS_URL/REDIS_HOST set: using an embedded server at %s", embedded.url)
-        config = RedisConfig.from_env({**os.environ, "REDIS_URL": embedded.url})
+def _default_algorithm(key: Any) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return {"secp384r1": "ES384", "secp521r1": "ES512"}.get(key.curve.name, "ES256")
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise ValueError("unsupported public key type")
+
+
+def _redis(env: Mapping[str, str]) -> tuple[RedisConfig, EmbeddedRedis | None]:
+    if env.get("REDIS_URL") or env.get("REDIS_HOST"):
+        return RedisConfig.from_env(env), None
+    embedded = EmbeddedRedis()
+    return RedisConfig.from_env({**env, "REDIS_URL": embedded.url}), embedded
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
+    """Build the gateway from ``environ`` (``os.environ`` by default). Each app runs one
+    lifespan: its Redis client is opened at startup and closed at shutdown."""
+    env = os.environ if environ is None else environ
+    keys = GatewayKeys(env)
+    config, embedded = _redis(env)
     client = RedisClient(config)
-    await client.connect()
-    # The pub/sub hub's liveness check makes /ready follow a lost or frozen server within
-    # about 2 s even when no request is running.
-    client.pubsub.start()
-    app.state.redis = client
-    try:
-        yield
-    finally:
-        await client.aclose()
+    bus = InvalidationBus(client)
+    authenticator = JWTAuthenticator(JWTValidator(keys.settings), bus=bus)
+    permissions = PermissionCache(StaticRolePermissions(ROLES), bus=bus)
+    store = SessionStore(client, default_ttl=12 * 3600, idle_timeout=3600)
+    sessions = SessionManager(store, bus=bus)
+    secure = env.get("GATEWAY_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if embedded is not None:
-            embedded.cleanup()
+            await embedded.astart()
+            log.warning("no REDIS_URL/REDIS_HOST set: using an embedded server at %s", config.url)
+        await client.connect()
+        # The pub/sub hub's liveness check makes /ready follow a lost or frozen server
+        # within about 2 s even when no request is running.
+        client.pubsub.start()
+        try:
+            async with bus:
+                yield
+        finally:
+            await client.aclose()
+            if embedded is not None:
+                embedded.cleanup()
 
-
-app = FastAPI(title="gateway-redis example", lifespan=lifespan)
-
-
-@app.get("/health")
-async def health() -> dict[str, str]:
-    """Always 200 while the process runs; says whether Redis is up."""
-    client: RedisClient = app.state.redis
-    return {"status": "ok", "redis": client.health.value}
-
-
-@app.get("/ready")
-async def ready() -> JSONResponse:
-    """200 only while Redis is available, else 503."""
-    client: RedisClient = app.state.redis
-    if client.available:
-        return JSONResponse({"status": "ready", "redis": "up"})
-    return JSONResponse(
-        {"status": "unavailable", "redis": client.health.value},
-        status_code=503,
-        headers={"Retry-After": "1"},
+    app = FastAPI(title="gateway-redis example", lifespan=lifespan)
+    app.state.redis = client
+    app.state.bus = bus
+    app.state.authenticator = authenticator
+    app.state.permissions = permissions
+    app.state.sessions = sessions
+    app.state.keys = keys
+    # add_middleware wraps: the last one added runs first.
+    app.add_middleware(
+        RBACMiddleware, permissions=permissions, rules=[Rule("/api/admin/**", "admin:read")]
     )
+    app.add_middleware(JWTMiddleware, authenticator=authenticator, public_paths=PUBLIC_PATHS)
+    app.add_middleware(
+        SessionMiddleware,
+        sessions=sessions,
+        cookie=SessionCookie(secure=secure),
+        on_unavailable="anonymous",
+        required_paths=("/api/session", "/auth/*"),
+    )
+    _routes(app)
+    return app
+
+
+def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _credentials(request: Request) -> tuple[str, str] | None:
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            data: Any = await request.json()
+        else:
+            data = await request.form()
+    except Exception:
+        return None
+    username, password = data.get("username"), data.get("password")
+    if isinstance(username, str) and isinstance(password, str):
+        return username, password
+    return None
+
+
+def _routes(app: FastAPI) -> None:
+    state = app.state
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Always 200 while the process runs; says whether Redis is up."""
+        return {"status": "ok", "redis": state.redis.health.value}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """200 only while Redis is available, else 503."""
+        client: RedisClient = state.redis
+        if client.available:
+            return JSONResponse({"status": "ready", "redis": "up"})
+        return JSONResponse(
+            {"status": "unavailable", "redis": client.health.value},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.post("/auth/login")
+    async def login(request: Request, handle: SessionHandleDep) -> JSONResponse:
+        """Demo login: a token in the body and a new session cookie."""
+        keys: GatewayKeys = state.keys
+        if keys.signing_key is None:
+            return _error(501, "not_implemented", "Tokens come from the identity provider.")
+        credentials = await _credentials(request)
+        if credentials is None:
+            return _error(400, "bad_request", "Send username and password.")
+        username, password = credentials
+        user = DEMO_USERS.get(username)
+        expected = user[0] if user is not None else secrets.token_hex(16)
+        if not hmac.compare_digest(password.encode(), expected.encode()) or user is None:
+            return _error(
+                401,
+                "invalid_credentials",
+                "Wrong username or password.",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        token, claims = keys.issue(username, user[1])
+        metadata = {"username": username, "roles": list(user[1]), "jti": claims["jti"],
+                    "token_exp": claims["exp"], "login_at": claims["iat"]}  # fmt: skip
+        await handle.create(username, metadata)
+        return JSONResponse(
+            {"access_token": token, "token_type": "bearer", "expires_in": keys.ttl},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.post("/auth/logout")
+    async def logout(request: Request, handle: SessionHandleDep) -> dict[str, str]:
+        """Revoke the presented token and the session's token; delete the session."""
+        authenticator: JWTAuthenticator = state.authenticator
+        claims = get_claims_or_none(request)
+        session = handle.session
+        try:
+            if claims is not None and claims.jti is not None:
+                await authenticator.revoke(claims)
+            if session is not None:
+                jti, exp = session.metadata.get("jti"), session.metadata.get("token_exp")
+                if isinstance(jti, str) and isinstance(exp, int) and jti != (claims and claims.jti):
+                    issuer = state.keys.settings.issuer
+                    await authenticator.revoke((issuer, jti), expires_at=exp)
+        except RedisUnavailable:
+            # Revoked on this instance already; the client should retry to reach the others.
+            raise ServiceUnavailable("revocation_unavailable") from None
+        await handle.delete()  # raises ServiceUnavailable (-> 503) during an outage
+        return {"status": "logged_out"}
+
+    @app.get("/api/me")
+    async def me(claims: Claims) -> dict[str, Any]:
+        """Who the token says you are."""
+        return {"sub": claims.sub, "roles": list(claims.roles)}
+
+    @app.get("/api/admin", dependencies=[Depends(RequirePermissions("admin:read"))])
+    async def admin(claims: Claims) -> dict[str, Any]:
+        """Needs ``admin:read`` (by rule in the RBAC middleware, and again per route)."""
+        return {"sub": claims.sub, "admin": True}
+
+    @app.get("/api/session", response_model=None)
+    async def session_info(handle: SessionHandleDep) -> dict[str, Any] | JSONResponse:
+        """The session's metadata (the cookie is enough); 401 without a session."""
+        session = handle.session
+        if session is None:
+            return _error(
+                401, "unauthorized", "Authentication required.",
+                **{"WWW-Authenticate": 'Cookie realm="session"'},
+            )  # fmt: skip
+        return {
+            "user_id": session.user_id,
+            "created_at": session.created_at.isoformat(),
+            "last_accessed_at": session.last_accessed_at.isoformat(),
+            "expires_at": session.expires_at.isoformat(),
+            "metadata": dict(session.metadata),
+        }
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn examples.gateway:app`` builds the app on first access (PEP 562), so that
+    # importing this module (tests, tools) starts nothing and reads no environment.
+    if name == "app":
+        app = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

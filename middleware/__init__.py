@@ -1,5 +1,82 @@
-"""gateway-redis middleware: the ASGI side (JWT, RBAC, sessions, WebSocket bridge)."""
+"""gateway-redis middleware: the ASGI side (JWT, RBAC, sessions, WebSocket bridge).
+
+Pure ASGI middleware for Starlette and FastAPI, with two-tier caches (in process, then
+Redis) kept coherent across instances by :class:`gateway_redis.invalidation.InvalidationBus`.
+FastAPI dependencies live in :mod:`middleware.fastapi` (imported on demand, so FastAPI
+stays optional).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from middleware.errors import (
+    ErrorHandler,
+    MiddlewareError,
+    NotAuthenticated,
+    PermissionDenied,
+    ServiceUnavailable,
+    default_error_response,
+)
+from middleware.jwt import GatewayUser, JWTMiddleware
+from middleware.permissions import (
+    CallablePermissions,
+    PermissionCache,
+    PermissionSource,
+    StaticRolePermissions,
+    permission_granted,
+)
+from middleware.rbac import PermissionContext, RBACMiddleware, Rule, require_permissions
+from middleware.scope import (
+    get_claims,
+    get_claims_or_none,
+    get_permission_context,
+    get_session,
+    get_session_handle,
+)
+from middleware.sessioncache import SessionManager
+from middleware.sessions import SessionCookie, SessionHandle, SessionMiddleware
+from middleware.tokencache import Authentication, JWTAuthenticator
+from middleware.tokens import (
+    InvalidToken,
+    JWTSettings,
+    JWTValidator,
+    TokenClaims,
+    TokenValidator,
+    ValidatorUnavailable,
+)
+
+__all__ = [
+    "Authentication",
+    "CallablePermissions",
+    "ErrorHandler",
+    "GatewayUser",
+    "InvalidToken",
+    "JWTAuthenticator",
+    "JWTMiddleware",
+    "JWTSettings",
+    "JWTValidator",
+    "MiddlewareError",
+    "NotAuthenticated",
+    "PermissionCache",
+    "PermissionContext",
+    "PermissionDenied",
+    "PermissionSource",
+    "RBACMiddleware",
+    "Rule",
+    "ServiceUnavailable",
+    "SessionCookie",
+    "SessionHandle",
+    "SessionManager",
+    "SessionMiddleware",
+    "StaticRolePermissions",
+    "TokenClaims",
+    "TokenValidator",
+    "ValidatorUnavailable",
+    "default_error_response",
+    "get_claims",
+    "get_claims_or_none",
+    "get_permission_context",
+    "get_session",
+    "get_session_handle",
+    "permission_granted",
+    "require_permissions",
+]

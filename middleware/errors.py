@@ -1,0 +1,104 @@
+"""The error tree of :mod:`middleware` and how errors become responses.
+
+::
+
+    MiddlewareError
+    ├── NotAuthenticated        no acceptable credentials (401; WebSocket close 1008)
+    ├── PermissionDenied        authenticated, but lacking permissions (403; close 1008)
+    └── ServiceUnavailable      a dependency cannot answer right now (503; close 1013)
+
+Token problems themselves are :class:`middleware.tokens.InvalidToken` and
+:class:`middleware.tokens.ValidatorUnavailable`; the middleware turns them into
+:class:`NotAuthenticated` and :class:`ServiceUnavailable`. Errors carry no HTTP status: an
+``on_error`` callable (:data:`ErrorHandler`, default :func:`default_error_response`) maps
+them to an ASGI app that answers the request. Clients only ever see generic messages; the
+details (``reason``) go to logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Scope
+from starlette.websockets import WebSocketClose
+
+__all__ = [
+    "ErrorHandler",
+    "MiddlewareError",
+    "NotAuthenticated",
+    "PermissionDenied",
+    "ServiceUnavailable",
+    "default_error_response",
+]
+
+
+class MiddlewareError(Exception):
+    """Root of every error raised by :mod:`middleware`.
+
+    ``reason`` is a short machine-readable word for logs and metrics; it is never sent to
+    the client.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotAuthenticated(MiddlewareError):
+    """The request has no acceptable credentials (missing, invalid, expired or revoked)."""
+
+
+class PermissionDenied(MiddlewareError):
+    """The principal lacks a required permission; ``required`` lists what was asked for."""
+
+    def __init__(self, reason: str = "forbidden", *, required: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.required = required
+
+
+class ServiceUnavailable(MiddlewareError):
+    """A dependency (Redis, the key source, the permission source) cannot answer now.
+
+    ``retry_after`` is the suggested wait in whole seconds.
+    """
+
+    def __init__(self, reason: str, *, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+ErrorHandler = Callable[[Scope, MiddlewareError], ASGIApp]
+"""``on_error(scope, error) -> ASGI app`` that answers the request (or closes the socket)."""
+
+_BEARER_CHALLENGE = 'Bearer error="invalid_token"'
+_BODIES = {
+    NotAuthenticated: (401, "unauthorized", "Authentication required."),
+    PermissionDenied: (403, "forbidden", "You do not have permission to do this."),
+    ServiceUnavailable: (503, "unavailable", "Service temporarily unavailable; retry shortly."),
+}
+
+
+def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
+    """The default answer: a generic JSON body, or a WebSocket close before accepting.
+
+    HTTP: 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750) when
+    credentials were presented, plain ``Bearer`` when none were; 403; 503 with
+    ``Retry-After``. Bodies are ``{"error": <code>, "detail": <generic sentence>}``.
+    WebSocket: close 1008 (policy violation) for 401/403, 1013 (try again later) for 503.
+    """
+    status, code, detail = 500, "error", "Internal error."
+    for cls, triple in _BODIES.items():
+        if isinstance(error, cls):
+            status, code, detail = triple
+            break
+    if scope["type"] == "websocket":
+        return WebSocketClose(code=1013 if status == 503 else 1008)
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    if isinstance(error, NotAuthenticated):
+        headers["WWW-Authenticate"] = (
+            "Bearer" if error.reason == "missing_token" else _BEARER_CHALLENGE
+        )
+    elif isinstance(error, ServiceUnavailable):
+        headers["Retry-After"] = str(error.retry_after)
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)

@@ -1,0 +1,282 @@
+"""Where permissions come from, and how they are cached (L1 + L2, policy-versioned).
+
+A :class:`PermissionSource` maps a verified principal (:class:`TokenClaims`) to permission
+strings such as ``"orders:read"``. Granted permissions may use wildcards: ``"orders:*"``
+grants every permission under ``orders:`` and ``"*"`` grants everything.
+
+:class:`PermissionCache` sits in front of a *cacheable* source (one whose answer depends
+only on the subject, such as a database lookup): L1 in process, then L2 in Redis at
+``<prefix>rbac:<policy version>:<sha256(subject)>``, then the source. Both tiers have a hard
+TTL (default 60 s: an invalidation sent over pub/sub can be lost). The policy version lives
+in Redis (``<prefix>rbac:policy-version``), is mirrored in memory and re-read whenever the
+invalidation bus resyncs; :meth:`PermissionCache.bump_policy_version` and
+:meth:`PermissionCache.invalidate` take effect on every instance through the bus. When
+Redis is down the source is asked directly, every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from typing import Any, Protocol
+
+from gateway_redis.errors import GatewayRedisError
+from gateway_redis.invalidation import InvalidationBus
+from middleware.errors import ServiceUnavailable
+from middleware.tokens import TokenClaims
+
+__all__ = [
+    "CallablePermissions",
+    "PermissionCache",
+    "PermissionSource",
+    "StaticRolePermissions",
+    "permission_granted",
+]
+
+_log = logging.getLogger(__name__)
+_NS = "rbac"
+_VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache entry
+
+
+def permission_granted(granted: Collection[str], required: str) -> bool:
+    """Whether ``granted`` (which may hold ``"x:*"`` and ``"*"``) covers ``required``."""
+    if required in granted or "*" in granted:
+        return True
+    parts = required.split(":")
+    return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
+
+
+def _check_permission(value: object) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"permissions must be non-empty strings without spaces: {value!r}")
+    return value
+
+
+class PermissionSource(Protocol):
+    """Something that knows a principal's permissions.
+
+    ``cacheable`` is True when the answer depends only on ``claims.sub`` (and the policy
+    version), so it may be cached per subject; False when it is computed from the token
+    itself (then it is recomputed on every request, which must be cheap).
+    """
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether results may be cached by subject."""
+        ...
+
+    async def permissions(self, claims: TokenClaims) -> Collection[str]:
+        """The permissions of the principal; raise to signal the source is unavailable."""
+        ...
+
+
+class StaticRolePermissions:
+    """Permissions from a fixed role -> permissions map; roles come from a token claim.
+
+    ``claim`` names the claim holding the roles (a list of strings, or one string);
+    ``"roles"`` by default. Unknown roles grant nothing. Not cacheable: a dictionary lookup
+    is cheaper than any cache, and two tokens of one subject may carry different roles.
+    """
+
+    cacheable = False
+
+    def __init__(self, roles: Mapping[str, Iterable[str]], *, claim: str = "roles") -> None:
+        if not isinstance(claim, str) or not claim:
+            raise ValueError("claim must be a non-empty string")
+        table: dict[str, frozenset[str]] = {}
+        for role, granted in roles.items():
+            if not isinstance(role, str) or not role or isinstance(granted, str):
+                raise ValueError("roles must map role names to collections of permissions")
+            table[role] = frozenset(_check_permission(p) for p in granted)
+        self._roles = table
+        self._claim = claim
+
+    async def permissions(self, claims: TokenClaims) -> frozenset[str]:
+        """The union of the permissions of the principal's roles."""
+        if self._claim == "roles":
+            roles: Any = claims.roles
+        else:
+            roles = claims.raw.get(self._claim, ())
+            if isinstance(roles, str):
+                roles = (roles,)
+        granted: set[str] = set()
+        for role in roles if isinstance(roles, (tuple, list)) else ():
+            found = self._roles.get(role) if isinstance(role, str) else None
+            if found:
+                granted |= found
+        return frozenset(granted)
+
+
+class CallablePermissions:
+    """Permissions from an async callable ``lookup(subject) -> iterable of permissions``.
+
+    For a database or a policy service. ``cacheable`` (default True) lets
+    :class:`PermissionCache` keep the result per subject.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[Iterable[str]]],
+        *,
+        cacheable: bool = True,
+    ) -> None:
+        if not callable(lookup):
+            raise ValueError("lookup must be an async callable")
+        self._lookup = lookup
+        self.cacheable = bool(cacheable)
+
+    async def permissions(self, claims: TokenClaims) -> frozenset[str]:
+        """``lookup(claims.sub)`` as a frozenset."""
+        return frozenset(_check_permission(p) for p in await self._lookup(claims.sub))
+
+
+class PermissionCache:
+    """Resolves a principal's permissions through L1, L2 and ``source``.
+
+    ``bus`` provides the Redis client and cross-instance invalidation. ``ttl`` (seconds,
+    default 60) is the hard lifetime of cached permissions in both tiers; ``maxsize``
+    bounds L1. Sources that are not ``cacheable`` are asked every time.
+    """
+
+    def __init__(
+        self,
+        source: PermissionSource,
+        *,
+        bus: InvalidationBus,
+        ttl: float = 60.0,
+        maxsize: int = 10_000,
+    ) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 86400:
+            raise ValueError(f"ttl must be in (0, 86400] seconds, got {ttl!r}")
+        self._source = source
+        self._bus = bus
+        self._client = bus.client
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._l1 = bus.local_cache("rbac", maxsize=maxsize, ttl=float(ttl))
+        self._version: int | None = None
+        self._version_key = self._client.key("rbac:policy-version")
+        bus.on_event(_NS, self._on_event)
+        bus.on_resync(self._reload_version)
+
+    @property
+    def source(self) -> PermissionSource:
+        """The permission source."""
+        return self._source
+
+    @property
+    def policy_version(self) -> int | None:
+        """The policy version this instance knows (None until first read from Redis)."""
+        return self._version
+
+    async def permissions(self, claims: TokenClaims) -> frozenset[str]:
+        """The principal's permissions. Raises :class:`ServiceUnavailable` when the source
+        fails (never an empty set in its place)."""
+        if not self._source.cacheable:
+            return await self._ask(claims)
+        subject = claims.sub
+        hit: tuple[int, frozenset[str]] | None = self._l1.get(subject)
+        if hit is not None and hit[0] == self._version:
+            return hit[1]
+        generation = self._l1.generation
+        version = self._version if self._bus.healthy else None
+        try:
+            if version is None:
+                version = await self._read_version()
+            key = self._l2_key(version, subject)
+            raw: Any = await self._client.execute("rbac.get", lambda r: r.get(key), miss=True)
+        except GatewayRedisError:
+            return await self._ask(claims)  # Redis down: the source, uncached
+        except Exception as exc:
+            _log.warning("permission cache read failed: %s", type(exc).__name__)
+            return await self._ask(claims)
+        granted = self._decode(raw) if raw is not None else None
+        if granted is None:
+            granted = await self._ask(claims)
+            data = json.dumps(sorted(granted))
+            try:
+                await self._client.execute("rbac.set", lambda r: r.set(key, data, px=self._ttl_ms))
+            except Exception as exc:  # the answer is still good; it just is not shared
+                _log.debug("permission cache write failed: %s", type(exc).__name__)
+        if version == self._version:
+            self._l1.set(subject, (version, granted), generation=generation)
+        return granted
+
+    async def invalidate(self, subject: str) -> None:
+        """Forget the cached permissions of ``subject`` on every instance.
+
+        Raises :class:`~gateway_redis.RedisUnavailable` when Redis cannot be told (this
+        instance has forgotten them already; others have L1 off while Redis is down).
+        """
+        if not isinstance(subject, str):
+            raise TypeError("subject must be a string")
+        self._l1.delete(subject)
+        version = await self._read_version()
+        key = self._l2_key(version, subject)
+        await self._client.execute("rbac.invalidate", lambda r: r.delete(key))
+        await self._bus.publish(_NS, {"op": "subject", "subject": subject})
+
+    async def bump_policy_version(self) -> int:
+        """Start a new policy version: every cached permission set on every instance is
+        dropped. Returns the new version. Raises :class:`~gateway_redis.RedisUnavailable`.
+        """
+        key = self._version_key
+
+        async def call(r: Any) -> Any:
+            pipe = r.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.pexpire(key, _VERSION_TTL_MS)
+            return (await pipe.execute())[0]
+
+        version = int(await self._client.execute("rbac.bump", call, retry=False))
+        self._set_version(version)
+        await self._bus.publish(_NS, {"op": "version", "version": version})
+        return version
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _ask(self, claims: TokenClaims) -> frozenset[str]:
+        try:
+            return frozenset(await self._source.permissions(claims))
+        except Exception as exc:
+            _log.warning("permission source failed: %s", type(exc).__name__)
+            raise ServiceUnavailable("permission_source_unavailable") from exc
+
+    def _l2_key(self, version: int, subject: str) -> str:
+        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()
+        return self._client.key(f"rbac:{version}:{digest}")
+
+    @staticmethod
+    def _decode(raw: Any) -> frozenset[str] | None:
+        try:
+            value = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            value = None
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            _log.warning("corrupt permission cache entry ignored")
+            return None
+        return frozenset(value)
+
+    async def _read_version(self) -> int:
+        raw: Any = await self._client.execute("rbac.version", lambda r: r.get(self._version_key))
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            _log.warning("corrupt policy version in Redis; using 0")
+            return 0
+
+    async def _reload_version(self) -> None:
+        self._set_version(await self._read_version())
+
+    def _set_version(self, version: int) -> None:
+        if version != self._version:
+            self._version = version
+            self._l1.clear()
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        op = event.get("op")
+        if op == "version" and isinstance(event.get("version"), int):
+            self._set_version(event["version"])
+        elif op == "subject" and isinstance(event.get("subject"), str):
+            self._l1.delete(event["subject"])

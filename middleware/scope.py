@@ -1,0 +1,87 @@
+"""Typed access to what the middleware put in the ASGI scope.
+
+Starlette's own keys are filled too, so ``request.user``, ``request.auth.scopes``,
+``@requires(...)`` and ``request.session`` work as usual; these accessors give the typed
+objects behind them. Each takes a Starlette ``Request``/``WebSocket`` (any
+``HTTPConnection``) or a raw scope.
+
+============================  =========================================================
+scope key                     value
+============================  =========================================================
+``"user"``, ``"auth"``        :class:`~middleware.jwt.GatewayUser`, ``AuthCredentials``
+``"gateway.claims"``          :class:`~middleware.tokens.TokenClaims` (JWT middleware)
+``"gateway.permissions"``     :class:`~middleware.rbac.PermissionContext` (RBAC)
+``"session"``                 a plain ``dict`` of the session's metadata (sessions)
+``"gateway.session"``         :class:`~middleware.sessions.SessionHandle` (sessions)
+============================  =========================================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from middleware.errors import NotAuthenticated
+
+if TYPE_CHECKING:
+    from gateway_redis.sessions import Session
+    from middleware.rbac import PermissionContext
+    from middleware.sessions import SessionHandle
+    from middleware.tokens import TokenClaims
+
+__all__ = [
+    "CLAIMS_KEY",
+    "PERMISSIONS_KEY",
+    "SESSION_KEY",
+    "get_claims",
+    "get_claims_or_none",
+    "get_permission_context",
+    "get_session",
+    "get_session_handle",
+]
+
+CLAIMS_KEY = "gateway.claims"
+PERMISSIONS_KEY = "gateway.permissions"
+SESSION_KEY = "gateway.session"
+
+
+def _scope(conn: HTTPConnection | Scope) -> Scope:
+    return conn.scope if isinstance(conn, HTTPConnection) else conn
+
+
+def get_claims_or_none(conn: HTTPConnection | Scope) -> TokenClaims | None:
+    """The verified token claims of this request, or None (public path, no token)."""
+    return cast("TokenClaims | None", _scope(conn).get(CLAIMS_KEY))
+
+
+def get_claims(conn: HTTPConnection | Scope) -> TokenClaims:
+    """The verified token claims; raises :class:`NotAuthenticated` when there are none."""
+    claims = get_claims_or_none(conn)
+    if claims is None:
+        raise NotAuthenticated("missing_token")
+    return claims
+
+
+def get_permission_context(conn: HTTPConnection | Scope) -> PermissionContext:
+    """The request's permission context; raises ``RuntimeError`` without the RBAC middleware."""
+    context: Any = _scope(conn).get(PERMISSIONS_KEY)
+    if context is None:
+        raise RuntimeError("RBACMiddleware is not installed for this route")
+    return cast("PermissionContext", context)
+
+
+def get_session_handle(conn: HTTPConnection | Scope) -> SessionHandle:
+    """The request's session handle (create, regenerate, delete); ``RuntimeError`` without
+    the session middleware."""
+    handle: Any = _scope(conn).get(SESSION_KEY)
+    if handle is None:
+        raise RuntimeError("SessionMiddleware is not installed for this route")
+    return cast("SessionHandle", handle)
+
+
+def get_session(conn: HTTPConnection | Scope) -> Session | None:
+    """The full :class:`~gateway_redis.sessions.Session` as loaded (or last saved), or None."""
+    handle: Any = _scope(conn).get(SESSION_KEY)
+    return None if handle is None else cast("SessionHandle", handle).session

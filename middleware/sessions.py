@@ -1,0 +1,243 @@
+"""Server-side sessions for ``http`` and ``websocket`` scopes (pure ASGI).
+
+::
+
+    sessions = SessionManager(client.sessions, bus=bus)
+    app.add_middleware(SessionMiddleware, sessions=sessions)
+
+    async def login(request):
+        handle = get_session_handle(request)
+        await handle.create(user_id, {"name": "Alice"})   # new ID, cookie set on the response
+    async def page(request):
+        request.session["theme"] = "dark"                  # saved after the endpoint
+
+The session ID comes from a cookie (``__Host-session`` by default: ``Secure``, ``HttpOnly``,
+``SameSite=Lax``, ``Path=/``) and/or a request header (``header_name``). The session's
+metadata is put in ``scope["session"]`` as a plain ``dict``, so ``request.session`` works;
+:class:`SessionHandle` (``get_session_handle(request)``) creates, regenerates and deletes.
+When the endpoint starts its response, the fields that changed (compared by JSON value, so
+nested changes count) are merged into the stored session in one atomic update that never
+resurrects a session deleted meanwhile (a concurrent logout wins; the cookie is then
+cleared). Data written while there is no session is discarded: sessions are created
+explicitly, so no ID the server did not issue is ever stored. Sliding expiry: a session is
+touched at most once per ``refresh_interval`` (and at least twice per idle timeout).
+
+Redis unavailable (``on_unavailable``): ``"error"`` (default) answers 503 with
+``Retry-After`` to requests that carry a session ID (requests without one never need Redis);
+``"anonymous"`` serves them without a session, leaves the cookie alone and discards writes.
+``required_paths`` always get ``"error"`` and ``optional_paths`` always ``"anonymous"``, so
+a gateway can keep token-only routes up and still refuse session routes during an outage.
+A save that fails because of an outage turns the response into a 503 (nothing was sent yet).
+WebSocket scopes: loaded at the handshake and saved when the app returns; cookies cannot be
+changed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Literal
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway_redis.errors import RedisUnavailable, SessionNotFound
+from gateway_redis.sessions import Session
+from middleware._paths import PathSet, route_path
+from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
+from middleware.scope import SESSION_KEY
+from middleware.sessioncache import SessionManager
+from middleware.sessionstate import _TOKEN_CHARS, SessionCookie, SessionHandle
+
+__all__ = ["SessionCookie", "SessionHandle", "SessionMiddleware"]
+
+_log = logging.getLogger(__name__)
+_DEFAULT_COOKIE = SessionCookie()
+
+
+class SessionMiddleware:
+    """Loads the session into the scope and saves its changes; see the module docstring.
+
+    ``sessions`` is the :class:`SessionManager`. ``cookie`` (a :class:`SessionCookie`, or
+    None for header-only) and ``header_name`` (e.g. ``"X-Session-ID"``; read first, and
+    sent back when a session is issued, empty when it ends) say where IDs travel; at least
+    one is needed. ``refresh_interval`` (seconds) bounds how often a session is touched.
+    ``on_unavailable`` is ``"error"`` or ``"anonymous"``, overridden by ``required_paths``
+    (error) and ``optional_paths`` (anonymous), exact or ``/prefix/*``; ``retry_after``
+    (seconds) goes in the 503's ``Retry-After``. ``on_error`` builds error responses.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sessions: SessionManager,
+        cookie: SessionCookie | None = _DEFAULT_COOKIE,
+        header_name: str | None = None,
+        refresh_interval: float = 60.0,
+        on_unavailable: Literal["error", "anonymous"] = "error",
+        required_paths: Iterable[str] = (),
+        optional_paths: Iterable[str] = (),
+        retry_after: int = 1,
+        on_error: ErrorHandler = default_error_response,
+    ) -> None:
+        if not isinstance(sessions, SessionManager):
+            raise ValueError("sessions must be a SessionManager")
+        if cookie is not None and not isinstance(cookie, SessionCookie):
+            raise ValueError("cookie must be a SessionCookie or None")
+        if header_name is not None and (not header_name or not set(header_name) <= _TOKEN_CHARS):
+            raise ValueError(f"header_name must be a header name, got {header_name!r}")
+        if cookie is None and header_name is None:
+            raise ValueError("configure a cookie, a header_name or both")
+        if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, (int, float)):
+            raise ValueError("refresh_interval must be seconds")
+        if not 0 < refresh_interval <= 86400:
+            raise ValueError("refresh_interval must be in (0, 86400] seconds")
+        if on_unavailable not in ("error", "anonymous"):
+            raise ValueError("on_unavailable must be 'error' or 'anonymous'")
+        if type(retry_after) is not int or not 0 <= retry_after <= 3600:
+            raise ValueError("retry_after must be an int in [0, 3600]")
+        self.app = app
+        self._manager = sessions
+        self._cookie = cookie
+        self._header = header_name.lower().encode("latin-1") if header_name else None
+        self._header_name = header_name
+        self._refresh = float(refresh_interval)
+        self._anonymous = on_unavailable == "anonymous"
+        self._required = PathSet(required_paths)
+        self._optional = PathSet(optional_paths)
+        self._retry_after = retry_after
+        self._on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        session_id = self._read_id(scope)
+        session: Session | None = None
+        available, clear = True, False
+        if session_id is not None:
+            try:
+                session = await self._load(session_id)
+            except SessionNotFound:
+                clear = True  # unknown or ended: the client should drop it
+            except RedisUnavailable:
+                if not self._anonymous_on_outage(route_path(scope)):
+                    error = ServiceUnavailable("session_unavailable", retry_after=self._retry_after)
+                    await self._on_error(scope, error)(scope, receive, send)
+                    return
+                available = False
+        handle = SessionHandle(self._manager, session, available, stale_id=clear)
+        scope["session"] = handle.data
+        scope[SESSION_KEY] = handle
+        if scope["type"] == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await self._save_quietly(handle)
+            return
+        await _Responder(self, scope, receive, send, handle).run()
+
+    def _anonymous_on_outage(self, path: str) -> bool:
+        if self._required.matches(path):
+            return False
+        return self._anonymous or self._optional.matches(path)
+
+    async def _load(self, session_id: str) -> Session:
+        session = await self._manager.get(session_id)
+        now = time.time()
+        last = session.last_accessed_at.timestamp()
+        interval = self._refresh
+        if session.idle_expires_at is not None:
+            interval = min(interval, (session.idle_expires_at.timestamp() - last) / 2)
+        if now - last >= interval:
+            # On an outage the session is still valid; it is touched next time.
+            with contextlib.suppress(RedisUnavailable):
+                session = await self._manager.touch(session_id)
+        return session
+
+    def _read_id(self, scope: Scope) -> str | None:
+        found: set[str] = set()
+        cookie_name = self._cookie.name if self._cookie is not None else None
+        for name, value in scope["headers"]:
+            if name == self._header and value:
+                return value.decode("latin-1").strip() or None
+            if name == b"cookie" and cookie_name is not None:
+                for item in value.decode("latin-1").split(";"):
+                    key, sep, val = item.strip().partition("=")
+                    if sep and key == cookie_name and val:
+                        found.add(val.strip('"'))
+        # Two different values (cookie tossing, a stale parent-domain cookie): trust neither.
+        return found.pop() if len(found) == 1 else None
+
+    def _response_headers(self, handle: SessionHandle, headers: MutableHeaders) -> None:
+        session = handle.session
+        if handle.issued and session is not None:
+            max_age = max(1, int(session.expires_at.timestamp() - time.time()))
+            if self._cookie is not None:
+                headers.append("set-cookie", self._cookie.header(session.id, max_age))
+            if self._header_name is not None:
+                headers[self._header_name] = session.id
+        elif handle.ended:
+            if self._cookie is not None:
+                headers.append("set-cookie", self._cookie.header("", 0))
+            if self._header_name is not None:
+                headers[self._header_name] = ""
+        else:
+            return
+        if "cache-control" not in headers:
+            headers["cache-control"] = "no-store"
+
+    async def _save_quietly(self, handle: SessionHandle) -> None:
+        try:
+            await handle.save()
+        except Exception as exc:
+            _log.warning("session not saved at the end of a websocket: %s", type(exc).__name__)
+
+
+class _Responder:
+    """Per-request state of one HTTP response: saves before the headers go out."""
+
+    __slots__ = ("handle", "middleware", "receive", "replaced", "scope", "send", "started")
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        handle: SessionHandle,
+    ) -> None:
+        self.middleware, self.scope, self.receive, self.send = middleware, scope, receive, send
+        self.handle = handle
+        self.started = self.replaced = False
+
+    async def run(self) -> None:
+        try:
+            await self.middleware.app(self.scope, self.receive, self.wrapped_send)
+        except ServiceUnavailable as error:
+            if self.started:
+                raise
+            await self.fail(error)
+
+    async def fail(self, error: ServiceUnavailable) -> None:
+        self.started = self.replaced = True
+        error.retry_after = self.middleware._retry_after
+        await self.middleware._on_error(self.scope, error)(self.scope, self.receive, self.send)
+
+    async def wrapped_send(self, message: Message) -> None:
+        if self.replaced:
+            return  # the app's own response was replaced by a 503
+        if message["type"] == "http.response.start":
+            try:
+                await self.handle.save()
+            except ServiceUnavailable as error:
+                await self.fail(error)
+                return
+            self.started = True
+            headers = MutableHeaders(raw=list(message.get("headers", [])))
+            self.middleware._response_headers(self.handle, headers)
+            message = {**message, "headers": headers.raw}
+        await self.send(message)

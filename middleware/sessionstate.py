@@ -1,0 +1,237 @@
+"""Per-request session state and the cookie settings (used by :mod:`middleware.sessions`).
+
+:class:`SessionHandle` is what ``get_session_handle(request)`` returns: the loaded session,
+the ``request.session`` dict and the operations that change the session's identity.
+:class:`SessionCookie` says how the session cookie is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from gateway_redis.errors import RedisUnavailable, SessionNotFound
+from gateway_redis.sessions import Session
+from middleware.errors import ServiceUnavailable
+from middleware.sessioncache import SessionManager
+
+__all__ = ["SessionCookie", "SessionHandle"]
+
+_log = logging.getLogger(__name__)
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+_MISSING: Any = object()
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON value (much cheaper than ``copy.deepcopy`` or a JSON trip)."""
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy(v) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: like ``==`` but ``1``, ``1.0`` and ``True`` differ, as they do in JSON."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionCookie:
+    """How the session cookie is written. ``name=None`` picks ``__Host-session`` when the
+    browser allows that prefix (``secure``, ``path="/"``, no ``domain``), else ``session``.
+    ``samesite`` is ``"lax"``, ``"strict"`` or ``"none"`` (needs ``secure``)."""
+
+    name: str | None = None
+    domain: str | None = None
+    path: str = "/"
+    secure: bool = True
+    httponly: bool = True
+    samesite: Literal["lax", "strict", "none"] = "lax"
+
+    def __post_init__(self) -> None:
+        host_ok = self.secure and self.path == "/" and self.domain is None
+        if self.name is None:
+            object.__setattr__(self, "name", "__Host-session" if host_ok else "session")
+        name = self.name
+        if not isinstance(name, str) or not name or not set(name) <= _TOKEN_CHARS:
+            raise ValueError(f"cookie name must be a non-empty token, got {name!r}")
+        if name.startswith("__Host-") and not host_ok:
+            raise ValueError("__Host- cookies need secure=True, path='/' and no domain")
+        if name.startswith("__Secure-") and not self.secure:
+            raise ValueError("__Secure- cookies need secure=True")
+        if self.samesite not in ("lax", "strict", "none"):
+            raise ValueError("samesite must be 'lax', 'strict' or 'none'")
+        if self.samesite == "none" and not self.secure:
+            raise ValueError("SameSite=None cookies need secure=True")
+        if not isinstance(self.path, str) or not self.path.startswith("/") or ";" in self.path:
+            raise ValueError("path must start with '/' and contain no ';'")
+        if self.domain is not None and (not self.domain or ";" in self.domain):
+            raise ValueError("domain must be a non-empty string without ';'")
+
+    def header(self, value: str, max_age: int) -> str:
+        """A ``Set-Cookie`` value (``max_age`` 0 deletes the cookie)."""
+        parts = [f"{self.name}={value}", f"Path={self.path}", f"Max-Age={max_age}"]
+        if max_age == 0:
+            parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        if self.secure:
+            parts.append("Secure")
+        if self.httponly:
+            parts.append("HttpOnly")
+        parts.append(f"SameSite={self.samesite.capitalize()}")
+        return "; ".join(parts)
+
+
+class SessionHandle:
+    """One request's session: the loaded :class:`Session`, its data and the controls.
+
+    ``data`` is the dict in ``scope["session"]`` (``request.session``); it is edited in
+    place by the methods below, so references to it stay valid. Methods raise
+    :class:`~middleware.errors.ServiceUnavailable` when Redis is unavailable (the session
+    middleware answers 503 if the response has not started).
+    """
+
+    __slots__ = ("_clear", "_issue", "_manager", "_session", "_stored", "available", "data")
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        session: Session | None,
+        available: bool,
+        *,
+        stale_id: bool = False,
+    ) -> None:
+        self._manager = manager
+        self._session: Session | None = None
+        self._stored: Mapping[str, Any] = {}
+        self._issue = False
+        self._clear = stale_id
+        self.available = available
+        self.data: dict[str, Any] = {}
+        self._load(session)
+
+    @property
+    def session(self) -> Session | None:
+        """The session as loaded or last saved; None without one."""
+        return self._session
+
+    @property
+    def issued(self) -> bool:
+        """True when the response must carry a new session ID (created or regenerated)."""
+        return self._issue and self._session is not None
+
+    @property
+    def ended(self) -> bool:
+        """True when the client must drop its session ID (deleted, ended or unknown)."""
+        return self._clear and not self.issued
+
+    @property
+    def id(self) -> str | None:
+        """The session ID (a credential: never log it), or None."""
+        return None if self._session is None else self._session.id
+
+    def changes(self) -> dict[str, Any]:
+        """The fields of ``data`` that differ from the stored session (None = removed)."""
+        stored = self._stored
+        changed = {k: v for k, v in self.data.items() if not _same(v, stored.get(k, _MISSING))}
+        changed.update({k: None for k in stored if k not in self.data})
+        return changed
+
+    async def create(
+        self,
+        user_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> Session:
+        """Start a new session (at login) with a new ID; an existing one is deleted first.
+
+        ``data`` becomes the new session's metadata (data of the old session is not
+        carried over). The response sets the cookie.
+        """
+        try:
+            if self._session is not None:
+                await self._manager.delete(self._session.id)
+            session = await self._manager.create(user_id, metadata, ttl=ttl)
+        except RedisUnavailable as exc:
+            raise ServiceUnavailable("session_unavailable") from exc
+        self._load(session)
+        self._issue, self._clear = True, False
+        return session
+
+    async def regenerate(self) -> Session:
+        """Give the session a new ID (privilege change); the old ID stops working.
+
+        Pending changes in ``data`` are kept and saved under the new ID. Raises
+        :class:`LookupError` without a session.
+        """
+        if self._session is None:
+            raise LookupError("there is no session to regenerate")
+        try:
+            session = await self._manager.regenerate(self._session.id)
+        except SessionNotFound:
+            self._gone()
+            raise LookupError("the session ended meanwhile") from None
+        except RedisUnavailable as exc:
+            raise ServiceUnavailable("session_unavailable") from exc
+        self._session = session
+        self._issue = True
+        return session
+
+    async def delete(self) -> None:
+        """End the session (logout): deleted in Redis on every instance, cookie cleared."""
+        if self._session is not None:
+            try:
+                await self._manager.delete(self._session.id)
+            except RedisUnavailable as exc:
+                raise ServiceUnavailable("session_unavailable") from exc
+        self._gone()
+
+    async def save(self) -> Session | None:
+        """Save pending changes now (the middleware also does it after the endpoint)."""
+        if self._session is None:
+            if self.data and self.available:
+                _log.debug("data written without a session is discarded")
+            return None
+        changes = self.changes()
+        if not changes:
+            return self._session
+        try:
+            session = await self._manager.update(self._session.id, changes)
+        except SessionNotFound:
+            self._gone()  # a concurrent logout wins: never resurrect
+            return None
+        except RedisUnavailable as exc:
+            raise ServiceUnavailable("session_unavailable") from exc
+        self._load(session)  # refreshes data in place from what was stored
+        return session
+
+    def _load(self, session: Session | None) -> None:
+        self._session = session
+        metadata = session.metadata if session is not None else {}
+        # The stored values are never mutated (data holds copies), so they are the baseline.
+        self._stored = metadata
+        # Same dict object throughout (the app may hold it); values are deep copies.
+        self.data.clear()
+        self.data.update((k, _copy(v)) for k, v in metadata.items())
+
+    def _gone(self) -> None:
+        had = self._session is not None or self._issue
+        self._load(None)
+        self._issue = False
+        self._clear = self._clear or had

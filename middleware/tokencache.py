@@ -1,0 +1,309 @@
+"""Cached token validation and revocation: L1 in process, L2 in Redis, a mirrored denylist.
+
+:class:`JWTAuthenticator` wraps any :class:`~middleware.tokens.TokenValidator`:
+
+1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims by
+   ``SHA-256(validator fingerprint + token)``. A hit is re-checked against the clock
+   (``exp``/``nbf``) and the in-memory denylist; it costs no Redis round trip.
+2. L2 (Redis): ``<prefix>jwt:<digest>`` holds the claims JSON for
+   ``min(l2_ttl, exp - now)``. A hit is re-checked against the clock and the Redis denylist.
+   A corrupt value is a miss.
+3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
+   for ``negative_ttl`` seconds; a validator outage (:class:`ValidatorUnavailable`) and
+   Redis errors are never cached.
+
+Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
+valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until the token's ``exp``, and
+``<prefix>jwt-revocations`` (a sorted set scored by ``exp``) lets each instance reload the
+active list whenever the invalidation bus resyncs. Every instance mirrors active revocations
+in memory until their ``exp``, so a known-revoked token stays rejected while Redis is down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway_redis.errors import GatewayRedisError, RedisUnavailable
+from gateway_redis.invalidation import InvalidationBus
+from middleware.tokens import InvalidToken, TokenClaims, TokenValidator
+
+__all__ = ["Authentication", "JWTAuthenticator"]
+
+_log = logging.getLogger(__name__)
+_NS = "jwt"
+# Verdicts that may change with time or key rotation are not worth remembering.
+_UNCACHEABLE_REASONS = frozenset({"not_yet_valid", "unknown_kid"})
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """The outcome of :meth:`JWTAuthenticator.authenticate`.
+
+    ``source`` is ``"l1"``, ``"l2"`` or ``"validator"``. ``degraded`` is True when Redis
+    could not be asked, so revocation was checked against the in-memory mirror only.
+    """
+
+    claims: TokenClaims
+    source: str
+    degraded: bool
+
+
+def _check_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class JWTAuthenticator:
+    """Validates tokens through L1, L2 and ``validator``; revokes them on every instance.
+
+    ``bus`` (an :class:`InvalidationBus`, started by the application) provides the Redis
+    client and keeps L1 coherent. ``l1_ttl`` / ``l2_ttl`` (seconds) cap how long verified
+    claims are cached (never past ``exp``); ``negative_ttl`` is how long a rejected token is
+    remembered in L1; ``*_maxsize`` bound the caches. ``max_token_bytes`` rejects longer
+    tokens before hashing. ``max_revocation_lifetime`` (seconds) is how long a revocation
+    given as ``(iss, jti)`` without ``expires_at`` lasts. ``confirm_replicas`` > 0 makes
+    :meth:`revoke` wait (``WAIT``) for that many replicas and fail otherwise. All
+    arguments are validated (``ValueError``). Holds no per-request state.
+    """
+
+    def __init__(
+        self,
+        validator: TokenValidator,
+        *,
+        bus: InvalidationBus,
+        l1_ttl: float = 60.0,
+        l1_maxsize: int = 10_000,
+        l2_ttl: float = 300.0,
+        negative_ttl: float = 5.0,
+        negative_maxsize: int = 1_000,
+        max_token_bytes: int = 8192,
+        max_revocation_lifetime: float = 86_400.0,
+        confirm_replicas: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if type(max_token_bytes) is not int or max_token_bytes < 1:
+            raise ValueError("max_token_bytes must be a positive int")
+        if type(confirm_replicas) is not int or confirm_replicas < 0:
+            raise ValueError("confirm_replicas must be an int >= 0")
+        self._validator = validator
+        self._bus = bus
+        self._client = bus.client
+        self._fingerprint = validator.fingerprint.encode()
+        self._l2_ttl = _check_seconds("l2_ttl", l2_ttl)
+        self._max_revocation = _check_seconds("max_revocation_lifetime", max_revocation_lifetime)
+        self._max_bytes = max_token_bytes
+        self._replicas = confirm_replicas
+        self._clock = clock
+        l1_ttl = _check_seconds("l1_ttl", l1_ttl)
+        self._l1 = bus.local_cache("jwt", maxsize=l1_maxsize, ttl=l1_ttl)
+        self._negative = bus.local_cache(
+            "jwt-negative",
+            maxsize=negative_maxsize,
+            ttl=_check_seconds("negative_ttl", negative_ttl),
+        )
+        self._revoked: dict[tuple[str, str], float] = {}
+        self._prune_at = 1024
+        self._revocations_key = self._client.key("jwt-revocations")
+        bus.on_event(_NS, self._on_event)
+        bus.on_resync(self._reload_revocations)
+
+    @property
+    def validator(self) -> TokenValidator:
+        """The validator behind the caches."""
+        return self._validator
+
+    # -- authentication ----------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> Authentication:
+        """The verified claims of ``token``, from the fastest tier that has them.
+
+        Raises :class:`InvalidToken` (including ``reason="revoked"``) and
+        :class:`ValidatorUnavailable`; a Redis outage is never an error here.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidToken("malformed")
+        if len(token) > self._max_bytes:
+            raise InvalidToken("too_large")
+        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
+        now = self._clock()
+        claims: TokenClaims | None = self._l1.get(digest)
+        if claims is not None:
+            if self.is_revoked(claims):
+                raise InvalidToken("revoked")
+            if claims.exp > now and (claims.nbf is None or claims.nbf <= now):
+                return Authentication(claims, "l1", False)
+        reason: str | None = self._negative.get(digest)
+        if reason is not None:
+            raise InvalidToken(reason)
+        generation = self._l1.generation
+        try:
+            result = await self._resolve(token, digest, now)
+        except InvalidToken as exc:
+            if exc.reason not in _UNCACHEABLE_REASONS:
+                self._negative.set(digest, exc.reason)
+            raise
+        claims = result.claims
+        if not result.degraded and (claims.nbf is None or claims.nbf <= now):
+            self._l1.set(digest, claims, ttl=claims.exp - now, generation=generation)
+        return result
+
+    def is_revoked(self, claims: TokenClaims) -> bool:
+        """Whether this instance knows ``claims`` to be revoked (no Redis call)."""
+        return claims.jti is not None and (claims.iss, claims.jti) in self._revoked
+
+    async def _resolve(self, token: str, digest: str, now: float) -> Authentication:
+        key = self._client.key("jwt:" + digest)
+        degraded = False
+        claims: TokenClaims | None = None
+        try:
+            raw: Any = await self._client.execute("jwt.get", lambda r: r.get(key), miss=True)
+        except RedisUnavailable:
+            raw, degraded = None, True
+        except Exception as exc:  # an odd reply (WRONGTYPE...) is a miss, never a 500
+            _log.warning("jwt cache read failed: %s", type(exc).__name__)
+            raw = None
+        if raw is not None:
+            try:
+                cached = TokenClaims.from_json(raw)
+            except ValueError:
+                _log.warning("corrupt jwt cache entry %s ignored", digest[:8])
+            else:
+                if cached.exp > now and (cached.nbf is None or cached.nbf <= now):
+                    claims = cached
+        source = "l2" if claims is not None else "validator"
+        if claims is None:
+            claims = await self._validator.validate(token)
+        if self.is_revoked(claims):
+            raise InvalidToken("revoked")
+        if not degraded:
+            degraded = await self._check_denylist(claims, key if source == "validator" else None)
+        return Authentication(claims, source, degraded)
+
+    async def _check_denylist(self, claims: TokenClaims, store_at: str | None) -> bool:
+        """Ask Redis whether ``claims`` is revoked (and store it in L2); True if Redis failed."""
+        ttl_ms = int((min(self._l2_ttl, claims.exp - self._clock())) * 1000)
+        deny = self._deny_key(claims.iss, claims.jti) if claims.jti is not None else None
+        if deny is None and (store_at is None or ttl_ms <= 0):
+            return False
+        data = claims.to_json()
+
+        async def call(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            if deny is not None:
+                pipe.exists(deny)
+            if store_at is not None and ttl_ms > 0:
+                pipe.set(store_at, data, px=ttl_ms)
+            return await pipe.execute()
+
+        try:
+            replies = await self._client.execute("jwt.check", call)
+        except GatewayRedisError:
+            return True
+        except Exception as exc:
+            _log.warning("jwt denylist check failed: %s", type(exc).__name__)
+            return True
+        if deny is not None and replies and replies[0]:
+            self._remember(claims.iss, str(claims.jti), float(claims.exp))
+            raise InvalidToken("revoked")
+        return False
+
+    # -- revocation --------------------------------------------------------------------
+
+    async def revoke(
+        self, target: str | TokenClaims | tuple[str, str], *, expires_at: float | None = None
+    ) -> None:
+        """Revoke a token on every instance until it expires.
+
+        ``target`` is the token itself, its verified :class:`TokenClaims`, or an
+        ``(iss, jti)`` pair (lasting until ``expires_at``, epoch seconds, default now +
+        ``max_revocation_lifetime``). This instance rejects the token at once, even if
+        Redis is down; then the denylist entry is written and the event broadcast. Raises
+        :class:`RedisUnavailable` when that could not be done (the revocation then holds
+        on this instance only), :class:`InvalidToken` for a token that is not valid for
+        another reason than having expired or being revoked already, and ``ValueError``
+        for a token without ``jti``.
+        """
+        now = self._clock()
+        if isinstance(target, str):
+            try:
+                target = await self._validator.validate(target)
+            except InvalidToken as exc:
+                if exc.reason in ("expired", "revoked"):
+                    return
+                raise
+        if isinstance(target, TokenClaims):
+            if target.jti is None:
+                raise ValueError("a token without a jti claim cannot be revoked")
+            iss, jti, exp = target.iss, target.jti, float(target.exp)
+        else:
+            iss, jti = target
+            if not isinstance(iss, str) or not isinstance(jti, str) or not iss or not jti:
+                raise ValueError("revoke((iss, jti)) needs two non-empty strings")
+            exp = float(expires_at) if expires_at is not None else now + self._max_revocation
+        if exp <= now:
+            return
+        self._remember(iss, jti, exp)
+        deny, index = self._deny_key(iss, jti), self._revocations_key
+        member, exp_ms = json.dumps([iss, jti]), int(exp * 1000)
+
+        async def call(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.set(deny, b"1", pxat=exp_ms)
+            pipe.zadd(index, {member: exp})
+            pipe.zremrangebyscore(index, "-inf", now)
+            pipe.pexpireat(index, exp_ms, nx=True)
+            pipe.pexpireat(index, exp_ms, gt=True)
+            await pipe.execute()
+            if self._replicas:
+                acked = int(await r.wait(self._replicas, 500))
+                if acked < self._replicas:
+                    raise RedisUnavailable(
+                        f"revocation reached {acked} of {self._replicas} replicas",
+                        reason="timeout",
+                    )
+
+        await self._client.execute("jwt.revoke", call)
+        await self._bus.publish(_NS, {"op": "revoke", "iss": iss, "jti": jti, "exp": exp})
+
+    def _deny_key(self, iss: str, jti: Any) -> str:
+        digest = hashlib.sha256(f"{iss}\0{jti}".encode("utf-8", "replace")).hexdigest()
+        return self._client.key("jwt-deny:" + digest)
+
+    def _remember(self, iss: str, jti: str, exp: float) -> None:
+        """Mirror a revocation and drop any L1 entry it concerns."""
+        pair = (iss, jti)
+        if self._revoked.get(pair, 0.0) < exp:
+            self._revoked[pair] = exp
+        self._l1.discard_where(lambda _k, c: c.jti == jti and c.iss == iss)
+        if len(self._revoked) >= self._prune_at:
+            now = self._clock()
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+            self._prune_at = max(1024, 2 * len(self._revoked))
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        if event.get("op") != "revoke":
+            return
+        iss, jti, exp = event.get("iss"), event.get("jti"), event.get("exp")
+        if isinstance(iss, str) and isinstance(jti, str) and isinstance(exp, (int, float)):
+            self._remember(iss, jti, float(exp))
+
+    async def _reload_revocations(self) -> None:
+        """Resync hook: reload every active revocation from Redis into the mirror."""
+        index, now = self._revocations_key, self._clock()
+        entries: Any = await self._client.execute(
+            "jwt.revocations", lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
+        )
+        for member, score in entries:
+            try:
+                iss, jti = json.loads(member)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(iss, str) and isinstance(jti, str):
+                self._remember(iss, jti, float(score))

@@ -1,0 +1,116 @@
+"""The public API of ``middleware``: exports, and configuration validated at construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+import middleware
+from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.sessions import SessionStore
+from middleware import (
+    JWTAuthenticator,
+    JWTMiddleware,
+    PermissionCache,
+    RBACMiddleware,
+    Rule,
+    SessionManager,
+    SessionMiddleware,
+    StaticRolePermissions,
+)
+
+
+async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+    scope["reached"] = True
+
+
+def test_all_is_sorted_and_importable() -> None:
+    assert middleware.__all__ == sorted(middleware.__all__)
+    for name in middleware.__all__:
+        assert getattr(middleware, name) is not None
+    for name in ("InvalidToken", "JWTSettings", "JWTValidator", "TokenClaims", "TokenValidator"):
+        assert name in middleware.__all__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"public_paths": "/health"}, "sequence"),
+        ({"public_paths": ["health"]}, "start with"),
+        ({"public_paths": ["/a*b"]}, "only allowed"),
+        ({"cookie_name": ""}, "cookie_name"),
+        ({"on_error": 42}, "on_error"),
+    ],
+)
+def test_jwt_middleware_rejects_bad_settings(
+    authenticator: JWTAuthenticator, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        JWTMiddleware(inner, authenticator=authenticator, **kwargs)
+
+
+def test_jwt_middleware_needs_an_authenticator() -> None:
+    with pytest.raises(ValueError, match="JWTAuthenticator"):
+        JWTMiddleware(inner, authenticator=object())  # type: ignore[arg-type]
+
+
+def test_rules_and_rbac_settings_are_validated(bus: InvalidationBus) -> None:
+    cache = PermissionCache(StaticRolePermissions({"a": ["x:y"]}), bus=bus)
+    bad_rules: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+        (("/x",), {}, "at least one"),
+        (("/x", "a b"), {}, "without spaces"),
+        (("/x", "a:*"), {}, "wildcards"),
+        (("x", "a"), {}, "start with"),
+        (("/x/{a", "a"), {}, "bad segment"),
+        (("/x", "a"), {"methods": "GET"}, "collection"),
+    ]
+    for args, kwargs, match in bad_rules:
+        with pytest.raises(ValueError, match=match):
+            Rule(*args, **kwargs)
+    with pytest.raises(ValueError, match="Rule"):
+        RBACMiddleware(inner, permissions=cache, rules=["/x"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="roles"):
+        StaticRolePermissions({"admin": "*"})
+    with pytest.raises(ValueError, match="ttl"):
+        PermissionCache(StaticRolePermissions({}), bus=bus, ttl=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cookie": None}, "cookie"),
+        ({"header_name": "bad header"}, "header_name"),
+        ({"refresh_interval": 0}, "refresh_interval"),
+        ({"on_unavailable": "ignore"}, "on_unavailable"),
+        ({"retry_after": -1}, "retry_after"),
+    ],
+)
+def test_session_middleware_rejects_bad_settings(
+    client: Any, bus: InvalidationBus, kwargs: dict[str, Any], match: str
+) -> None:
+    sessions = SessionManager(SessionStore(client), bus=bus)
+    with pytest.raises(ValueError, match=match):
+        SessionMiddleware(inner, sessions=sessions, **kwargs)
+
+
+async def test_other_scope_types_pass_through(
+    authenticator: JWTAuthenticator, bus: InvalidationBus, client: Any
+) -> None:
+    cache = PermissionCache(StaticRolePermissions({}), bus=bus)
+    sessions = SessionManager(SessionStore(client), bus=bus)
+    app = SessionMiddleware(
+        JWTMiddleware(RBACMiddleware(inner, permissions=cache), authenticator=authenticator),
+        sessions=sessions,
+    )
+    scope: dict[str, Any] = {"type": "lifespan"}
+
+    async def receive() -> Any:
+        raise AssertionError
+
+    async def send(message: Any) -> None:
+        raise AssertionError
+
+    await app(scope, receive, send)
+    assert scope == {"type": "lifespan", "reached": True}
