@@ -17,6 +17,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = [
     "ATTR_CACHE",
+    "ATTR_REASON",
     "ATTR_DEGRADED",
     "ATTR_RESULT",
     "SCOPE",
@@ -24,17 +25,28 @@ __all__ = [
     "meter",
     "register_gauge_source",
     "tracer",
+    "tracing_enabled",
 ]
 
 SCOPE = "gateway_redis"
 ATTR_CACHE = "gateway.cache.name"
 ATTR_RESULT = "gateway.cache.result"
 ATTR_DEGRADED = "gateway.degraded"
+ATTR_REASON = "gateway.reason"
 
 T = TypeVar("T")
 
 tracer = trace.get_tracer(SCOPE)
 meter = metrics.get_meter(SCOPE)
+
+
+def tracing_enabled() -> bool:
+    """True once an SDK tracer provider is installed.
+
+    Hot paths skip building spans entirely before that: even a no-op span costs a few
+    microseconds of context switching per request.
+    """
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 class _Instruments:

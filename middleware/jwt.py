@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from opentelemetry.trace import StatusCode
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway_redis import telemetry
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
     ErrorHandler,
@@ -38,7 +40,7 @@ from middleware.errors import (
     default_error_response,
 )
 from middleware.scope import CLAIMS_KEY
-from middleware.tokencache import JWTAuthenticator
+from middleware.tokencache import Authentication, JWTAuthenticator
 from middleware.tokens import InvalidToken, TokenClaims, ValidatorUnavailable
 
 __all__ = ["GatewayUser", "JWTMiddleware"]
@@ -155,12 +157,7 @@ class JWTMiddleware:
             token, from_subprotocol = _extract(scope, self._cookie, self._subprotocol)
             if token is None:
                 raise NotAuthenticated("missing_token")
-            try:
-                result = await self._authenticator.authenticate(token)
-            except InvalidToken as exc:
-                raise NotAuthenticated(exc.reason) from None
-            except ValidatorUnavailable:
-                raise ServiceUnavailable("validator_unavailable") from None
+            result = await _authenticate(self._authenticator, token)
             if result.degraded and self._fail_closed.matches(path):
                 raise ServiceUnavailable("revocation_unknown")
         except MiddlewareError as error:
@@ -179,6 +176,48 @@ class JWTMiddleware:
         if from_subprotocol and scope["type"] == "websocket":
             send = _select_bearer(send)
         await self.app(scope, receive, send)
+
+
+_TIER = {"l1": "l1", "l2": "l2", "validator": "miss"}
+_LOOKUP_ATTRS = {
+    tier: {telemetry.ATTR_CACHE: "jwt", telemetry.ATTR_RESULT: result}
+    for tier, result in (*_TIER.items(), ("invalid", "invalid"))
+}
+
+
+async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authentication:
+    """Authenticate, counting the cache tier, with a span when tracing is on."""
+    metrics = telemetry.instruments()
+    if not telemetry.tracing_enabled():
+        try:
+            result = await authenticator.authenticate(token)
+        except InvalidToken as exc:
+            metrics.cache_lookups.add(1, _LOOKUP_ATTRS["invalid"])
+            raise NotAuthenticated(exc.reason) from None
+        except ValidatorUnavailable:
+            raise ServiceUnavailable("validator_unavailable") from None
+        metrics.cache_lookups.add(1, _LOOKUP_ATTRS[result.source])
+        return result
+    with telemetry.tracer.start_as_current_span(
+        "gateway.jwt authenticate", record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            result = await authenticator.authenticate(token)
+        except InvalidToken as exc:
+            metrics.cache_lookups.add(1, _LOOKUP_ATTRS["invalid"])
+            if span.is_recording():
+                span.set_attribute(telemetry.ATTR_REASON, exc.reason)
+                span.set_status(StatusCode.ERROR, "invalid token")
+            raise NotAuthenticated(exc.reason) from None
+        except ValidatorUnavailable:
+            if span.is_recording():
+                span.set_status(StatusCode.ERROR, "validator unavailable")
+            raise ServiceUnavailable("validator_unavailable") from None
+        metrics.cache_lookups.add(1, _LOOKUP_ATTRS[result.source])
+        if span.is_recording():
+            span.set_attribute(telemetry.ATTR_RESULT, _TIER[result.source])
+            span.set_attribute(telemetry.ATTR_DEGRADED, result.degraded)
+        return result
 
 
 def _select_bearer(send: Send) -> Send:

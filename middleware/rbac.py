@@ -31,6 +31,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from gateway_redis import telemetry
 from middleware._paths import PathPattern, route_path
 from middleware.errors import (
     ErrorHandler,
@@ -162,7 +163,15 @@ class RBACMiddleware:
             if not matched and self._deny_unmatched:
                 raise PermissionDenied("no_rule")
             if required:
-                await context.require(*dict.fromkeys(required))
+                if telemetry.tracing_enabled():
+                    with telemetry.tracer.start_as_current_span(
+                        "gateway.rbac authorize", record_exception=False
+                    ) as span:
+                        if span.is_recording():
+                            span.set_attribute("gateway.rbac.required", len(required))
+                        await context.require(*dict.fromkeys(required))
+                else:
+                    await context.require(*dict.fromkeys(required))
         except MiddlewareError as error:
             await self._on_error(scope, error)(scope, receive, send)
             return

@@ -43,6 +43,7 @@ from typing import Literal
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from middleware._paths import PathSet, route_path
@@ -120,7 +121,13 @@ class SessionMiddleware:
         available, clear = True, False
         if session_id is not None:
             try:
-                session = await self._load(session_id)
+                if telemetry.tracing_enabled():
+                    with telemetry.tracer.start_as_current_span(
+                        "gateway.session load", record_exception=False
+                    ):
+                        session = await self._load(session_id)
+                else:
+                    session = await self._load(session_id)
             except SessionNotFound:
                 clear = True  # unknown or ended: the client should drop it
             except RedisUnavailable:
