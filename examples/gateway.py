@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
 from gateway_redis.invalidation import InvalidationBus
@@ -155,6 +156,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     """Build the gateway from ``environ`` (``os.environ`` by default). Each app runs one
     lifespan: its Redis client is opened at startup and closed at shutdown."""
     env = os.environ if environ is None else environ
+    if environ is None:
+        configure_logging(env)
+    tracing = configure_telemetry(env)
     keys = GatewayKeys(env)
     config, embedded = _redis(env)
     client = RedisClient(config)
@@ -181,6 +185,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
             await client.aclose()
             if embedded is not None:
                 embedded.cleanup()
+            if tracing:
+                shutdown_telemetry()
 
     app = FastAPI(title="gateway-redis example", lifespan=lifespan)
     app.state.redis = client
@@ -201,6 +207,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         on_unavailable="anonymous",
         required_paths=("/api/session", "/auth/*"),
     )
+    if tracing:
+        # Outermost, so the HTTP server span is the parent of the library's spans.
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
     return app
 
