@@ -37,10 +37,16 @@ if TYPE_CHECKING:
     from gateway_redis.pubsub import PubSubHub, Subscription
     from gateway_redis.sessions import Session, SessionStore
 
-__all__ = ["ClientState", "RedisClient", "ttl_milliseconds"]
+__all__ = ["ClientState", "RedisClient", "SessionListener", "ttl_milliseconds"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
+
+
+SessionListener = Callable[[str, dict[str, str]], Awaitable[None]]
+"""``await listener(kind, data)`` after a session change made through any store of a client:
+``("update", {"session_id"})``, ``("delete", {"session_id"})`` (also the old ID after a
+regenerate) or ``("delete_user", {"user_id"})``. An exception propagates to the caller."""
 
 
 class ClientState(enum.Enum):
@@ -111,6 +117,7 @@ class RedisClient:
         self._pubsub: PubSubHub | None = None
         self._sessions: SessionStore | None = None
         self._replicas = 0
+        self._session_listeners: list[SessionListener] = []
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
         self._health.add_listener(
@@ -481,6 +488,21 @@ class RedisClient:
 
             self._sessions = SessionStore(self)
         return self._sessions
+
+    def add_session_listener(self, listener: SessionListener) -> Callable[[], None]:
+        """Be told of every session change made through this client (any store on it), so
+        caches elsewhere (other instances' L1, open sockets) can follow. Returns a remover."""
+        self._session_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._session_listeners:
+                self._session_listeners.remove(listener)
+
+        return remove
+
+    async def _session_changed(self, kind: str, **data: str) -> None:
+        for listener in list(self._session_listeners):
+            await listener(kind, data)
 
     async def create_session(
         self,

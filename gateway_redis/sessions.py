@@ -266,6 +266,11 @@ class SessionStore:
         self._idle_ms = 0 if idle_timeout is None else _ttl_ms("idle_timeout", idle_timeout)
         self._scripts: dict[str, AsyncScript] = {}
 
+    @property
+    def client(self) -> RedisClient:
+        """The client this store runs on (its session listeners hear every change)."""
+        return self._client
+
     # -- public API -----------------------------------------------------------------------
 
     async def create(
@@ -317,7 +322,9 @@ class SessionStore:
         key = self._checked_key(session_id)
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
         reply = await self._run("session.update", self._call("update", [key], args))
-        return self._decode(session_id, reply)
+        session = self._decode(session_id, reply)
+        await self._client._session_changed("update", session_id=session_id)
+        return session
 
     async def touch(self, session_id: str) -> Session:
         """Record an access: set ``last_accessed_at`` to now and restart the idle timeout.
@@ -352,6 +359,7 @@ class SessionStore:
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.execute("session.delete", call, confirm=True)
+        await self._client._session_changed("delete", session_id=session_id)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
@@ -401,6 +409,7 @@ class SessionStore:
         deleted: int = await self._client.execute(
             "session.delete_user_sessions", call, confirm=True
         )
+        await self._client._session_changed("delete_user", user_id=user_id)
         return deleted
 
     async def regenerate(self, session_id: str) -> str:
@@ -422,6 +431,7 @@ class SessionStore:
             )(r)
 
         self._decode(new_id, await self._run("session.regenerate", call))
+        await self._client._session_changed("delete", session_id=session_id)
         return new_id
 
     # -- internals ------------------------------------------------------------------------

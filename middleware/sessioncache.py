@@ -5,8 +5,8 @@ from L1 when possible; every change made through it (update, delete, regenerate,
 everywhere) drops the affected L1 entries on every instance. L1 entries never outlive the
 session's absolute or idle expiry. Events carry SHA-256 digests, never session IDs.
 
-Changes made through the store directly (``client.sessions``) bypass the bus: other
-instances may then serve the old copy for up to ``l1_ttl`` seconds. Go through the manager.
+Changes made through any store of the same client (``client.delete_session(...)`` from an
+admin tool, say) are broadcast too: the manager listens to the client's session changes.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class SessionManager:
         self._bus = bus
         self._l1 = bus.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
         bus.on_event(_NS, self._on_event)
+        store.client.add_session_listener(self._on_store_change)
 
     @property
     def store(self) -> SessionStore:
@@ -95,8 +96,7 @@ class SessionManager:
         """Merge ``changes`` (None deletes a field); never resurrects a deleted session."""
         digest = _digest(session_id)
         self._l1.delete(digest)
-        session = await self._store.update(session_id, changes)
-        await self._publish({"op": "drop", "ids": [digest]})
+        session = await self._store.update(session_id, changes)  # broadcast by the listener
         self._remember(digest, session, self._l1.generation)
         return session
 
@@ -113,15 +113,13 @@ class SessionManager:
         """Delete the session everywhere; no error if it is already gone."""
         digest = _digest(session_id)
         self._l1.delete(digest)
-        await self._store.delete(session_id)
-        await self._publish({"op": "drop", "ids": [digest]}, critical=True)
+        await self._store.delete(session_id)  # broadcast by the listener
 
     async def regenerate(self, session_id: str) -> Session:
         """Move the session to a new ID (the old one stops working); returns it."""
         digest = _digest(session_id)
         self._l1.delete(digest)
-        new_id = await self._store.regenerate(session_id)
-        await self._publish({"op": "drop", "ids": [digest]}, critical=True)
+        new_id = await self._store.regenerate(session_id)  # broadcast by the listener
         session = await self._store.get(new_id)
         self._remember(_digest(new_id), session, self._l1.generation)
         return session
@@ -130,8 +128,7 @@ class SessionManager:
         """Delete every session of ``user_id`` ("log out everywhere"); returns how many."""
         user = _digest(user_id)
         self._l1.discard_where(lambda _k, e: e.user == user)
-        count = await self._store.delete_user_sessions(user_id)
-        await self._publish({"op": "drop_user", "user": user}, critical=True)
+        count = await self._store.delete_user_sessions(user_id)  # broadcast by the listener
         return count
 
     def forget(self, session_id: str) -> None:
@@ -158,6 +155,20 @@ class SessionManager:
             if critical:
                 raise
             _log.warning("session invalidation not broadcast; other instances may lag")
+
+    async def _on_store_change(self, kind: str, data: Mapping[str, str]) -> None:
+        if kind == "update":
+            digest = _digest(data["session_id"])
+            self._l1.delete(digest)
+            await self._publish({"op": "drop", "ids": [digest]})
+        elif kind == "delete":
+            digest = _digest(data["session_id"])
+            self._l1.delete(digest)
+            await self._publish({"op": "drop", "ids": [digest]}, critical=True)
+        elif kind == "delete_user":
+            user = _digest(data["user_id"])
+            self._l1.discard_where(lambda _k, e: e.user == user)
+            await self._publish({"op": "drop_user", "user": user}, critical=True)
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         op = event.get("op")

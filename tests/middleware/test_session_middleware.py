@@ -401,3 +401,21 @@ async def test_a_save_that_hits_an_outage_becomes_a_503(
             r = await http.post("/write", json={"x": 1})
             assert r.status_code == 503
             assert r.json()["error"] == "unavailable"
+
+
+async def test_a_delete_through_the_plain_client_api_reaches_other_instances(
+    manager: SessionManager, second_instance: SessionManager, http_client: HttpFactory
+) -> None:
+    """An admin tool calling ``client.delete_session`` (no manager involved) still ends the
+    session on every instance: the manager listens to the client's session changes."""
+    async with http_client(build(manager)) as http_a, http_client(build(second_instance)) as http_b:
+        await http_a.post("/login", json={"user": "alice"})
+        session_id = http_a.cookies["__Host-session"]
+        http_b.cookies.set("__Host-session", session_id)
+        for _ in range(2):  # warm B's L1
+            assert (await http_b.get("/show")).json()["user"] == "alice"
+        started = time.perf_counter()
+        await manager.store.client.delete_session(session_id)
+        while (await http_b.get("/show")).json()["user"] is not None:
+            assert time.perf_counter() - started < 0.1
+            await asyncio.sleep(0.001)
