@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from examples.realtime import install_realtime
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
@@ -100,6 +101,7 @@ class GatewayKeys:
                 verify = signing.public_key().public_bytes(
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
+            assert isinstance(verify, bytes)
             default_algs = [_default_algorithm(serialization.load_pem_public_key(verify))]
         else:
             log.warning("no GATEWAY_JWT_SECRET or key set: using a random secret for this process")
@@ -213,6 +215,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
 
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
+    install_realtime(app, env=env)  # WS /ws, POST /api/channels/{channel}/publish, GET /, /static
     return app
 
 

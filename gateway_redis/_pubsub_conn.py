@@ -42,7 +42,9 @@ RESERVED: Final = "__gateway_redis__:"
 MAX_NAME_BYTES: Final = 1024
 """Longest channel name or pattern accepted, in UTF-8 bytes."""
 _BATCH: Final = 512  # names per SUBSCRIBE command, to keep single commands small
-_YIELD_EVERY: Final = 256  # messages the reader handles before letting other tasks run
+# Messages the reader handles before letting other tasks run. Below the default buffer
+# size (100): consumers woken by one burst get to run before the burst can overflow them.
+_YIELD_EVERY: Final = 64
 _HEAD: Final = b'{"_gw":'
 _MID: Final = b',"data":'
 _DECODER: Final = json.JSONDecoder()

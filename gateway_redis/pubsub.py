@@ -56,13 +56,22 @@ from gateway_redis.errors import RedisUnavailable, SerializationError, Subscript
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
-__all__ = ["Message", "PubSubHub", "PubSubStats", "ReconnectListener", "Subscription"]
+__all__ = [
+    "Message",
+    "MessageCallback",
+    "PubSubHub",
+    "PubSubStats",
+    "ReconnectListener",
+    "Subscription",
+]
 
 _log = logging.getLogger(__name__)
 _WARN_EVERY = 10.0  # seconds between overflow warnings of one subscription
 
 ReconnectListener = Callable[[], None]
 """Called with no arguments when the subscriber connection is lost or restored."""
+MessageCallback = Callable[["Message"], None]
+"""``on_message(message)`` for callback subscriptions; runs in the hub's reader."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,10 +125,19 @@ class Subscription:
     stops after :meth:`close` or when :meth:`PubSubHub.unsubscribe` took its last channel;
     it raises :class:`SubscriptionClosed` (``reason="closed"`` when the hub closed,
     ``"failed"`` when it broke) after the buffered messages are consumed.
+
+    A *callback subscription* (``subscribe(..., on_message=f)``) has no buffer and cannot
+    be iterated: the hub's reader calls ``f(message)`` for each message as it arrives
+    (``gap_before`` set as above). ``f`` must return quickly, never block, and must not
+    subscribe or unsubscribe synchronously; its exceptions are logged and swallowed.
+    Check :attr:`closed` to learn that the hub ended it.
     """
 
-    def __init__(self, hub: PubSubHub, buffer_size: int) -> None:
+    def __init__(
+        self, hub: PubSubHub, buffer_size: int, on_message: MessageCallback | None = None
+    ) -> None:
         self._hub = hub
+        self._callback = on_message
         self._size = buffer_size
         self._buffer: deque[Message] = deque()
         self._event = asyncio.Event()
@@ -189,6 +207,8 @@ class Subscription:
         self._hub._release(self)
 
     def __aiter__(self) -> Subscription:
+        if self._callback is not None:
+            raise TypeError("a callback subscription cannot be iterated")
         return self
 
     async def __anext__(self) -> Message:
@@ -233,6 +253,16 @@ class Subscription:
         return message
 
     def _push(self, message: Message) -> None:
+        callback = self._callback
+        if callback is not None:
+            if self._gap:
+                self._gap = False
+                message = dataclasses.replace(message, gap_before=True)
+            try:
+                callback(message)
+            except Exception:  # a subscriber can never break the reader
+                _log.exception("pubsub message callback failed on %s", self._describe())
+            return
         if len(self._buffer) >= self._size:
             self._buffer.popleft()
             self._dropped += 1
@@ -321,8 +351,9 @@ class PubSubHub:
         The count is Redis's: connections that received it (a hub counts once however many
         subscriptions it serves). Serialized before anything is sent: a value that is not
         JSON (or contains NaN) raises :class:`SerializationError` and nothing is published.
-        With an active OpenTelemetry span the JSON travels in a small envelope carrying the
-        trace context; without one it goes out as is. Sent at most once (never retried).
+        When the caller has an active OpenTelemetry span, the JSON travels in a small
+        envelope carrying the trace context; without one it goes out as is. Sent at most
+        once (never retried).
         Raises :class:`RedisUnavailable` (at once while Redis is known to be down),
         :class:`TypeError`/:class:`ValueError` for a bad channel name.
         """
@@ -333,11 +364,16 @@ class PubSubHub:
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"message is not JSON-serializable: {exc}") from exc
         target = self._wire.channels.key(name)
+        # Only a publish that is part of a trace (the caller has a span) carries context;
+        # otherwise the message goes out as plain JSON, readable by any other publisher's
+        # subscribers (a Go service, redis-cli), even with an SDK installed.
+        traced = trace.get_current_span().get_span_context().is_valid
         with telemetry.tracer.start_as_current_span(
             "gateway.pubsub publish", kind=trace.SpanKind.PRODUCER
         ) as span:
             carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+            if traced:
+                propagate.inject(carrier)
             payload = _wire.encode_payload(body, carrier)
             receivers: int = await self._client.execute(
                 "publish", lambda r: r.publish(target, payload), retry=False
@@ -355,10 +391,15 @@ class PubSubHub:
 
     # -- subscribing ----------------------------------------------------------------------
 
-    async def subscribe(self, *channels: str, buffer_size: int = 100) -> Subscription:
+    async def subscribe(
+        self, *channels: str, buffer_size: int = 100, on_message: MessageCallback | None = None
+    ) -> Subscription:
         """A subscription to ``channels``, returned once Redis confirmed every one of them.
 
-        ``buffer_size`` (messages, >= 1) bounds its buffer. Raises :class:`RedisUnavailable`
+        ``buffer_size`` (messages, >= 1) bounds its buffer. With ``on_message`` it is a
+        callback subscription instead (see :class:`Subscription`): no buffer, no queueing,
+        the callback runs in the reader for every message, one call per message however
+        many channels the subscription has. Raises :class:`RedisUnavailable`
         at once when Redis is known to be unreachable (the hub's last connection attempt
         failed, or the client is down before the hub ever connected). While the hub is
         merely reconnecting after a drop the subscription is registered and confirmed on
@@ -367,7 +408,9 @@ class PubSubHub:
         :class:`ValueError` for bad names (empty, over 1 KiB, reserved) or sizes.
         """
         names = _wire.check_names(channels, "channel")
-        return await self._open(names, [], buffer_size)
+        if on_message is not None and not callable(on_message):
+            raise TypeError("on_message must be callable")
+        return await self._open(names, [], buffer_size, on_message)
 
     async def psubscribe(self, *patterns: str, buffer_size: int = 100) -> Subscription:
         """Like :meth:`subscribe`, for glob ``patterns``; for trusted, fixed patterns only.
@@ -477,14 +520,20 @@ class PubSubHub:
                 f"pubsub: Redis is unavailable ({self._client.health_reason})", reason="down"
             )
 
-    async def _open(self, channels: list[str], patterns: list[str], size: int) -> Subscription:
+    async def _open(
+        self,
+        channels: list[str],
+        patterns: list[str],
+        size: int,
+        on_message: MessageCallback | None = None,
+    ) -> Subscription:
         if not isinstance(size, int) or isinstance(size, bool):
             raise TypeError(f"buffer_size must be an int, got {type(size).__name__}")
         if size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {size}")
         self._check_usable()
         self.start()
-        sub = Subscription(self, size)
+        sub = Subscription(self, size, on_message)
         entries = []
         for name in channels:
             entries.append(entry := self._wire.channels.acquire(name, sub))

@@ -8,6 +8,7 @@ stays optional).
 
 from __future__ import annotations
 
+from middleware.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 from middleware.errors import (
     ErrorHandler,
     MiddlewareError,
@@ -43,10 +44,14 @@ from middleware.tokens import (
     TokenValidator,
     ValidatorUnavailable,
 )
+from middleware.websocket import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
 
 __all__ = [
     "Authentication",
     "CallablePermissions",
+    "ChannelPolicy",
+    "ChannelRule",
+    "CloseCode",
     "ErrorHandler",
     "GatewayUser",
     "InvalidToken",
@@ -60,6 +65,7 @@ __all__ = [
     "PermissionContext",
     "PermissionDenied",
     "PermissionSource",
+    "Principal",
     "RBACMiddleware",
     "Rule",
     "ServiceUnavailable",
@@ -67,10 +73,14 @@ __all__ = [
     "SessionHandle",
     "SessionManager",
     "SessionMiddleware",
+    "StaticPrincipal",
     "StaticRolePermissions",
     "TokenClaims",
     "TokenValidator",
     "ValidatorUnavailable",
+    "WebSocketBridge",
+    "WebSocketLimits",
+    "WebSocketStats",
     "default_error_response",
     "get_claims",
     "get_claims_or_none",

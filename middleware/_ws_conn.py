@@ -1,0 +1,350 @@
+"""One accepted WebSocket: its bounded outbox, its writer task and its reader (private).
+
+Frames reach a socket through :meth:`Connection.push` (messages, shared between sockets,
+droppable) and :meth:`Connection.push_control` (replies, errors, resyncs, pings: never
+dropped). Neither ever waits: they append to the outbox and wake the writer. The writer
+takes *everything* queued each time it wakes and sends it as one frame (one ``batch``
+frame when more than one is waiting), so a slow socket costs one send per wake-up, not one
+per message. The outbox holds at most ``queue_size`` messages: on overflow the oldest
+message is dropped and the channel gets a ``resync`` (policy ``"drop_oldest"``), or the
+socket is closed with 1013 (policy ``"close"``). Replies are bounded by back-pressure: the
+reader stops reading while ``queue_size`` replies are waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from starlette.types import Receive, Send
+
+from gateway_redis import telemetry
+from middleware import _ws_protocol as proto
+
+if TYPE_CHECKING:
+    from gateway_redis.sessions import Session
+    from middleware._ws_fanout import ChannelEntry
+    from middleware.channels import Principal
+    from middleware.tokens import TokenClaims
+    from middleware.websocket import WebSocketLimits
+
+__all__ = ["Connection", "Frame", "Identity"]
+
+_log = logging.getLogger("middleware.websocket")
+_CLOSE_GONE: Final = -1  # the peer went away: nothing to send
+_YIELD_EVERY: Final = 32  # client frames handled before the reader lets other tasks run
+
+
+class Frame:
+    """One outgoing frame. Message frames (``channel`` set) are built once per Redis
+    message and shared by every socket; control frames (``channel`` None) are per socket."""
+
+    __slots__ = ("channel", "text")
+
+    def __init__(self, channel: str | None, text: str) -> None:
+        self.channel = channel
+        self.text = text
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who is connected and by what credential.
+
+    ``method`` is ``"token"`` or ``"session"``; ``cookie`` is True when the credential
+    came from a cookie (Origin checks apply). ``user`` is the SHA-256 digest of the
+    subject (the key of the per-user index, as in session events). ``expires_at`` (epoch
+    seconds) is when the credential ends; ``idle_check_at`` when an idle session must be
+    looked at again.
+    """
+
+    subject: str
+    user: str
+    method: str
+    cookie: bool
+    claims: TokenClaims | None = None
+    session: Session | None = None
+    session_key: str | None = None
+    expires_at: float | None = None
+    idle_check_at: float | None = None
+
+
+class Connection:
+    """State of one accepted socket; see the module docstring."""
+
+    __slots__ = (
+        "_control",
+        "_drop_oldest",
+        "_dropped_counter",
+        "_handle",
+        "_lost",
+        "_messages",
+        "_queue",
+        "_space",
+        "_stamp",
+        "_strike_stamp",
+        "_strikes",
+        "_tokens",
+        "_wake",
+        "_woken",
+        "channels",
+        "close_reason",
+        "closing",
+        "dropped",
+        "finished",
+        "identity",
+        "last_ping",
+        "last_rx",
+        "limits",
+        "principal",
+        "receive",
+        "send",
+    )
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        receive: Receive,
+        identity: Identity,
+        principal: Principal,
+        limits: WebSocketLimits,
+        handle: Callable[[Connection, str], Awaitable[None]],
+    ) -> None:
+        self.send = send
+        self.receive = receive
+        self.identity = identity
+        self.principal = principal
+        self.limits = limits
+        self._handle = handle
+        self.channels: dict[str, ChannelEntry] = {}
+        self._queue: deque[Frame] = deque()
+        self._messages = 0
+        self._control = 0
+        self._lost: set[str] = set()
+        self._wake = asyncio.Event()
+        self._woken = asyncio.Event()  # set once a close is requested
+        self._space = asyncio.Event()
+        self._space.set()
+        self._drop_oldest = limits.overflow == "drop_oldest"
+        self._dropped_counter = telemetry.instruments().ws_dropped
+        self.dropped = 0
+        self.closing: int | None = None
+        self.close_reason = ""
+        self.finished = asyncio.Event()
+        now = time.monotonic()
+        self.last_rx = self.last_ping = now
+        self._tokens = float(limits.burst)
+        self._stamp = self._strike_stamp = now
+        self._strikes = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in the outbox."""
+        return len(self._queue)
+
+    # -- producers (never wait) ---------------------------------------------------------
+
+    def push(self, frame: Frame) -> None:
+        """Queue a shared message frame; applies the overflow policy."""
+        if self.closing is not None:
+            return
+        if self._messages >= self.limits.queue_size:
+            if not self._drop_oldest:
+                self.close(1013, "queue overflow")
+                return
+            self._drop_one()
+        self._queue.append(frame)
+        self._messages += 1
+        self._wake.set()
+
+    def push_control(self, text: str) -> None:
+        """Queue a reply, error, resync or ping (never dropped)."""
+        if self.closing is not None:
+            return
+        self._queue.append(Frame(None, text))
+        self._control += 1
+        if self._control >= self.limits.queue_size:
+            self._space.clear()
+        self._wake.set()
+
+    def _drop_one(self) -> None:
+        queue = self._queue
+        if queue[0].channel is not None:
+            dropped = queue.popleft()
+        else:  # rare: replies at the head; drop the oldest message behind them
+            index = next(i for i, f in enumerate(queue) if f.channel is not None)
+            dropped = queue[index]
+            del queue[index]
+        assert dropped.channel is not None
+        self._lost.add(dropped.channel)
+        self._messages -= 1
+        self.dropped += 1
+        self._dropped_counter.add(1)
+
+    def forget_channel(self, channel: str) -> None:
+        """Discard queued messages of ``channel`` (after unsubscribing from it)."""
+        self._lost.discard(channel)
+        if any(f.channel == channel for f in self._queue):
+            kept = [f for f in self._queue if f.channel != channel]
+            self._messages -= len(self._queue) - len(kept)
+            self._queue = deque(kept)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Ask the socket to close with ``code`` (the first request wins). Never waits."""
+        if self.closing is None:
+            self.closing = int(code)
+            self.close_reason = reason
+            self._wake.set()
+            self._space.set()
+            self._woken.set()
+
+    # -- rate limiting --------------------------------------------------------------------
+
+    def allow(self, request_id: proto.RequestId) -> bool:
+        """Token bucket for client frames; answers ``rate_limited`` or closes 1008."""
+        limits = self.limits
+        now = time.monotonic()
+        self._tokens = min(float(limits.burst), self._tokens + (now - self._stamp) * limits.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        # Strikes decay at one per second: a short burst is forgiven, a flood is not.
+        self._strikes = max(0.0, self._strikes - (now - self._strike_stamp)) + 1.0
+        self._strike_stamp = now
+        if self._strikes > limits.abuse_threshold:
+            self.close(1008, "rate limit exceeded")
+        else:
+            self.push_control(
+                proto.error_frame("rate_limited", "Too many messages; slow down.", request_id)
+            )
+        return False
+
+    # -- the socket's tasks ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until it closes; returns once both tasks have ended."""
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(), name="gateway-ws-reader")
+        writer = loop.create_task(self._write(), name="gateway-ws-writer")
+        closing = loop.create_task(self._woken.wait(), name="gateway-ws-closing")
+        tasks = (reader, writer, closing)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self.closing is None and writer.done():
+                self.close(_CLOSE_GONE)  # a send failed: the peer is gone
+            if self.closing is None:
+                self.close(1011, "internal error")  # the reader failed
+            if self.closing != _CLOSE_GONE and not writer.done():
+                # Let the writer send the close frame, unless the peer stopped reading.
+                await asyncio.wait({writer}, timeout=self.limits.close_timeout)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception) and not _is_disconnect(result):
+                    _log.warning("websocket task failed: %r", result)
+            self.finished.set()
+
+    async def _read(self) -> None:
+        receive, limits = self.receive, self.limits
+        max_bytes = limits.max_message_bytes
+        handled = 0
+        while self.closing is None:
+            if not self._space.is_set():
+                await self._space.wait()  # replies pile up: stop reading (back-pressure)
+                continue
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self.close(_CLOSE_GONE)
+                return
+            if kind != "websocket.receive":
+                continue
+            self.last_rx = time.monotonic()
+            text: str | None = message.get("text")
+            if text is None:
+                raw: bytes = message.get("bytes") or b""
+                if len(raw) > max_bytes:
+                    self.close(1009, "message too big")
+                elif self.allow(None):
+                    self.push_control(
+                        proto.error_frame("bad_request", "Binary frames are not supported.")
+                    )
+                continue
+            if len(text) > max_bytes // 4 and len(text.encode("utf-8", "replace")) > max_bytes:
+                self.close(1009, "message too big")
+                return
+            handled += 1
+            if handled % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # frames buffered by the server: let others run
+            try:
+                await self._handle(self, text)
+            except Exception:
+                _log.exception("websocket request failed")
+                self.push_control(proto.error_frame("internal", "Internal error."))
+
+    async def _write(self) -> None:
+        send, wake = self.send, self._wake
+        while self.closing is None:
+            await wake.wait()
+            wake.clear()
+            for text in self._take():
+                await send({"type": "websocket.send", "text": text})
+        if self.closing != _CLOSE_GONE:
+            # What is queued (at most the bounded outbox) goes out before the close frame,
+            # so a client learns why (rate_limited...); a stalled one is cut off by run().
+            for text in self._take():
+                await send({"type": "websocket.send", "text": text})
+            close = {"type": "websocket.close", "code": self.closing, "reason": self.close_reason}
+            await send(close)
+
+    def _take(self) -> list[str]:
+        """Everything queued, as frames to send: one frame or batches of bounded size."""
+        queue, frames = self._queue, []
+        if self._lost:
+            lost = sorted(c for c in self._lost if c in self.channels)
+            self._lost.clear()
+            if lost:
+                frames.append(proto.resync_frame(lost))
+        if len(queue) == 1 and not frames:
+            frames.append(queue.popleft().text)
+        else:
+            frames.extend(f.text for f in queue)
+            queue.clear()
+        self._messages = self._control = 0
+        self._space.set()
+        if len(frames) <= 1:
+            return frames
+        out: list[str] = []
+        chunk: list[str] = []
+        size, limit = 0, self.limits.batch_max_bytes
+        for text in frames:
+            if chunk and size + len(text) > limit:
+                out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
+                chunk, size = [], 0
+            chunk.append(text)
+            size += len(text) + 1
+        if chunk:
+            out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
+        return out
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    # uvicorn raises ClientDisconnected (an OSError), other servers OSError or RuntimeError
+    # ("Unexpected ASGI message ... after sending 'websocket.close'") once the peer is gone.
+    return isinstance(exc, (OSError, RuntimeError, asyncio.CancelledError))
+
+
+async def send_close_before_accept(send: Send, code: int) -> None:
+    """Reject a handshake: ``websocket.close`` before ``websocket.accept``."""
+    with contextlib.suppress(OSError, RuntimeError):
+        await send({"type": "websocket.close", "code": code})
+

@@ -1,0 +1,240 @@
+"""Fan-out from Redis channels to sockets: one hub subscription per channel (private).
+
+Every channel any socket of this bridge is subscribed to has one :class:`ChannelEntry`
+holding one *callback* subscription on the process's :class:`~gateway_redis.PubSubHub`
+(so 1,000 sockets on a channel are one entry, one Redis subscription, on the hub's one
+connection). The hub's reader calls :meth:`Fanout._deliver` for each message: the frame is
+built once and appended to each socket's outbox; nothing here ever awaits a socket, so
+there is no pump task and a stalled socket cannot slow the reader.
+
+Gaps: when the hub loses its connection it marks every subscription; after resubscribing
+it calls the reconnect listener, which sends each affected socket one ``resync`` naming
+its affected channels. A message that arrives before that listener ran carries
+``gap_before`` and is preceded by a ``resync`` for its channel; either way each gap is
+reported once, and before any message that followed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from opentelemetry import propagate, trace
+
+from gateway_redis import telemetry
+from gateway_redis.errors import RedisUnavailable
+from gateway_redis.pubsub import Message, PubSubHub, Subscription
+from middleware import _ws_protocol as proto
+from middleware._ws_conn import Connection, Frame
+
+__all__ = ["ChannelEntry", "Fanout"]
+
+_log = logging.getLogger("middleware.websocket")
+
+
+class ChannelEntry:
+    """One channel: its sockets, its hub subscription, how many sockets want it."""
+
+    __slots__ = ("name", "opening", "prefix", "sockets", "sub", "users")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.prefix = proto.message_prefix(name)
+        self.sockets: set[Connection] = set()
+        self.users = 0  # sockets subscribed or subscribing
+        self.sub: Subscription | None = None
+        self.opening: asyncio.Task[None] | None = None
+
+
+class Fanout:
+    """The bridge's channels on one hub; see the module docstring."""
+
+    def __init__(self, hub: PubSubHub) -> None:
+        self._hub = hub
+        self._entries: dict[str, ChannelEntry] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._remove_listener = hub.add_reconnect_listener(self._on_reconnect)
+
+    @property
+    def channels(self) -> int:
+        """Channels with at least one socket (or one subscribing)."""
+        return len(self._entries)
+
+    async def subscribe(self, conn: Connection, names: Iterable[str]) -> None:
+        """Subscribe ``conn`` to ``names`` once Redis confirmed each (already subscribed
+        names are skipped). All or nothing: raises :class:`RedisUnavailable` (nothing
+        subscribed). On return ``conn`` receives every later message of each channel; the
+        caller must queue its reply before awaiting anything else."""
+        if self._closed:
+            raise RedisUnavailable("the websocket bridge is closed", reason="closed")
+        acquired = [self._acquire(n) for n in dict.fromkeys(names) if n not in conn.channels]
+        try:
+            pending = [e.opening for e in acquired if e.sub is None and e.opening is not None]
+            if pending:
+                await asyncio.gather(*(asyncio.shield(t) for t in pending))
+            if any(e.sub is None for e in acquired):
+                raise RedisUnavailable("subscription was not confirmed", reason="down")
+        except BaseException:
+            for entry in acquired:
+                await self._release(entry)
+            raise
+        if conn.closing is not None:
+            for entry in acquired:
+                await self._release(entry)
+            return
+        for entry in acquired:
+            entry.sockets.add(conn)
+            conn.channels[entry.name] = entry
+
+    async def unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
+        """Remove ``conn`` from ``names`` (unknown names are ignored); queued messages of
+        those channels are discarded."""
+        for name in names:
+            entry = conn.channels.pop(name, None)
+            if entry is None:
+                continue
+            entry.sockets.discard(conn)
+            conn.forget_channel(name)
+            await self._release(entry)
+
+    async def release_all(self, conn: Connection) -> None:
+        """Remove ``conn`` from every channel (the socket closed)."""
+        await self.unsubscribe(conn, list(conn.channels))
+
+    def check(self) -> None:
+        """Housekeeping: a subscription the hub ended while sockets still use it is opened
+        again (the hub was closed or failed, or someone called ``hub.unsubscribe``)."""
+        for entry in list(self._entries.values()):
+            sub = entry.sub
+            if sub is not None and sub.closed and entry.opening is not None:
+                if not entry.opening.done():
+                    continue
+                entry.sub = None
+                entry.opening = self._start(self._reopen(entry))
+
+    async def aclose(self) -> None:
+        """Close every hub subscription and stop every task; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._remove_listener()
+        entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            if entry.opening is not None:
+                entry.opening.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for entry in entries:
+            if entry.sub is not None:
+                await entry.sub.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name="gateway-ws-subscribe")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _acquire(self, name: str) -> ChannelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = ChannelEntry(name)
+            entry.opening = self._start(self._open(entry))
+        entry.users += 1
+        return entry
+
+    async def _open(self, entry: ChannelEntry) -> None:
+        try:
+            sub = await self._hub.subscribe(
+                entry.name, on_message=functools.partial(self._deliver, entry)
+            )
+        except BaseException:
+            if self._entries.get(entry.name) is entry:
+                del self._entries[entry.name]  # the next subscriber starts afresh
+            raise
+        if entry.users <= 0 or self._entries.get(entry.name) is not entry:
+            await sub.close()  # everybody left while Redis was confirming
+            return
+        entry.sub = sub
+
+    async def _reopen(self, entry: ChannelEntry) -> None:
+        try:
+            await self._open(entry)
+        except RedisUnavailable as exc:
+            _log.warning("websocket channel could not be resubscribed (%s)", exc.reason)
+            for conn in list(entry.sockets):
+                conn.close(1011, "subscription lost")
+            return
+        text = proto.resync_frame([entry.name])
+        for conn in entry.sockets:
+            conn.push_control(text)
+
+    async def _release(self, entry: ChannelEntry) -> None:
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        if self._entries.get(entry.name) is entry:
+            del self._entries[entry.name]
+        opening = entry.opening
+        if opening is not None and not opening.done():
+            opening.cancel()
+        sub, entry.sub = entry.sub, None
+        if sub is not None:
+            await sub.close()
+
+    def _deliver(self, entry: ChannelEntry, message: Message) -> None:
+        # Runs in the hub's reader for every message: no awaits, no per-socket encoding.
+        sockets = entry.sockets
+        if message.gap_before:
+            text = proto.resync_frame([entry.name])
+            for conn in sockets:
+                conn.push_control(text)
+        if not sockets:
+            return
+        frame = Frame(entry.name, entry.prefix + proto.message_data(message) + "}")
+        for conn in sockets:
+            conn.push(frame)
+        if message.trace_context is not None:
+            _trace_delivery(entry.name, message, len(sockets))
+
+    def _on_reconnect(self) -> None:
+        affected: dict[Connection, list[str]] = {}
+        for entry in self._entries.values():
+            if entry.sub is not None and entry.sub.take_gap():
+                for conn in entry.sockets:
+                    affected.setdefault(conn, []).append(entry.name)
+        for conn, names in affected.items():
+            conn.push_control(proto.resync_frame(sorted(names)))
+        if affected:
+            _log.info("websocket resync sent to %d sockets after a reconnect", len(affected))
+
+
+def _trace_delivery(channel: str, message: Message, receivers: int) -> None:
+    """A CONSUMER span, child of the publisher's span, when that trace is sampled."""
+    with contextlib.suppress(Exception):  # tracing never breaks delivery
+        assert message.trace_context is not None
+        context = propagate.extract(message.trace_context)
+        parent = trace.get_current_span(context).get_span_context()
+        if not (parent.is_valid and parent.trace_flags.sampled):
+            return
+        span = telemetry.tracer.start_span(
+            "gateway.ws deliver", context=context, kind=trace.SpanKind.CONSUMER
+        )
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "messaging.system": "redis",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": channel,
+                    "gateway.ws.receivers": receivers,
+                }
+            )
+        span.end()

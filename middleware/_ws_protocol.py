@@ -1,0 +1,177 @@
+"""The bridge's JSON protocol: parsing client frames and building server frames (private).
+
+Client frames are parsed into :class:`Request` or rejected with :class:`BadRequest`
+(which carries the client's ``id`` when it could be read). Server frames are built as text,
+with compact separators; a message frame is built once per Redis message by splicing the
+publisher's JSON into a per-channel prefix, never by re-encoding it per socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gateway_redis.pubsub import Message
+
+__all__ = [
+    "BadRequest",
+    "CloseCode",
+    "Request",
+    "batch_frame",
+    "error_frame",
+    "message_data",
+    "message_prefix",
+    "parse",
+    "reply_frame",
+    "resync_frame",
+]
+
+RequestId = int | str | None
+_MAX_ID_LENGTH: Final = 64
+_MAX_SAFE_INT: Final = 2**53
+_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "ping", "pong"})
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+PING_FRAME: Final = '{"type":"ping"}'
+
+
+class CloseCode(enum.IntEnum):
+    """The close codes the bridge sends (see the module docstring)."""
+
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    TOKEN_ENDED = 4401
+    SESSION_ENDED = 4403
+    IDLE_TIMEOUT = 4408
+
+
+class BadRequest(Exception):
+    """A malformed client frame; ``id`` is the client's id when it could be read."""
+
+    def __init__(self, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One well-formed client frame. ``channels`` for (un)subscribe, ``channel`` and
+    ``data`` for publish."""
+
+    type: str
+    id: RequestId
+    channels: tuple[str, ...] = ()
+    channel: str = ""
+    data: Any = None
+
+
+def parse(text: str, max_channels: int) -> Request:
+    """Parse one text frame; raises :class:`BadRequest`."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadRequest("The frame is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise BadRequest("A frame must be a JSON object.")
+    request_id = frame.get("id")
+    if request_id is not None and not _valid_id(request_id):
+        raise BadRequest("'id' must be an integer or a short string.")
+    kind = frame.get("type")
+    if not isinstance(kind, str) or kind not in _TYPES:
+        raise BadRequest("Unknown or missing 'type'.", request_id)
+    if kind in ("subscribe", "unsubscribe"):
+        channels = frame.get("channels")
+        if not isinstance(channels, list) or not channels:
+            raise BadRequest("'channels' must be a non-empty list of strings.", request_id)
+        if len(channels) > max_channels:
+            raise BadRequest(f"At most {max_channels} channels per request.", request_id)
+        if not all(isinstance(c, str) for c in channels):
+            raise BadRequest("'channels' must be a non-empty list of strings.", request_id)
+        return Request(kind, request_id, channels=tuple(dict.fromkeys(channels)))
+    if kind == "publish":
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            raise BadRequest("'channel' must be a string.", request_id)
+        if "data" not in frame:
+            raise BadRequest("'data' is required.", request_id)
+        data = frame["data"]
+        try:
+            bad = _has_nan(data)
+        except RecursionError:
+            bad = True
+        if bad:
+            raise BadRequest("'data' must be valid JSON (no NaN or Infinity).", request_id)
+        return Request(kind, request_id, channel=channel, data=data)
+    return Request(kind, request_id)
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_MAX_SAFE_INT < value < _MAX_SAFE_INT
+    return isinstance(value, str) and len(value) <= _MAX_ID_LENGTH
+
+
+def _has_nan(value: Any) -> bool:
+    # json.loads accepts NaN/Infinity; browsers' JSON.parse does not. Nesting is bounded
+    # by json.loads itself (RecursionError above), so plain recursion is safe here.
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    return False
+
+
+def reply_frame(kind: str, request_id: RequestId, **fields: Any) -> str:
+    """``{"type": kind, ...fields, "id": id}`` (``id`` only when the client sent one)."""
+    frame: dict[str, Any] = {"type": kind, **fields}
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def error_frame(code: str, message: str, request_id: RequestId = None) -> str:
+    """An ``error`` frame; ``message`` is generic, never an internal detail."""
+    return reply_frame("error", request_id, code=code, message=message)
+
+
+def resync_frame(channels: Iterable[str]) -> str:
+    """``{"type": "resync", "channels": [...]}``."""
+    return _dumps({"type": "resync", "channels": list(channels)})
+
+
+def batch_frame(frames: list[str]) -> str:
+    """One ``batch`` frame joining already-serialized frames, in order."""
+    return '{"type":"batch","messages":[' + ",".join(frames) + "]}"
+
+
+def message_prefix(channel: str) -> str:
+    """The text of a message frame up to its data: ``{"type":"message","channel":..,"data":``."""
+    return '{"type":"message","channel":' + _dumps(channel) + ',"data":'
+
+
+def message_data(message: Message) -> str:
+    """The JSON text of a Redis message's data, for splicing into a frame.
+
+    JSON payloads go out as the publisher wrote them; payloads that are not JSON (plain
+    text from redis-cli) become a JSON string. Python's parser accepts ``NaN`` and
+    ``Infinity``, which browsers reject: such payloads are re-encoded (non-finite numbers
+    become strings' worth of nothing: the whole payload is then sent as a string).
+    """
+    payload = message.payload
+    data = message.data
+    if data is None and payload.strip() != "null":
+        return _dumps(payload)
+    if ("NaN" in payload or "Infinity" in payload) and _has_nan(data):
+        return _dumps(payload)
+    return payload.strip()

@@ -1,0 +1,199 @@
+"""Open sockets indexed by user, token and session; what ends them (private).
+
+The bridge registers every accepted socket here. Invalidation events close sockets the
+moment they arrive: a token revocation (``jwt`` namespace, by ``(iss, jti)``) with 4401, a
+"log out everywhere" (``session``/``drop_user``, by user digest) with 4403. A ``drop`` of
+a session is also sent for mere updates, so the session is looked up first and the socket
+closed (4403) only when it is gone. When the bus resyncs (events may have been lost) every
+token is checked against the reloaded revocation mirror and every session looked up.
+Housekeeping (twice a second) closes sockets whose token or session expired, sends server
+pings and enforces the idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway_redis.errors import GatewayRedisError, SessionNotFound
+from middleware import _ws_protocol as proto
+from middleware._ws_protocol import CloseCode
+
+if TYPE_CHECKING:
+    from gateway_redis.sessions import SessionStore
+    from middleware._ws_conn import Connection
+    from middleware.tokencache import JWTAuthenticator
+    from middleware.websocket import WebSocketLimits
+
+__all__ = ["Registry"]
+
+_log = logging.getLogger("middleware.websocket")
+_TICK: Final = 0.5  # seconds between housekeeping rounds (expiry, idle, heartbeat)
+_RECHECK_BATCH: Final = 32  # sessions looked up concurrently
+
+
+class Registry:
+    """The bridge's open sockets and the indexes that find them by credential."""
+
+    def __init__(
+        self,
+        *,
+        limits: WebSocketLimits,
+        store: SessionStore,
+        authenticator: JWTAuthenticator | None,
+    ) -> None:
+        self.limits = limits
+        self.store = store
+        self.authenticator = authenticator
+        self.conns: set[Connection] = set()
+        self._users: dict[str, set[Connection]] = {}
+        self._tokens: dict[tuple[str, str], set[Connection]] = {}
+        self._sessions: dict[str, set[Connection]] = {}
+        self._recheck: set[Connection] = set()
+        self._recheck_wake = asyncio.Event()
+
+    def count(self, user: str) -> int:
+        """Open sockets of the user with this digest."""
+        return len(self._users.get(user, ()))
+
+    def add(self, conn: Connection) -> None:
+        """Index an accepted (or accepting) socket."""
+        identity = conn.identity
+        self.conns.add(conn)
+        self._users.setdefault(identity.user, set()).add(conn)
+        claims = identity.claims
+        if claims is not None and claims.jti is not None:
+            self._tokens.setdefault((claims.iss, claims.jti), set()).add(conn)
+        if identity.session_key is not None:
+            self._sessions.setdefault(identity.session_key, set()).add(conn)
+
+    def remove(self, conn: Connection) -> bool:
+        """Forget a socket; False if it was not registered."""
+        if conn not in self.conns:
+            return False
+        self.conns.discard(conn)
+        identity = conn.identity
+        _discard(self._users, identity.user, conn)
+        if identity.claims is not None and identity.claims.jti is not None:
+            _discard(self._tokens, (identity.claims.iss, identity.claims.jti), conn)
+        if identity.session_key is not None:
+            _discard(self._sessions, identity.session_key, conn)
+        self._recheck.discard(conn)
+        return True
+
+    def on_jwt_event(self, event: Mapping[str, Any]) -> None:
+        """Bus handler (``jwt``): a revoked token's sockets close with 4401."""
+        if event.get("op") != "revoke":
+            return
+        iss, jti = event.get("iss"), event.get("jti")
+        if isinstance(iss, str) and isinstance(jti, str):
+            for conn in list(self._tokens.get((iss, jti), ())):
+                conn.close(CloseCode.TOKEN_ENDED, "token revoked")
+
+    def on_session_event(self, event: Mapping[str, Any]) -> None:
+        """Bus handler (``session``): look dropped sessions up; close a user's sockets."""
+        op = event.get("op")
+        if op == "drop":  # deleted, regenerated or merely updated: look it up
+            for key in event.get("ids") or ():
+                if isinstance(key, str) and key in self._sessions:
+                    self._recheck.update(self._sessions[key])
+                    self._recheck_wake.set()
+        elif op == "drop_user" and isinstance(event.get("user"), str):
+            for conn in list(self._users.get(event["user"], ())):
+                conn.close(CloseCode.SESSION_ENDED, "logged out everywhere")
+
+    async def on_bus_resync(self) -> None:
+        """Bus resync hook: events may have been lost, so re-check every credential."""
+        authenticator = self.authenticator
+        if authenticator is not None:
+            for conns in list(self._tokens.values()):
+                for conn in list(conns):
+                    claims = conn.identity.claims
+                    if claims is not None and authenticator.is_revoked(claims):
+                        conn.close(CloseCode.TOKEN_ENDED, "token revoked")
+        for conns in self._sessions.values():
+            self._recheck.update(conns)
+        if self._recheck:
+            self._recheck_wake.set()
+
+    async def recheck_sessions(self) -> None:
+        """Task: look up the sessions queued by events, expiry and resyncs."""
+        while True:
+            await self._recheck_wake.wait()
+            self._recheck_wake.clear()
+            pending = [c for c in self._recheck if c.closing is None]
+            self._recheck.clear()
+            for start in range(0, len(pending), _RECHECK_BATCH):
+                chunk = pending[start : start + _RECHECK_BATCH]
+                results = await asyncio.gather(
+                    *(self._recheck_one(c) for c in chunk), return_exceptions=True
+                )
+                for result in results:
+                    if isinstance(result, Exception):  # a bug: log it, keep checking
+                        _log.error("websocket session check failed: %r", result)
+
+    async def _recheck_one(self, conn: Connection) -> None:
+        identity = conn.identity
+        if identity.session is None:
+            return
+        try:
+            session = await self.store.get(identity.session.id)
+        except SessionNotFound:
+            conn.close(CloseCode.SESSION_ENDED, "session ended")
+            return
+        except (GatewayRedisError, OSError) as exc:
+            _log.info("websocket session check skipped: %s", type(exc).__name__)
+            return
+        identity.session = session
+        identity.expires_at = session.expires_at.timestamp()
+        idle = session.idle_expires_at
+        identity.idle_check_at = idle.timestamp() if idle is not None else None
+
+    async def housekeeping(self, check: Callable[[], None]) -> None:
+        """Task: every half second, :meth:`sweep` and then ``check()`` (the fan-out's)."""
+        while True:
+            await asyncio.sleep(_TICK)
+            try:
+                self.sweep()
+                check()
+            except Exception:  # a bug must not stop expiry and heartbeats for good
+                _log.exception("websocket housekeeping failed")
+
+    def sweep(self) -> None:
+        """Close expired and idle sockets, ping silent ones, queue idle sessions."""
+        limits = self.limits
+        wall, mono = time.time(), time.monotonic()
+        for conn in list(self.conns):
+            if conn.closing is not None:
+                continue
+            identity = conn.identity
+            if identity.expires_at is not None and identity.expires_at <= wall:
+                token = identity.method == "token"
+                code = CloseCode.TOKEN_ENDED if token else CloseCode.SESSION_ENDED
+                conn.close(code, "token expired" if token else "session expired")
+                continue
+            if identity.idle_check_at is not None and identity.idle_check_at <= wall:
+                identity.idle_check_at = wall + 5.0  # until the lookup answers
+                self._recheck.add(conn)
+                self._recheck_wake.set()
+            silent = mono - conn.last_rx
+            if limits.idle_timeout is not None and silent >= limits.idle_timeout:
+                conn.close(CloseCode.IDLE_TIMEOUT, "idle timeout")
+            elif (
+                limits.ping_interval is not None
+                and silent >= limits.ping_interval
+                and mono - conn.last_ping >= limits.ping_interval
+            ):
+                conn.last_ping = mono
+                conn.push_control(proto.PING_FRAME)
+
+
+def _discard(index: dict[Any, set[Connection]], key: Any, conn: Connection) -> None:
+    conns = index.get(key)
+    if conns is not None:
+        conns.discard(conn)
+        if not conns:
+            del index[key]

@@ -1,0 +1,112 @@
+"""What the bridge does with each client frame (private).
+
+Requests of one socket are handled one at a time, in order, so replies come back in the
+order of the requests. Every outcome is exactly one reply or one error frame, except a
+client ``pong`` (no reply) and a frame over the rate limit (``rate_limited``, or a close).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway_redis.errors import RedisUnavailable, SerializationError
+from middleware import _ws_protocol as proto
+from middleware.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from middleware._ws_conn import Connection
+    from middleware.websocket import WebSocketBridge
+
+__all__ = ["handle_request"]
+
+_FORBIDDEN = "Not allowed."
+_UNAVAILABLE = "Temporarily unavailable; retry shortly."
+_BAD_NAME = "Invalid channel name."
+
+
+async def handle_request(bridge: WebSocketBridge, conn: Connection, text: str) -> None:
+    """Parse and serve one text frame from ``conn``."""
+    try:
+        request = proto.parse(text, bridge.limits.max_channels)
+    except proto.BadRequest as exc:
+        if conn.allow(exc.id):
+            conn.push_control(proto.error_frame("bad_request", exc.message, exc.id))
+        return
+    if not conn.allow(request.id):
+        return
+    kind = request.type
+    if kind == "ping":
+        conn.push_control(proto.reply_frame("pong", request.id))
+    elif kind == "subscribe":
+        await _subscribe(bridge, conn, request)
+    elif kind == "unsubscribe":
+        await _unsubscribe(bridge, conn, request)
+    elif kind == "publish":
+        await _publish(bridge, conn, request)
+    # "pong" answers a server ping: receiving it was the point.
+
+
+def _error(conn: Connection, code: str, message: str, request: proto.Request) -> None:
+    conn.push_control(proto.error_frame(code, message, request.id))
+
+
+async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
+    policy = bridge.policy
+    names = request.channels
+    if not all(policy.valid_name(name) for name in names):
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    new = [name for name in names if name not in conn.channels]
+    if len(conn.channels) + len(new) > bridge.limits.max_channels:
+        limit = bridge.limits.max_channels
+        _error(conn, "limit_exceeded", f"At most {limit} channels per connection.", request)
+        return
+    try:
+        for name in new:
+            if not await policy.allows(conn.principal, "subscribe", name):
+                _error(conn, "forbidden", _FORBIDDEN, request)
+                return
+    except ServiceUnavailable:
+        _error(conn, "unavailable", _UNAVAILABLE, request)
+        return
+    try:
+        await bridge._fanout.subscribe(conn, new)
+    except RedisUnavailable:
+        _error(conn, "unavailable", _UNAVAILABLE, request)
+        return
+    except ValueError:  # a name the hub refuses (its reserved namespace)
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    # No await since the subscription took effect: "subscribed" precedes every message.
+    conn.push_control(proto.reply_frame("subscribed", request.id, channels=list(names)))
+
+
+async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
+    names = request.channels
+    if not all(bridge.policy.valid_name(name) for name in names):
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    await bridge._fanout.unsubscribe(conn, names)
+    conn.push_control(proto.reply_frame("unsubscribed", request.id, channels=list(names)))
+
+
+async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
+    channel = request.channel
+    if not bridge.policy.valid_name(channel):
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    try:
+        if not await bridge.policy.allows(conn.principal, "publish", channel):
+            _error(conn, "forbidden", _FORBIDDEN, request)
+            return
+        await bridge.client.pubsub.publish(channel, request.data)
+    except (ServiceUnavailable, RedisUnavailable):
+        _error(conn, "unavailable", _UNAVAILABLE, request)
+        return
+    except SerializationError:
+        _error(conn, "bad_request", "'data' must be JSON.", request)
+        return
+    except ValueError:
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    conn.push_control(proto.reply_frame("published", request.id))

@@ -1,0 +1,374 @@
+"""The WebSocket bridge: Redis pub/sub channels to browsers, authenticated and bounded.
+
+::
+
+    bridge = WebSocketBridge(client=client, policy=policy, bus=bus,
+                             authenticator=authenticator, permissions=permissions,
+                             sessions=sessions)
+    app.router.routes.append(WebSocketRoute("/ws", bridge))
+    ...
+    await bridge.aclose()          # in the lifespan's shutdown, before client.aclose()
+
+A pure ASGI endpoint. Install it behind :class:`~middleware.jwt.JWTMiddleware` (with the
+path in its ``public_paths`` if cookie sessions should work too) and/or
+:class:`~middleware.sessions.SessionMiddleware`: it authenticates with what they put in
+the scope, before accepting.
+
+Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
+
+    client: {"type": "subscribe", "channels": ["a", "b"], "id": 1}
+            {"type": "unsubscribe", "channels": ["a"], "id": 2}
+            {"type": "publish", "channel": "a", "data": {...}, "id": 3}
+            {"type": "ping", "id": 4}          {"type": "pong"} (answers a server ping)
+    server: {"type": "subscribed", "channels": [...], "id": 1}
+            {"type": "unsubscribed", "channels": [...], "id": 2}
+            {"type": "published", "id": 3}     {"type": "pong", "id": 4}
+            {"type": "message", "channel": "a", "data": ...}
+            {"type": "resync", "channels": [...]}   messages may have been missed
+            {"type": "batch", "messages": [<frame>, ...]}   several frames at once
+            {"type": "ping"}                   answer with any frame, e.g. {"type": "pong"}
+            {"type": "error", "code": ..., "message": ..., "id": n}
+
+Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
+invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
+``rate_limited``, ``limit_exceeded`` (too many channels on one socket), ``unavailable``
+(Redis or the permission source is down: retry later), ``internal``.
+
+Close codes:
+
+====  ==========================================================================
+1000  normal closure
+1001  the server is shutting down (:meth:`WebSocketBridge.aclose`); uvicorn's own
+      shutdown closes open sockets with 1012 before the lifespan ends
+1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
+      too many sockets for the user) or persistent flooding after ``rate_limited``
+1009  a frame over ``max_message_bytes``
+1011  internal error (the channel's subscription could not be restored)
+1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
+      the session store is unreachable
+4401  the token expired or was revoked (log in again)
+4403  the session ended: logout, session deleted or expired, "log out everywhere"
+4408  idle timeout: nothing received, server pings unanswered
+====  ==========================================================================
+
+A refused handshake is a ``websocket.close`` before ``websocket.accept``, so nothing is
+ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
+clients only). Token revocation, session deletion and "log out everywhere" arrive through
+the :class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on
+every instance at once; token and session expiry are checked twice a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from opentelemetry import trace
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway_redis import telemetry
+from middleware import _ws_auth as auth
+from middleware._ws_auth import SessionPermissions
+from middleware._ws_conn import Connection, Identity, send_close_before_accept
+from middleware._ws_fanout import Fanout
+from middleware._ws_protocol import CloseCode
+from middleware._ws_registry import Registry
+from middleware._ws_requests import handle_request
+from middleware.channels import ChannelPolicy, Principal
+from middleware.scope import PERMISSIONS_KEY
+
+if TYPE_CHECKING:
+    from gateway_redis.client import RedisClient
+    from gateway_redis.invalidation import InvalidationBus
+    from middleware.permissions import PermissionCache
+    from middleware.sessioncache import SessionManager
+    from middleware.tokencache import JWTAuthenticator
+
+__all__ = [
+    "CloseCode",
+    "SessionPermissions",
+    "WebSocketBridge",
+    "WebSocketLimits",
+    "WebSocketStats",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketLimits:
+    """Bounds of one bridge. Sizes in bytes, times in seconds, rates per second.
+
+    ``max_message_bytes`` caps a client frame (close 1009); also give the server the same
+    limit (``uvicorn --ws-max-size``). ``queue_size`` bounds each socket's outbox
+    (messages); ``overflow`` is ``"drop_oldest"`` (then ``resync``) or ``"close"`` (1013).
+    ``rate``/``burst`` are a token bucket for client frames; after ``abuse_threshold``
+    strikes (decaying by one per second) the socket is closed with 1008.
+    ``max_connections_per_user`` is per process. ``max_channels`` per socket.
+    ``batch_max_bytes`` bounds one ``batch`` frame. After ``ping_interval`` seconds without
+    a frame from the client the server sends ``{"type":"ping"}``; after ``idle_timeout`` it
+    closes with 4408 (None disables either). ``close_timeout`` is how long a close may wait
+    for a peer that stopped reading. Raises ``ValueError`` for bad values.
+    """
+
+    max_message_bytes: int = 64 * 1024
+    queue_size: int = 100
+    overflow: Literal["drop_oldest", "close"] = "drop_oldest"
+    rate: float = 30.0
+    burst: int = 60
+    abuse_threshold: int = 30
+    max_connections_per_user: int = 32
+    max_channels: int = 100
+    batch_max_bytes: int = 256 * 1024
+    ping_interval: float | None = 30.0
+    idle_timeout: float | None = 90.0
+    close_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        ints = {
+            "max_message_bytes": (256, 2**30),
+            "queue_size": (1, 1_000_000),
+            "burst": (1, 1_000_000),
+            "abuse_threshold": (1, 1_000_000),
+            "max_connections_per_user": (1, 10_000_000),
+            "max_channels": (1, 100_000),
+            "batch_max_bytes": (1024, 2**30),
+        }
+        for name, (low, high) in ints.items():
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        if self.overflow not in ("drop_oldest", "close"):
+            raise ValueError("overflow must be 'drop_oldest' or 'close'")
+        _seconds("rate", self.rate)
+        _seconds("close_timeout", self.close_timeout)
+        for name in ("ping_interval", "idle_timeout"):
+            if getattr(self, name) is not None:
+                _seconds(name, getattr(self, name))
+        ping, idle = self.ping_interval, self.idle_timeout
+        if ping is not None and idle is not None and idle <= ping:
+            raise ValueError("idle_timeout must be longer than ping_interval")
+
+
+def _seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketStats:
+    """A snapshot: open sockets, channels, frames queued, messages dropped (ever)."""
+
+    connections: int
+    channels: int
+    queued: int
+    dropped: int
+
+
+class WebSocketBridge:
+    """A pure ASGI WebSocket endpoint bridging Redis pub/sub channels to clients.
+
+    ``client`` is the shared Redis client (its hub carries every subscription; not owned).
+    ``policy`` authorizes channels. ``bus`` delivers revocations and session ends from
+    every instance (without it only expiry closes sockets). ``authenticator`` lets the
+    bridge re-check revocations after the bus resyncs. ``permissions`` resolves token
+    principals' permissions (else the RBAC middleware's context, else none);
+    ``session_permissions`` those of cookie-session principals (else none). ``sessions``
+    (its store, else ``client.sessions``) re-checks sessions named by invalidation
+    events. ``allowed_origins`` are other origins allowed to connect; ``origin_check``
+    ``"always"`` checks every browser handshake, ``"cookie"`` only cookie-authenticated
+    ones (a bearer token cannot be ridden cross-site). ``limits`` bounds everything.
+    Raises ``ValueError`` for bad arguments. Call :meth:`aclose` at shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: RedisClient,
+        policy: ChannelPolicy,
+        bus: InvalidationBus | None = None,
+        authenticator: JWTAuthenticator | None = None,
+        permissions: PermissionCache | None = None,
+        session_permissions: SessionPermissions | None = None,
+        sessions: SessionManager | None = None,
+        allowed_origins: Iterable[str] = (),
+        origin_check: Literal["always", "cookie"] = "always",
+        limits: WebSocketLimits | None = None,
+    ) -> None:
+        if not isinstance(policy, ChannelPolicy):
+            raise ValueError("policy must be a ChannelPolicy")
+        if origin_check not in ("always", "cookie"):
+            raise ValueError("origin_check must be 'always' or 'cookie'")
+        if session_permissions is not None and not callable(session_permissions):
+            raise ValueError("session_permissions must be an async callable")
+        limits = WebSocketLimits() if limits is None else limits
+        if not isinstance(limits, WebSocketLimits):
+            raise ValueError("limits must be WebSocketLimits")
+        reserved = [client.config.key_prefix] if client.config.key_prefix else []
+        if bus is not None:
+            reserved.append(bus.channel)
+        self.policy = policy.with_reserved(*reserved)  # library channels are never exposed
+        self.limits = limits
+        self.client = client
+        self._permissions = permissions
+        self._session_permissions = session_permissions
+        self._origins = auth.normalize_origins(allowed_origins)
+        self._origin_always = origin_check == "always"
+        self._fanout = Fanout(client.pubsub)
+        store = sessions.store if sessions is not None else client.sessions
+        self._registry = Registry(limits=limits, store=store, authenticator=authenticator)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._dropped_closed = 0
+        self._metrics = telemetry.instruments()
+        telemetry.register_gauge_source("ws_queued", self, lambda b: b._queued())
+        if bus is not None:
+            bus.on_event("jwt", self._registry.on_jwt_event)
+            bus.on_event("session", self._registry.on_session_event)
+            bus.on_resync(self._registry.on_bus_resync)
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one WebSocket (an HTTP request gets 426; other scopes are ignored)."""
+        if scope["type"] != "websocket":
+            if scope["type"] == "http":
+                response = PlainTextResponse("WebSocket endpoint.", 426, {"Upgrade": "websocket"})
+                await response(scope, receive, send)
+            return
+        if (await receive())["type"] != "websocket.connect":
+            return
+        conn = await self._handshake(scope, send, receive)
+        if conn is None:
+            return
+        try:
+            await conn.run()
+        finally:
+            await self._forget(conn)
+
+    async def _handshake(self, scope: Scope, send: Send, receive: Receive) -> Connection | None:
+        with telemetry.tracer.start_as_current_span("gateway.ws connect") as span:
+            try:
+                if self._closed:
+                    raise auth.Rejection("shutting_down", CloseCode.GOING_AWAY)
+                identity = auth.identify(scope)
+                checked = self._origin_always or identity.cookie
+                if checked and not auth.origin_allowed(scope, self._origins):
+                    raise auth.Rejection("origin_not_allowed")
+                per_user = self.limits.max_connections_per_user
+                if self._registry.count(identity.user) >= per_user:
+                    raise auth.Rejection("too_many_connections")
+            except auth.Rejection as rejection:
+                _log.debug("websocket handshake refused: %s", rejection.reason)
+                if span.is_recording():
+                    span.set_attributes(
+                        {"gateway.ws.outcome": "refused", "gateway.ws.reason": rejection.reason}
+                    )
+                    span.set_status(trace.StatusCode.ERROR, rejection.reason)
+                await send_close_before_accept(send, int(rejection.code))
+                return None
+            conn = Connection(
+                send=send,
+                receive=receive,
+                identity=identity,
+                principal=self._principal(identity, scope),
+                limits=self.limits,
+                handle=self._handle,
+            )
+            self._registry.add(conn)  # before any await: the per-user count stays exact
+            subprotocol = "bearer" if "bearer" in auth.offered_subprotocols(scope) else None
+            try:
+                await send({"type": "websocket.accept", "subprotocol": subprotocol})
+            except (OSError, RuntimeError):
+                await self._forget(conn, accepted=False)
+                return None
+            self._ensure_tasks()
+            self._metrics.ws_connections.add(1)
+            if span.is_recording():
+                span.set_attributes(
+                    {"gateway.ws.outcome": "accepted", "gateway.ws.auth": identity.method}
+                )
+            return conn
+
+    def _principal(self, identity: Identity, scope: Scope) -> Principal:
+        if identity.claims is not None:
+            context = scope.get(PERMISSIONS_KEY)
+            return auth.TokenPrincipal(identity.claims, self._permissions, context)
+        assert identity.session is not None
+        return auth.SessionPrincipal(identity.session, self._session_permissions)
+
+    async def _handle(self, conn: Connection, text: str) -> None:
+        await handle_request(self, conn, text)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    async def _forget(self, conn: Connection, *, accepted: bool = True) -> None:
+        if not self._registry.remove(conn):
+            return
+        self._dropped_closed += conn.dropped
+        if accepted:
+            self._metrics.ws_connections.add(-1)
+        await self._fanout.release_all(conn)
+
+    def _queued(self) -> int:
+        return sum(conn.queued for conn in self._registry.conns)
+
+    def stats(self) -> WebSocketStats:
+        """Counts for metrics and tests."""
+        return WebSocketStats(
+            connections=len(self._registry.conns),
+            channels=self._fanout.channels,
+            queued=self._queued(),
+            dropped=self._dropped_closed + sum(c.dropped for c in self._registry.conns),
+        )
+
+    def _ensure_tasks(self) -> None:
+        if not self._tasks and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(
+                    self._registry.housekeeping(self._fanout.check), name="gateway-ws-housekeeping"
+                ),
+                loop.create_task(
+                    self._registry.recheck_sessions(), name="gateway-ws-session-check"
+                ),
+            ]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close every socket with 1001, stop the tasks, drop the subscriptions.
+
+        Idempotent; waits at most ``close_timeout`` (+ a little) for sockets to close.
+        Later handshakes are refused.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        conns = list(self._registry.conns)
+        for conn in conns:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        if conns:
+            waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
+            await asyncio.wait(waits, timeout=self.limits.close_timeout + 0.5)
+            for waiter in waits:
+                waiter.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._fanout.aclose()
+
+    async def __aenter__(self) -> WebSocketBridge:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<WebSocketBridge {state} connections={len(self._registry.conns)}>"

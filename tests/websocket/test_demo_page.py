@@ -1,0 +1,100 @@
+"""The demo page end to end in headless Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_redis.embedded import EmbeddedRedis
+from tests.websocket.wsutil import gateway_process, mint, request, subscribe
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
+async def test_log_in_subscribe_and_see_a_message_published_elsewhere(
+    redis_server: EmbeddedRedis, redis_admin: object, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    # Secure cookies, as in production: browsers treat http://localhost as secure.
+    with gateway_process(redis_server.url, GATEWAY_COOKIE_SECURE="1") as (gateway, _):
+        base = gateway.http.replace("127.0.0.1", "localhost")
+        async with async_playwright() as pw:
+            context = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True
+            )
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                page.set_default_timeout(10_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await page.goto(base + "/")
+                await expect(page.locator("#whoami")).to_have_text("nobody")
+
+                await page.fill("#username", "bob")
+                await page.fill("#password", "bob-password")
+                await page.click("#login")
+                await expect(page.locator("#status")).to_contain_text("connected (token)")
+                await expect(page.locator("#subscribed")).to_have_text("system:broadcast")
+                await page.fill("#channel", "notifications:bob")
+                await page.click("#subscribe")
+                await expect(page.locator("#subscribed")).to_contain_text("notifications:bob")
+
+                # Another client (an admin's socket) publishes; the page shows it live.
+                async with await gateway.connect(mint("alice", roles=("admin",))) as alice:
+                    reply = await request(alice, {
+                        "type": "publish", "channel": "notifications:bob",
+                        "data": {"text": "hello bob, from another client"}, "id": 1,
+                    })  # fmt: skip
+                    assert reply == {"type": "published", "id": 1}
+                message = page.locator("#log li.message", has_text="hello bob, from another")
+                await expect(message).to_have_count(1)
+                await expect(message.locator(".channel")).to_have_text("notifications:bob")
+
+                # The HTTP publish route reaches the page too.
+                admin_token = mint("alice", roles=("admin",))
+                async with httpx.AsyncClient() as http:
+                    response = await http.post(
+                        gateway.http + "/api/channels/system:broadcast/publish",
+                        json={"text": "broadcast over HTTP"},
+                        headers={"Authorization": f"Bearer {admin_token}"},
+                    )
+                assert response.json() == {"receivers": 1}
+                await expect(
+                    page.locator("#log li.message", has_text="broadcast over HTTP")
+                ).to_have_count(1)
+
+                # Bob may not publish: the page shows the error; the socket stays up.
+                await page.click("#publish")
+                await expect(page.locator("#log li.error", has_text="forbidden")).to_have_count(1)
+                await expect(page.locator("#status")).to_contain_text("connected")
+
+                # A reload keeps the (HttpOnly, Secure) session cookie: connected by cookie.
+                await page.reload()
+                await expect(page.locator("#whoami")).to_have_text("bob")
+                await expect(page.locator("#status")).to_contain_text("session cookie")
+                async with await gateway.connect(mint("alice", roles=("admin",))) as alice:
+                    await subscribe(alice, "system:broadcast")
+                    await request(alice, {
+                        "type": "publish", "channel": "system:broadcast",
+                        "data": {"text": "after the reload"}, "id": 2,
+                    })  # fmt: skip
+                await expect(
+                    page.locator("#log li.message", has_text="after the reload")
+                ).to_have_count(1)
+
+                # Logging out ends the session: the server closes the socket (4403).
+                await page.click("#logout")
+                await expect(page.locator("#status")).to_contain_text("4403")
+                assert errors == []
+            finally:
+                await context.close()
