@@ -167,3 +167,139 @@ def test_gateway_exports_traces_and_metrics_over_otlp_http(
         output = log.read().decode(errors="replace")
         log.close()
     assert "Traceback" not in output, output[-3000:]
+
+
+class _Gateway:
+    """A real example gateway process exporting to ``receiver``."""
+
+    def __init__(self, name: str, redis_url: str, receiver: _Receiver) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "GATEWAY_JWT_SECRET": "otlp-test-" + "Qm7vX2pL9kR4" * 4,
+            "GATEWAY_COOKIE_SECURE": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_SERVICE_NAME": name,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        }
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "examples.gateway:app", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                _request(f"{self.base}/health")
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway {name} did not start")
+
+    def login(self, user: str) -> str:
+        reply = _request(
+            f"{self.base}/auth/login", {"username": user, "password": f"{user}-password"}
+        )
+        return str(reply["access_token"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _service_spans(receiver: _Receiver) -> list[tuple[str, Any]]:
+    found = []
+    for body in receiver.bodies["/v1/traces"]:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for rs in request.resource_spans:
+            service = next(
+                (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"),
+                "",
+            )
+            for ss in rs.scope_spans:
+                found.extend((service, span) for span in ss.spans)
+    return found
+
+
+async def test_one_trace_spans_http_publish_on_a_and_websocket_delivery_on_b(
+    receiver: _Receiver, redis_server: EmbeddedRedis
+) -> None:
+    import asyncio
+
+    import websockets
+
+    a = _Gateway("gateway-a", redis_server.url, receiver)
+    b = _Gateway("gateway-b", redis_server.url, receiver)
+    try:
+        token_b = await asyncio.to_thread(b.login, "bob")
+        token_a = await asyncio.to_thread(a.login, "alice")
+        async with websockets.connect(
+            f"ws://127.0.0.1:{b.port}/ws",
+            subprotocols=["bearer", token_b],  # type: ignore[list-item]
+        ) as ws:
+            await ws.send(
+                json.dumps({"type": "subscribe", "channels": ["system:broadcast"], "id": 1})
+            )
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "subscribed"
+            sent = await asyncio.to_thread(
+                _request,
+                f"{a.base}/api/channels/system:broadcast/publish",
+                {"text": "hello from A"},
+                token_a,
+            )
+            assert sent["receivers"] >= 1
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            messages = frame["messages"] if frame["type"] == "batch" else [frame]
+            assert any(m.get("data") == {"text": "hello from A"} for m in messages)
+        deadline = time.monotonic() + 10
+        deliver = publish = None
+        while time.monotonic() < deadline:
+            spans = _service_spans(receiver)
+            publish = next(
+                (
+                    s
+                    for svc, s in spans
+                    if svc == "gateway-a" and s.name == "gateway.pubsub publish"
+                ),
+                None,
+            )
+            deliver = next(
+                (s for svc, s in spans if svc == "gateway-b" and s.name == "gateway.ws deliver"),
+                None,
+            )
+            if publish is not None and deliver is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert publish is not None, "no publish span from gateway A"
+        assert deliver is not None, "no delivery span from gateway B"
+        # One trace: A's HTTP server span -> A's PRODUCER span -> (Redis) -> B's CONSUMER span.
+        assert deliver.trace_id == publish.trace_id
+        assert deliver.parent_span_id == publish.span_id
+        assert publish.kind == publish.SPAN_KIND_PRODUCER
+        assert deliver.kind == deliver.SPAN_KIND_CONSUMER
+        server = next(
+            s
+            for svc, s in _service_spans(receiver)
+            if svc == "gateway-a" and s.span_id == publish.parent_span_id
+        )
+        assert server.kind == server.SPAN_KIND_SERVER
+        for _, span in _service_spans(receiver):
+            for attribute in span.attributes:
+                assert token_a not in str(attribute.value)
+                assert token_b not in str(attribute.value)
+    finally:
+        a.stop()
+        b.stop()
