@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from gateway_redis import telemetry
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable, SubscriptionClosed
 from gateway_redis.health import HealthState
 from gateway_redis.localcache import LocalCache
@@ -139,6 +140,7 @@ class InvalidationBus:
             raise ValueError("event must not contain the keys 'ns' or 'src'")
         self._dispatch(namespace, event)
         await self._client.publish(self._channel, {**event, "ns": namespace, "src": self._id})
+        self._count(namespace, "sent")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -214,6 +216,12 @@ class InvalidationBus:
     def _on_reconnect(self) -> None:
         self._out_of_sync("pub/sub reconnected")
 
+    def _count(self, namespace: str, direction: str) -> None:
+        # Namespaces are the library's own few names (jwt, rbac, session): low cardinality.
+        telemetry.instruments().invalidations.add(
+            1, {"gateway.invalidation.kind": namespace, "gateway.invalidation.direction": direction}
+        )
+
     def _dispatch(self, namespace: str, event: Mapping[str, Any]) -> None:
         for handler in self._handlers.get(namespace, ()):
             try:
@@ -251,7 +259,8 @@ class InvalidationBus:
             if not isinstance(data, dict) or data.get("src") == self._id:
                 continue
             namespace = data.get("ns")
-            if isinstance(namespace, str):
+            if isinstance(namespace, str) and namespace in self._handlers:
+                self._count(namespace, "received")
                 self._dispatch(namespace, data)
 
     async def _sync(self) -> None:

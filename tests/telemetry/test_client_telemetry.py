@@ -76,3 +76,40 @@ async def test_health_probes_create_no_spans_with_redis_instrumentation(
             assert len(telemetry.spans.get_finished_spans()) >= 1
     finally:
         instrumentor.uninstrument()
+
+
+async def test_invalidations_are_counted_by_kind_and_direction(
+    telemetry: Telemetry, redis_config: RedisConfig
+) -> None:
+    from gateway_redis.invalidation import InvalidationBus
+
+    def counts() -> dict[tuple[object, object], float]:
+        return {
+            (a.get("gateway.invalidation.kind"), a.get("gateway.invalidation.direction")): p.value  # type: ignore[attr-defined]
+            for a, p in telemetry.points("gateway.invalidations")
+        }
+
+    before = counts()
+    async with (
+        RedisClient(redis_config) as c1,
+        RedisClient(redis_config) as c2,
+        InvalidationBus(c1) as bus1,
+        InvalidationBus(c2) as bus2,
+    ):
+        seen: list[object] = []
+        bus1.on_event("demo", lambda e: None)
+        bus2.on_event("demo", seen.append)
+        assert await bus1.wait_synced(5)
+        assert await bus2.wait_synced(5)
+        for _ in range(3):
+            await bus1.publish("demo", {"op": "drop"})
+        # An event for a namespace nobody handles is not counted (no label explosion).
+        await c1.publish(bus1.channel, {"ns": "attacker-chosen", "src": "x"})
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+    after = counts()
+    assert after.get(("demo", "sent"), 0) - before.get(("demo", "sent"), 0) == 3
+    assert after.get(("demo", "received"), 0) - before.get(("demo", "received"), 0) == 3
+    assert ("attacker-chosen", "received") not in after
