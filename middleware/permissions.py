@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
+from gateway_redis import telemetry
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
 from middleware.errors import ServiceUnavailable
@@ -36,6 +37,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_LOOKUPS = telemetry.instruments().cache_lookups
+_RESULT = {
+    result: {telemetry.ATTR_CACHE: "rbac", telemetry.ATTR_RESULT: result}
+    for result in ("l1", "l2", "miss", "bypass")
+}
 _NS = "rbac"
 _VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache entry
 
@@ -178,6 +184,7 @@ class PermissionCache:
         subject = claims.sub
         hit: tuple[int, frozenset[str]] | None = self._l1.get(subject)
         if hit is not None and hit[0] == self._version:
+            _LOOKUPS.add(1, _RESULT["l1"])
             return hit[1]
         generation = self._l1.generation
         version = self._version if self._bus.healthy else None
@@ -187,11 +194,14 @@ class PermissionCache:
             key = self._l2_key(version, subject)
             raw: Any = await self._client.execute("rbac.get", lambda r: r.get(key), miss=True)
         except GatewayRedisError:
+            _LOOKUPS.add(1, _RESULT["bypass"])
             return await self._ask(claims)  # Redis down: the source, uncached
         except Exception as exc:
             _log.warning("permission cache read failed: %s", type(exc).__name__)
+            _LOOKUPS.add(1, _RESULT["bypass"])
             return await self._ask(claims)
         granted = self._decode(raw) if raw is not None else None
+        _LOOKUPS.add(1, _RESULT["l2" if granted is not None else "miss"])
         if granted is None:
             granted = await self._ask(claims)
             data = json.dumps(sorted(granted))
@@ -214,7 +224,8 @@ class PermissionCache:
         self._l1.delete(subject)
         version = await self._read_version()
         key = self._l2_key(version, subject)
-        await self._client.execute("rbac.invalidate", lambda r: r.delete(key))
+        # Removing permissions protects security: confirmed by a replica when there is one.
+        await self._client.execute("rbac.invalidate", lambda r: r.delete(key), confirm=True)
         await self._bus.publish(_NS, {"op": "subject", "subject": subject})
 
     async def bump_policy_version(self) -> int:

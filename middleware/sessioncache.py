@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from gateway_redis import telemetry
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.sessions import Session, SessionStore
 
@@ -26,6 +27,9 @@ __all__ = ["SessionManager"]
 
 _log = logging.getLogger(__name__)
 _NS = "session"
+_LOOKUPS = telemetry.instruments().cache_lookups
+_L1 = {telemetry.ATTR_CACHE: "session", telemetry.ATTR_RESULT: "l1"}
+_L2 = {telemetry.ATTR_CACHE: "session", telemetry.ATTR_RESULT: "l2"}
 
 
 def _digest(value: str) -> str:
@@ -73,9 +77,11 @@ class SessionManager:
         digest = _digest(session_id)
         entry: _Entry | None = self._l1.get(digest)
         if entry is not None and _remaining(entry.session) > 0:
+            _LOOKUPS.add(1, _L1)
             return entry.session
         generation = self._l1.generation
         session = await self._store.get(session_id)
+        _LOOKUPS.add(1, _L2)
         self._remember(digest, session, generation)
         return session
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from middleware.errors import ServiceUnavailable
@@ -212,7 +213,15 @@ class SessionHandle:
         if not changes:
             return self._session
         try:
-            session = await self._manager.update(self._session.id, changes)
+            if telemetry.tracing_enabled():
+                with telemetry.tracer.start_as_current_span(
+                    "gateway.session save", record_exception=False
+                ) as span:
+                    if span.is_recording():
+                        span.set_attribute("gateway.session.fields", len(changes))
+                    session = await self._manager.update(self._session.id, changes)
+            else:
+                session = await self._manager.update(self._session.id, changes)
         except SessionNotFound:
             self._gone()  # a concurrent logout wins: never resurrect
             return None
