@@ -1,7 +1,8 @@
 """The example gateway: ``uvicorn examples.gateway:app``, configured only by environment.
 
-Redis comes from ``RedisConfig.from_env()`` (``REDIS_URL`` or ``REDIS_HOST``...); with
-neither set, an embedded Redis-compatible server is started for the life of the app.
+Redis comes from ``RedisConfig.from_env()`` (``REDIS_URL``, ``REDIS_HOST``,
+``REDIS_SENTINELS`` or ``REDIS_CLUSTER_NODES``...); with none of them set, an embedded
+Redis-compatible server is started for the life of the app.
 
 Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a PEM; RS256,
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
@@ -148,7 +149,8 @@ def _default_algorithm(key: Any) -> str:
 
 
 def _redis(env: Mapping[str, str]) -> tuple[RedisConfig, EmbeddedRedis | None]:
-    if env.get("REDIS_URL") or env.get("REDIS_HOST"):
+    configured = ("REDIS_URL", "REDIS_HOST", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
+    if any(env.get(name) for name in configured):
         return RedisConfig.from_env(env), None
     embedded = EmbeddedRedis()
     return RedisConfig.from_env({**env, "REDIS_URL": embedded.url}), embedded
@@ -175,7 +177,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if embedded is not None:
             await embedded.astart()
-            log.warning("no REDIS_URL/REDIS_HOST set: using an embedded server at %s", config.url)
+            log.warning("no Redis configured (REDIS_URL, REDIS_HOST, REDIS_SENTINELS, REDIS_CLUSTER_NODES): using an embedded server at %s", config.url)
         await client.connect()
         # The pub/sub hub's liveness check makes /ready follow a lost or frozen server
         # within about 2 s even when no request is running.
