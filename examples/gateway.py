@@ -177,7 +177,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if embedded is not None:
             await embedded.astart()
-            log.warning("no Redis configured (REDIS_URL, REDIS_HOST, REDIS_SENTINELS, REDIS_CLUSTER_NODES): using an embedded server at %s", config.url)
+            log.warning("no Redis configured: using an embedded server at %s", config.url)
         await client.connect()
         # The pub/sub hub's liveness check makes /ready follow a lost or frozen server
         # within about 2 s even when no request is running.
