@@ -337,6 +337,10 @@ class Backend:
             startup_nodes=[ClusterNode(host, port) for host, port in topo.nodes],
             max_connections=config.pool_size,
             require_full_coverage=True,
+            # redis-py's periodic full reset on MOVED closes connections that concurrent
+            # commands are using ("Connection closed", AttributeError). The slot map is
+            # still patched on every MOVED without it.
+            reinitialize_steps=0,
             **kwargs,
         )
 
@@ -516,5 +520,15 @@ def is_outage_error(error: BaseException) -> bool:
     """True for errors that mean Redis could not be reached or did not answer in time."""
     return isinstance(
         error,
-        (rexc.ConnectionError, rexc.TimeoutError, asyncio.TimeoutError, OSError, EOFError),
+        (
+            rexc.ConnectionError,
+            rexc.TimeoutError,
+            asyncio.TimeoutError,
+            OSError,
+            EOFError,
+            # Cluster-wide trouble: redirections exhausted, slots down, TRYAGAIN.
+            rexc.ClusterError,
+            rexc.ClusterDownError,
+            rexc.TryAgainError,
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,3 +188,127 @@ def cluster_topology() -> Iterator[ClusterTopology]:
         yield topo
     finally:
         topo.cleanup()
+
+
+# -- helpers for tests that look inside a topology (added; nothing above depends on them) --
+
+
+def client_list(port: int, kind: str | None = None) -> list[dict[str, str]]:
+    """``CLIENT LIST`` (``TYPE kind`` when given) of the server on ``port``."""
+    with redis.Redis(port=port, socket_timeout=1) as r:
+        return r.client_list(_type=kind) if kind else r.client_list()  # type: ignore[no-any-return]
+
+
+def ports_with_client(ports: list[int], name: str, kind: str | None = "pubsub") -> list[int]:
+    """The ports (of those given, skipping servers that do not answer) holding a client
+    connection named ``name``."""
+    found = []
+    for port in ports:
+        try:
+            clients = client_list(port, kind)
+        except redis.RedisError:
+            continue
+        if any(c.get("name") == name for c in clients):
+            found.append(port)
+    return found
+
+
+def node_id(port: int) -> str:
+    """``CLUSTER MYID`` of the node on ``port``."""
+    with redis.Redis(port=port, socket_timeout=1) as r:
+        raw = r.execute_command("CLUSTER MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def error_stats(port: int) -> dict[str, int]:
+    """Error replies the server has sent, by prefix (``INFO errorstats``): MOVED, ASK..."""
+    with redis.Redis(port=port, socket_timeout=1) as r:
+        info = r.info("errorstats")
+    return {k.removeprefix("errorstat_"): int(v["count"]) for k, v in info.items()}
+
+
+def command_calls(port: int, command: str) -> int:
+    """How many times ``command`` ran on the server (``INFO commandstats``)."""
+    with redis.Redis(port=port, socket_timeout=1) as r:
+        info = r.info("commandstats")
+    entry = info.get(f"cmdstat_{command.lower()}")
+    return int(entry["calls"]) if entry else 0
+
+
+def tag_for_slot(slot: int, stem: str = "t") -> str:
+    """A hash tag (text between braces) whose keys all fall in ``slot``."""
+    from redis.crc import key_slot
+
+    i = 0
+    while key_slot(f"{stem}{i}".encode()) != slot:
+        i += 1
+    return f"{stem}{i}"
+
+
+def begin_migration(topo: ClusterTopology, slot: int, target_port: int) -> tuple[int, int]:
+    """CLUSTER SETSLOT IMPORTING on the target, MIGRATING on the owner of ``slot``.
+
+    From here on the owner answers ASK for keys it no longer has. Returns
+    ``(source_port, target_port)``.
+    """
+    source = topo.primary_for_slot(slot)
+    if source.port == target_port:
+        raise ValueError("the slot is already on the target")
+    with (
+        redis.Redis(port=source.port, socket_timeout=5) as src,
+        redis.Redis(port=target_port, socket_timeout=5) as dst,
+    ):
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", node_id(source.port))
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", node_id(target_port))
+    return source.port, target_port
+
+
+def move_keys(source_port: int, target_port: int, keys: list[str] | list[bytes]) -> None:
+    """MIGRATE ``keys`` (all in one slot being migrated) from source to target."""
+    if keys:
+        with redis.Redis(port=source_port, socket_timeout=10) as src:
+            src.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+
+
+def finish_migration(
+    topo: ClusterTopology,
+    slot: int,
+    source_port: int,
+    target_port: int,
+    *,
+    batch: int = 10,
+    pause: float = 0.0,
+) -> int:
+    """Move the keys left in ``slot`` in batches of ``batch`` (``pause`` seconds apart),
+    then CLUSTER SETSLOT NODE everywhere, as redis-cli does: the target first, then the
+    source (which starts answering MOVED), then the other primaries. Returns keys moved."""
+    moved = 0
+    with redis.Redis(port=source_port, socket_timeout=10) as src:
+        while True:
+            keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            move_keys(source_port, target_port, keys)
+            moved += len(keys)
+            if pause:
+                time.sleep(pause)
+    owner = node_id(target_port)
+    order = [target_port, source_port]
+    order += [n.port for n in topo.nodes if n.running and n.port not in order]
+    for port in order:
+        with (
+            redis.Redis(port=port, socket_timeout=5) as r,
+            contextlib.suppress(
+                redis.ResponseError  # replicas refuse SETSLOT; they learn it from the bus
+            ),
+        ):
+            r.execute_command("CLUSTER SETSLOT", slot, "NODE", owner)
+    return moved
+
+
+def primaries(topo: ClusterTopology) -> list[EmbeddedRedis]:
+    """The running nodes that currently serve slots as primaries."""
+    live = next(n for n in topo.nodes if n.running)
+    with redis.Redis(port=live.port, socket_timeout=1) as r:
+        ports = {int(primary[1]) for _, _, primary, *_ in r.execute_command("CLUSTER SLOTS")}
+    return [n for n in topo.nodes if n.port in ports]
