@@ -40,13 +40,25 @@ tracer = trace.get_tracer(SCOPE)
 meter = metrics.get_meter(SCOPE)
 
 
+_tracing = False
+
+
 def tracing_enabled() -> bool:
     """True once an SDK tracer provider is installed.
 
     Hot paths skip building spans entirely before that: even a no-op span costs a few
-    microseconds of context switching per request.
+    microseconds of context switching per request. A global provider can be set only once,
+    so a True answer is kept; until then the check reads the API's global directly, since
+    ``trace.get_tracer_provider()`` consults the environment on every call (~1.8 us).
     """
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    global _tracing
+    if _tracing:
+        return True
+    provider = getattr(trace, "_TRACER_PROVIDER", None)
+    if provider is None:
+        return False
+    _tracing = not isinstance(provider, trace.ProxyTracerProvider)
+    return _tracing
 
 
 class _Instruments:

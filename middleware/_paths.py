@@ -62,7 +62,7 @@ class PathSet:
 class PathPattern:
     """A segment pattern such as ``/orders/{id}`` or ``/admin/**``; validated (``ValueError``)."""
 
-    __slots__ = ("_rest", "_segments", "pattern")
+    __slots__ = ("_literal", "_rest", "_segments", "pattern")
 
     def __init__(self, pattern: str) -> None:
         if not isinstance(pattern, str) or not pattern.startswith("/"):
@@ -82,10 +82,16 @@ class PathPattern:
         self.pattern = pattern
         self._segments = tuple(parsed)
         self._rest = rest
+        # A pattern without parameters or ``**`` is one string comparison (hot path).
+        literal = not rest and None not in parsed
+        self._literal = "/".join(s for s in parsed if s is not None) if literal else None
 
     def matches(self, path: str) -> bool:
         """Whether ``path`` matches the pattern (a trailing slash is ignored)."""
-        parts = path.strip("/").split("/") if path.strip("/") else []
+        stripped = path.strip("/")
+        if self._literal is not None:
+            return stripped == self._literal
+        parts = stripped.split("/") if stripped else []
         wanted = self._segments
         if len(parts) < len(wanted) or (not self._rest and len(parts) != len(wanted)):
             return False

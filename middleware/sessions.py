@@ -244,7 +244,8 @@ class _Responder:
                 await self.fail(error)
                 return
             self.started = True
-            headers = MutableHeaders(raw=list(message.get("headers", [])))
-            self.middleware._response_headers(self.handle, headers)
-            message = {**message, "headers": headers.raw}
+            if self.handle.issued or self.handle.ended:  # else the headers stay as they are
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                self.middleware._response_headers(self.handle, headers)
+                message = {**message, "headers": headers.raw}
         await self.send(message)
