@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
+from gateway_redis._tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -392,9 +393,7 @@ class Listener(Generic[T]):
         if self._grace is not None:
             self._grace.cancel()
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         probe, self._probe = self._probe, None
         if probe is not None:
             with contextlib.suppress(Exception):
@@ -466,9 +465,7 @@ class Listener(Generic[T]):
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(*tasks)
             ended = done.pop()
             error = ended.exception()
             reason = describe(error) if error is not None else ended.result()

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway_redis._tasks import cancel_and_wait
+
 __all__ = ["HealthMonitor", "HealthState", "StateListener"]
 
 
@@ -102,12 +104,8 @@ class HealthMonitor:
         task, self._task = self._task, None
         if task is None:
             return
-        # A cancellation can be swallowed by driver code that happens to be running
-        # (seen inside redis-py's connect); keep cancelling until the task has ended.
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
-        with contextlib.suppress(asyncio.CancelledError):
+        await cancel_and_wait(task)
+        if not task.cancelled():
             task.result()
 
     def report_failure(self, error: BaseException, reason: str) -> None:

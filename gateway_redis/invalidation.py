@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway_redis import telemetry
+from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable, SubscriptionClosed
 from gateway_redis.health import HealthState
 from gateway_redis.localcache import LocalCache
@@ -171,12 +172,8 @@ class InvalidationBus:
         for remove in self._removers:
             remove()
         tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         for task in tasks:
-            # redis-py can swallow a cancellation that lands inside a call (seen in
-            # connect): keep cancelling until the task has really ended.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=0.1)
             if not task.cancelled() and task.exception() is not None:
                 _log.warning("invalidation task ended with %r", task.exception())
 

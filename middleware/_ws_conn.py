@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 from starlette.types import Receive, Send
 
 from gateway_redis import telemetry
+from gateway_redis._tasks import cancel_and_wait
 from middleware import _ws_protocol as proto
 
 if TYPE_CHECKING:
@@ -245,10 +246,9 @@ class Connection:
                 # Let the writer send the close frame, unless the peer stopped reading.
                 await asyncio.wait({writer}, timeout=self.limits.close_timeout)
         finally:
+            await cancel_and_wait(*tasks)
             for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:
+                result = None if task.cancelled() else task.exception()
                 if isinstance(result, Exception) and not _is_disconnect(result):
                     _log.warning("websocket task failed: %r", result)
             self.finished.set()

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
+from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import RedisUnavailable
 from gateway_redis.pubsub import Message, PubSubHub, Subscription
 from middleware import _ws_protocol as proto
@@ -127,10 +128,7 @@ class Fanout:
         for entry in entries:
             if entry.opening is not None:
                 entry.opening.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for entry in entries:
             if entry.sub is not None:
                 await entry.sub.close()
