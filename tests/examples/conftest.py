@@ -4,11 +4,6 @@ or in process (its lifespan driven on the test's event loop)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway_redis.embedded import EmbeddedRedis, free_port
+from gateway_redis.embedded import EmbeddedRedis
+from tests.processes import uvicorn_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://issuer.example"
@@ -64,38 +60,8 @@ def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _uvicorn(env: Mapping[str, str]) -> Iterator[str]:
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GATEWAY_"))}
-    full.update(env)
-    # A file, not a pipe: a chatty gateway must never block on a full pipe.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "examples.gateway:app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(log.read().decode(errors="replace")[-3000:])
-                try:
-                    if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the gateway did not become ready"
-                time.sleep(0.05)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with uvicorn_process(["examples.gateway:app"], env) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

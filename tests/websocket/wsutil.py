@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway_redis.embedded import free_port
+from tests.processes import uvicorn_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://issuer.ws-tests"
@@ -184,43 +182,10 @@ def gateway_process(
     redis_url: str, **extra: str
 ) -> Iterator[tuple[Gateway, subprocess.Popen[bytes]]]:
     """The example gateway in its own uvicorn process (a second CPU for load tests)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GATEWAY_"))}
-    env.update(gateway_env(redis_url, **extra))
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "examples.realtime:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--ws-max-size", "65536", "--ws-per-message-deflate", "false",
-             "--backlog", "4096"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(log.read().decode(errors="replace")[-3000:])
-                try:
-                    if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the gateway did not become ready"
-                time.sleep(0.05)
-            yield Gateway(base, f"ws://127.0.0.1:{port}"), proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.seek(0)
-            tail = log.read().decode(errors="replace")
-            if "Traceback" in tail:
-                print(tail[-5000:])
+    args = ["examples.realtime:create_app", "--factory", "--ws-max-size", "65536",
+            "--ws-per-message-deflate", "false", "--backlog", "4096"]  # fmt: skip
+    with uvicorn_process(args, gateway_env(redis_url, **extra)) as (port, proc):
+        yield Gateway(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"), proc
 
 
 def rss_kib(pid: int) -> int:
