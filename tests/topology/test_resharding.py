@@ -361,6 +361,13 @@ async def test_slot_moved_by_hand_under_traffic(cluster: ClusterTopology) -> Non
     await _under_traffic(cluster, "rs-hand", slot, move)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    raises=AssertionError,
+    reason="intermittent (seen once in ~25 runs): the same redis-py ASKING bug as "
+    "test_ask_redirect_when_the_importing_node_has_idle_connections; redis-cli's move takes "
+    "~0.1 s, so the race is usually missed. Passes (XPASS) when it is.",
+)
 async def test_slot_moved_by_redis_cli_reshard_under_traffic(cluster: ClusterTopology) -> None:
     # redis-cli moves the lowest-numbered slots of the source: slot 0 is always its own.
     slot = 0
