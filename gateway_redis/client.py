@@ -320,7 +320,7 @@ class RedisClient:
             )
         try:
             async with deadline(self._config.operation_timeout):
-                if confirm and self._replicas > 0 and self._backend.pool is not None:
+                if confirm and self._backend.pool is not None:
                     return await self._confirmed(call, retry)
                 if self._backend.limiter is not None:
                     async with self._backend.slot():
@@ -363,15 +363,21 @@ class RedisClient:
             return await call(target)
 
     async def _confirmed(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
-        # WAIT counts the writes made on its own connection: pin one for both.
+        # WAIT counts the writes made on its own connection: pin one for the write, the
+        # replica count (asked now, not from the last probe: replicas come and go) and WAIT.
         pinned = self._redis.client()
         try:
             result = await self._call(call, retry, pinned)
-            wait_ms = max(1, int(self._config.operation_timeout * 500))
-            acked = await pinned.wait(1, wait_ms)
+            role: Any = await pinned.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
+            self._replicas = replicas
+            acked = replicas
+            if replicas > 0:
+                wait_ms = max(1, int(self._config.operation_timeout * 500))
+                acked = int(await pinned.wait(1, wait_ms))
         finally:
             await pinned.aclose()
-        if int(acked) < 1:
+        if acked < 1 and replicas > 0:
             raise RedisUnavailable(
                 "write not confirmed by any replica within the deadline", reason="unconfirmed"
             )
