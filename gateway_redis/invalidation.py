@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable, SubscriptionClosed
 from gateway_redis.health import HealthState
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["EventHandler", "InvalidationBus", "ResyncHook"]
 
 _log = logging.getLogger(__name__)
+_COMPONENT = "invalidation"
 
 EventHandler = Callable[[Mapping[str, Any]], None]
 """``handler(event)`` for one namespace; runs on the event loop and must not block."""
@@ -175,7 +177,11 @@ class InvalidationBus:
         await cancel_and_wait(*tasks)
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
-                _log.warning("invalidation task ended with %r", task.exception())
+                _log.warning(
+                    "invalidation task ended with %r",
+                    task.exception(),
+                    extra=log_fields(_COMPONENT, "invalidation_task_failed"),
+                )
 
     async def __aenter__(self) -> InvalidationBus:
         await self.start()
@@ -197,7 +203,11 @@ class InvalidationBus:
 
     def _out_of_sync(self, why: str) -> None:
         if self._synced:
-            _log.info("L1 caches bypassed until the invalidation channel is back (%s)", why)
+            _log.info(
+                "L1 caches bypassed until the invalidation channel is back (%s)",
+                why,
+                extra=log_fields(_COMPONENT, "l1_bypassed", why),
+            )
         self._synced = False
         self._in_sync.clear()
         for cache in self._caches:
@@ -224,7 +234,11 @@ class InvalidationBus:
             try:
                 handler(event)
             except Exception:
-                _log.exception("invalidation handler for %r failed", namespace)
+                _log.exception(
+                    "invalidation handler for %r failed",
+                    namespace,
+                    extra=log_fields(_COMPONENT, "invalidation_handler_failed", kind=namespace),
+                )
                 self._out_of_sync("handler failed")
 
     async def _listen(self) -> None:
@@ -242,7 +256,11 @@ class InvalidationBus:
                     self._wake.set()
                     await self._consume(subscription)
             except SubscriptionClosed as exc:
-                _log.warning("invalidation subscription ended (%s); resubscribing", exc.reason)
+                _log.warning(
+                    "invalidation subscription ended (%s); resubscribing",
+                    exc.reason,
+                    extra=log_fields(_COMPONENT, "invalidation_resubscribing", exc.reason),
+                )
             finally:
                 self._subscribed = False
                 self._out_of_sync("subscription ended")
@@ -270,12 +288,19 @@ class InvalidationBus:
                 for hook in self._hooks:
                     await hook()
             except (GatewayRedisError, OSError) as exc:
-                _log.info("invalidation resync failed (%s); retrying", type(exc).__name__)
+                _log.info(
+                    "invalidation resync failed (%s); retrying",
+                    type(exc).__name__,
+                    extra=log_fields(_COMPONENT, "invalidation_resync_failed", type(exc).__name__),
+                )
                 await asyncio.sleep(_RETRY_DELAY)
                 self._wake.set()
                 continue
             except Exception:
-                _log.exception("invalidation resync hook failed; retrying")
+                _log.exception(
+                    "invalidation resync hook failed; retrying",
+                    extra=log_fields(_COMPONENT, "invalidation_resync_failed", "hook raised"),
+                )
                 await asyncio.sleep(_RETRY_DELAY)
                 self._wake.set()
                 continue
@@ -288,4 +313,7 @@ class InvalidationBus:
             self._synced = True
             self._in_sync.set()
             self._resyncs += 1
-            _log.debug("invalidation channel in sync; L1 caches enabled")
+            _log.debug(
+                "invalidation channel in sync; L1 caches enabled",
+                extra=log_fields(_COMPONENT, "l1_enabled"),
+            )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 from starlette.types import Receive, Send
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis._tasks import cancel_and_wait
 from middleware import _ws_protocol as proto
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "Frame", "Identity"]
 
 _log = logging.getLogger("middleware.websocket")
+_COMPONENT = "websocket"
 _CLOSE_GONE: Final = -1  # the peer went away: nothing to send
 _YIELD_EVERY: Final = 32  # client frames handled before the reader lets other tasks run
 
@@ -250,7 +252,11 @@ class Connection:
             for task in tasks:
                 result = None if task.cancelled() else task.exception()
                 if isinstance(result, Exception) and not _is_disconnect(result):
-                    _log.warning("websocket task failed: %r", result)
+                    _log.warning(
+                        "websocket task failed: %r",
+                        result,
+                        extra=log_fields(_COMPONENT, "websocket_task_failed"),
+                    )
             self.finished.set()
 
     async def _read(self) -> None:
@@ -288,7 +294,10 @@ class Connection:
             try:
                 await self._handle(self, text)
             except Exception:
-                _log.exception("websocket request failed")
+                _log.exception(
+                    "websocket request failed",
+                    extra=log_fields(_COMPONENT, "websocket_request_failed"),
+                )
                 self.push_control(proto.error_frame("internal", "Internal error."))
 
     async def _write(self) -> None:
@@ -347,4 +356,3 @@ async def send_close_before_accept(send: Send, code: int) -> None:
     """Reject a handshake: ``websocket.close`` before ``websocket.accept``."""
     with contextlib.suppress(OSError, RuntimeError):
         await send({"type": "websocket.close", "code": code})
-

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import RedisUnavailable
 from gateway_redis.pubsub import Message, PubSubHub, Subscription
@@ -35,6 +36,7 @@ from middleware._ws_conn import Connection, Frame
 __all__ = ["ChannelEntry", "Fanout"]
 
 _log = logging.getLogger("middleware.websocket")
+_COMPONENT = "websocket"
 
 
 class ChannelEntry:
@@ -167,7 +169,11 @@ class Fanout:
         try:
             await self._open(entry)
         except RedisUnavailable as exc:
-            _log.warning("websocket channel could not be resubscribed (%s)", exc.reason)
+            _log.warning(
+                "websocket channel could not be resubscribed (%s)",
+                exc.reason,
+                extra=log_fields(_COMPONENT, "websocket_resubscribe_failed", exc.reason),
+            )
             for conn in list(entry.sockets):
                 conn.close(1011, "subscription lost")
             return
@@ -212,7 +218,11 @@ class Fanout:
         for conn, names in affected.items():
             conn.push_control(proto.resync_frame(sorted(names)))
         if affected:
-            _log.info("websocket resync sent to %d sockets after a reconnect", len(affected))
+            _log.info(
+                "websocket resync sent to %d sockets after a reconnect",
+                len(affected),
+                extra=log_fields(_COMPONENT, "websocket_resync", sockets=len(affected)),
+            )
 
 
 def _trace_delivery(channel: str, message: Message, receivers: int) -> None:

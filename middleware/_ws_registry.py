@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
 from middleware import _ws_protocol as proto
 from middleware._ws_protocol import CloseCode
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Registry"]
 
 _log = logging.getLogger("middleware.websocket")
+_COMPONENT = "websocket"
 _TICK: Final = 0.5  # seconds between housekeeping rounds (expiry, idle, heartbeat)
 _RECHECK_BATCH: Final = 32  # sessions looked up concurrently
 
@@ -133,7 +135,11 @@ class Registry:
                 )
                 for result in results:
                     if isinstance(result, Exception):  # a bug: log it, keep checking
-                        _log.error("websocket session check failed: %r", result)
+                        _log.error(
+                            "websocket session check failed: %r",
+                            result,
+                            extra=log_fields(_COMPONENT, "websocket_session_check_failed"),
+                        )
 
     async def _recheck_one(self, conn: Connection) -> None:
         identity = conn.identity
@@ -145,7 +151,11 @@ class Registry:
             conn.close(CloseCode.SESSION_ENDED, "session ended")
             return
         except (GatewayRedisError, OSError) as exc:
-            _log.info("websocket session check skipped: %s", type(exc).__name__)
+            _log.info(
+                "websocket session check skipped: %s",
+                type(exc).__name__,
+                extra=log_fields(_COMPONENT, "websocket_session_check_skipped", type(exc).__name__),
+            )
             return
         identity.session = session
         identity.expires_at = session.expires_at.timestamp()
@@ -160,7 +170,10 @@ class Registry:
                 self.sweep()
                 check()
             except Exception:  # a bug must not stop expiry and heartbeats for good
-                _log.exception("websocket housekeeping failed")
+                _log.exception(
+                    "websocket housekeeping failed",
+                    extra=log_fields(_COMPONENT, "websocket_housekeeping_failed"),
+                )
 
     def sweep(self) -> None:
         """Close expired and idle sockets, ping silent ones, queue idle sessions."""

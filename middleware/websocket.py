@@ -71,6 +71,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from middleware import _ws_auth as auth
 from middleware._ws_auth import SessionPermissions
 from middleware._ws_conn import Connection, Identity, send_close_before_accept
@@ -97,6 +98,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_COMPONENT = "websocket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +265,11 @@ class WebSocketBridge:
                 if self._registry.count(identity.user) >= per_user:
                     raise auth.Rejection("too_many_connections")
             except auth.Rejection as rejection:
-                _log.debug("websocket handshake refused: %s", rejection.reason)
+                _log.debug(
+                    "websocket handshake refused: %s",
+                    rejection.reason,
+                    extra=log_fields(_COMPONENT, "websocket_refused", rejection.reason),
+                )
                 if span.is_recording():
                     span.set_attributes(
                         {"gateway.ws.outcome": "refused", "gateway.ws.reason": rejection.reason}
