@@ -8,7 +8,10 @@ Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a 
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
 ``GATEWAY_JWT_ISSUER``, ``GATEWAY_JWT_AUDIENCE`` and ``GATEWAY_JWT_LEEWAY`` (seconds, 0-60,
 default 0). ``/auth/login`` signs with the secret or ``GATEWAY_JWT_PRIVATE_KEY`` (path to a
-PEM); with only a public key it answers 501. ``GATEWAY_JWT_TTL`` sets the token lifetime
+PEM); with only a public key it answers 501. Failed logins are throttled per (username,
+client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`` failures
+(default 5) within ``GATEWAY_LOGIN_WINDOW`` seconds (default 60) the pair gets 429 with
+``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
 ``GATEWAY_COOKIE_SECURE=0``.
@@ -39,6 +42,7 @@ from fastapi.responses import JSONResponse
 
 from examples.realtime import install_realtime
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
+from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
 from gateway_redis.invalidation import InvalidationBus
@@ -172,6 +176,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     store = SessionStore(client, default_ttl=12 * 3600, idle_timeout=3600)
     sessions = SessionManager(store, bus=bus)
     secure = env.get("GATEWAY_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no")
+    throttle = LoginThrottle(
+        client,
+        limit=_int_env(env, "GATEWAY_LOGIN_LIMIT", 5, 1, 1000),
+        window=_int_env(env, "GATEWAY_LOGIN_WINDOW", 60, 1, 86400),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -199,6 +208,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     app.state.permissions = permissions
     app.state.sessions = sessions
     app.state.keys = keys
+    app.state.throttle = throttle
     # add_middleware wraps: the last one added runs first.
     app.add_middleware(
         RBACMiddleware, permissions=permissions, rules=[Rule("/api/admin/**", "admin:read")]
@@ -219,6 +229,17 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     _routes(app)
     install_realtime(app, env=env)  # WS /ws, POST /api/channels/{channel}/publish, GET /, /static
     return app
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {low}..{high}, got {value}")
+    return value
 
 
 def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
@@ -269,15 +290,30 @@ def _routes(app: FastAPI) -> None:
         if credentials is None:
             return _error(400, "bad_request", "Send username and password.")
         username, password = credentials
+        throttle: LoginThrottle = state.throttle
+        address = request.client.host if request.client is not None else "unknown"
+        try:
+            wait = await throttle.retry_after(username, address)
+        except RedisUnavailable:
+            raise ServiceUnavailable("login_throttle_unavailable") from None
+        if wait is not None:
+            return _error(
+                429, "too_many_attempts", "Too many failed logins; try later.",
+                **{"Retry-After": str(wait)},
+            )  # fmt: skip
         user = DEMO_USERS.get(username)
         expected = user[0] if user is not None else secrets.token_hex(16)
         if not hmac.compare_digest(password.encode(), expected.encode()) or user is None:
+            with contextlib.suppress(RedisUnavailable):
+                await throttle.failed(username, address)
             return _error(
                 401,
                 "invalid_credentials",
                 "Wrong username or password.",
                 **{"WWW-Authenticate": "Bearer"},
             )
+        with contextlib.suppress(RedisUnavailable):
+            await throttle.succeeded(username, address)
         token, claims = keys.issue(username, user[1])
         metadata = {"username": username, "roles": list(user[1]), "jti": claims["jti"],
                     "token_exp": claims["exp"], "login_at": claims["iat"]}  # fmt: skip

@@ -188,3 +188,48 @@ async def test_leeway_is_configurable_and_capped(inprocess_gateway: Any) -> None
     assert app.state.keys.settings.leeway == 30
     with pytest.raises(ValueError, match="leeway"):
         await inprocess_gateway(GATEWAY_JWT_LEEWAY="61")
+
+
+async def test_failed_logins_are_throttled_per_user_and_address_across_instances(
+    inprocess_gateway: Any, redis_admin: redis.Redis
+) -> None:
+    _, a = await inprocess_gateway(GATEWAY_LOGIN_LIMIT="3", GATEWAY_LOGIN_WINDOW="30")
+    _, b = await inprocess_gateway(GATEWAY_LOGIN_LIMIT="3", GATEWAY_LOGIN_WINDOW="30")
+    wrong = {"username": "alice", "password": "wrong"}
+    # Three failures, spread over two instances: the count is shared through Redis.
+    for http in (a, b, a):
+        assert (await http.post("/auth/login", json=wrong)).status_code == 401
+    # Now even the right password is refused for that pair until the window ends.
+    for http in (a, b):
+        r = await http.post("/auth/login", json={"username": "alice", "password": "alice-password"})
+        assert r.status_code == 429
+        assert 1 <= int(r.headers["retry-after"]) <= 30
+        assert "access_token" not in r.text and "set-cookie" not in r.headers
+    # Another user from the same address is not affected.
+    await login(a, "bob")
+    # The key names carry a digest, never the username.
+    keys = [k.decode() for k in redis_admin.scan_iter("*login-failures*")]
+    assert len(keys) == 1 and "alice" not in keys[0]
+    assert 0 < redis_admin.pttl(keys[0]) <= 30_000
+    # The window ends: the right password works and clears the count.
+    redis_admin.delete(keys[0])
+    await login(a, "alice")
+    assert list(redis_admin.scan_iter("*login-failures*")) == []
+
+
+async def test_a_success_clears_earlier_failures(inprocess_gateway: Any) -> None:
+    _, http = await inprocess_gateway(GATEWAY_LOGIN_LIMIT="2")
+    wrong = {"username": "bob", "password": "wrong"}
+    assert (await http.post("/auth/login", json=wrong)).status_code == 401
+    await login(http, "bob")
+    assert (await http.post("/auth/login", json=wrong)).status_code == 401
+    await login(http, "bob")  # one failure since the success: still allowed
+
+
+@pytest.mark.parametrize("env", [{"GATEWAY_LOGIN_LIMIT": "0"}, {"GATEWAY_LOGIN_WINDOW": "soon"}])
+def test_bad_throttle_settings_are_refused(env: dict[str, str]) -> None:
+    from examples.gateway import create_app
+    from tests.examples.conftest import gateway_env
+
+    with pytest.raises(ValueError, match=next(iter(env))):
+        create_app(gateway_env("redis://127.0.0.1:1", **env))
