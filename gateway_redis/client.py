@@ -247,24 +247,30 @@ class RedisClient:
 
     async def _probe(self) -> None:
         conn = self._probe_conn
-        try:
-            async with deadline(self._probe_timeout):
-                if not conn.is_connected:
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                # ROLE answers like PING and also says how many replicas the primary
-                # has, which decides whether security writes wait for one (WAIT 1).
-                command = "PING" if self._backend.mode == "cluster" else "ROLE"
-                await conn.send_command(command)
-                reply = await conn.read_response()
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
-            self._replicas = len(reply[2]) if len(reply) > 2 else 0
-        elif isinstance(reply, list):
-            raise rexc.ConnectionError(f"connected to a {reply[0]!r}, not a primary")
-        elif reply not in (b"PONG", "PONG", True):
-            raise rexc.ConnectionError(f"unexpected probe reply {reply!r}")
+        if isinstance(conn, _driver.ClusterSeedConnection):
+            # Down when the nodes say so (cluster_state) or none answers. A node that
+            # stopped answering fails only the calls routed to it (_driver.NodeHealth),
+            # until it answers a ping here.
+            await _driver.probe_cluster(conn, self._probe_timeout)
+            self._health.probe_often(await self._backend.check_nodes(self._probe_timeout))
+        else:
+            try:
+                async with deadline(self._probe_timeout):
+                    if not conn.is_connected:
+                        await conn.connect()  # type: ignore[no-untyped-call]
+                    # ROLE answers like PING and also says how many replicas the primary
+                    # has, which decides whether security writes wait for one (WAIT 1).
+                    await conn.send_command("ROLE")
+                    reply = await conn.read_response()
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
+                self._replicas = len(reply[2]) if len(reply) > 2 else 0
+            elif isinstance(reply, list):
+                raise rexc.ConnectionError(f"connected to a {reply[0]!r}, not a primary")
+            else:
+                raise rexc.ConnectionError(f"unexpected probe reply {reply!r}")
         if self._health.available and self._backend.idle + self._backend.in_use < (
             self._config.min_idle_conns
         ):
@@ -273,9 +279,10 @@ class RedisClient:
 
     async def _on_recover(self) -> None:
         # Idle connections may point at a server that has since restarted: drop them and
-        # open fresh ones, so the first calls after recovery do not trip over them.
-        await self._backend.drop_idle()
+        # open fresh ones (cluster: reload the slot map), so the first calls after
+        # recovery do not trip over them.
         async with deadline(self._config.operation_timeout):
+            await self._backend.drop_idle()
             await self._warm()
 
     async def _warm(self) -> None:
@@ -331,7 +338,13 @@ class RedisClient:
         except (_driver.PoolExhausted, rexc.MaxConnectionsError) as exc:
             raise self._unavailable(miss, f"{operation}: {exc}", "pool_exhausted") from exc
         except asyncio.TimeoutError as exc:
-            self._health.report_failure(exc, "timeout")
+            if self._backend.cluster is not None:
+                # One node not answering is not the cluster down: calls routed to it now
+                # fail fast, and the probe (CLUSTER INFO) decides about the rest.
+                self._backend.call_timed_out()
+                self._health.check_now()
+            else:
+                self._health.report_failure(exc, "timeout")
             raise self._unavailable(
                 miss,
                 f"{operation}: no answer within {self._config.operation_timeout}s",
@@ -345,7 +358,10 @@ class RedisClient:
                 ) from exc
             if _driver.is_outage_error(exc):
                 reason = "timeout" if isinstance(exc, rexc.TimeoutError) else "down"
-                self._health.report_failure(exc, f"{type(exc).__name__}: {exc}")
+                if self._backend.cluster is not None:
+                    self._health.check_now()  # as above: the cluster's state decides
+                else:
+                    self._health.report_failure(exc, f"{type(exc).__name__}: {exc}")
                 raise self._unavailable(
                     miss, f"{operation}: {type(exc).__name__}: {exc}", reason
                 ) from exc

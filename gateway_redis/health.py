@@ -4,6 +4,12 @@ States: ``up`` (calls go through), ``down`` (calls fail fast; a probe runs about
 second until Redis answers) and ``misconfigured`` (Redis answers but refuses our
 credentials; probed slowly, never in a storm). Every change of state is logged once and
 handed to listeners.
+
+In cluster mode a failed call does not switch the state itself: it asks for a probe
+(:meth:`HealthMonitor.check_now`), and the probe (``CLUSTER INFO`` on a node) decides, so
+one node that stops answering fails only the calls routed to it; while such a node is
+known, probes run every ``probe_interval`` (:meth:`HealthMonitor.probe_often`) to see it
+come back.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from collections.abc import Awaitable, Callable
 from gateway_redis._tasks import cancel_and_wait
 
 __all__ = ["HealthMonitor", "HealthState", "StateListener"]
+
+# While up, probes asked for by check_now() (failing calls in cluster mode can ask in a
+# storm) start at least this many seconds apart.
+_MIN_PROBE_GAP = 0.1
 
 
 class HealthState(str, enum.Enum):
@@ -65,6 +75,8 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._down_votes: dict[str, str] = {}
         self._closed = False
+        self._last_probe = 0.0
+        self._often = False
 
     @property
     def state(self) -> HealthState:
@@ -123,8 +135,13 @@ class HealthMonitor:
         if self._down_votes.pop(source, None) is not None:
             self._wake.set()
 
+    def probe_often(self, on: bool) -> None:
+        """While ``on``, probe every ``probe_interval`` even when up (something needs
+        watching that is not an outage: a cluster node that stopped answering)."""
+        self._often = on
+
     def check_now(self) -> None:
-        """Run a probe as soon as possible."""
+        """Run a probe as soon as possible (while up: at most every 0.1 s)."""
         self._wake.set()
 
     def _set(self, state: HealthState, reason: str) -> None:
@@ -162,7 +179,10 @@ class HealthMonitor:
         misconfigured_delay = self._probe_interval
         while not self._closed:
             if self._state is HealthState.UP:
-                await self._wait(self._interval)
+                await self._wait(self._probe_interval if self._often else self._interval)
+                gap = self._last_probe + _MIN_PROBE_GAP - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
             elif self._state is HealthState.MISCONFIGURED:
                 # Slow down: a refused password answered once a second is no storm, but
                 # there is nothing to gain from asking faster.
@@ -171,6 +191,7 @@ class HealthMonitor:
             else:
                 # Interruptible: check_now()/release_down() probe at once.
                 await self._wait(self._probe_interval)
+            self._last_probe = time.monotonic()
             try:
                 await self._probe()
             except asyncio.CancelledError:

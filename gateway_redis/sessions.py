@@ -15,6 +15,30 @@ session and its user's index always share a slot, so every multi-key script stay
 Raw session IDs and user ids never appear in key names or logs. Every write is a fixed
 Lua script (never built from input) that passes all its keys as ``KEYS``; times come from
 the Redis server's clock (``TIME``), so instances with skewed clocks agree.
+
+On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
+listing, "log out everywhere") run as single-key steps instead. While a slot migrates,
+Redis answers TRYAGAIN to a command whose keys are not all on one node, and keys created
+meanwhile (a new session, a regenerated ID) land on the importing node while the user's
+index may still be on the other: a script over both fails for as long as that lasts,
+for a new key the whole migration. Single-key commands only ever get ASK/MOVED, which the
+client follows. The steps keep three invariants:
+
+* every live session whose ID has been handed out is in its user's index: create and
+  regenerate write the hash, then the index entry, and return the ID only then; so
+  "log out everywhere" finds it;
+* an index entry whose session is gone is harmless and pruned at the next read of the
+  index (delete removes the hash first, then the entry);
+* a deleted session is never written again (update and touch check it in the same
+  script), and regenerate's old ID stops working (read and deleted in one script)
+  before the new one exists.
+
+A call that fails between steps leaves at worst a hash whose ID nobody was given
+(unusable, gone at its TTL), a stale index entry (pruned), or after regenerate no
+session at all (the user logs in again). A create racing "log out everywhere" ends as if
+it came just after it (the new session stays). Writing the index entry first would be
+unsafe: "log out everywhere" could remove it between the steps, and the session would
+live on outside the index.
 """
 
 from __future__ import annotations
@@ -73,6 +97,16 @@ local function expire(key, exp, now, idle)
   if idle > 0 and idle < px then px = idle end
   redis.call('PEXPIRE', key, num(px))
 end
+-- write a new session hash (fields from ARGV[first], in pairs); returns now, expiry
+local function write_session(key, user_id, ttl, idle, first)
+  local now = now_ms()
+  local exp = now + ttl
+  redis.call('HSET', key, 'user_id', user_id, 'created_at', num(now),
+             'last_accessed_at', num(now), 'expires_at', num(exp))
+  for i = first, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  expire(key, exp, now, idle)
+  return now, exp
+end
 local function index_add(idx, id, exp, now)
   redis.call('ZADD', idx, num(exp), id)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', num(now))
@@ -87,13 +121,47 @@ _LUA = {
     # KEYS: session, index. ARGV: id, user_id, ttl_ms, idle_ms, (m:name, json)*.
     # A retry after a lost reply rewrites the same fields: harmless.
     "create": """
-local now, idle = now_ms(), tonumber(ARGV[4])
-local exp = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'created_at', num(now),
-           'last_accessed_at', num(now), 'expires_at', num(exp))
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-expire(KEYS[1], exp, now, idle)
+local now, exp = write_session(KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), 5)
 index_add(KEYS[2], ARGV[1], exp, now)
+""",
+    # -- Redis Cluster: single-key steps (see the module docstring) --
+    # KEYS: session. ARGV: user_id, ttl_ms, idle_ms, (m:name, json)*. Returns the expiry.
+    "create_hash": """
+local _, exp = write_session(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 4)
+return exp
+""",
+    # KEYS: index. ARGV: id, expiry (ms), optionally an id to remove (regenerate)
+    "index_add": """
+if ARGV[3] then redis.call('ZREM', KEYS[1], ARGV[3]) end
+index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+""",
+    # KEYS: session. ARGV: idle_ms. Returns {now, hash or {} when not live}.
+    "load": """
+local now = now_ms()
+if not live_until(KEYS[1], now, tonumber(ARGV[1])) then return {now, {}} end
+return {now, redis.call('HGETALL', KEYS[1])}
+""",
+    # Regenerate, step 1: read and delete the old session at once. KEYS: old. ARGV: idle_ms
+    "take": """
+local now = now_ms()
+if not live_until(KEYS[1], now, tonumber(ARGV[1])) then return false end
+local hash = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {now, hash}
+""",
+    # Step 2: write it under the new ID. KEYS: new. ARGV: idle_ms, flat hash.
+    # Returns {now, hash, expiry}, or nil when it expired meanwhile. Retry-safe.
+    "restore": """
+local now, idle = now_ms(), tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'last_accessed_at', num(now))
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+if exp == nil or exp <= now then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+expire(KEYS[1], exp, now, idle)
+return {now, redis.call('HGETALL', KEYS[1]), exp}
 """,
     "get": "return {now_ms(), redis.call('HGETALL', KEYS[1])}",
     # KEYS: session. ARGV: idle_ms, n, n values (m:name, json)*, then m:names to delete
@@ -265,6 +333,8 @@ class SessionStore:
         self._ttl_ms = _ttl_ms("default_ttl", default_ttl)
         self._idle_ms = 0 if idle_timeout is None else _ttl_ms("idle_timeout", idle_timeout)
         self._scripts: dict[str, AsyncScript] = {}
+        # Redis Cluster: one key per command (see the module docstring).
+        self._single_key = client.config.mode == "cluster"
 
     @property
     def client(self) -> RedisClient:
@@ -286,16 +356,27 @@ class SessionStore:
         out. ``ttl`` (seconds or timedelta, > 0, at most 400 days) overrides the default
         absolute lifetime. Raises ``TypeError``/``ValueError`` (including
         :class:`~gateway_redis.SerializationError`) before any Redis call, and
-        :class:`~gateway_redis.RedisUnavailable`.
+        :class:`~gateway_redis.RedisUnavailable`. On Redis Cluster the hash and the index
+        entry are written one after the other (see the module docstring), so logins keep
+        working while the user's slot migrates; the same holds for every method here.
         """
         user_id = _check_user_id(user_id)
         pairs, _ = _encode_metadata({} if metadata is None else metadata)
         ttl_ms = self._ttl_ms if ttl is None else _ttl_ms("ttl", ttl)
         tag = _tag(user_id)
         session_id = f"{tag}.{secrets.token_urlsafe(32)}"
-        keys = [self._session_key(session_id), self._index_key(user_id)]
-        args: list[str | int] = [session_id, user_id, ttl_ms, self._idle_ms, *pairs]
-        await self._client.execute("session.create", self._call("create", keys, args))
+        key, index = self._session_key(session_id), self._index_key(user_id)
+        if not self._single_key:
+            args: list[str | int] = [session_id, user_id, ttl_ms, self._idle_ms, *pairs]
+            await self._client.execute("session.create", self._call("create", [key, index], args))
+            return session_id
+        write_hash = self._call("create_hash", [key], [user_id, ttl_ms, self._idle_ms, *pairs])
+
+        async def call(r: Redis) -> None:
+            expires = await write_hash(r)
+            await self._call("index_add", [index], [session_id, int(expires)])(r)
+
+        await self._client.execute("session.create", call)
         return session_id
 
     async def get(self, session_id: str) -> Session:
@@ -338,7 +419,8 @@ class SessionStore:
         return self._decode(session_id, reply)
 
     async def delete(self, session_id: str) -> None:
-        """Delete the session and its index entry atomically; no error if it is gone.
+        """Delete the session and its index entry (atomically, but on Cluster: the session
+        first); no error if it is gone.
 
         A malformed ID is a no-op. Raises :class:`~gateway_redis.RedisUnavailable`.
         """
@@ -355,7 +437,7 @@ class SessionStore:
             if user_id is None or _tag(user_id) != session_id[:12]:
                 await r.delete(key)  # missing, or corrupt: there is no index entry to trust
                 return
-            await self._call("delete", [self._index_key(user_id), key], [session_id])(r)
+            await self._delete(r, self._index_key(user_id), [session_id])
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.execute("session.delete", call, confirm=True)
@@ -371,11 +453,7 @@ class SessionStore:
         index = self._index_key(_check_user_id(user_id))
 
         async def call(r: Redis) -> list[tuple[str, Any]]:
-            found: list[tuple[str, Any]] = []
-            for ids, keys in self._chunks(index, await self._members(r, index, user_id)):
-                now, *hashes = await self._call("load_many", keys, [self._idle_ms, *ids])(r)
-                found += [(i, [now, h]) for i, h in zip(ids, hashes, strict=True) if h]
-            return found
+            return await self._load(r, index, await self._members(r, index, user_id))
 
         sessions = []
         for session_id, reply in await self._client.execute("session.get_user_sessions", call):
@@ -398,10 +476,8 @@ class SessionStore:
         async def call(r: Redis) -> int:
             deleted = 0
             for _ in range(3):
-                left = 0
-                for ids, keys in self._chunks(index, await self._members(r, index, user_id)):
-                    n, left = await self._call("delete", keys, ids)(r)
-                    deleted += int(n)
+                n, left = await self._delete(r, index, await self._members(r, index, user_id))
+                deleted += n
                 if not left:
                     break
             return deleted
@@ -416,7 +492,8 @@ class SessionStore:
         """Give the session a new ID (at login, on privilege change); returns the new ID.
 
         User, metadata, ``created_at`` and absolute expiry carry over; the access time is
-        set to now. The old ID stops working in the same atomic step. Raises
+        set to now. The old ID stops working in the same atomic step (on Cluster: before
+        the new one exists; a failure in between ends the session). Raises
         :class:`~gateway_redis.SessionNotFound` and :class:`~gateway_redis.RedisUnavailable`.
         """
         old_key = self._checked_key(session_id)
@@ -424,6 +501,8 @@ class SessionStore:
         new_key = self._session_key(new_id)
 
         async def call(r: Redis) -> Any:
+            if self._single_key:
+                return await self._regenerate_in_steps(r, session_id, new_id)
             user_id = self._decode(session_id, await self._call("get", [old_key])(r)).user_id
             keys = [old_key, new_key, self._index_key(user_id)]
             return await self._call(
@@ -465,6 +544,58 @@ class SessionStore:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             yield chunk, [index, *(self._session_key(i) for i in chunk)]
+
+    async def _load(self, r: Redis, index: str, ids: list[str]) -> list[tuple[str, Any]]:
+        """``(id, [now, hash])`` for the live sessions among ``ids``; the others leave
+        ``index``."""
+        found: list[tuple[str, Any]] = []
+        if self._single_key:
+            dead = []
+            for i in ids:
+                now, flat = await self._call("load", [self._session_key(i)], [self._idle_ms])(r)
+                if flat:
+                    found.append((i, [now, flat]))
+                else:
+                    dead.append(i)  # IDs are never reused: it cannot come back
+            if dead:
+                await r.zrem(index, *dead)
+            return found
+        for chunk, keys in self._chunks(index, ids):
+            now, *hashes = await self._call("load_many", keys, [self._idle_ms, *chunk])(r)
+            found += [(i, [now, h]) for i, h in zip(chunk, hashes, strict=True) if h]
+        return found
+
+    async def _delete(self, r: Redis, index: str, ids: list[str]) -> tuple[int, int]:
+        """Delete the sessions ``ids`` and their entries in ``index``; returns (sessions
+        that existed, entries left in the index). Nothing to delete: ``(0, 0)``."""
+        if not ids:
+            return 0, 0
+        if self._single_key:
+            deleted = 0
+            for i in ids:  # the sessions first: a stale entry is harmless, a session not
+                deleted += int(await r.delete(self._session_key(i)))  # in the index is not
+            await r.zrem(index, *ids)
+            return deleted, int(await r.zcard(index))
+        deleted = left = 0
+        for chunk, keys in self._chunks(index, ids):
+            n, left = await self._call("delete", keys, chunk)(r)
+            deleted += int(n)
+        return deleted, int(left)
+
+    async def _regenerate_in_steps(self, r: Redis, old_id: str, new_id: str) -> Any:
+        """Cluster :meth:`regenerate`: take the old session (read and delete), write it
+        under the new ID, then swap the index entries. Returns ``[now, hash]`` or None."""
+        taken = await self._call("take", [self._session_key(old_id)], [self._idle_ms])(r)
+        if taken is None:
+            return None
+        user_id = self._decode(old_id, taken).user_id  # corrupt: gone, and not found
+        new_key = self._session_key(new_id)
+        restored = await self._call("restore", [new_key], [self._idle_ms, *taken[1]])(r)
+        if restored is None:
+            return None
+        index_args: list[str | int] = [new_id, int(restored[2]), old_id]
+        await self._call("index_add", [self._index_key(user_id)], index_args)(r)
+        return restored
 
     async def _members(self, r: Redis, index: str, user_id: str) -> list[str]:
         """The IDs in ``index``; entries that cannot belong to ``user_id`` are removed."""

@@ -7,12 +7,13 @@ ways:
 
 * by hand (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE in batches with pauses, SETSLOT
   NODE), so the ASK window is long enough for every kind of operation to hit it, and a
-  session's two keys are split across the nodes for a moment (TRYAGAIN for scripts that
-  use both);
+  session's two keys are split across the nodes for a moment (TRYAGAIN for any command
+  that used both: on Cluster the session store sends none);
 * with ``redis-cli --cluster reshard``, as an operator would.
 
-Two more tests pin single operations against a slot in migration: a read of a key that
-already moved (one ASK), and a login (a new session hash plus the user's index).
+Three more tests pin single operations against a slot in migration: a read of a key that
+already moved (one ASK), a login (a new session hash plus the user's index), and every
+session operation while a user's keys sit on both nodes.
 
 Each traffic test asserts zero errors, counts operations, reads the servers' own error
 counters (``INFO errorstats``: the MOVED/ASK/TRYAGAIN replies they sent) to prove the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import subprocess
 import time
 from collections import Counter
@@ -36,7 +38,7 @@ import redis
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
-from gateway_redis import RedisClient, RedisConfig, RedisUnavailable, SessionNotFound
+from gateway_redis import RedisClient, RedisConfig, SessionNotFound
 from gateway_redis.embedded import find_server_binary
 from gateway_redis.sessions import _tag as session_tag
 from tests.topologies import (
@@ -64,6 +66,12 @@ def cluster() -> Iterator[ClusterTopology]:
         yield topo
     finally:
         topo.cleanup()
+
+
+def _session_key(c: RedisClient, session_id: str) -> str:
+    """Where the session store keeps ``session_id`` (the layout in gateway_redis.sessions)."""
+    digest = hashlib.sha256(session_id.encode()).hexdigest()
+    return c.key(f"session:{{{session_id[:12]}}}:{digest}")
 
 
 def _user_in_slot(slot: int) -> str:
@@ -241,31 +249,16 @@ async def _move_under_traffic(
             await c.get_session(session_id)
 
 
-ASK_BUG = (
-    "redis-py's async RedisCluster sends ASKING and the redirected command on two separately "
-    "pooled connections (RedisCluster._execute_command: target_node.execute_command('ASKING') "
-    "then target_node.execute_command(*args); ClusterNode.acquire_connection pops the left of "
-    "_free, release appends to the right). When the importing node has 2+ idle connections "
-    "the command runs without ASKING, the importing node answers MOVED back to the source, "
-    "the source answers ASK again, and the ping-pong ends in ClusterError('TTL exhausted.'), "
-    "which RedisClient.execute reports as RedisUnavailable; "
-    "the MOVED-triggered RedisCluster.aclose() on the way leaves connections open after "
-    "RedisClient.aclose(). Verified: with ClusterNode.release appending to the left (ASKING "
-    "and the command then share a connection) this test and the traffic test pass"
-)
-TRAFFIC_BUG = (
-    ASK_BUG + ". Under concurrency it cascades (redis-py's reset every 5th MOVED, which closed "
-    "connections in use, is now off: reinitialize_steps=0); each failure makes the client's health "
-    "monitor mark the whole cluster down and every caller fails fast "
-    "(RedisUnavailable 'Redis is down') until the next probe: hundreds of errors per move"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=RedisUnavailable, reason=ASK_BUG)
 async def test_ask_redirect_when_the_importing_node_has_idle_connections(
     cluster: ClusterTopology,
 ) -> None:
-    """One caller, one key already migrated: a single ASK must be followed, nothing else."""
+    """One caller, one key already migrated: a single ASK must be followed, nothing else.
+
+    redis-py 8.1's async cluster client sends ASKING and the redirected command through two
+    separately pooled connections; with idle connections to the importing node the command
+    went out without ASKING and bounced MOVED/ASK until ClusterError('TTL exhausted.').
+    ``_driver.ClusterNodeConnection`` sends them as one pipeline on one connection.
+    """
     slot = 7_000
     tag = tag_for_slot(slot, stem="ask")
     config = RedisConfig(cluster_nodes=cluster.addresses[:3], key_prefix="ask:")
@@ -299,23 +292,13 @@ async def test_ask_redirect_when_the_importing_node_has_idle_connections(
     assert leaked == 0
 
 
-TRYAGAIN_BUG = (
-    "SessionStore.create writes the new session hash and the user's index in one two-key "
-    "script. While the slot migrates, Redis answers TRYAGAIN to a multi-key command that "
-    "finds some of its keys and not others (the migrating node while the index is still "
-    "there; the importing node, after ASK, once it is moved), and a key being created is "
-    "never found: logins of every user in the slot fail for the whole migration (redis-py "
-    "gives up after RedisClusterRequestTTL=16 tries: ClusterError('TTL exhausted.'), reported "
-    "as RedisUnavailable). Fix: in cluster mode create in two single-key "
-    "steps, the index entry first (ZADD), then the hash (HSET+PEXPIRE): an index entry "
-    "without its hash is pruned on read, so no intermediate state is unsafe, and single-key "
-    "commands only ever get ASK/MOVED. At least: retry TRYAGAIN within the operation "
-    "deadline"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=RedisUnavailable, reason=TRYAGAIN_BUG)
 async def test_login_while_the_users_slot_migrates(cluster: ClusterTopology) -> None:
+    """A login (new session hash + the user's index) and a listing while the slot migrates.
+
+    A script over both keys gets TRYAGAIN for the whole migration (a key being created is
+    on neither node; then the new hash is on the importing node, the index on the other):
+    on Cluster the session store runs single-key steps (see ``gateway_redis.sessions``).
+    """
     slot = 9_000
     user = _user_in_slot(slot)
     config = RedisConfig(cluster_nodes=cluster.addresses[:3], key_prefix="login:")
@@ -342,8 +325,51 @@ async def test_login_while_the_users_slot_migrates(cluster: ClusterTopology) -> 
     assert leaked == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TRAFFIC_BUG)
+async def test_every_session_operation_while_the_users_keys_are_split(
+    cluster: ClusterTopology,
+) -> None:
+    """Mid-migration, one session already on the importing node, the index and another
+    session still on the migrating one: every session operation works, keeps the index
+    right and leaves nothing behind, without a single TRYAGAIN."""
+    slot = 10_000
+    user = _user_in_slot(slot)
+    config = RedisConfig(cluster_nodes=cluster.addresses[:3], key_prefix="split:")
+    try:
+        async with RedisClient(config) as c:
+            a = await c.create_session(user, {"n": "a"})
+            b = await c.create_session(user, {"n": "b"})
+            source = cluster.primary_for_slot(slot)
+            target = next(p for p in primaries(cluster) if p.port != source.port)
+            await asyncio.to_thread(begin_migration, cluster, slot, target.port)
+            try:
+                await asyncio.to_thread(move_keys, source.port, target.port, [_session_key(c, a)])
+                ports = (source.port, target.port)
+                tries = sum(error_stats(p).get("TRYAGAIN", 0) for p in ports)
+                new = await c.create_session(user, {"n": "new"})  # created on the target
+                assert {s.id for s in await c.get_user_sessions(user)} == {a, b, new}
+                assert dict((await c.update_session(a, {"x": 1})).metadata) == {"n": "a", "x": 1}
+                b2 = await c.sessions.regenerate(b)
+                with pytest.raises(SessionNotFound):
+                    await c.get_session(b)
+                assert (await c.get_session(b2)).metadata["n"] == "b"
+                await c.delete_session(a)
+                assert {s.id for s in await c.get_user_sessions(user)} == {b2, new}
+                assert await c.delete_user_sessions(user) == 2
+                assert await c.get_user_sessions(user) == []
+                tryagain = sum(error_stats(p).get("TRYAGAIN", 0) for p in ports) - tries
+            finally:
+                await asyncio.to_thread(finish_migration, cluster, slot, source.port, target.port)
+            assert tryagain == 0
+            with redis.Redis(port=target.port) as r:  # no hash, no index entry left over
+                assert r.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0
+    finally:
+        leaked = await _close_leaked_connections()
+    assert leaked == 0
+
+
 async def test_slot_moved_by_hand_under_traffic(cluster: ClusterTopology) -> None:
+    """Besides ASK and TRYAGAIN, this once showed one failed call marking the whole cluster
+    down (every caller failing fast): in cluster mode the health probe decides that now."""
     slot = 12_000
 
     def move(slot: int, target: int) -> None:
@@ -361,13 +387,6 @@ async def test_slot_moved_by_hand_under_traffic(cluster: ClusterTopology) -> Non
     await _under_traffic(cluster, "rs-hand", slot, move)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="intermittent (seen once in ~25 runs): the same redis-py ASKING bug as "
-    "test_ask_redirect_when_the_importing_node_has_idle_connections; redis-cli's move takes "
-    "~0.1 s, so the race is usually missed. Passes (XPASS) when it is.",
-)
 async def test_slot_moved_by_redis_cli_reshard_under_traffic(cluster: ClusterTopology) -> None:
     # redis-cli moves the lowest-numbered slots of the source: slot 0 is always its own.
     slot = 0
