@@ -9,6 +9,10 @@ connection gives every drop as an exception and every reply as a plain array:
 ``[b"message", channel, data]``, ``[b"pmessage", pattern, channel, data]`` and one
 ``[b"subscribe" | b"unsubscribe" | ..., name, count]`` per name, in command order. That
 order is what :class:`Wire` relies on to match confirmations to waiters.
+
+:class:`Supervisor` is the connection-keeping machinery (sessions, reconnects, health
+votes, liveness schedule); :class:`Listener` is the classic connection built on it, and
+:mod:`gateway_redis._pubsub_shards` builds the per-node sharded connections on it too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from redis import exceptions as rexc
 
@@ -50,6 +54,8 @@ _HEAD: Final = b'{"_gw":'
 _MID: Final = b',"data":'
 _DECODER: Final = json.JSONDecoder()
 _GLOB: Final = re.compile(r"([\\*?\[\]])")
+_IDLE: Final = "idle"  # a session ended because its wire wanted no connection
+_LINGER: Final = 5.0  # seconds an unwanted connection stays open (churn of last subscribers)
 
 
 class ProtocolError(Exception):
@@ -260,6 +266,15 @@ class Wire(Generic[T]):
         self._liveness_sent = False
         self._expect: deque[tuple[bytes, bytes, Entry[T] | None]] = deque()
 
+    @property
+    def wanted(self) -> bool:
+        """Always: the classic connection also carries the hub's liveness channel."""
+        return True
+
+    def summary(self) -> str:
+        """What is subscribed, for logs."""
+        return f"{len(self.channels.entries)} channels and {len(self.patterns.entries)} patterns"
+
     def reset(self) -> None:
         """Forget the previous connection's state."""
         self.channels.reset()
@@ -316,27 +331,59 @@ Deliver = Callable[[set[T], str, str | None, bytes], None]
 """``deliver(subscribers, channel, pattern, raw_payload)``: hand a message to subscribers."""
 
 
-class Listener(Generic[T]):
-    """Owns the subscriber connection: one supervisor task, one *session* per connection.
+class Wiring(Protocol):
+    """What a :class:`Supervisor` needs from the subscriptions it serves."""
+
+    @property
+    def liveness(self) -> Entry[Any]:
+        """Confirmed once everything sent on a new connection is confirmed."""
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a connection is needed at all."""
+
+    def reset(self) -> None:
+        """The connection is new (or gone): nothing is subscribed or confirmed on it."""
+
+    def pending_commands(self) -> list[tuple[str | bytes, ...]]:
+        """Commands that bring the connection up to date."""
+
+    def summary(self) -> str:
+        """What is subscribed, for logs."""
+
+
+class Supervisor(Generic[T]):
+    """Owns one subscriber connection: one supervisor task, one *session* per connection.
 
     A session connects (bounded by ``dial_timeout + read_timeout``), subscribes everything
     in ``wire`` and runs three tasks until the first one ends: the reader (replies and
     messages), the writer (subscription changes, woken by :meth:`kick`) and the watchdog
     (waits for the resubscription to be confirmed, then checks liveness). However a session
-    ends, subscribers are told (``on_lost()``) and the listener reconnects: at once after a
-    session that lived, else with jittered exponential backoff capped at 1 s.
+    ends, nothing counts as subscribed any more (``wire.reset()``); subscribers are told
+    (``on_lost()``) and the listener reconnects: at once after a session that lived, else
+    with jittered exponential backoff capped at 1 s. A wire that wants no connection (a
+    shard connection whose channels all left) ends its session after a short linger and
+    waits, quietly, until it is wanted again.
 
-    Health: an unresponsive server (liveness failed) or a failed connection attempt calls
-    ``hold_down("pubsub")`` at once. A plain drop (CLIENT KILL, output buffer limit) gets a
-    grace period of one liveness interval first: it is usually repaired in milliseconds,
-    and Redis itself is fine. Once resubscribed: ``release_down``, ``check_now`` and, if it
-    was a reconnect, ``on_reconnect()``.
+    Health: an unresponsive server (liveness failed) or a failed connection attempt votes
+    the client down (:meth:`_vote_down`: ``hold_down(source)``) at once. A plain drop
+    (CLIENT KILL, output buffer limit) gets a grace period of one liveness interval first:
+    it is usually repaired in milliseconds, and Redis itself is fine. Once resubscribed:
+    the vote is withdrawn (``release_down``, ``check_now``) and, if it was a reconnect,
+    ``on_reconnect()`` runs. Retry waits end early on :meth:`wake` (Sentinel's
+    ``+switch-master``).
+
+    Subclasses provide the connection (:meth:`_open_connection`), the reader
+    (:meth:`_read`) and the liveness check (:meth:`_check_liveness`).
     """
+
+    _source = "pubsub"  # the health monitor's name for this connection's vote
+    _task_name = "gateway-redis-pubsub"
 
     def __init__(
         self,
         client: RedisClient,
-        wire: Wire[T],
+        wire: Wiring,
         *,
         deliver: Deliver[T],
         on_lost: Callable[[], None],
@@ -346,7 +393,7 @@ class Listener(Generic[T]):
         liveness_timeout: float,
     ) -> None:
         self._client = client
-        self._wire = wire
+        self._wiring = wire
         self._deliver = deliver
         self._on_lost = on_lost
         self._on_reconnect = on_reconnect
@@ -355,11 +402,9 @@ class Listener(Generic[T]):
         self._timeout = liveness_timeout
         self._setup_timeout = client.config.dial_timeout + client.config.read_timeout
         self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        self._probe: AbstractConnection | None = None
-        self._token: tuple[bytes, asyncio.Future[None]] | None = None
-        self._token_seq = 0
         self.live = False
         """True while connected and every subscription is confirmed."""
         self.failing = False
@@ -380,12 +425,17 @@ class Listener(Generic[T]):
         """Start the supervisor task (idempotent; needs a running loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._supervise(), name="gateway-redis-pubsub"
+                self._supervise(), name=self._task_name
             )
 
     def kick(self) -> None:
         """Subscriptions changed: let the writer bring the connection up to date."""
         self._dirty.set()
+
+    def wake(self) -> None:
+        """The server may be reachable now (Sentinel switched the primary): cut short the
+        wait before the next connection attempt."""
+        self._wake.set()
 
     async def aclose(self) -> None:
         """Cancel and await the supervisor (and with it every session task); close sockets."""
@@ -394,23 +444,52 @@ class Listener(Generic[T]):
             self._grace.cancel()
         if task is not None:
             await cancel_and_wait(task)
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            with contextlib.suppress(Exception):
-                await probe.disconnect(nowait=True)
         self.live = False
+        if self._held:  # a closed listener has no say in the client's health
+            self._held = False
+            self._vote_up(answered=False)
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def _open_connection(self) -> AbstractConnection:
+        raise NotImplementedError
+
+    async def _read(self, conn: AbstractConnection) -> str:
+        raise NotImplementedError
+
+    async def _check_liveness(self) -> str | None:
+        """Check that the connection still serves us; a problem or None."""
+        raise NotImplementedError
+
+    def _session_ended(self, was_live: bool) -> None:
+        """Called after every session, before the wire is reset."""
+
+    # -- the supervisor -------------------------------------------------------------------
 
     async def _supervise(self) -> None:
         attempt = 0
         loop = asyncio.get_running_loop()
+        wire = self._wiring
         try:
             while True:
-                reason, unresponsive = await self._session(open_subscriber_connection(self._client))
+                if not wire.wanted:
+                    self._go_idle()
+                    while not wire.wanted:
+                        await self._dirty.wait()
+                        self._dirty.clear()
+                    attempt = 0
+                reason, unresponsive = await self._session(self._open_connection())
                 was_live, self.live = self.live, False
+                self._session_ended(was_live)
+                # Nothing is subscribed any more: a subscriber arriving from now on waits
+                # for the next connection's confirmation.
+                wire.reset()
+                if not wire.wanted:
+                    continue
                 if was_live:
                     self._lost_at = time.monotonic()
                     self._on_lost()
-                    _log.warning("pubsub connection lost (%s); resubscribing", reason,
+                    _log.warning("%s connection lost (%s); resubscribing", self._source, reason,
                                  extra={"event": "pubsub_lost", "reason": reason})
                     if unresponsive:
                         self._hold(reason)
@@ -422,25 +501,52 @@ class Listener(Generic[T]):
                 else:
                     self._hold(reason)
                     if not self.failing:
-                        _log.warning("pubsub cannot connect (%s); retrying", reason,
+                        _log.warning("%s cannot connect (%s); retrying", self._source, reason,
                                      extra={"event": "pubsub_connect_failed", "reason": reason})
                         self.failing = True
                 attempt += 1
-                await asyncio.sleep(backoff(attempt))
+                await self._pause(backoff(attempt))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug, not an outage: never leave subscribers deaf and waiting
-            _log.exception("pubsub listener failed; ending every subscription")
+            _log.exception("%s listener failed; ending every subscription", self._source)
             self.failed, self.live = True, False
             self._hold("pubsub listener failed")
             self._on_failed()
+
+    async def _pause(self, seconds: float) -> None:
+        if not self._wake.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with _driver.deadline(seconds):
+                    await self._wake.wait()
+        self._wake.clear()
 
     def _hold(self, reason: str) -> None:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
         self._held = True
-        self._client.monitor.hold_down("pubsub", f"pubsub: {reason}")
+        self._vote_down(reason)
+
+    def _go_idle(self) -> None:
+        # Nothing to serve: whatever this connection reported no longer matters.
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.failing = False
+        if self._held:
+            self._held = False
+            self._vote_up(answered=False)
+
+    def _vote_down(self, reason: str) -> None:
+        """Tell the client's health this connection's server is unusable."""
+        self._client.monitor.hold_down(self._source, f"{self._source}: {reason}")
+
+    def _vote_up(self, *, answered: bool) -> None:
+        """Withdraw :meth:`_vote_down`: the server answered, or its opinion no longer
+        matters (idle, closed)."""
+        self._client.monitor.release_down(self._source)
+        self._client.monitor.check_now()
 
     async def _session(self, conn: AbstractConnection) -> tuple[str, bool]:
         """Connect, resubscribe, serve until the connection fails.
@@ -453,14 +559,14 @@ class Listener(Generic[T]):
                     await conn.connect()  # type: ignore[no-untyped-call]
             except Exception as exc:
                 return f"connect failed: {describe(exc)}", True
-            self._wire.reset()
+            self._wiring.reset()
             self._last_rx = time.monotonic()
             self._dirty.set()
             loop = asyncio.get_running_loop()
             tasks = [
-                loop.create_task(self._read(conn), name="gateway-redis-pubsub-reader"),
-                loop.create_task(self._write(conn), name="gateway-redis-pubsub-writer"),
-                loop.create_task(self._watch(), name="gateway-redis-pubsub-liveness"),
+                loop.create_task(self._read(conn), name=f"{self._task_name}-reader"),
+                loop.create_task(self._write(conn), name=f"{self._task_name}-writer"),
+                loop.create_task(self._watch(), name=f"{self._task_name}-liveness"),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -469,11 +575,115 @@ class Listener(Generic[T]):
             ended = done.pop()
             error = ended.exception()
             reason = describe(error) if error is not None else ended.result()
-            return reason, ended is tasks[2]
+            return reason, ended is tasks[2] and reason != _IDLE
         finally:
-            self._token = None
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
+
+    async def _write(self, conn: AbstractConnection) -> str:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            commands = self._wiring.pending_commands()
+            if not commands:
+                continue
+            if not conn.is_connected:  # send_* would reconnect silently
+                raise rexc.ConnectionError("subscriber connection closed")
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    async def _watch(self) -> str:
+        wire = self._wiring
+        try:
+            async with _driver.deadline(self._setup_timeout):
+                await wire.liveness.confirmed.wait()
+        except asyncio.TimeoutError:
+            return f"subscriptions not confirmed within {self._setup_timeout}s"
+        self._became_live()
+        unwanted_since: float | None = None
+        while True:
+            await asyncio.sleep(self._interval / 2)
+            now = time.monotonic()
+            if wire.wanted:
+                unwanted_since = None
+            elif unwanted_since is None:
+                unwanted_since = now
+            elif now - unwanted_since >= _LINGER:
+                return _IDLE
+            if now - self._last_rx >= self._interval:
+                problem = await self._check_liveness()
+                if problem is not None:
+                    return problem
+
+    def _became_live(self) -> None:
+        self.live, self.failing = True, False
+        self._wake.clear()  # a hint older than this connection is stale
+        self._live_since = time.monotonic()
+        reconnected, self._ever_live = self._ever_live, True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if self._held:
+            self._held = False
+            self._vote_up(answered=True)
+        if reconnected:
+            self.reconnects += 1
+            _log.info(
+                "%s resubscribed %s after %.2fs",
+                self._source,
+                self._wiring.summary(),
+                self._live_since - self._lost_at,
+                extra={"event": "pubsub_resubscribed", "reconnects": self.reconnects},
+            )
+            self._on_reconnect()
+
+
+class Listener(Supervisor[T]):
+    """The classic subscriber connection: SUBSCRIBE/PSUBSCRIBE on one connection.
+
+    Liveness: after ``liveness_interval`` seconds of silence a token is published (over a
+    private unpooled connection) on the private liveness channel this connection is
+    subscribed to; not seen within ``liveness_timeout`` means the connection is dead.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        wire: Wire[T],
+        *,
+        deliver: Deliver[T],
+        on_lost: Callable[[], None],
+        on_reconnect: Callable[[], None],
+        on_failed: Callable[[], None],
+        liveness_interval: float,
+        liveness_timeout: float,
+    ) -> None:
+        super().__init__(
+            client,
+            wire,
+            deliver=deliver,
+            on_lost=on_lost,
+            on_reconnect=on_reconnect,
+            on_failed=on_failed,
+            liveness_interval=liveness_interval,
+            liveness_timeout=liveness_timeout,
+        )
+        self._wire = wire
+        self._probe: AbstractConnection | None = None
+        self._token: tuple[bytes, asyncio.Future[None]] | None = None
+        self._token_seq = 0
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                await probe.disconnect(nowait=True)
+
+    def _open_connection(self) -> AbstractConnection:
+        return open_subscriber_connection(self._client)
+
+    def _session_ended(self, was_live: bool) -> None:
+        self._token = None
 
     async def _read(self, conn: AbstractConnection) -> str:
         wire, deliver, prefix = self._wire, self._deliver, len(self._wire.prefix)
@@ -505,53 +715,6 @@ class Listener(Generic[T]):
             count += 1
             if count % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a flood must not starve the consumers
-
-    async def _write(self, conn: AbstractConnection) -> str:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            commands = self._wire.pending_commands()
-            if not commands:
-                continue
-            if not conn.is_connected:  # send_* would reconnect silently
-                raise rexc.ConnectionError("subscriber connection closed")
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    async def _watch(self) -> str:
-        try:
-            async with _driver.deadline(self._setup_timeout):
-                await self._wire.liveness.confirmed.wait()
-        except asyncio.TimeoutError:
-            return f"subscriptions not confirmed within {self._setup_timeout}s"
-        self._became_live()
-        while True:
-            await asyncio.sleep(self._interval / 2)
-            if time.monotonic() - self._last_rx >= self._interval:
-                problem = await self._check_liveness()
-                if problem is not None:
-                    return problem
-
-    def _became_live(self) -> None:
-        self.live, self.failing = True, False
-        self._live_since = time.monotonic()
-        reconnected, self._ever_live = self._ever_live, True
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
-        if self._held:
-            self._held = False
-            self._client.monitor.release_down("pubsub")
-            self._client.monitor.check_now()
-        if reconnected:
-            self.reconnects += 1
-            _log.info(
-                "pubsub resubscribed %d channels and %d patterns after %.2fs",
-                len(self._wire.channels.entries),
-                len(self._wire.patterns.entries),
-                self._live_since - self._lost_at,
-                extra={"event": "pubsub_resubscribed", "reconnects": self.reconnects},
-            )
-            self._on_reconnect()
 
     async def _check_liveness(self) -> str | None:
         """Publish a token on our private channel and wait for it; a problem or None."""

@@ -136,6 +136,42 @@ def _seconds(name: str, value: float | timedelta, *, allow_zero: bool = False) -
     return seconds
 
 
+_SHARDED_GLOB = ("?", "[", "]")
+
+
+def _sharded_channels(value: object) -> tuple[str, ...]:
+    """Validate ``sharded_channels``: exact names and trailing-``*`` prefixes, deduplicated."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (tuple, list)):
+        raise ConfigurationError(
+            f"sharded_channels: expected a tuple of channel names or prefixes, got {value!r}"
+        )
+    entries: list[str] = []
+    for entry in value:
+        if not isinstance(entry, str):
+            raise ConfigurationError(f"sharded_channels: entries must be str, got {entry!r}")
+        if not entry:
+            raise ConfigurationError("sharded_channels: empty entry")
+        if "*" in entry[:-1] or any(c in entry for c in _SHARDED_GLOB):
+            raise ConfigurationError(
+                f"sharded_channels: {entry!r} is a glob pattern; give exact channel names "
+                "or prefixes ending in a single * (like 'orders:*')"
+            )
+        try:
+            size = len(entry.encode())
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"sharded_channels: {entry!r} is not valid text") from None
+        if size > 1024:
+            raise ConfigurationError(f"sharded_channels: {entry[:40]!r}... is over 1024 bytes")
+        if entry.startswith("__gateway_redis__:"):
+            raise ConfigurationError(
+                f"sharded_channels: {entry!r} is in the library's reserved namespace"
+            )
+        entries.append(entry)
+    return tuple(dict.fromkeys(entries))
+
+
 def _redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -157,6 +193,13 @@ class RedisConfig:
     Timeouts are chosen for a gateway that must answer within about 1.5 s in every
     fault state: ``operation_timeout`` is the hard deadline of one library call,
     including the wait for a pooled connection and any retries.
+
+    ``sharded_channels`` lists the channels that use sharded pub/sub (SPUBLISH and
+    SSUBSCRIBE, Redis 7+): each entry is an exact channel name or a prefix ending in
+    ``*`` (``"orders:*"``; ``"*"`` alone shards every channel). Names are matched as the
+    caller writes them, without ``channel_prefix``. A comma-separated string is accepted
+    too. Default: none, every channel uses classic pub/sub. See
+    :mod:`gateway_redis.pubsub`.
 
     Raises :class:`~gateway_redis.ConfigurationError` for any invalid value.
     """
@@ -181,6 +224,7 @@ class RedisConfig:
     tls_verify: bool = True
     key_prefix: str = "gw:"
     channel_prefix: str = ""
+    sharded_channels: tuple[str, ...] = ()
     health_check_interval: float = 30.0
     probe_interval: float = 1.0
     sentinels: tuple[tuple[str, int], ...] = ()
@@ -231,6 +275,7 @@ class RedisConfig:
             raise ConfigurationError("host: must not be empty")
         if not isinstance(self.key_prefix, str):
             raise ConfigurationError("key_prefix: must be a string")
+        set_(self, "sharded_channels", _sharded_channels(self.sharded_channels))
         if self.url is not None:
             self._check_url(self.url)
         for name in ("sentinels", "cluster_nodes"):
@@ -395,7 +440,8 @@ class RedisConfig:
         ``REDIS_PASSWORD``, ``REDIS_DB``, ``REDIS_POOL_SIZE``, ``REDIS_MIN_IDLE_CONNS``,
         ``REDIS_DIAL_TIMEOUT``, ``REDIS_READ_TIMEOUT``, ``REDIS_WRITE_TIMEOUT``,
         ``REDIS_POOL_TIMEOUT``, ``REDIS_OPERATION_TIMEOUT``, ``REDIS_KEY_PREFIX``,
-        ``REDIS_CHANNEL_PREFIX``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_RETRY_ATTEMPTS``,
+        ``REDIS_CHANNEL_PREFIX``, ``REDIS_SHARDED_CHANNELS`` (``orders:*,ticker``),
+        ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_RETRY_ATTEMPTS``,
         ``REDIS_TLS``, ``REDIS_TLS_CA_FILE``, ``REDIS_TLS_CERT_FILE``, ``REDIS_TLS_KEY_FILE``,
         ``REDIS_TLS_VERIFY``, ``REDIS_SENTINELS`` (``host:port,host:port``),
         ``REDIS_SENTINEL_MASTER``, ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``,
@@ -472,6 +518,7 @@ class RedisConfig:
         integer("REDIS_RETRY_ATTEMPTS", "retry_attempts")
         text("REDIS_KEY_PREFIX", "key_prefix", allow_empty=True)
         text("REDIS_CHANNEL_PREFIX", "channel_prefix", allow_empty=True)
+        text("REDIS_SHARDED_CHANNELS", "sharded_channels")
         boolean("REDIS_TLS", "tls")
         text("REDIS_TLS_CA_FILE", "tls_ca_file")
         text("REDIS_TLS_CERT_FILE", "tls_cert_file")
@@ -505,6 +552,7 @@ class RedisConfig:
             "sentinels": "REDIS_SENTINELS",
             "sentinel_master": "REDIS_SENTINEL_MASTER",
             "cluster_nodes": "REDIS_CLUSTER_NODES",
+            "sharded_channels": "REDIS_SHARDED_CHANNELS",
         }
         try:
             return cls(**kwargs)

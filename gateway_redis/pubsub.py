@@ -28,6 +28,23 @@ How it works (details in :mod:`gateway_redis._pubsub_conn`):
 
 Patterns are for trusted, fixed strings only: never build a PSUBSCRIBE pattern from user
 input (a pattern like ``*`` would receive every channel).
+
+Sharded channels (``RedisConfig.sharded_channels``: exact names and ``prefix*`` entries)
+use SPUBLISH and SSUBSCRIBE instead (details in :mod:`gateway_redis._pubsub_shards`). In
+Redis Cluster a sharded message goes to the primary owning the channel's hash slot and
+stays in that shard, instead of being broadcast to every node: the way to scale pub/sub
+with the cluster. The hub subscribes each sharded channel on a connection to the node that
+owns its slot (one per such node, next to the classic connection), with the same
+guarantees: ``subscribe()`` returns once Redis confirmed, reference counting, bounded
+buffers, callbacks, liveness (PING on each shard connection), and gaps: when a node is
+lost, fails over or gives a slot away (resharding), its channels follow the slot to the
+new owner and every affected subscription is marked with a gap (disconnect and reconnect
+listeners run). The setting applies in every mode (standalone and Sentinel too, Redis 7+),
+so an application behaves the same in development as on the cluster. Sharded and classic
+pub/sub are separate namespaces: a sharded channel receives only SPUBLISH (redis-cli
+``SPUBLISH``, go-redis ``SPublish``), never PUBLISH, and patterns never receive sharded
+messages: :meth:`PubSubHub.psubscribe` refuses a pattern that can only match sharded
+channels and logs a warning for one that may match some.
 """
 
 from __future__ import annotations
@@ -48,8 +65,10 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import propagate, trace
 
 from gateway_redis import _pubsub_conn as _wire
+from gateway_redis import _pubsub_shards as _shards
 from gateway_redis import telemetry
 from gateway_redis._driver import deadline
+from gateway_redis._pubsub_sentinel import SwitchWatch
 from gateway_redis.client import ClientState
 from gateway_redis.errors import RedisUnavailable, SerializationError, SubscriptionClosed
 
@@ -98,7 +117,12 @@ class Message:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PubSubStats:
-    """A snapshot of a hub, for metrics. ``dropped`` counts every message ever dropped."""
+    """A snapshot of a hub, for metrics. ``dropped`` counts every message ever dropped.
+
+    ``channels`` counts every subscribed Redis channel, of which ``sharded_channels``
+    are sharded; ``shard_connections`` counts the live per-node sharded connections.
+    ``reconnects`` counts resubscriptions after a lost connection (or a moved slot).
+    """
 
     subscriptions: int
     channels: int
@@ -106,6 +130,8 @@ class PubSubStats:
     reconnects: int
     dropped: int
     connected: bool
+    sharded_channels: int = 0
+    shard_connections: int = 0
 
 
 class _End(enum.Enum):
@@ -303,13 +329,15 @@ class Subscription:
 
 
 class PubSubHub:
-    """The process's pub/sub: publishing, and one subscriber connection for every subscription.
+    """The process's pub/sub: publishing, and one subscriber connection for every subscription
+    (plus one per node serving sharded channels, when some are configured).
 
     Reached as ``client.pubsub`` (the client creates it lazily and closes it with itself).
-    ``liveness_interval`` (seconds, default 0.5) is how long the subscriber connection may
+    ``liveness_interval`` (seconds, default 0.5) is how long a subscriber connection may
     stay silent before the hub checks it; ``liveness_timeout`` (seconds, default 0.8) is
     how long the check may take before the connection counts as dead. With the defaults a
-    frozen server is noticed within about 1.6 s.
+    frozen server is noticed within about 1.6 s. Channels listed in the configuration's
+    ``sharded_channels`` use sharded pub/sub (see the module docstring).
     """
 
     def __init__(
@@ -335,11 +363,25 @@ class PubSubHub:
             liveness_interval=liveness_interval,
             liveness_timeout=liveness_timeout,
         )
+        self._sharded = _shards.ShardedNames(config.sharded_channels)
+        self._shards: _shards.Shards[Subscription] = _shards.Shards(
+            client,
+            config.channel_prefix,
+            deliver=_fan_out,
+            on_lost=self._on_shard_lost,
+            on_regained=self._on_reconnect,
+            on_refused=self._on_refused,
+            on_failed=self._on_failed,
+            liveness_interval=liveness_interval,
+            liveness_timeout=liveness_timeout,
+        )
+        self._warned_patterns: set[str] = set()
+        self._switch = SwitchWatch(client, self._on_switch) if config.mode == "sentinel" else None
         self._subscribe_timeout = config.dial_timeout + config.operation_timeout
         self._subs: set[Subscription] = set()
         self._on_reconnected: list[ReconnectListener] = []
         self._on_disconnected: list[ReconnectListener] = []
-        self._closed = False
+        self._closed = self._failed = False
         self._dropped_total = 0
         self._metrics = telemetry.instruments()
 
@@ -353,7 +395,8 @@ class PubSubHub:
         JSON (or contains NaN) raises :class:`SerializationError` and nothing is published.
         When the caller has an active OpenTelemetry span, the JSON travels in a small
         envelope carrying the trace context; without one it goes out as is. Sent at most
-        once (never retried).
+        once (never retried). A sharded channel is published with SPUBLISH (in Cluster
+        mode to the primary owning its slot; the count is then that shard's subscribers).
         Raises :class:`RedisUnavailable` (at once while Redis is known to be down),
         :class:`TypeError`/:class:`ValueError` for a bad channel name.
         """
@@ -363,6 +406,7 @@ class PubSubHub:
             body = text.encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"message is not JSON-serializable: {exc}") from exc
+        sharded = self._sharded.match(name)
         target = self._wire.channels.key(name)
         # Only a publish that is part of a trace (the caller has a span) carries context;
         # otherwise the message goes out as plain JSON, readable by any other publisher's
@@ -376,7 +420,9 @@ class PubSubHub:
                 propagate.inject(carrier)
             payload = _wire.encode_payload(body, carrier)
             receivers: int = await self._client.execute(
-                "publish", lambda r: r.publish(target, payload), retry=False
+                "publish",
+                lambda r: (r.spublish if sharded else r.publish)(target, payload),
+                retry=False,
             )
             if span.is_recording():
                 span.set_attributes(
@@ -385,6 +431,7 @@ class PubSubHub:
                         "messaging.operation.type": "send",
                         "messaging.destination.name": name,
                         "gateway.pubsub.receivers": receivers,
+                        "gateway.pubsub.sharded": sharded,
                     }
                 )
         return receivers
@@ -404,7 +451,10 @@ class PubSubHub:
         failed, or the client is down before the hub ever connected). While the hub is
         merely reconnecting after a drop the subscription is registered and confirmed on
         the new connection; if that takes longer than ``dial_timeout + operation_timeout``
-        it raises ``RedisUnavailable(reason="timeout")``. Raises :class:`TypeError` /
+        it raises ``RedisUnavailable(reason="timeout")``. Sharded channels are subscribed
+        on their node's connection (raises at once while that node is known unreachable);
+        one Redis refuses for good (ACL ``NOPERM``, or a server without sharded pub/sub)
+        raises ``RedisUnavailable(reason="misconfigured")``. Raises :class:`TypeError` /
         :class:`ValueError` for bad names (empty, over 1 KiB, reserved) or sizes.
         """
         names = _wire.check_names(channels, "channel")
@@ -416,8 +466,30 @@ class PubSubHub:
         """Like :meth:`subscribe`, for glob ``patterns``; for trusted, fixed patterns only.
 
         Never pass user input here. Messages carry the matching channel and the pattern.
+        Patterns are classic pub/sub: Redis never delivers sharded (SPUBLISH) messages to
+        them. A pattern that can only match sharded channels (``"orders:*"`` when
+        ``"orders:*"`` is sharded) raises :class:`ValueError`; one that may match some
+        (``"*"``) is subscribed, with a warning logged once: it receives the classic
+        channels only.
         """
         names = _wire.check_names(patterns, "pattern")
+        for name in names:
+            overlap = self._sharded.pattern_overlap(name)
+            if overlap == "all":
+                raise ValueError(
+                    f"pattern {name!r} only matches sharded channels "
+                    f"(sharded_channels={self._sharded.entries!r}), and sharded messages "
+                    "never reach pattern subscriptions: subscribe to the channels by name"
+                )
+            if overlap == "some" and name not in self._warned_patterns:
+                self._warned_patterns.add(name)
+                _log.warning(
+                    "pubsub pattern %r may match sharded channels (%s); their messages "
+                    "are published with SPUBLISH and never reach pattern subscriptions",
+                    name,
+                    ", ".join(self._sharded.entries),
+                    extra={"event": "pubsub_pattern_sharded"},
+                )
         return await self._open([], names, buffer_size)
 
     async def unsubscribe(self, *channels: str) -> None:
@@ -426,8 +498,9 @@ class PubSubHub:
         The channels are removed from each subscription; one left with nothing ends its
         iteration after its buffered messages. Redis is told without waiting for its reply.
         """
-        table = self._wire.channels
+        table: _wire.Table[Subscription] | _shards.Shards[Subscription]
         for name in _wire.check_names(channels, "channel"):
+            table = self._shards if self._sharded.match(name) else self._wire.channels
             key = table.key(name)
             entry = table.entries.get(key)
             for sub in list(entry.subs) if entry is not None else ():
@@ -444,10 +517,14 @@ class PubSubHub:
 
         ``subscribe()`` does this by itself; an application calls it at startup when it
         wants the liveness check (readiness within ~2 s of a frozen server) from the start.
-        Needs a running event loop.
+        Needs a running event loop. With Sentinel it also starts listening for the
+        sentinels' ``+switch-master``, so the subscriber connections retry at once after a
+        failover instead of at their next backoff step.
         """
         if not self._closed:
             self._listener.start()
+            if self._switch is not None:
+                self._switch.start()
 
     def add_reconnect_listener(self, listener: ReconnectListener) -> Callable[[], None]:
         """Call ``listener()`` after every resubscription following a lost connection.
@@ -468,18 +545,22 @@ class PubSubHub:
 
     @property
     def connected(self) -> bool:
-        """True while the subscriber connection is up and fully subscribed."""
-        return self._listener.live
+        """True while the subscriber connection is up and fully subscribed (and so is every
+        node's connection for sharded channels)."""
+        return self._listener.live and self._shards.live
 
     def stats(self) -> PubSubStats:
         """Counts for metrics: subscriptions, Redis channels and patterns, reconnects, drops."""
+        shards = self._shards
         return PubSubStats(
             subscriptions=len(self._subs),
-            channels=len(self._wire.channels.entries),
+            channels=len(self._wire.channels.entries) + len(shards.entries),
             patterns=len(self._wire.patterns.entries),
-            reconnects=self._listener.reconnects,
+            reconnects=self._listener.reconnects + shards.regains,
             dropped=self._dropped_total,
-            connected=self._listener.live,
+            connected=self.connected,
+            sharded_channels=len(shards.entries),
+            shard_connections=shards.connections,
         )
 
     async def aclose(self) -> None:
@@ -492,7 +573,10 @@ class PubSubHub:
         if self._closed:
             return
         self._closed = True
+        if self._switch is not None:
+            await self._switch.aclose()
         await self._listener.aclose()
+        await self._shards.aclose()
         for sub in list(self._subs):
             sub._finish(_End.HUB_CLOSED)
         self._subs.clear()
@@ -511,7 +595,7 @@ class PubSubHub:
         if state is not ClientState.CONNECTED:
             raise RedisUnavailable("pubsub: the client is not connected", reason="not_connected")
         listener = self._listener
-        if listener.failed:
+        if self._failed:
             raise RedisUnavailable("pubsub: the listener failed", reason="down")
         if not listener.live and (
             listener.failing or (not listener.started and not self._client.available)
@@ -534,15 +618,28 @@ class PubSubHub:
         self._check_usable()
         self.start()
         sub = Subscription(self, size, on_message)
-        entries = []
+        entries: list[_wire.Entry[Subscription]] = []
+        sharded: list[_shards.ShardEntry[Subscription]] = []
+        entry: _wire.Entry[Subscription]
         for name in channels:
-            entries.append(entry := self._wire.channels.acquire(name, sub))
+            if self._sharded.match(name):
+                shard_entry = self._shards.acquire(name, sub)
+                sharded.append(shard_entry)
+                entry = shard_entry
+            else:
+                entry = self._wire.channels.acquire(name, sub)
+            entries.append(entry)
             sub._channels[entry.wire] = name
         for name in patterns:
             entries.append(entry := self._wire.patterns.acquire(name, sub))
             sub._patterns[entry.wire] = name
         self._subs.add(sub)
         self._listener.kick()
+        if any(self._shards.failing(entry) for entry in sharded):
+            await sub.close()
+            raise RedisUnavailable(
+                "pubsub: the node serving a sharded channel is unreachable", reason="down"
+            )
         try:
             async with deadline(self._subscribe_timeout):
                 for entry in entries:
@@ -556,9 +653,16 @@ class PubSubHub:
         except BaseException:
             await sub.close()
             raise
-        if self._closed or self._listener.failed:
+        if self._closed or self._failed:
             reason = "closed" if self._closed else "down"
             raise RedisUnavailable("pubsub: the hub stopped while subscribing", reason=reason)
+        refused = next((entry for entry in sharded if entry.error is not None), None)
+        if refused is not None:
+            await sub.close()
+            raise RedisUnavailable(
+                f"subscribe: Redis refused sharded channel {refused.name!r}: {refused.error}",
+                reason="misconfigured",
+            )
         sub._active = True
         return sub
 
@@ -566,8 +670,11 @@ class PubSubHub:
         if sub._released:
             return
         sub._released = True
-        for key in sub._channels:
-            self._wire.channels.release(key, sub)
+        for key, name in sub._channels.items():
+            if self._sharded.match(name):
+                self._shards.release(key, sub)
+            else:
+                self._wire.channels.release(key, sub)
         for key in sub._patterns:
             self._wire.patterns.release(key, sub)
         self._subs.discard(sub)
@@ -589,10 +696,32 @@ class PubSubHub:
         self._metrics.reconnects.add(1)
         _notify(self._on_reconnected)
 
+    def _on_switch(self) -> None:
+        self._listener.wake()
+        for listener in self._shards.listeners.values():
+            listener.wake()
+        self._client.monitor.check_now()
+
+    def _on_shard_lost(self, entries: list[_shards.ShardEntry[Subscription]]) -> None:
+        for entry in entries:
+            for sub in entry.subs:
+                if sub._active:
+                    sub._mark_gap()
+        _notify(self._on_disconnected)
+
+    def _on_refused(self, entry: _shards.ShardEntry[Subscription]) -> None:
+        # Subscribers still waiting in subscribe() raise; established ones end.
+        for sub in list(entry.subs):
+            if sub._active:
+                sub._finish(_End.FAILED)
+                self._release(sub)
+
     def _on_failed(self) -> None:
+        self._failed = True
         for sub in list(self._subs):
             sub._finish(_End.FAILED)
         self._wire.close()
+        self._shards.close()
 
 
 def _add_listener(
