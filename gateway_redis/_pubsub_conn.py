@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
+from gateway_redis._logging import log_fields
 from gateway_redis._tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -489,8 +490,12 @@ class Supervisor(Generic[T]):
                 if was_live:
                     self._lost_at = time.monotonic()
                     self._on_lost()
-                    _log.warning("%s connection lost (%s); resubscribing", self._source, reason,
-                                 extra={"event": "pubsub_lost", "reason": reason})
+                    _log.warning(
+                        "%s connection lost (%s); resubscribing",
+                        self._source,
+                        reason,
+                        extra={"component": "pubsub", "event": "pubsub_lost", "reason": reason},
+                    )
                     if unresponsive:
                         self._hold(reason)
                     else:
@@ -501,15 +506,27 @@ class Supervisor(Generic[T]):
                 else:
                     self._hold(reason)
                     if not self.failing:
-                        _log.warning("%s cannot connect (%s); retrying", self._source, reason,
-                                     extra={"event": "pubsub_connect_failed", "reason": reason})
+                        _log.warning(
+                            "%s cannot connect (%s); retrying",
+                            self._source,
+                            reason,
+                            extra={
+                                "component": "pubsub",
+                                "event": "pubsub_connect_failed",
+                                "reason": reason,
+                            },
+                        )
                         self.failing = True
                 attempt += 1
                 await self._pause(backoff(attempt))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug, not an outage: never leave subscribers deaf and waiting
-            _log.exception("%s listener failed; ending every subscription", self._source)
+            _log.exception(
+                "%s listener failed; ending every subscription",
+                self._source,
+                extra=log_fields("pubsub", "pubsub_listener_failed"),
+            )
             self.failed, self.live = True, False
             self._hold("pubsub listener failed")
             self._on_failed()
@@ -632,7 +649,11 @@ class Supervisor(Generic[T]):
                 self._source,
                 self._wiring.summary(),
                 self._live_since - self._lost_at,
-                extra={"event": "pubsub_resubscribed", "reconnects": self.reconnects},
+                extra={
+                    "component": "pubsub",
+                    "event": "pubsub_resubscribed",
+                    "reconnects": self.reconnects,
+                },
             )
             self._on_reconnect()
 
@@ -734,7 +755,11 @@ class Listener(Supervisor[T]):
                 raise
             # The publisher failed fast (refused, reset): that says nothing about the
             # subscriber's own connection, whose reader notices a real drop by itself.
-            _log.debug("pubsub liveness publish failed: %s", describe(exc))
+            _log.debug(
+                "pubsub liveness publish failed: %s",
+                describe(exc),
+                extra=log_fields("pubsub", "pubsub_liveness_failed", describe(exc)),
+            )
         finally:
             self._token = None
         return None

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from redis import exceptions as rexc
 from redis.asyncio.connection import Connection
 
+from gateway_redis._logging import log_fields
 from gateway_redis._pubsub_conn import backoff, describe
 from gateway_redis._tasks import cancel_and_wait
 
@@ -70,7 +71,12 @@ class SwitchWatch:
                 while True:
                     self._handle(await conn.read_response())
             except (rexc.RedisError, OSError) as exc:
-                _log.debug("sentinel %s:%s: %s", *address, describe(exc))
+                _log.debug(
+                    "sentinel %s:%s: %s",
+                    *address,
+                    describe(exc),
+                    extra=log_fields("pubsub", "sentinel_events_failed", describe(exc)),
+                )
             finally:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
@@ -104,6 +110,6 @@ class SwitchWatch:
             _log.info(
                 "sentinel switched the primary (%s); reconnecting now",
                 payload.decode("utf-8", "replace"),
-                extra={"event": "pubsub_switch_master"},
+                extra={"component": "pubsub", "event": "pubsub_switch_master"},
             )
             self._on_switch()

@@ -43,6 +43,7 @@ from redis import exceptions as rexc
 from redis.crc import key_slot
 
 from gateway_redis import _driver
+from gateway_redis._logging import log_fields
 from gateway_redis._pubsub_conn import (
     _BATCH,
     _YIELD_EVERY,
@@ -586,7 +587,10 @@ class Shards(Generic[T]):
         if entry is None or not entry.confirmed.is_set():
             return  # the reply to our own SUNSUBSCRIBE, after Redis dropped it anyway
         _log.debug(
-            "pubsub sharded channel %r dropped by its node (slot %d moved)", entry.name, entry.slot
+            "pubsub sharded channel %r dropped by its node (slot %d moved)",
+            entry.name,
+            entry.slot,
+            extra=log_fields("pubsub", "pubsub_shard_dropped", "slot moved", slot=entry.slot),
         )
         self.lost([entry])
         listener.wire.resend(key)
@@ -612,7 +616,7 @@ class Shards(Generic[T]):
             len(entries),
             entries[0].name,
             exc,
-            extra={"event": "pubsub_shard_refused"},
+            extra={"component": "pubsub", "event": "pubsub_shard_refused"},
         )
         for entry in entries:
             entry.error = str(exc)
@@ -690,9 +694,16 @@ class Shards(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except (rexc.RedisError, OSError, asyncio.TimeoutError) as exc:
-                _log.debug("pubsub slot lookup failed (%s); retrying", describe(exc))
+                _log.debug(
+                    "pubsub slot lookup failed (%s); retrying",
+                    describe(exc),
+                    extra=log_fields("pubsub", "pubsub_slot_lookup_failed", describe(exc)),
+                )
             except Exception:  # a bug: keep routing, the next lookup may do better
-                _log.exception("pubsub slot lookup failed")
+                _log.exception(
+                    "pubsub slot lookup failed",
+                    extra=log_fields("pubsub", "pubsub_slot_lookup_failed", "bug"),
+                )
             await asyncio.sleep(_REFRESH_EVERY)
             if any(lsn.failing and lsn.wire.wanted for lsn in self.listeners.values()):
                 self._refresh.set()
@@ -775,5 +786,5 @@ class Shards(Generic[T]):
                 "pubsub: %d sharded channels follow their slots to %s",
                 count,
                 "?" if node is None else f"{node[0]}:{node[1]}",
-                extra={"event": "pubsub_shard_moved", "channels": count},
+                extra={"component": "pubsub", "event": "pubsub_shard_moved", "channels": count},
             )

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway_redis._logging import log_fields
 from gateway_redis._tasks import cancel_and_wait
 
 __all__ = ["HealthMonitor", "HealthState", "StateListener"]
@@ -167,7 +168,9 @@ class HealthMonitor:
             try:
                 listener(state, reason)
             except Exception:  # a listener can never break the monitor
-                self._logger.exception("health listener failed")
+                self._logger.exception(
+                    "health listener failed", extra=log_fields("health", "health_listener_failed")
+                )
         self._wake.set()
 
     async def _wait(self, seconds: float) -> None:

@@ -68,6 +68,7 @@ from gateway_redis import _pubsub_conn as _wire
 from gateway_redis import _pubsub_shards as _shards
 from gateway_redis import telemetry
 from gateway_redis._driver import deadline
+from gateway_redis._logging import log_fields
 from gateway_redis._pubsub_sentinel import SwitchWatch
 from gateway_redis.client import ClientState
 from gateway_redis.errors import RedisUnavailable, SerializationError, SubscriptionClosed
@@ -287,7 +288,11 @@ class Subscription:
             try:
                 callback(message)
             except Exception:  # a subscriber can never break the reader
-                _log.exception("pubsub message callback failed on %s", self._describe())
+                _log.exception(
+                    "pubsub message callback failed on %s",
+                    self._describe(),
+                    extra=log_fields("pubsub", "pubsub_callback_failed"),
+                )
             return
         if len(self._buffer) >= self._size:
             self._buffer.popleft()
@@ -304,7 +309,11 @@ class Subscription:
                     self._dropped,
                     self._size,
                     self._describe(),
-                    extra={"event": "pubsub_overflow", "dropped": self._dropped},
+                    extra={
+                        "component": "pubsub",
+                        "event": "pubsub_overflow",
+                        "dropped": self._dropped,
+                    },
                 )
                 self._warned_at, self._unreported = now, 0
         self._buffer.append(message)
@@ -488,7 +497,7 @@ class PubSubHub:
                     "are published with SPUBLISH and never reach pattern subscriptions",
                     name,
                     ", ".join(self._sharded.entries),
-                    extra={"event": "pubsub_pattern_sharded"},
+                    extra={"component": "pubsub", "event": "pubsub_pattern_sharded"},
                 )
         return await self._open([], names, buffer_size)
 
@@ -741,7 +750,10 @@ def _notify(listeners: list[ReconnectListener]) -> None:
         try:
             listener()
         except Exception:  # a listener can never break the hub
-            _log.exception("pubsub connection listener failed")
+            _log.exception(
+                "pubsub connection listener failed",
+                extra=log_fields("pubsub", "pubsub_listener_callback_failed"),
+            )
 
 
 def _fan_out(subs: set[Subscription], channel: str, pattern: str | None, raw: bytes) -> None:
@@ -750,4 +762,3 @@ def _fan_out(subs: set[Subscription], channel: str, pattern: str | None, raw: by
     message = Message(channel, payload, data, pattern, context)
     for sub in subs:
         sub._push(message)
-
