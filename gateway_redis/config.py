@@ -302,6 +302,12 @@ class RedisConfig:
             raise ConfigurationError("db: Redis Cluster has only database 0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigurationError("tls_cert_file and tls_key_file must be given together")
+        if self.tls and self.url is not None and not urlsplit(self.url).scheme.startswith("rediss"):
+            # The URL's scheme decides TLS; tls=True beside redis:// would silently be plain TCP.
+            raise ConfigurationError(
+                "tls: the url's scheme says plain TCP; use rediss:// (or rediss+sentinel://, "
+                "rediss+cluster://) for TLS, or drop tls"
+            )
 
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -553,6 +559,7 @@ class RedisConfig:
             "sentinel_master": "REDIS_SENTINEL_MASTER",
             "cluster_nodes": "REDIS_CLUSTER_NODES",
             "sharded_channels": "REDIS_SHARDED_CHANNELS",
+            "tls": "REDIS_TLS",
         }
         try:
             return cls(**kwargs)

@@ -148,3 +148,20 @@ def test_password_in_url_and_separately_is_ambiguous() -> None:
 
 def test_unix_socket_url_accepted() -> None:
     assert RedisConfig(url="unix:///run/redis.sock").url == "unix:///run/redis.sock"
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379", "unix:///tmp/redis.sock", "redis+cluster://a:7000,b:7001"]
+)
+def test_tls_beside_a_plain_url_is_refused_instead_of_silently_plain(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"rediss://"):
+        RedisConfig(url=url, tls=True)
+
+
+def test_tls_beside_a_plain_url_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match=r"^REDIS_TLS: "):
+        RedisConfig.from_env({"REDIS_URL": "redis://127.0.0.1:6379", "REDIS_TLS": "true"})
+
+
+def test_tls_with_a_rediss_url_is_fine() -> None:
+    assert RedisConfig(url="rediss://127.0.0.1:6380", tls=True).topology.tls
