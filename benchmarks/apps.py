@@ -21,6 +21,8 @@ Configured only by environment (the harness sets it):
 ``BENCH_OUR_SPANS=0``
     (with ``BENCH_OTEL``) keep the SDK but skip our own spans (the library checks
     ``telemetry.tracing_enabled()``; it is patched here, in the benchmark process only).
+``BENCH_FUSED=1``
+    (``ours``) the same three as one :class:`~middleware.gateway.GatewayMiddleware` layer.
 ``BENCH_ONLY``
     (``ours``) a comma-separated subset of ``session,jwt,rbac`` (profiling only).
 ``REDIS_URL``, ``BENCH_SECRET``, ``BENCH_PUBLIC_KEY`` (PEM path), ``BENCH_ISSUER``,
@@ -201,6 +203,7 @@ def _ours(env: dict[str, str]) -> Starlette:
     from gateway_redis.invalidation import InvalidationBus
     from middleware import (
         CallablePermissions,
+        GatewayMiddleware,
         JWTAuthenticator,
         JWTMiddleware,
         JWTSettings,
@@ -277,14 +280,32 @@ def _ours(env: dict[str, str]) -> Starlette:
             rules=[Rule("/api/data", PERMISSION)],
         ),
     }
+    routes = [
+        Route("/api/data", data),
+        Route("/api/me", me),
+        Route("/api/session", session),
+        Route("/health", health),
+    ]
+    if env.get("BENCH_FUSED") == "1":
+        # The same three, as one layer (GatewayMiddleware).
+        return Starlette(
+            routes=routes,
+            middleware=[
+                Middleware(
+                    GatewayMiddleware,  # type: ignore[arg-type]
+                    authenticator=authenticator,
+                    public_paths=["/health", "/api/session"],
+                    permissions=permissions,
+                    rules=[Rule("/api/data", PERMISSION)],
+                    sessions=sessions,
+                    cookie=SessionCookie(),
+                )
+            ],
+            lifespan=lifespan,
+        )
     only = env.get("BENCH_ONLY", "session,jwt,rbac").split(",")  # for profiling
     return Starlette(
-        routes=[
-            Route("/api/data", data),
-            Route("/api/me", me),
-            Route("/api/session", session),
-            Route("/health", health),
-        ],
+        routes=routes,
         middleware=[m for name, m in stack.items() if name in only],
         lifespan=lifespan,
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar
 
 __all__ = ["LocalCache"]
@@ -75,6 +75,17 @@ class LocalCache(Generic[K, V]):
     def generation(self) -> int:
         """A counter that changes on every invalidation (delete, discard, clear, disable)."""
         return self._generation
+
+    @property
+    def entries(self) -> Mapping[K, tuple[V, float]]:
+        """The live mapping ``key -> (value, monotonic deadline)``, for read-only use.
+
+        Every :meth:`set` stores a new tuple and every invalidation removes it, so a memo
+        that keeps the tuple it saw can tell in one lookup whether that very entry is still
+        here (``cache.entries.get(key) is entry``); it must check the deadline itself.
+        Lookups through it do not refresh the LRU order.
+        """
+        return self._data
 
     @property
     def enabled(self) -> bool:

@@ -1,15 +1,29 @@
 """Tracer, meter and instrument names for the whole library (OpenTelemetry API only).
 
 Without an SDK every call here is a no-op. Instruments are created once per process on
-the global meter provider's proxy, so an SDK configured later still receives them.
+the global meter provider's proxy, so an SDK configured later still receives them. Cache
+lookups are counted in process (:class:`Tally`) and read by the SDK when it collects.
 Attribute names are ``gateway.*``; values are low-cardinality and never carry tokens,
 keys, session IDs or payloads.
+
+Spans are for work that does I/O or real computation: a lookup that reads Redis (L2), runs
+the token validator, asks a permission source or loads or saves a session gets its own
+child span (``gateway.jwt authenticate``, ``gateway.rbac authorize``, ``gateway.session
+load``/``save``) with the tier (``gateway.cache.result``: ``l2``/``miss``) and
+``gateway.degraded``. A lookup served from the in-process cache (L1) does not: it sets
+``gateway.jwt.cache.result``, ``gateway.rbac.cache.result`` and
+``gateway.session.cache.result`` (``"l1"``) on the current span, the request's server span
+(:func:`annotate_current_span`). Measured with the SDK recording every span, a child span
+cost ~14 µs and a warm request's three of them more than the whole warm request; an
+attribute costs well under 1 µs. An L1 hit is never degraded (degraded results are never
+cached in L1), so it carries no ``gateway.degraded``. Every lookup is still counted in
+``gateway.cache.lookups`` (by cache and result).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
@@ -17,11 +31,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = [
     "ATTR_CACHE",
-    "ATTR_REASON",
     "ATTR_DEGRADED",
+    "ATTR_JWT_RESULT",
+    "ATTR_RBAC_RESULT",
+    "ATTR_REASON",
     "ATTR_RESULT",
+    "ATTR_SESSION_RESULT",
     "SCOPE",
+    "Tally",
+    "annotate_current_span",
     "instruments",
+    "lookup_tally",
     "meter",
     "register_gauge_source",
     "tracer",
@@ -33,6 +53,11 @@ ATTR_CACHE = "gateway.cache.name"
 ATTR_RESULT = "gateway.cache.result"
 ATTR_DEGRADED = "gateway.degraded"
 ATTR_REASON = "gateway.reason"
+# Set on the current (server) span instead of a child span when a lookup is served from L1:
+# no I/O happened, and a span per hit cost more than the whole warm request.
+ATTR_JWT_RESULT = "gateway.jwt.cache.result"
+ATTR_RBAC_RESULT = "gateway.rbac.cache.result"
+ATTR_SESSION_RESULT = "gateway.session.cache.result"
 
 T = TypeVar("T")
 
@@ -61,12 +86,70 @@ def tracing_enabled() -> bool:
     return _tracing
 
 
+def annotate_current_span(attributes: Mapping[str, Any]) -> None:
+    """Set ``attributes`` on the current span (the server span of the request) if it records.
+
+    What the middleware does for an L1 hit instead of starting a child span (measured with
+    the SDK: a child span ~14 µs, one attribute ~0.7 µs; ``set_attribute`` one by one is
+    cheaper than ``set_attributes`` for one or two).
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        if len(attributes) > 2:
+            span.set_attributes(attributes)
+        else:
+            for key, value in attributes.items():
+                span.set_attribute(key, value)
+
+
+class Tally:
+    """The count of one attribute set of ``gateway.cache.lookups``, kept in process.
+
+    The hot path does ``tally.value += 1`` and the SDK reads every tally when it collects
+    (an observable counter): with an SDK meter provider installed, one synchronous
+    ``Counter.add`` cost ~4.7 µs (measured), more than a warm request's whole middleware
+    work, and a warm request counts three lookups. Get one with :func:`lookup_tally`.
+    """
+
+    __slots__ = ("attributes", "value")
+
+    def __init__(self, attributes: Mapping[str, str]) -> None:
+        self.attributes = dict(attributes)
+        self.value = 0
+
+
+_TALLIES: dict[tuple[str, str], Tally] = {}
+
+
+def lookup_tally(cache: str, result: str) -> Tally:
+    """The :class:`Tally` of ``gateway.cache.lookups`` for ``cache`` and ``result``."""
+    found = _TALLIES.get((cache, result))
+    if found is None:
+        found = _TALLIES[cache, result] = Tally({ATTR_CACHE: cache, ATTR_RESULT: result})
+    return found
+
+
+class _LookupCounter:
+    """``add(amount, attributes)`` for ``gateway.cache.lookups``, as on a counter."""
+
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None:
+        lookup_tally(attributes[ATTR_CACHE], attributes[ATTR_RESULT]).value += amount
+
+
+def _observe_lookups(options: CallbackOptions) -> Iterable[Observation]:
+    for tally in list(_TALLIES.values()):
+        if tally.value:
+            yield Observation(tally.value, tally.attributes)
+
+
 class _Instruments:
     """The library's instruments, made once per process."""
 
     def __init__(self) -> None:
-        self.cache_lookups = meter.create_counter(
+        self.cache_lookups = _LookupCounter()
+        meter.create_observable_counter(
             "gateway.cache.lookups",
+            callbacks=[_observe_lookups],
             unit="{lookup}",
             description="Cache lookups by cache (jwt, rbac, session) and result (l1, l2, miss)",
         )

@@ -18,6 +18,11 @@ then validated locally and checked against the in-memory revocation mirror; path
 ``fail_closed_paths`` answer 503 instead while revocation status cannot be confirmed in
 Redis. On ``public_paths`` a valid token still sets the user, and a missing or bad one
 leaves the request anonymous.
+
+The warm path (the token in L1, :meth:`JWTAuthenticator.cached`) awaits nothing and starts
+no span: it sets ``gateway.jwt.cache.result = "l1"`` on the current (server) span. A token
+that needs Redis or the validator gets a ``gateway.jwt authenticate`` span (tier ``l2`` or
+``miss``, ``gateway.degraded``, ``gateway.reason`` on refusal).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
+from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
     ErrorHandler,
@@ -76,26 +82,34 @@ class GatewayUser(BaseUser):
         return f"GatewayUser(sub={self.claims.sub!r})"
 
 
-def _extract(scope: Scope, cookie_name: str | None, subprotocol: bool) -> tuple[str | None, bool]:
-    """``(token, from_subprotocol)``; raises :class:`NotAuthenticated` for ambiguous input."""
-    authorization: list[bytes] = []
+def _extract(
+    scope: Scope, cookie_name: str | None, subprotocol: bool, tokens: dict[bytes, str]
+) -> tuple[str | None, bool]:
+    """``(token, from_subprotocol)``; raises :class:`NotAuthenticated` for ambiguous input.
+
+    ``tokens`` memoizes bearer ``Authorization`` values (header bytes -> token).
+    """
+    authorization: bytes | None = None
     protocols: list[bytes] = []
     cookies: list[bytes] = []
     for name, value in scope["headers"]:
         if name == b"authorization":
-            authorization.append(value)
+            if authorization is not None:
+                raise NotAuthenticated("malformed")
+            authorization = value
         elif name == b"sec-websocket-protocol" and subprotocol:
             protocols.append(value)
         elif name == b"cookie" and cookie_name is not None:
             cookies.append(value)
-    if len(authorization) > 1:
-        raise NotAuthenticated("malformed")
-    if authorization:
-        scheme, _, credentials = authorization[0].decode("latin-1").strip().partition(" ")
-        if scheme.lower() == _BEARER:
-            token = credentials.strip()
+    if authorization is not None:
+        token = tokens.get(authorization)
+        if token is not None:
+            return token, False
+        token = bearer_token(authorization)
+        if token is not None:
             if not token:
                 raise NotAuthenticated("malformed")
+            remember(tokens, authorization, token)
             return token, False
     if protocols and scope["type"] == "websocket":
         offered = [p.strip() for v in protocols for p in v.decode("latin-1").split(",")]
@@ -109,6 +123,12 @@ def _extract(scope: Scope, cookie_name: str | None, subprotocol: bool) -> tuple[
         if value:
             return value, False
     return None, False
+
+
+def bearer_token(authorization: bytes) -> str | None:
+    """The credentials of a ``Bearer`` ``Authorization`` value ("" when empty), else None."""
+    scheme, _, credentials = authorization.decode("latin-1").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == _BEARER else None
 
 
 class JWTMiddleware:
@@ -146,57 +166,84 @@ class JWTMiddleware:
         self._cookie = cookie_name
         self._subprotocol = bool(websocket_subprotocol)
         self._on_error = on_error
+        self._tokens: dict[bytes, str] = {}  # Authorization value -> token (a pure parse)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        path = route_path(scope)
-        public = self._public.matches(path)
         try:
-            token, from_subprotocol = _extract(scope, self._cookie, self._subprotocol)
+            token, from_subprotocol = _extract(scope, self._cookie, self._subprotocol, self._tokens)
+        except MiddlewareError as error:
+            await self._refuse(scope, receive, send, error)
+            return
+        if token is not None:
+            # The warm path: an L1 hit, no await, no span (attributes on the server span).
+            result = self._authenticator.cached(token)
+            if result is not None:
+                _L1_LOOKUP.value += 1
+                if telemetry.tracing_enabled():
+                    telemetry.annotate_current_span(_L1_SPAN_ATTRS)
+                self._admit(scope, result.claims)
+                if from_subprotocol and kind == "websocket":
+                    send = _select_bearer(send)
+                await self.app(scope, receive, send)
+                return
+        try:
             if token is None:
                 raise NotAuthenticated("missing_token")
             result = await _authenticate(self._authenticator, token)
-            if result.degraded and self._fail_closed.matches(path):
+            if result.degraded and self._fail_closed.matches(route_path(scope)):
                 raise ServiceUnavailable("revocation_unknown")
         except MiddlewareError as error:
-            if public:
-                scope["user"], scope["auth"] = UnauthenticatedUser(), AuthCredentials()
-                await self.app(scope, receive, send)
-                return
-            if error.reason != "missing_token":
-                _log.debug("request rejected: %s", error.reason)
-            await self._on_error(scope, error)(scope, receive, send)
+            await self._refuse(scope, receive, send, error)
             return
-        claims = result.claims
-        scope["user"] = GatewayUser(claims)
-        scope["auth"] = AuthCredentials(["authenticated", *claims.scopes])
-        scope[CLAIMS_KEY] = claims
-        if from_subprotocol and scope["type"] == "websocket":
+        self._admit(scope, result.claims)
+        if from_subprotocol and kind == "websocket":
             send = _select_bearer(send)
         await self.app(scope, receive, send)
 
+    @staticmethod
+    def _admit(scope: Scope, claims: TokenClaims) -> None:
+        scope["user"] = GatewayUser(claims)
+        scope["auth"] = AuthCredentials(["authenticated", *claims.scopes])
+        scope[CLAIMS_KEY] = claims
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, error: MiddlewareError
+    ) -> None:
+        """Anonymous on a public path, else the error response."""
+        if self._public and self._public.matches(route_path(scope)):
+            scope["user"], scope["auth"] = UnauthenticatedUser(), AuthCredentials()
+            await self.app(scope, receive, send)
+            return
+        if error.reason != "missing_token":
+            _log.debug("request rejected: %s", error.reason)
+        await self._on_error(scope, error)(scope, receive, send)
+
 
 _TIER = {"l1": "l1", "l2": "l2", "validator": "miss"}
-_LOOKUP_ATTRS = {
-    tier: {telemetry.ATTR_CACHE: "jwt", telemetry.ATTR_RESULT: result}
+_LOOKUPS = {
+    tier: telemetry.lookup_tally("jwt", result)
     for tier, result in (*_TIER.items(), ("invalid", "invalid"))
 }
+_L1_LOOKUP = _LOOKUPS["l1"]
+# An L1 hit is never degraded (degraded results are not cached): the tier says it all.
+_L1_SPAN_ATTRS = {telemetry.ATTR_JWT_RESULT: "l1"}
 
 
 async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authentication:
     """Authenticate, counting the cache tier, with a span when tracing is on."""
-    metrics = telemetry.instruments()
     if not telemetry.tracing_enabled():
         try:
             result = await authenticator.authenticate(token)
         except InvalidToken as exc:
-            metrics.cache_lookups.add(1, _LOOKUP_ATTRS["invalid"])
+            _LOOKUPS["invalid"].value += 1
             raise NotAuthenticated(exc.reason) from None
         except ValidatorUnavailable:
             raise ServiceUnavailable("validator_unavailable") from None
-        metrics.cache_lookups.add(1, _LOOKUP_ATTRS[result.source])
+        _LOOKUPS[result.source].value += 1
         return result
     with telemetry.tracer.start_as_current_span(
         "gateway.jwt authenticate", record_exception=False, set_status_on_exception=False
@@ -204,7 +251,7 @@ async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authenti
         try:
             result = await authenticator.authenticate(token)
         except InvalidToken as exc:
-            metrics.cache_lookups.add(1, _LOOKUP_ATTRS["invalid"])
+            _LOOKUPS["invalid"].value += 1
             if span.is_recording():
                 span.set_attribute(telemetry.ATTR_REASON, exc.reason)
                 span.set_status(StatusCode.ERROR, "invalid token")
@@ -213,7 +260,7 @@ async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authenti
             if span.is_recording():
                 span.set_status(StatusCode.ERROR, "validator unavailable")
             raise ServiceUnavailable("validator_unavailable") from None
-        metrics.cache_lookups.add(1, _LOOKUP_ATTRS[result.source])
+        _LOOKUPS[result.source].value += 1
         if span.is_recording():
             span.set_attribute(telemetry.ATTR_RESULT, _TIER[result.source])
             span.set_attribute(telemetry.ATTR_DEGRADED, result.degraded)

@@ -37,11 +37,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_LOOKUPS = telemetry.instruments().cache_lookups
 _RESULT = {
-    result: {telemetry.ATTR_CACHE: "rbac", telemetry.ATTR_RESULT: result}
-    for result in ("l1", "l2", "miss", "bypass")
+    result: telemetry.lookup_tally("rbac", result) for result in ("l1", "l2", "miss", "bypass")
 }
+_L1_HIT = _RESULT["l1"]
 _NS = "rbac"
 _VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache entry
 
@@ -77,6 +76,10 @@ class PermissionSource(Protocol):
         """The permissions of the principal; raise to signal the source is unavailable."""
         ...
 
+    # Optional: ``permissions_now(claims) -> Collection[str]``, the same answer computed
+    # synchronously without I/O (an in-process table). A source that is not cacheable but
+    # has it is asked through it on the hot path, with no await and no span.
+
 
 class StaticRolePermissions:
     """Permissions from a fixed role -> permissions map; roles come from a token claim.
@@ -98,15 +101,29 @@ class StaticRolePermissions:
             table[role] = frozenset(_check_permission(p) for p in granted)
         self._roles = table
         self._claim = claim
+        self._memo: dict[Any, frozenset[str]] = {}
 
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """The union of the permissions of the principal's roles."""
-        if self._claim == "roles":
-            roles: Any = claims.roles
-        else:
-            roles = claims.raw.get(self._claim, ())
-            if isinstance(roles, str):
-                roles = (roles,)
+        return self.permissions_now(claims)
+
+    def permissions_now(self, claims: TokenClaims) -> frozenset[str]:
+        """:meth:`permissions`, synchronously (memoized per distinct set of roles)."""
+        roles: Any = claims.roles if self._claim == "roles" else claims.raw.get(self._claim, ())
+        try:
+            found = self._memo.get(roles)
+        except TypeError:  # an unhashable claim value: grants nothing, computed anyway
+            return self._union(roles)
+        if found is None:
+            found = self._union(roles)
+            if len(self._memo) >= 1024:
+                self._memo.clear()
+            self._memo[roles] = found
+        return found
+
+    def _union(self, roles: Any) -> frozenset[str]:
+        if isinstance(roles, str):
+            roles = (roles,)
         granted: set[str] = set()
         for role in roles if isinstance(roles, (tuple, list)) else ():
             found = self._roles.get(role) if isinstance(role, str) else None
@@ -157,6 +174,9 @@ class PermissionCache:
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 86400:
             raise ValueError(f"ttl must be in (0, 86400] seconds, got {ttl!r}")
         self._source = source
+        self._compute: Callable[[TokenClaims], Collection[str]] | None = getattr(
+            source, "permissions_now", None
+        )
         self._bus = bus
         self._client = bus.client
         self._ttl_ms = max(1, int(ttl * 1000))
@@ -176,6 +196,26 @@ class PermissionCache:
         """The policy version this instance knows (None until first read from Redis)."""
         return self._version
 
+    def cached(self, claims: TokenClaims) -> frozenset[str] | None:
+        """The principal's permissions if L1 holds them for the current policy version (or
+        the source is not cacheable and answers synchronously, ``permissions_now``), else
+        None (then await :meth:`permissions`). Synchronous: the warm hot path.
+
+        L1 is empty and bypassed while the invalidation bus is out of sync. Counts nothing
+        (the caller counts what it serves: ``gateway.cache.lookups``, result ``l1``).
+        """
+        if not self._source.cacheable:
+            if self._compute is None:
+                return None
+            try:
+                return frozenset(self._compute(claims))
+            except Exception:  # the awaited path asks again and reports it
+                return None
+        hit: tuple[int, frozenset[str]] | None = self._l1.get(claims.sub)
+        if hit is None or hit[0] != self._version:
+            return None
+        return hit[1]
+
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """The principal's permissions. Raises :class:`ServiceUnavailable` when the source
         fails (never an empty set in its place)."""
@@ -184,7 +224,7 @@ class PermissionCache:
         subject = claims.sub
         hit: tuple[int, frozenset[str]] | None = self._l1.get(subject)
         if hit is not None and hit[0] == self._version:
-            _LOOKUPS.add(1, _RESULT["l1"])
+            _L1_HIT.value += 1
             return hit[1]
         generation = self._l1.generation
         version = self._version if self._bus.healthy else None
@@ -194,14 +234,14 @@ class PermissionCache:
             key = self._l2_key(version, subject)
             raw: Any = await self._client.execute("rbac.get", lambda r: r.get(key), miss=True)
         except GatewayRedisError:
-            _LOOKUPS.add(1, _RESULT["bypass"])
+            _RESULT["bypass"].value += 1
             return await self._ask(claims)  # Redis down: the source, uncached
         except Exception as exc:
             _log.warning("permission cache read failed: %s", type(exc).__name__)
-            _LOOKUPS.add(1, _RESULT["bypass"])
+            _RESULT["bypass"].value += 1
             return await self._ask(claims)
         granted = self._decode(raw) if raw is not None else None
-        _LOOKUPS.add(1, _RESULT["l2" if granted is not None else "miss"])
+        _RESULT["l2" if granted is not None else "miss"].value += 1
         if granted is None:
             granted = await self._ask(claims)
             data = json.dumps(sorted(granted))

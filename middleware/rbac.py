@@ -17,6 +17,12 @@ matches a rule but carries no token gets 401, one lacking a permission gets 403,
 permission source that cannot answer gets 503. A Redis outage is never a 403: the source is
 asked directly. Per-route requirements: :func:`require_permissions` for Starlette endpoints,
 :class:`middleware.fastapi.RequirePermissions` for FastAPI.
+
+The rules a (method, path) needs are memoized (bounded). Permissions found in L1 (or given
+synchronously by an in-process source such as :class:`StaticRolePermissions`) are checked
+with no await and no span: ``gateway.rbac.cache.result`` (``l1`` or ``uncached``) goes on
+the current (server) span. Asking the cache's L2 or the source gets a
+``gateway.rbac authorize`` span.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from middleware.errors import (
     default_error_response,
 )
 from middleware.permissions import PermissionCache, _check_permission, permission_granted
-from middleware.scope import PERMISSIONS_KEY, get_claims_or_none, get_permission_context
+from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
 from middleware.tokens import TokenClaims
 
 __all__ = ["PermissionContext", "RBACMiddleware", "Rule", "require_permissions"]
@@ -144,38 +150,93 @@ class RBACMiddleware:
         self._rules = tuple(rules)
         self._deny_unmatched = bool(deny_unmatched)
         self._on_error = on_error
+        # (method, path) -> required permissions (empty: no rule matched); bounded.
+        self._requirements: dict[tuple[str, str], tuple[str, ...]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        context = PermissionContext(self._cache, get_claims_or_none(scope))
+        claims: TokenClaims | None = scope.get(CLAIMS_KEY)
+        context = PermissionContext(self._cache, claims)
         scope[PERMISSIONS_KEY] = context
-        method = scope.get("method", "GET")
-        path = route_path(scope)
-        required: list[str] = []
-        matched = False
-        for rule in self._rules:
-            if rule.matches(method, path):
-                matched = True
-                required.extend(rule.permissions)
-        try:
-            if not matched and self._deny_unmatched:
-                raise PermissionDenied("no_rule")
-            if required:
+        required = self.required_for(scope)
+        if required:
+            # The warm path: permissions from L1, no await, no span.
+            granted = self._cache.cached(claims) if claims is not None else None
+            if granted is not None:
+                cacheable = self._cache._source.cacheable
+                if cacheable:
+                    _L1_LOOKUP.value += 1
+                context._granted = granted
+                if granted_all(granted, required):
+                    if telemetry.tracing_enabled():
+                        telemetry.annotate_current_span(
+                            _L1_SPAN_ATTRS if cacheable else _LOCAL_SPAN_ATTRS
+                        )
+                    await self.app(scope, receive, send)
+                    return
+            try:
                 if telemetry.tracing_enabled():
                     with telemetry.tracer.start_as_current_span(
                         "gateway.rbac authorize", record_exception=False
                     ) as span:
                         if span.is_recording():
                             span.set_attribute("gateway.rbac.required", len(required))
-                        await context.require(*dict.fromkeys(required))
+                        await context.require(*required)
                 else:
-                    await context.require(*dict.fromkeys(required))
-        except MiddlewareError as error:
-            await self._on_error(scope, error)(scope, receive, send)
+                    await context.require(*required)
+            except MiddlewareError as error:
+                await self._on_error(scope, error)(scope, receive, send)
+                return
+        elif self._deny_unmatched:
+            await self._on_error(scope, PermissionDenied("no_rule"))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def required_for(self, scope: Scope) -> tuple[str, ...]:
+        """:meth:`required` for a request's scope (WebSocket handshakes count as GET)."""
+        if not self._rules:
+            return ()
+        path: str = scope["path"]
+        if scope.get("root_path"):
+            path = route_path(scope)
+        found = self._requirements.get((scope.get("method", "GET"), path))
+        return found if found is not None else self.required(scope.get("method", "GET"), path)
+
+    def required(self, method: str, path: str) -> tuple[str, ...]:
+        """The permissions the rules require for a request (empty when no rule matches),
+        each once, in rule order. Memoized per method and path (bounded)."""
+        if not self._rules:
+            return ()
+        key = (method, path)
+        found = self._requirements.get(key)
+        if found is not None:
+            return found
+        required: list[str] = []
+        for rule in self._rules:
+            if rule.matches(method, path):
+                required.extend(rule.permissions)
+        found = tuple(dict.fromkeys(required))
+        if len(self._requirements) >= _MEMO_SIZE:
+            self._requirements.clear()  # paths come from clients: never grow without bound
+        self._requirements[key] = found
+        return found
+
+
+_MEMO_SIZE = 2048
+_L1_LOOKUP = telemetry.lookup_tally("rbac", "l1")
+_L1_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "l1"}
+_LOCAL_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "uncached"}
+
+
+def granted_all(granted: frozenset[str], required: tuple[str, ...]) -> bool:
+    """Whether ``granted`` covers every one of ``required`` (wildcards included)."""
+    for permission in required:
+        if permission not in granted and not permission_granted(granted, permission):
+            return False
+    return True
 
 
 def require_permissions(

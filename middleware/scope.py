@@ -11,7 +11,7 @@ scope key                     value
 ``"user"``, ``"auth"``        :class:`~middleware.jwt.GatewayUser`, ``AuthCredentials``
 ``"gateway.claims"``          :class:`~middleware.tokens.TokenClaims` (JWT middleware)
 ``"gateway.permissions"``     :class:`~middleware.rbac.PermissionContext` (RBAC)
-``"session"``                 a plain ``dict`` of the session's metadata (sessions)
+``"session"``                 a ``dict`` of the session's metadata (sessions)
 ``"gateway.session"``         :class:`~middleware.sessions.SessionHandle` (sessions)
 ============================  =========================================================
 """

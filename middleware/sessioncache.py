@@ -7,15 +7,18 @@ session's absolute or idle expiry. Events carry SHA-256 digests, never session I
 
 Changes made through any store of the same client (``client.delete_session(...)`` from an
 admin tool, say) are broadcast too: the manager listens to the client's session changes.
+
+L1 is keyed by the SHA-256 digest of the session ID, as the events are; a bounded memo of
+ID -> digest (in process memory only) spares the hash on every warm request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -27,19 +30,34 @@ __all__ = ["SessionManager"]
 
 _log = logging.getLogger(__name__)
 _NS = "session"
-_LOOKUPS = telemetry.instruments().cache_lookups
-_L1 = {telemetry.ATTR_CACHE: "session", telemetry.ATTR_RESULT: "l1"}
-_L2 = {telemetry.ATTR_CACHE: "session", telemetry.ATTR_RESULT: "l2"}
+_L1 = telemetry.lookup_tally("session", "l1")
+_L2 = telemetry.lookup_tally("session", "l2")
 
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
 class _Entry:
-    session: Session
-    user: str  # digest of the user id, to drop a user's sessions on "log out everywhere"
+    """An L1 entry: the session and the times a hit re-checks, as epoch seconds."""
+
+    __slots__ = ("ends_at", "flat", "idle_touch_at", "last", "session", "user")
+
+    flat: dict[str, Any] | None
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        # No dict or list values: a request's copy of the metadata can be a shallow copy of
+        # this plain dict (never handed out, never written).
+        metadata = session.metadata
+        flat = not any(type(v) in (dict, list) for v in metadata.values())
+        self.flat = dict(metadata) if flat else None
+        self.user = _digest(session.user_id)  # to drop a user's sessions ("log out everywhere")
+        self.ends_at = _ends_at(session)
+        self.last = session.last_accessed_at.timestamp()
+        idle = session.idle_expires_at
+        # Touched at least twice per idle timeout, so an active session never idles out.
+        self.idle_touch_at = (self.last + idle.timestamp()) / 2 if idle is not None else math.inf
 
 
 class SessionManager:
@@ -64,6 +82,9 @@ class SessionManager:
         self._store = store
         self._bus = bus
         self._l1 = bus.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
+        self._digests: dict[str, str] = {}
+        self._digests_max = maxsize
+        self._clock = time.time  # epoch seconds; replaced by tests
         bus.on_event(_NS, self._on_event)
         store.client.add_session_listener(self._on_store_change)
 
@@ -72,16 +93,36 @@ class SessionManager:
         """The underlying store."""
         return self._store
 
+    def cached(self, session_id: str, touch_interval: float = math.inf) -> Session | None:
+        """The session from L1 if it is there, live, and was last touched less than
+        ``touch_interval`` seconds ago (and less than half its idle timeout), else None.
+
+        Synchronous (no Redis, no await): the hot path of a warm request. Counts nothing
+        (the caller counts what it serves). L1 is empty and bypassed while the invalidation
+        bus is out of sync.
+        """
+        entry = self._cached(session_id, touch_interval)
+        return entry.session if entry is not None else None
+
+    def _cached(self, session_id: str, touch_interval: float) -> _Entry | None:
+        entry: _Entry | None = self._l1.get(self._key(session_id))
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry.ends_at <= now or now - entry.last >= touch_interval or now >= entry.idle_touch_at:
+            return None
+        return entry
+
     async def get(self, session_id: str) -> Session:
         """The live session, from L1 or Redis (a read; does not touch it)."""
-        digest = _digest(session_id)
+        digest = self._key(session_id)
         entry: _Entry | None = self._l1.get(digest)
-        if entry is not None and _remaining(entry.session) > 0:
-            _LOOKUPS.add(1, _L1)
+        if entry is not None and entry.ends_at > self._clock():
+            _L1.value += 1
             return entry.session
         generation = self._l1.generation
         session = await self._store.get(session_id)
-        _LOOKUPS.add(1, _L2)
+        _L2.value += 1
         self._remember(digest, session, generation)
         return session
 
@@ -143,9 +184,19 @@ class SessionManager:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _key(self, session_id: str) -> str:
+        """The digest of ``session_id`` (memoized: a warm request hashes nothing)."""
+        digest = self._digests.get(session_id)
+        if digest is None:
+            digest = _digest(session_id)
+            if len(self._digests) >= self._digests_max:
+                self._digests.clear()
+            self._digests[session_id] = digest
+        return digest
+
     def _remember(self, digest: str, session: Session, generation: int) -> None:
-        entry = _Entry(session, _digest(session.user_id))
-        self._l1.set(digest, entry, ttl=_remaining(session), generation=generation)
+        entry = _Entry(session)
+        self._l1.set(digest, entry, ttl=entry.ends_at - self._clock(), generation=generation)
 
     async def _publish(self, event: Mapping[str, Any], *, critical: bool = False) -> None:
         """Broadcast ``event`` (applied here first, even if sending fails).
@@ -187,9 +238,9 @@ class SessionManager:
             self._l1.discard_where(lambda _k, e: e.user == user)
 
 
-def _remaining(session: Session) -> float:
-    """Seconds until the session ends (absolute or idle expiry, whichever is first)."""
+def _ends_at(session: Session) -> float:
+    """When the session ends (absolute or idle expiry, whichever is first), epoch seconds."""
     end = session.expires_at
     if session.idle_expires_at is not None and session.idle_expires_at < end:
         end = session.idle_expires_at
-    return end.timestamp() - time.time()
+    return end.timestamp()

@@ -13,10 +13,12 @@
 
 The session ID comes from a cookie (``__Host-session`` by default: ``Secure``, ``HttpOnly``,
 ``SameSite=Lax``, ``Path=/``) and/or a request header (``header_name``). The session's
-metadata is put in ``scope["session"]`` as a plain ``dict``, so ``request.session`` works;
+metadata is put in ``scope["session"]`` as a ``dict`` (a :class:`SessionData`, a subclass
+that only notes whether it was written to), so ``request.session`` works;
 :class:`SessionHandle` (``get_session_handle(request)``) creates, regenerates and deletes.
 When the endpoint starts its response, the fields that changed (compared by JSON value, so
-nested changes count) are merged into the stored session in one atomic update that never
+nested changes count; a session nothing wrote to is not compared at all) are merged into
+the stored session in one atomic update that never
 resurrects a session deleted meanwhile (a concurrent logout wins; the cookie is then
 cleared). Data written while there is no session is discarded: sessions are created
 explicitly, so no ID the server did not issue is ever stored. Sliding expiry: a session is
@@ -30,6 +32,10 @@ a gateway can keep token-only routes up and still refuse session routes during a
 A save that fails because of an outage turns the response into a 503 (nothing was sent yet).
 WebSocket scopes: loaded at the handshake and saved when the app returns; cookies cannot be
 changed there.
+
+The warm path (a session in L1, no touch due) awaits nothing and starts no span: it sets
+``gateway.session.cache.result = "l1"`` on the current (server) span instead. Loads from
+Redis and saves keep their ``gateway.session load`` / ``gateway.session save`` spans.
 """
 
 from __future__ import annotations
@@ -46,16 +52,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
+from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.scope import SESSION_KEY
 from middleware.sessioncache import SessionManager
-from middleware.sessionstate import _TOKEN_CHARS, SessionCookie, SessionHandle
+from middleware.sessionstate import _TOKEN_CHARS, SessionCookie, SessionData, SessionHandle
 
-__all__ = ["SessionCookie", "SessionHandle", "SessionMiddleware"]
+__all__ = ["SessionCookie", "SessionData", "SessionHandle", "SessionMiddleware"]
 
 _log = logging.getLogger(__name__)
 _DEFAULT_COOKIE = SessionCookie()
+_L1_SPAN_ATTRS = {telemetry.ATTR_SESSION_RESULT: "l1"}
+_URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+_L1_LOOKUP = telemetry.lookup_tally("session", "l1")
 
 
 class SessionMiddleware:
@@ -105,6 +115,12 @@ class SessionMiddleware:
         self._cookie = cookie
         self._header = header_name.lower().encode("latin-1") if header_name else None
         self._header_name = header_name
+        self._cookie_name = cookie.name if cookie is not None else None
+        self._ids: dict[bytes, str] = {}  # Cookie header value -> session ID (a pure parse)
+        # Cookie headers without this substring cannot hold the session cookie.
+        self._cookie_marker = (
+            self._cookie_name.encode("latin-1") + b"=" if self._cookie_name is not None else None
+        )
         self._refresh = float(refresh_interval)
         self._anonymous = on_unavailable == "anonymous"
         self._required = PathSet(required_paths)
@@ -113,39 +129,66 @@ class SessionMiddleware:
         self._on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
         session_id = self._read_id(scope)
-        session: Session | None = None
-        available, clear = True, False
-        if session_id is not None:
-            try:
+        if session_id is None:
+            handle = SessionHandle(self._manager, None, True)
+        else:
+            # The warm path: from L1 when no touch is due; no await, no span.
+            entry = self._manager._cached(session_id, self._refresh)
+            if entry is not None:
+                _L1_LOOKUP.value += 1
                 if telemetry.tracing_enabled():
-                    with telemetry.tracer.start_as_current_span(
-                        "gateway.session load", record_exception=False
-                    ):
-                        session = await self._load(session_id)
-                else:
-                    session = await self._load(session_id)
-            except SessionNotFound:
-                clear = True  # unknown or ended: the client should drop it
-            except RedisUnavailable:
-                if not self._anonymous_on_outage(route_path(scope)):
-                    error = ServiceUnavailable("session_unavailable", retry_after=self._retry_after)
-                    await self._on_error(scope, error)(scope, receive, send)
+                    telemetry.annotate_current_span(_L1_SPAN_ATTRS)
+                handle = SessionHandle._warm(self._manager, entry.session, entry.flat)
+            else:
+                found = await self._load_or_refuse(scope, receive, send, session_id)
+                if found is None:
                     return
-                available = False
-        handle = SessionHandle(self._manager, session, available, stale_id=clear)
+                handle = found
         scope["session"] = handle.data
         scope[SESSION_KEY] = handle
-        if scope["type"] == "websocket":
+        if kind == "websocket":
             try:
                 await self.app(scope, receive, send)
             finally:
                 await self._save_quietly(handle)
             return
-        await _Responder(self, scope, receive, send, handle).run()
+        responder = _Responder(self, scope, receive, send, handle)
+        try:
+            await self.app(scope, receive, responder.wrapped_send)
+        except ServiceUnavailable as error:
+            if responder.started:
+                raise
+            await responder.fail(error)
+
+    async def _load_or_refuse(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> SessionHandle | None:
+        """The handle for ``session_id`` loaded from Redis; None when an error response
+        was sent instead (Redis unavailable on a path that needs the session)."""
+        session: Session | None = None
+        available, clear = True, False
+        try:
+            if telemetry.tracing_enabled():
+                with telemetry.tracer.start_as_current_span(
+                    "gateway.session load", record_exception=False
+                ):
+                    session = await self._load(session_id)
+            else:
+                session = await self._load(session_id)
+        except SessionNotFound:
+            clear = True  # unknown or ended: the client should drop it
+        except RedisUnavailable:
+            if not self._anonymous_on_outage(route_path(scope)):
+                error = ServiceUnavailable("session_unavailable", retry_after=self._retry_after)
+                await self._on_error(scope, error)(scope, receive, send)
+                return None
+            available = False
+        return SessionHandle(self._manager, session, available, stale_id=clear)
 
     def _anonymous_on_outage(self, path: str) -> bool:
         if self._required.matches(path):
@@ -166,15 +209,64 @@ class SessionMiddleware:
         return session
 
     def _read_id(self, scope: Scope) -> str | None:
-        found: set[str] = set()
-        cookie_name = self._cookie.name if self._cookie is not None else None
+        header = self._header
+        marker = self._cookie_marker
+        cookie: bytes | None = None
+        several = False
         for name, value in scope["headers"]:
-            if name == self._header and value:
+            if name == header and value:
                 return value.decode("latin-1").strip() or None
-            if name == b"cookie" and cookie_name is not None:
+            if name == b"cookie" and marker is not None and marker in value:
+                several = cookie is not None
+                cookie = value
+        if cookie is None:
+            return None
+        if not several:
+            found = self._simple_cookie(cookie)
+            if found is not None:
+                return found
+        return self._parse_cookies(scope)
+
+    def _simple_cookie(self, value: bytes) -> str | None:
+        """The session ID from one ``Cookie`` header in the usual shape: our cookie once, at
+        the start or after ``;``/``; ``, its value URL-safe characters and ``.`` up to ``;``
+        or the end. None when the header is not that simple (:meth:`_parse_cookies` then
+        decides). Memoized by the header value (a pure parse)."""
+        found = self._ids.get(value)
+        if found is not None:
+            return found
+        marker = self._cookie_marker
+        if marker is None:
+            return None
+        start = value.find(marker)
+        if start < 0:
+            return None
+        if start:
+            before = value[start - 1]
+            if before == 0x20:  # "; name=..."
+                if start < 2 or value[start - 2] != 0x3B:
+                    return None
+            elif before != 0x3B:  # ";name=..."
+                return None
+        begin = start + len(marker)
+        end = value.find(b";", begin)
+        raw = value[begin:] if end < 0 else value[begin:end]
+        if not raw or raw.translate(None, _URL_SAFE) or value.find(marker, begin) >= 0:
+            return None
+        found = raw.decode("ascii")
+        remember(self._ids, value, found)
+        return found
+
+    def _parse_cookies(self, scope: Scope) -> str | None:
+        """The session cookie's value from every ``Cookie`` header, or None when it is
+        missing, empty or given twice with different values."""
+        found: set[str] = set()
+        marker = self._cookie_marker
+        for name, value in scope["headers"]:
+            if name == b"cookie" and marker is not None and marker in value:
                 for item in value.decode("latin-1").split(";"):
                     key, sep, val = item.strip().partition("=")
-                    if sep and key == cookie_name and val:
+                    if sep and key == self._cookie_name and val:
                         found.add(val.strip('"'))
         # Two different values (cookie tossing, a stale parent-domain cookie): trust neither.
         return found.pop() if len(found) == 1 else None
@@ -205,7 +297,11 @@ class SessionMiddleware:
 
 
 class _Responder:
-    """Per-request state of one HTTP response: saves before the headers go out."""
+    """Per-request state of one HTTP response: saves before the headers go out.
+
+    The app runs with :meth:`wrapped_send`; a :class:`ServiceUnavailable` it raises before
+    the response started becomes the 503 of :meth:`fail`.
+    """
 
     __slots__ = ("handle", "middleware", "receive", "replaced", "scope", "send", "started")
 
@@ -221,31 +317,28 @@ class _Responder:
         self.handle = handle
         self.started = self.replaced = False
 
-    async def run(self) -> None:
-        try:
-            await self.middleware.app(self.scope, self.receive, self.wrapped_send)
-        except ServiceUnavailable as error:
-            if self.started:
-                raise
-            await self.fail(error)
-
     async def fail(self, error: ServiceUnavailable) -> None:
         self.started = self.replaced = True
         error.retry_after = self.middleware._retry_after
         await self.middleware._on_error(self.scope, error)(self.scope, self.receive, self.send)
 
     async def wrapped_send(self, message: Message) -> None:
-        if self.replaced:
-            return  # the app's own response was replaced by a 503
+        if self.started:
+            if not self.replaced:
+                await self.send(message)
+            return  # else the app's own response was replaced by a 503
         if message["type"] == "http.response.start":
-            try:
-                await self.handle.save()
-            except ServiceUnavailable as error:
-                await self.fail(error)
-                return
+            handle = self.handle
+            if handle._needs_save():
+                try:
+                    await handle.save()
+                except ServiceUnavailable as error:
+                    await self.fail(error)
+                    return
             self.started = True
-            if self.handle.issued or self.handle.ended:  # else the headers stay as they are
+            # Issued or ended (the properties, spelled out): else the headers stay as they are.
+            if (handle._issue or handle._clear) and (handle.issued or handle.ended):
                 headers = MutableHeaders(raw=list(message.get("headers", [])))
-                self.middleware._response_headers(self.handle, headers)
+                self.middleware._response_headers(handle, headers)
                 message = {**message, "headers": headers.raw}
         await self.send(message)

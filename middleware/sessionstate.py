@@ -19,7 +19,7 @@ from gateway_redis.sessions import Session
 from middleware.errors import ServiceUnavailable
 from middleware.sessioncache import SessionManager
 
-__all__ = ["SessionCookie", "SessionHandle"]
+__all__ = ["SessionCookie", "SessionData", "SessionHandle"]
 
 _log = logging.getLogger(__name__)
 _TOKEN_CHARS = frozenset(
@@ -37,6 +37,76 @@ def _copy(value: Any) -> Any:
     if type(value) is list:
         return [_copy(v) for v in value]
     return value
+
+
+def _shallow(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict of ``metadata`` (a read-only proxy's ``copy()`` is a C-level dict copy;
+    ``dict(proxy)`` goes key by key)."""
+    copy = getattr(metadata, "copy", None)
+    data = copy() if copy is not None else None
+    return data if type(data) is dict else dict(metadata)
+
+
+def _copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` for a session: flat values shared (immutable), containers deep-copied."""
+    data = _shallow(metadata)
+    for key, value in data.items():
+        kind = type(value)
+        if kind is dict or kind is list:
+            data[key] = _copy(value)
+    return data
+
+
+class SessionData(dict[str, Any]):
+    """``request.session``: a plain ``dict`` of the session's metadata (this subclass only
+    lets the middleware tell, in O(1), a request that never wrote to it)."""
+
+    __slots__ = ()
+
+
+class _Untouched(SessionData):
+    """A :class:`SessionData` nothing has written to yet, holding only immutable values
+    (the stored values themselves): the first write of any kind turns it into a plain
+    :class:`SessionData` (``__class__`` assignment), so an untouched session needs no
+    comparison at the end of the request. Reading never changes it."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _written(self)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        _written(self)
+        dict.__delitem__(self, key)
+
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
+        _written(self)
+        return dict.__ior__(self, other)
+
+    def clear(self) -> None:
+        _written(self)
+        dict.clear(self)
+
+    def pop(self, *args: Any) -> Any:
+        _written(self)
+        return dict.pop(self, *args)
+
+    def popitem(self) -> tuple[str, Any]:
+        _written(self)
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        _written(self)
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        _written(self)
+        dict.update(self, *args, **kwargs)
+
+
+def _written(data: _Untouched) -> None:
+    object.__setattr__(data, "__class__", SessionData)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -118,13 +188,36 @@ class SessionHandle:
         stale_id: bool = False,
     ) -> None:
         self._manager = manager
-        self._session: Session | None = None
-        self._stored: Mapping[str, Any] = {}
         self._issue = False
         self._clear = stale_id
         self.available = available
-        self.data: dict[str, Any] = {}
-        self._load(session)
+        self._session = session
+        if session is None:
+            self._stored: Mapping[str, Any] = {}
+            self.data: SessionData = SessionData()
+        else:
+            # The stored values are never mutated (data holds copies of containers), so
+            # they are the baseline of changes().
+            self._stored = session.metadata
+            self.data = SessionData(_copy_metadata(session.metadata))
+
+    @classmethod
+    def _warm(
+        cls, manager: SessionManager, session: Session, flat: dict[str, Any] | None
+    ) -> SessionHandle:
+        """The handle of a session served from L1 (the hot path: no validation). ``flat``
+        is a plain dict of the metadata when it holds no containers (shallow-copied: its
+        values are immutable), else None (deep copy)."""
+        self = cls.__new__(cls)
+        self._manager = manager
+        self._issue = self._clear = False
+        self.available = True
+        self._session = session
+        self._stored = session.metadata
+        self.data = (
+            _Untouched(flat) if flat is not None else SessionData(_copy_metadata(session.metadata))
+        )
+        return self
 
     @property
     def session(self) -> Session | None:
@@ -149,6 +242,8 @@ class SessionHandle:
     def changes(self) -> dict[str, Any]:
         """The fields of ``data`` that differ from the stored session (None = removed)."""
         stored = self._stored
+        if type(self.data) is _Untouched:
+            return {}
         changed = {k: v for k, v in self.data.items() if not _same(v, stored.get(k, _MISSING))}
         changed.update({k: None for k in stored if k not in self.data})
         return changed
@@ -230,14 +325,20 @@ class SessionHandle:
         self._load(session)  # refreshes data in place from what was stored
         return session
 
+    def _needs_save(self) -> bool:
+        """Whether :meth:`save` may have anything to do (False when nothing was written)."""
+        if self._session is None:
+            return bool(self.data)  # save() only logs that the data is discarded
+        return type(self.data) is not _Untouched
+
     def _load(self, session: Session | None) -> None:
         self._session = session
         metadata = session.metadata if session is not None else {}
         # The stored values are never mutated (data holds copies), so they are the baseline.
         self._stored = metadata
-        # Same dict object throughout (the app may hold it); values are deep copies.
+        # Same dict object throughout (the app may hold it); containers are deep copies.
         self.data.clear()
-        self.data.update((k, _copy(v)) for k, v in metadata.items())
+        self.data.update(_copy_metadata(metadata))
 
     def _gone(self) -> None:
         had = self._session is not None or self._issue

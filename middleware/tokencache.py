@@ -2,10 +2,13 @@
 
 :class:`JWTAuthenticator` wraps any :class:`~middleware.tokens.TokenValidator`:
 
-1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims by
-   ``SHA-256(validator fingerprint + token)``. A hit is re-checked against the clock
-   (``exp``/``nbf``) and the in-memory denylist; it costs no Redis round trip.
-2. L2 (Redis): ``<prefix>jwt:<digest>`` holds the claims JSON for
+1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
+   by the token string itself (process memory only, per authenticator, so per verifier
+   configuration; hashing it twice per request was a measurable share of the hot path).
+   A hit is re-checked against the clock (``exp``/``nbf``) and the in-memory denylist; it
+   costs no Redis round trip and no await (:meth:`JWTAuthenticator.cached`).
+2. L2 (Redis): ``<prefix>jwt:<digest>``, the digest being ``SHA-256(validator fingerprint +
+   token)`` (no token ever appears in a key name), holds the claims JSON for
    ``min(l2_ttl, exp - now)``. A hit is re-checked against the clock and the Redis denylist.
    A corrupt value is a miss.
 3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +56,18 @@ class Authentication:
     claims: TokenClaims
     source: str
     degraded: bool
+
+
+class _Verified:
+    """An L1 entry: the claims with their ready-made L1 result and what a hit re-checks."""
+
+    __slots__ = ("exp", "nbf", "result", "revocation")
+
+    def __init__(self, claims: TokenClaims) -> None:
+        self.result = Authentication(claims, "l1", False)
+        self.exp: float = claims.exp
+        self.nbf: float = claims.nbf if claims.nbf is not None else -math.inf
+        self.revocation = (claims.iss, claims.jti) if claims.jti is not None else None
 
 
 def _check_seconds(name: str, value: float) -> float:
@@ -121,6 +137,25 @@ class JWTAuthenticator:
 
     # -- authentication ----------------------------------------------------------------
 
+    def cached(self, token: str) -> Authentication | None:
+        """The L1 result for ``token`` when L1 holds it and it is still good now, else None.
+
+        Synchronous (no Redis, no await): the hot path of a warm request. ``exp`` and
+        ``nbf`` are re-checked against the clock and the revocation mirror is consulted on
+        every hit. None means "ask :meth:`authenticate`", which also reports why a token is
+        refused; the L1 cache is empty and bypassed while the invalidation bus is out of
+        sync, so a None is also what every lookup gets then.
+        """
+        entry: _Verified | None = self._l1.get(token)
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry.exp <= now or entry.nbf > now:
+            return None
+        if self._revoked and entry.revocation in self._revoked:
+            return None
+        return entry.result
+
     async def authenticate(self, token: str) -> Authentication:
         """The verified claims of ``token``, from the fastest tier that has them.
 
@@ -131,27 +166,27 @@ class JWTAuthenticator:
             raise InvalidToken("malformed")
         if len(token) > self._max_bytes:
             raise InvalidToken("too_large")
-        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
         now = self._clock()
-        claims: TokenClaims | None = self._l1.get(digest)
-        if claims is not None:
-            if self.is_revoked(claims):
+        entry: _Verified | None = self._l1.get(token)
+        if entry is not None:
+            if self._revoked and entry.revocation in self._revoked:
                 raise InvalidToken("revoked")
-            if claims.exp > now and (claims.nbf is None or claims.nbf <= now):
-                return Authentication(claims, "l1", False)
-        reason: str | None = self._negative.get(digest)
+            if entry.exp > now and entry.nbf <= now:
+                return entry.result
+        reason: str | None = self._negative.get(token)
         if reason is not None:
             raise InvalidToken(reason)
         generation = self._l1.generation
+        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
         try:
             result = await self._resolve(token, digest, now)
         except InvalidToken as exc:
             if exc.reason not in _UNCACHEABLE_REASONS:
-                self._negative.set(digest, exc.reason)
+                self._negative.set(token, exc.reason)
             raise
         claims = result.claims
         if not result.degraded and (claims.nbf is None or claims.nbf <= now):
-            self._l1.set(digest, claims, ttl=claims.exp - now, generation=generation)
+            self._l1.set(token, _Verified(claims), ttl=claims.exp - now, generation=generation)
         return result
 
     def is_revoked(self, claims: TokenClaims) -> bool:
@@ -281,7 +316,7 @@ class JWTAuthenticator:
         pair = (iss, jti)
         if self._revoked.get(pair, 0.0) < exp:
             self._revoked[pair] = exp
-        self._l1.discard_where(lambda _k, c: c.jti == jti and c.iss == iss)
+        self._l1.discard_where(lambda _k, entry: entry.revocation == pair)
         if len(self._revoked) >= self._prune_at:
             now = self._clock()
             self._revoked = {k: v for k, v in self._revoked.items() if v > now}
