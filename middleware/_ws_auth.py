@@ -181,9 +181,7 @@ class TokenPrincipal:
 
     __slots__ = ("_cache", "_claims", "_context", "subject")
 
-    def __init__(
-        self, claims: TokenClaims, cache: PermissionCache | None, context: Any
-    ) -> None:
+    def __init__(self, claims: TokenClaims, cache: PermissionCache | None, context: Any) -> None:
         self.subject = claims.sub
         self._claims = claims
         self._cache = cache

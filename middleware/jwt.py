@@ -36,6 +36,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
@@ -219,7 +220,11 @@ class JWTMiddleware:
             await self.app(scope, receive, send)
             return
         if error.reason != "missing_token":
-            _log.debug("request rejected: %s", error.reason)
+            _log.debug(
+                "request rejected: %s",
+                error.reason,
+                extra=log_fields("jwt", "request_rejected", error.reason),
+            )
         await self._on_error(scope, error)(scope, receive, send)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
 from middleware.errors import ServiceUnavailable
@@ -237,7 +238,11 @@ class PermissionCache:
             _RESULT["bypass"].value += 1
             return await self._ask(claims)  # Redis down: the source, uncached
         except Exception as exc:
-            _log.warning("permission cache read failed: %s", type(exc).__name__)
+            _log.warning(
+                "permission cache read failed: %s",
+                type(exc).__name__,
+                extra=log_fields("rbac", "rbac_cache_read_failed", type(exc).__name__),
+            )
             _RESULT["bypass"].value += 1
             return await self._ask(claims)
         granted = self._decode(raw) if raw is not None else None
@@ -248,7 +253,11 @@ class PermissionCache:
             try:
                 await self._client.execute("rbac.set", lambda r: r.set(key, data, px=self._ttl_ms))
             except Exception as exc:  # the answer is still good; it just is not shared
-                _log.debug("permission cache write failed: %s", type(exc).__name__)
+                _log.debug(
+                    "permission cache write failed: %s",
+                    type(exc).__name__,
+                    extra=log_fields("rbac", "rbac_cache_write_failed", type(exc).__name__),
+                )
         if version == self._version:
             self._l1.set(subject, (version, granted), generation=generation)
         return granted
@@ -291,7 +300,11 @@ class PermissionCache:
         try:
             return frozenset(await self._source.permissions(claims))
         except Exception as exc:
-            _log.warning("permission source failed: %s", type(exc).__name__)
+            _log.warning(
+                "permission source failed: %s",
+                type(exc).__name__,
+                extra=log_fields("rbac", "rbac_source_failed", type(exc).__name__),
+            )
             raise ServiceUnavailable("permission_source_unavailable") from exc
 
     def _l2_key(self, version: int, subject: str) -> str:
@@ -305,7 +318,10 @@ class PermissionCache:
         except (ValueError, TypeError, RecursionError):
             value = None
         if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
-            _log.warning("corrupt permission cache entry ignored")
+            _log.warning(
+                "corrupt permission cache entry ignored",
+                extra=log_fields("rbac", "rbac_cache_corrupt"),
+            )
             return None
         return frozenset(value)
 
@@ -314,7 +330,10 @@ class PermissionCache:
         try:
             return int(raw) if raw is not None else 0
         except ValueError:
-            _log.warning("corrupt policy version in Redis; using 0")
+            _log.warning(
+                "corrupt policy version in Redis; using 0",
+                extra=log_fields("rbac", "rbac_policy_version_corrupt"),
+            )
             return 0
 
     async def _reload_version(self) -> None:

@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.sessions import Session, SessionStore
 
@@ -211,7 +212,10 @@ class SessionManager:
         except Exception:
             if critical:
                 raise
-            _log.warning("session invalidation not broadcast; other instances may lag")
+            _log.warning(
+                "session invalidation not broadcast; other instances may lag",
+                extra=log_fields("sessions", "session_invalidation_not_sent"),
+            )
 
     async def _on_store_change(self, kind: str, data: Mapping[str, str]) -> None:
         if kind == "update":

@@ -50,6 +50,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from middleware._memo import remember
@@ -293,7 +294,11 @@ class SessionMiddleware:
         try:
             await handle.save()
         except Exception as exc:
-            _log.warning("session not saved at the end of a websocket: %s", type(exc).__name__)
+            _log.warning(
+                "session not saved at the end of a websocket: %s",
+                type(exc).__name__,
+                extra=log_fields("sessions", "session_save_failed", type(exc).__name__),
+            )
 
 
 class _Responder:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from gateway_redis import telemetry
+from gateway_redis._logging import log_fields
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from middleware.errors import ServiceUnavailable
@@ -302,7 +303,10 @@ class SessionHandle:
         """Save pending changes now (the middleware also does it after the endpoint)."""
         if self._session is None:
             if self.data and self.available:
-                _log.debug("data written without a session is discarded")
+                _log.debug(
+                    "data written without a session is discarded",
+                    extra=log_fields("sessions", "session_data_discarded"),
+                )
             return None
         changes = self.changes()
         if not changes:

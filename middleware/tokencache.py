@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
 from middleware.tokens import InvalidToken, TokenClaims, TokenValidator
@@ -202,13 +203,21 @@ class JWTAuthenticator:
         except RedisUnavailable:
             raw, degraded = None, True
         except Exception as exc:  # an odd reply (WRONGTYPE...) is a miss, never a 500
-            _log.warning("jwt cache read failed: %s", type(exc).__name__)
+            _log.warning(
+                "jwt cache read failed: %s",
+                type(exc).__name__,
+                extra=log_fields("jwt", "jwt_cache_read_failed", type(exc).__name__),
+            )
             raw = None
         if raw is not None:
             try:
                 cached = TokenClaims.from_json(raw)
             except ValueError:
-                _log.warning("corrupt jwt cache entry %s ignored", digest[:8])
+                _log.warning(
+                    "corrupt jwt cache entry %s ignored",
+                    digest[:8],
+                    extra=log_fields("jwt", "jwt_cache_corrupt"),
+                )
             else:
                 if cached.exp > now and (cached.nbf is None or cached.nbf <= now):
                     claims = cached
@@ -242,7 +251,11 @@ class JWTAuthenticator:
         except GatewayRedisError:
             return True
         except Exception as exc:
-            _log.warning("jwt denylist check failed: %s", type(exc).__name__)
+            _log.warning(
+                "jwt denylist check failed: %s",
+                type(exc).__name__,
+                extra=log_fields("jwt", "jwt_denylist_check_failed", type(exc).__name__),
+            )
             return True
         if deny is not None and replies and replies[0]:
             self._remember(claims.iss, str(claims.jti), float(claims.exp))

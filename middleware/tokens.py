@@ -37,6 +37,8 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
+from gateway_redis._logging import log_fields
+
 __all__ = [
     "InvalidToken",
     "JWTSettings",
@@ -518,13 +520,23 @@ class _JWKSKeys:
         except Exception as exc:
             # Stale keys (if any) stay in use: an IdP outage must not log everyone out.
             self._failed = True
-            logger.warning("JWKS fetch from %s failed: %s", self._host, type(exc).__name__)
+            logger.warning(
+                "JWKS fetch from %s failed: %s",
+                self._host,
+                type(exc).__name__,
+                extra=log_fields("jwt", "jwks_fetch_failed", type(exc).__name__),
+            )
             return
         self._keys = keys
         self._loaded = True
         self._failed = False
         self._fetched_at = time.monotonic()
-        logger.debug("JWKS from %s: %d usable keys", self._host, len(keys))
+        logger.debug(
+            "JWKS from %s: %d usable keys",
+            self._host,
+            len(keys),
+            extra=log_fields("jwt", "jwks_loaded"),
+        )
 
     def _parse(self, data: Any) -> dict[str, _JWKSEntry]:
         raw_keys = data.get("keys") if isinstance(data, dict) else None
@@ -651,13 +663,21 @@ class JWTValidator:
                 raise InvalidToken(_reason(exc)) from exc
             claims = _build_claims(payload)
         except InvalidToken as exc:
-            logger.debug("token rejected: %s", exc.reason)
+            logger.debug(
+                "token rejected: %s",
+                exc.reason,
+                extra=log_fields("jwt", "token_rejected", exc.reason),
+            )
             raise
         except ValidatorUnavailable:
             raise
         except Exception as exc:
             # Hostile input must never become a 500; the token itself is never logged.
-            logger.debug("token rejected: unexpected %s", type(exc).__name__)
+            logger.debug(
+                "token rejected: unexpected %s",
+                type(exc).__name__,
+                extra=log_fields("jwt", "token_rejected", type(exc).__name__),
+            )
             raise InvalidToken("malformed") from exc
         return claims
 
