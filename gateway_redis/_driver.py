@@ -6,11 +6,13 @@ Kept in one private module so the rest of the library speaks only our own types.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -26,7 +28,77 @@ from redis.maint_notifications import MaintNotificationsConfig
 from gateway_redis._logging import log_fields
 from gateway_redis.config import RedisConfig
 
+try:  # redis-py's own OpenTelemetry metrics (off unless enabled), fed on our fast path too
+    from redis.asyncio.observability import recorder as _redis_metrics
+    from redis.observability.attributes import get_pool_name as _pool_name
+except ImportError:  # pragma: no cover - other redis-py versions
+    _redis_metrics = None  # type: ignore[assignment]
+
 _RECANCEL = 0.05  # seconds between cancellations once a deadline has passed
+
+_running_loop = asyncio.get_running_loop
+if sys.version_info >= (3, 12):
+    _current_task = asyncio.current_task  # C since 3.12
+else:  # asyncio.current_task() is Python code that ends in this dict lookup
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+
+
+class _Queue:
+    """The running deadlines of one length on one event loop, oldest first.
+
+    A deadline that starts later ends later (the loop's clock is monotonic), so a FIFO
+    queue is in expiry order and one timer, armed for the oldest entry, serves them all.
+    Starting a deadline is an append (:meth:`deadline.start`) and ending one sets a flag:
+    no timer handle pushed on the loop's heap and cancelled again per call (measured:
+    3.3 -> 0.9 us a call).
+    """
+
+    __slots__ = ("_clock", "_entries", "_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # asyncio's own loops tell time.monotonic() through a Python method: skip it
+        self._clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
+        self._entries: collections.deque[deadline] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        entries, now = self._entries, self._clock()
+        while entries:
+            entry = entries[0]
+            if entry._done:
+                entries.popleft()
+            elif entry._when <= now:
+                entries.popleft()
+                entry._fire()
+            else:
+                self._timer = self._loop.call_at(entry._when, self._expire)
+                return
+
+
+# Per event loop: deadline length -> queue. The last loop's map is cached (weakly), as one
+# tuple so that loops running in other threads never see a loop paired with another's map.
+_QUEUES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Queue]] = (
+    weakref.WeakKeyDictionary()
+)
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], dict[float, _Queue]] | None = None
+
+
+def _queue(loop: asyncio.AbstractEventLoop, seconds: float) -> _Queue:
+    global _last
+    last = _last
+    if last is not None and last[0]() is loop:
+        queues = last[1]
+    else:
+        queues = _QUEUES.setdefault(loop, {})
+        _last = (weakref.ref(loop), queues)
+    queue = queues.get(seconds)
+    if queue is None:
+        queue = queues[seconds] = _Queue(loop)
+    return queue
 
 
 class deadline:
@@ -38,30 +110,61 @@ class deadline:
     measured, a 0.5 s deadline ended after 3.6 s. This one keeps cancelling every 50 ms
     until the block has exited, then raises :class:`asyncio.TimeoutError`. A cancellation
     from outside that arrives meanwhile is passed on, not turned into a timeout. It is
-    also cheaper than ``asyncio.timeout`` (one timer handle, no state machine).
+    also cheaper than ``asyncio.timeout``: deadlines of the same length share one timer
+    (see :class:`_Queue`), which matters when every Redis call has one.
     """
 
-    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_seconds", "_task")
+    __slots__ = (
+        "_cancelling",
+        "_done",
+        "_fired",
+        "_handle",
+        "_loop",
+        "_seconds",
+        "_task",
+        "_when",
+    )
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._fired = 0
+        self._done = False
+        self._handle: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> deadline:
-        task = asyncio.current_task()
+        return self.start()
+
+    def start(self) -> deadline:
+        """Start the clock (what ``async with`` does on entry); returns self.
+
+        ``start()`` and :meth:`end` are for the one hot path that cannot afford the two
+        coroutines of ``async with``; everything else should use ``async with``.
+        """
+        loop = self._loop = _running_loop()
+        task = _current_task(loop)
         if task is None:  # pragma: no cover - always inside a task
             raise RuntimeError("deadline() must be used inside a task")
         self._task = task
-        self._loop = asyncio.get_running_loop()
         self._cancelling = 0
         if sys.version_info >= (3, 11):
             self._cancelling = task.cancelling()
-        self._handle: asyncio.TimerHandle | asyncio.Handle = self._loop.call_at(
-            self._loop.time() + self._seconds, self._fire
-        )
+        # Join the queue of deadlines of this length (inlined: this runs on every call).
+        last = _last
+        queue = last[1].get(self._seconds) if last is not None and last[0]() is loop else None
+        if queue is None:
+            queue = _queue(loop, self._seconds)
+        when = self._when = queue._clock() + self._seconds
+        entries = queue._entries
+        while entries and entries[0]._done:  # calls that have ended since
+            entries.popleft()
+        entries.append(self)
+        if queue._timer is None:
+            queue._timer = loop.call_at(when, queue._expire)
         return self
 
     def _fire(self) -> None:
+        if self._done:
+            return
         self._fired += 1
         self._task.cancel()
         self._handle = self._loop.call_at(self._loop.time() + _RECANCEL, self._fire)
@@ -77,9 +180,17 @@ class deadline:
         exc: BaseException | None,
         tb: object,
     ) -> None:
-        self._handle.cancel()
+        self.end(exc)
+
+    def end(self, exc: BaseException | None) -> None:
+        """Stop the clock (what ``async with`` does on exit, ``exc`` being what the block
+        raised): raises :class:`asyncio.TimeoutError` if the deadline passed meanwhile,
+        unless a cancellation from outside is on its way."""
+        self._done = True
         if not self._fired:
             return
+        if self._handle is not None:
+            self._handle.cancel()
         if sys.version_info >= (3, 11):
             for _ in range(self._fired):
                 self._task.uncancel()
@@ -87,9 +198,11 @@ class deadline:
                 return  # someone else cancelled too: let their CancelledError through
         raise asyncio.TimeoutError(f"deadline of {self._seconds}s exceeded") from exc
 
+
 __all__ = [
     "Backend",
     "ClusterSeedConnection",
+    "ClusterSeedSSLConnection",
     "GatewayPool",
     "GatewaySentinelPool",
     "GatewayRetry",
@@ -110,14 +223,20 @@ _NO_RETRY: ContextVar[bool] = ContextVar("gateway_redis_no_retry", default=False
 _IN_RETRY: ContextVar[bool] = ContextVar("gateway_redis_in_retry", default=False)
 
 
-@contextlib.contextmanager
-def no_retry() -> Iterator[None]:
-    """Within this block, commands are sent at most once."""
-    token = _NO_RETRY.set(True)
-    try:
-        yield
-    finally:
-        _NO_RETRY.reset(token)
+class no_retry:
+    """``with no_retry():`` -- within this block, commands are sent at most once.
+
+    A class rather than a ``@contextmanager`` generator: it runs on every INCR and
+    PUBLISH, and this costs a fifth as much (0.15 vs 0.8 us).
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _NO_RETRY.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _NO_RETRY.reset(self._token)
 
 
 class PoolExhausted(rexc.ConnectionError):
@@ -132,6 +251,14 @@ class GatewayRetry(Retry):
     (the reconnect inside a retried command) makes a single attempt.
     """
 
+    def get_retries(self) -> int:
+        # RedisCluster (execute_command, ClusterPipeline.execute) runs its own loop of
+        # get_retries() attempts instead of call_with_retry: report none inside no_retry,
+        # so a lost INCR/PUBLISH reply is not resent there either. MOVED/ASK are followed
+        # in an inner loop that does not read this. Elsewhere redis-py reads it only to
+        # label metrics.
+        return 0 if _NO_RETRY.get() else self._retries
+
     async def call_with_retry(
         self,
         do: Callable[[], Awaitable[T]],
@@ -140,8 +267,8 @@ class GatewayRetry(Retry):
         with_failure_count: bool = False,
     ) -> T:
         self._backoff.reset()
-        nested = _IN_RETRY.get()
         token = _IN_RETRY.set(True)
+        nested = token.old_value is True  # an outer retry loop is running
         try:
             failures = 0
             while True:
@@ -175,11 +302,46 @@ class GatewayPool(BlockingConnectionPool):
 
     A wait longer than ``timeout`` raises :class:`PoolExhausted` (redis-py raises a bare
     ``ConnectionError``, which would look like an outage). Wait times are measured.
+
+    Fast path: when a connection is idle and nobody is queued for one, it is handed out
+    (and taken back) without redis-py's wait machinery, a condition round trip and a
+    timeout timer per call that cannot fire when nothing waits (measured: ~11 us of a
+    ~50 us GET). Anything else (a wait, a new connection, a waiter to wake) takes redis-py's
+    path, so the cap, FIFO fairness and the bounded wait are unchanged.
     """
 
     wait_observer: Callable[[float], None] | None = None
 
+    def _uncontended(self) -> bool:
+        """Nobody holds or waits for the pool's condition or lock (asyncio internals, read
+        defensively: if they are not there, assume someone waits and take the slow path)."""
+        cond, lock = self._condition, self._lock
+        return not (
+            cond.locked()
+            or getattr(cond, "_waiters", True)
+            or getattr(cond._lock, "_waiters", True)  # type: ignore[attr-defined]
+            or lock.locked()
+            or getattr(lock, "_waiters", True)
+            or self._in_maintenance
+        )
+
     async def get_connection(self, *args: Any, **options: Any) -> Any:
+        if not args and not options and self._available_connections and self._uncontended():
+            conn = self._available_connections.pop()
+            self._in_use_connections.add(conn)
+            try:
+                await self.ensure_connection(conn)
+            except BaseException:
+                await self.release(conn)
+                raise
+            observer = self.wait_observer
+            if observer is not None:
+                observer(0.0)
+            if _redis_metrics is not None and _redis_metrics._get_or_create_collector():
+                await _redis_metrics.record_connection_wait_time(
+                    pool_name=_pool_name(self), duration_seconds=0.0
+                )
+            return conn
         started = time.perf_counter()
         try:
             conn = await super().get_connection(*args, **options)
@@ -193,6 +355,15 @@ class GatewayPool(BlockingConnectionPool):
         if observer is not None:
             observer(time.perf_counter() - started)
         return conn
+
+    async def release(self, connection: AbstractConnection) -> None:
+        # Without waiters there is nobody to notify; and when the connection needs no
+        # reconnect, ConnectionPool.release moves it from in-use to idle without yielding
+        # (its lock is free), so no getter can see it counted in neither list.
+        if not connection.should_reconnect() and self._uncontended():
+            await super(BlockingConnectionPool, self).release(connection)
+            return
+        await super().release(connection)
 
     @property
     def in_use(self) -> int:
@@ -217,7 +388,12 @@ def _connection_kwargs(config: RedisConfig) -> dict[str, Any]:
         "socket_connect_timeout": config.dial_timeout,
         "socket_keepalive": True,
         "retry": retry,
-        "health_check_interval": config.health_check_interval,
+        # No per-connection health check (a PING before a command on a connection idle for
+        # health_check_interval): the pool already makes sure a connection it lends is
+        # alive (GatewayPool keeps redis-py's check for that), a dead one that slips
+        # through is retried on a new connection, and the client's own health check runs
+        # every health_check_interval. It cost two clock reads and, on Python 3.11, two
+        # getpid() system calls on every command.
         "client_name": "gateway-redis",
     }
     if config.username is not None:
@@ -286,6 +462,10 @@ class ClusterSeedConnection(Connection):
                 last = exc
         assert last is not None
         raise last
+
+
+class ClusterSeedSSLConnection(ClusterSeedConnection, SSLConnection):
+    """:class:`ClusterSeedConnection` over TLS."""
 
 
 # -- Redis Cluster: ASK redirects, per-node fail-fast, cluster state ---------------------
@@ -557,7 +737,26 @@ class Backend:
             sentinel_kwargs["username"] = config.sentinel_username
         if config.sentinel_password:
             sentinel_kwargs["password"] = config.sentinel_password
+        if topo.tls:
+            sentinel_kwargs["ssl"] = True
+            sentinel_kwargs.update(_tls_kwargs(config))
         return Sentinel(list(topo.nodes), sentinel_kwargs=sentinel_kwargs)
+
+    def sentinel_connection(self, address: tuple[str, int], **kwargs: Any) -> Connection:
+        """A new, unconnected connection to the sentinel at ``address``, with the
+        sentinels' credentials and, when the topology uses TLS, the TLS settings
+        (``rediss+sentinel://`` means TLS to the sentinels too, as for the data nodes).
+        ``kwargs`` are further connection settings (timeouts, ``client_name``...)."""
+        config = self.config
+        kwargs.update(
+            host=address[0],
+            port=address[1],
+            username=config.sentinel_username,
+            password=config.sentinel_password,
+        )
+        if self.topology.tls:
+            return SSLConnection(**kwargs, **_tls_kwargs(config))
+        return Connection(**kwargs)
 
     def _make_cluster(self) -> RedisCluster:
         from redis.asyncio.cluster import ClusterNode
@@ -640,6 +839,9 @@ class Backend:
                 kwargs["username"] = topo.username
             if topo.password:
                 kwargs["password"] = topo.password
+            if topo.tls:
+                kwargs.update(_tls_kwargs(self.config))
+                return ClusterSeedSSLConnection(seeds=topo.nodes, **kwargs)
             return ClusterSeedConnection(seeds=topo.nodes, **kwargs)
         pool = self._make_pool(1, timeout=self.config.pool_timeout, **kwargs)
         conn = pool.make_connection()

@@ -85,15 +85,11 @@ class SwitchWatch:
 
     def _connection(self, address: tuple[str, int]) -> Connection:
         # Plain RESP2, no read timeout (events are rare), keepalive, never retried behind
-        # our back; the sentinels' own credentials.
-        config = self._client.config
-        return Connection(
-            host=address[0],
-            port=address[1],
-            username=config.sentinel_username,
-            password=config.sentinel_password,
+        # our back; the sentinels' own credentials, and TLS when the topology uses it.
+        return self._client.backend.sentinel_connection(
+            address,
             socket_timeout=None,
-            socket_connect_timeout=config.dial_timeout,
+            socket_connect_timeout=self._client.config.dial_timeout,
             socket_keepalive=True,
             retry=None,
             client_name="gateway-redis-pubsub-sentinel",

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from gateway_redis import _driver, telemetry
 from gateway_redis._driver import deadline
+from gateway_redis._logging import log_fields
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheKeyNotFound,
@@ -57,12 +58,20 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
+_CONNECTED = ClientState.CONNECTED  # read on every call: a global, not an enum lookup
+
+
+_EXACT_INT_SECONDS = 2**53 // 1000  # up to here an int TTL gives the same result as a float
+
+
 def ttl_milliseconds(ttl: float | timedelta) -> int:
     """Validate a TTL (seconds or timedelta) and return whole milliseconds (at least 1).
 
     Raises :class:`ValueError` for zero, negative or non-finite values and
     :class:`TypeError` for other types.
     """
+    if type(ttl) is int and 0 < ttl <= _EXACT_INT_SECONDS:  # the common case, cheaply
+        return ttl * 1000
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
@@ -178,7 +187,10 @@ class RedisClient:
             try:
                 await closer()
             except Exception:
-                self._logger.exception("error while closing a component")
+                self._logger.exception(
+                    "error while closing a component",
+                    extra=log_fields("client", "close_failed"),
+                )
         self._closers.clear()
         await self._health.aclose()
         await self._probe_conn.disconnect()
@@ -316,7 +328,7 @@ class RedisClient:
         deadline, when it does not answer; ``reason="misconfigured"`` when the credentials
         are refused) and :class:`CommandError` for an error reply from Redis.
         """
-        if self._state is not ClientState.CONNECTED:
+        if self._state is not _CONNECTED:
             reason = "closed" if self._state is ClientState.CLOSED else "not_connected"
             raise self._unavailable(miss, f"{operation}: client is {self._state.value}", reason)
         if not self._health.available:
@@ -326,13 +338,27 @@ class RedisClient:
                 self._health.state.value,
             )
         try:
-            async with deadline(self._config.operation_timeout):
+            # `async with deadline(...)` unrolled: the same, without its two coroutines.
+            timer = deadline(self._config.operation_timeout).start()
+            try:
                 if confirm and self._backend.pool is not None:
-                    return await self._confirmed(call, retry)
-                if self._backend.limiter is not None:
+                    result = await self._confirmed(call, retry)
+                elif self._backend.limiter is not None:
                     async with self._backend.slot():
-                        return await self._call(call, retry)
-                return await self._call(call, retry)
+                        result = await self._call(call, retry)
+                elif retry:  # the common cases inline, without the extra frame of _call
+                    result = await call(self._redis)
+                else:  # `with _driver.no_retry():` unrolled
+                    token = _driver._NO_RETRY.set(True)
+                    try:
+                        result = await call(self._redis)
+                    finally:
+                        _driver._NO_RETRY.reset(token)
+            except BaseException as exc:
+                timer.end(exc)  # raises TimeoutError when the deadline has passed
+                raise
+            timer.end(None)
+            return result
         except GatewayRedisError:
             raise
         except (_driver.PoolExhausted, rexc.MaxConnectionsError) as exc:
@@ -417,7 +443,7 @@ class RedisClient:
         value: Any = await self.execute("get", lambda r: r.get(full), miss=True)
         if value is None:
             raise CacheKeyNotFound(key)
-        return bytes(value)
+        return value if type(value) is bytes else bytes(value)
 
     async def set(self, key: str, value: bytes | str, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` at ``key``, expiring after ``ttl`` (seconds or timedelta).

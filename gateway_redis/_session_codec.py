@@ -1,0 +1,98 @@
+"""Session IDs, slot tags and metadata encoding: the session store's pure helpers.
+
+Nothing here talks to Redis. :mod:`gateway_redis.sessions` describes the key layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+
+from gateway_redis.client import ttl_milliseconds
+from gateway_redis.errors import SerializationError
+
+__all__ = [
+    "ID_LENGTH",
+    "MAX_TTL_MS",
+    "as_text",
+    "capped_ttl_ms",
+    "check_user_id",
+    "encode_metadata",
+    "is_valid_id",
+    "ms_to_datetime",
+    "sha256_hex",
+    "slot_tag",
+]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TAG_DOMAIN = b"gateway-redis/session-slot-tag/v1\x00"
+ID_RE = re.compile(r"[0-9a-f]{12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+ID_LENGTH = 56
+# Browsers cap cookie lifetimes at 400 days; a longer session cannot be carried anyway.
+MAX_TTL_MS = 400 * 86_400_000
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def slot_tag(user_id: str) -> str:
+    return hashlib.sha256(TAG_DOMAIN + user_id.encode()).hexdigest()[:12]
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def is_valid_id(session_id: object) -> bool:
+    return (
+        isinstance(session_id, str)
+        and len(session_id) == ID_LENGTH
+        and ID_RE.fullmatch(session_id) is not None
+    )
+
+
+def check_user_id(user_id: object) -> str:
+    if not isinstance(user_id, str):
+        raise TypeError(f"user_id must be str, got {type(user_id).__name__}")
+    if not user_id:
+        raise ValueError("user_id must not be empty")
+    user_id.encode()  # UnicodeEncodeError (a ValueError) for lone surrogates
+    return user_id
+
+
+def encode_metadata(metadata: object) -> tuple[list[str], list[str]]:
+    """``(m:name, json, ...)`` pairs to write and ``m:name`` fields to delete (value None)."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    pairs: list[str] = []
+    removed: list[str] = []
+    for name, value in metadata.items():
+        if not isinstance(name, str):
+            raise TypeError(f"metadata keys must be str, got {type(name).__name__}")
+        name.encode()
+        if value is None:
+            removed.append("m:" + name)
+            continue
+        try:
+            data = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except TypeError as exc:
+            raise SerializationError(f"metadata[{name!r}] is not JSON-serializable: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"metadata[{name!r}] cannot be stored as JSON: {exc}") from exc
+        pairs += ["m:" + name, data]
+    return pairs, removed
+
+
+def capped_ttl_ms(name: str, ttl: float | timedelta) -> int:
+    ms = ttl_milliseconds(ttl)
+    if ms > MAX_TTL_MS:
+        raise ValueError(f"{name} must be at most 400 days, got {ttl!r}")
+    return ms
