@@ -20,6 +20,7 @@ __all__ = [
     "as_text",
     "capped_ttl_ms",
     "check_user_id",
+    "decode_json",
     "encode_metadata",
     "is_valid_id",
     "ms_to_datetime",
@@ -33,6 +34,14 @@ ID_RE = re.compile(r"[0-9a-f]{12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 ID_LENGTH = 56
 # Browsers cap cookie lifetimes at 400 days; a longer session cannot be carried anyway.
 MAX_TTL_MS = 400 * 86_400_000
+# Built once: json.dumps/json.loads with arguments build a new encoder/decoder on every call.
+_encode_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
+
+
+def decode_json(value: bytes | str) -> object:
+    """One stored metadata value (UTF-8 JSON text) -> its value; ValueError when corrupt."""
+    return _decode_json(value.decode() if isinstance(value, bytes) else value)
 
 
 def sha256_hex(text: str) -> str:
@@ -82,7 +91,7 @@ def encode_metadata(metadata: object) -> tuple[list[str], list[str]]:
             removed.append("m:" + name)
             continue
         try:
-            data = json.dumps(value, allow_nan=False, separators=(",", ":"))
+            data = _encode_json(value)
         except TypeError as exc:
             raise SerializationError(f"metadata[{name!r}] is not JSON-serializable: {exc}") from exc
         except (ValueError, RecursionError) as exc:

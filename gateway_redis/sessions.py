@@ -24,7 +24,6 @@ invariants the steps keep. The Lua scripts are in :mod:`gateway_redis._session_s
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -40,6 +39,7 @@ from gateway_redis._session_codec import (
     as_text,
     capped_ttl_ms,
     check_user_id,
+    decode_json,
     encode_metadata,
     is_valid_id,
     ms_to_datetime,
@@ -389,7 +389,7 @@ class SessionStore:
             created, last, expires = (
                 int(fields[f]) for f in ("created_at", "last_accessed_at", "expires_at")
             )
-            metadata = {k[2:]: json.loads(v) for k, v in fields.items() if k.startswith("m:")}
+            metadata = {k[2:]: decode_json(v) for k, v in fields.items() if k.startswith("m:")}
             if slot_tag(user_id) != session_id[:12]:
                 raise ValueError("user id does not match the session ID's slot tag")
         except SessionNotFound:
