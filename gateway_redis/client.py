@@ -64,6 +64,12 @@ _CONNECTED = ClientState.CONNECTED  # read on every call: a global, not an enum 
 _EXACT_INT_SECONDS = 2**53 // 1000  # up to here an int TTL gives the same result as a float
 
 
+def _available_gauge(client: RedisClient) -> float | None:
+    if client._state is ClientState.CLOSED:
+        return None
+    return 1.0 if client.available else 0.0
+
+
 def ttl_milliseconds(ttl: float | timedelta) -> int:
     """Validate a TTL (seconds or timedelta) and return whole milliseconds (at least 1).
 
@@ -134,8 +140,11 @@ class RedisClient:
                 1, {"gateway.redis.state": state.value}
             )
         )
-        telemetry.register_gauge_source("available", self, lambda c: 1.0 if c.available else 0.0)
-        telemetry.register_gauge_source("pool_in_use", self, lambda c: float(c.pool_in_use))
+        # A closed client reports nothing (it is gone, not down) until it is collected.
+        telemetry.register_gauge_source("available", self, _available_gauge)
+        telemetry.register_gauge_source(
+            "pool_in_use", self, lambda c: None if c._state is ClientState.CLOSED else c.pool_in_use
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -221,13 +221,14 @@ class _Instruments:
                     value = getter(owner)
                 except Exception:  # noqa: S112 - an observer must never break collection
                     continue
-                yield Observation(value, attributes)
+                if value is not None:  # None: nothing to report (a closed client)
+                    yield Observation(value, attributes)
 
         return callback
 
 
 _GAUGE_SOURCES: dict[
-    str, list[tuple[weakref.ref[Any], Callable[[Any], float], dict[str, str]]]
+    str, list[tuple[weakref.ref[Any], Callable[[Any], float | None], dict[str, str]]]
 ] = {}
 _instruments: _Instruments | None = None
 
@@ -241,9 +242,10 @@ def instruments() -> _Instruments:
 
 
 def register_gauge_source(
-    name: str, owner: T, getter: Callable[[T], float], **attributes: str
+    name: str, owner: T, getter: Callable[[T], float | None], **attributes: str
 ) -> None:
-    """Report ``getter(owner)`` for the gauge ``name`` for as long as ``owner`` lives.
+    """Report ``getter(owner)`` for the gauge ``name`` for as long as ``owner`` lives
+    (nothing while it returns None).
 
     ``name`` is one of ``available``, ``pool_in_use``, ``ws_queued``.
     """

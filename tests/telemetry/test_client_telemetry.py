@@ -113,3 +113,19 @@ async def test_invalidations_are_counted_by_kind_and_direction(
     assert after.get(("demo", "sent"), 0) - before.get(("demo", "sent"), 0) == 3
     assert after.get(("demo", "received"), 0) - before.get(("demo", "received"), 0) == 3
     assert ("attacker-chosen", "received") not in after
+
+
+async def test_a_closed_client_leaves_the_availability_gauge(
+    telemetry: Telemetry, redis_config: RedisConfig
+) -> None:
+    def observed() -> list[object]:
+        return [p.value for _, p in telemetry.points("gateway.redis.available")]  # type: ignore[attr-defined]
+
+    kept = []
+    async with RedisClient(redis_config) as c:
+        kept.append(c)  # alive after close: only its state keeps it out of the gauge
+        ups = observed().count(1)
+        assert ups >= 1
+    assert 0 not in observed()  # closed is not "down"
+    assert observed().count(1) == ups - 1
+    assert kept[0].state.value == "closed"
