@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,34 +21,11 @@ from gateway_redis import (
     SerializationError,
     SubscriptionClosed,
 )
-from gateway_redis.embedded import EmbeddedRedis, find_server_binary, free_port
-from gateway_redis.pubsub import Message, PubSubHub, Subscription
+from gateway_redis.embedded import EmbeddedRedis, free_port
+from gateway_redis.pubsub import PubSubHub, Subscription
+from tests.pubsubutil import receive, redis_cli, until
 
 LIVENESS = "__gateway_redis__:liveness:"
-
-
-async def receive(sub: Subscription, timeout: float = 2.0) -> Message:
-    return await asyncio.wait_for(anext(sub), timeout)
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; returns the seconds it took. Fails after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
-
-
-async def redis_cli(port: int, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        find_server_binary("cli"), "-h", "127.0.0.1", "-p", str(port), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 0, err
-    return out.decode().strip()
 
 
 def user_channels(admin: redis.Redis) -> list[str]:
@@ -121,7 +98,10 @@ async def test_redis_cli_publish_is_received_as_is(
     got = [await receive(sub) for _ in texts]
     assert [m.payload for m in got] == texts
     assert [m.data for m in got] == [
-        {"from": "cli", "n": 1}, None, {"_gw": {"x": "y"}, "data": 1}, 42,
+        {"from": "cli", "n": 1},
+        None,
+        {"_gw": {"x": "y"}, "data": 1},
+        42,
     ]
     assert all(m.trace_context is None for m in got)
     await sub.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -23,36 +23,13 @@ from gateway_redis import (
     RedisClient,
     RedisConfig,
     RedisUnavailable,
-    Subscription,
     SubscriptionClosed,
 )
 from gateway_redis._pubsub_shards import ShardedNames
-from gateway_redis.embedded import EmbeddedRedis, find_server_binary
+from gateway_redis.embedded import EmbeddedRedis
+from tests.pubsubutil import receive, redis_cli, until
 
 SHARD = "gateway-redis-pubsub-shard"  # CLIENT SETNAME of the shard connection
-
-
-async def receive(sub: Subscription, timeout: float = 2.0) -> Message:
-    return await asyncio.wait_for(anext(sub), timeout)
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
-
-
-async def redis_cli(port: int, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        find_server_binary("cli"), "-h", "127.0.0.1", "-p", str(port), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 0, err
-    return out.decode().strip()
 
 
 def shard_channels(admin: redis.Redis) -> list[str]:

@@ -9,7 +9,7 @@ too); an idempotent GET through the same fault is retried and succeeds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +29,6 @@ class Setup:
     client: RedisClient
     proxies: LossyProxies
     read: Callable[[str], bytes | None]  # a key's value, read past the proxies
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterTopology]:
-    topo = ClusterTopology()
-    try:
-        yield topo
-    finally:
-        topo.cleanup()
 
 
 @pytest.fixture(params=["standalone", "cluster"])

@@ -29,7 +29,7 @@ import hashlib
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,15 +57,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 WORKERS = 6
 FILLER = 1500  # extra keys in the slot, so that moving it takes a while
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterTopology]:
-    topo = ClusterTopology()
-    try:
-        yield topo
-    finally:
-        topo.cleanup()
 
 
 def _session_key(c: RedisClient, session_id: str) -> str:

@@ -51,16 +51,6 @@ SHARD = "gateway-redis-pubsub-shard"  # CLIENT SETNAME of the hub's shard connec
 CLASSIC = "gateway-redis-pubsub"
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterTopology]:
-    """Shared by the tests that leave every node running (a migration moves one slot)."""
-    topo = ClusterTopology()
-    try:
-        yield topo
-    finally:
-        topo.cleanup()
-
-
 @pytest.fixture
 def own_cluster() -> Iterator[ClusterTopology]:
     """A cluster of the test's own, for tests that kill or freeze a node."""
