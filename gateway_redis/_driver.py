@@ -25,8 +25,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from gateway_redis._logging import log_fields
 from gateway_redis.config import RedisConfig
+from gateway_redis.support import log_fields
 
 try:  # redis-py's own OpenTelemetry metrics (off unless enabled), fed on our fast path too
     from redis.asyncio.observability import recorder as _redis_metrics

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
-from gateway_redis._logging import log_fields
-from gateway_redis._tasks import cancel_and_wait
+from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -165,14 +164,6 @@ def backoff(attempt: int, *, base: float = 0.05, cap: float = 1.0) -> float:
     """Seconds to wait before reconnect ``attempt`` (1, 2, ...): exponential, jittered, capped."""
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, 16))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description of ``exc`` for logs and health reasons."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timeout"
-    name = type(exc).__name__
-    return f"{name}: {exc}" if str(exc) else name
 
 
 class Entry(Generic[T]):
@@ -575,7 +566,7 @@ class Supervisor(Generic[T]):
                 async with _driver.deadline(self._setup_timeout):
                     await conn.connect()  # type: ignore[no-untyped-call]
             except Exception as exc:
-                return f"connect failed: {describe(exc)}", True
+                return f"connect failed: {describe_error(exc)}", True
             self._wiring.reset()
             self._last_rx = time.monotonic()
             self._dirty.set()
@@ -591,7 +582,7 @@ class Supervisor(Generic[T]):
                 await cancel_and_wait(*tasks)
             ended = done.pop()
             error = ended.exception()
-            reason = describe(error) if error is not None else ended.result()
+            reason = describe_error(error) if error is not None else ended.result()
             return reason, ended is tasks[2] and reason != _IDLE
         finally:
             with contextlib.suppress(Exception):
@@ -757,8 +748,8 @@ class Listener(Supervisor[T]):
             # subscriber's own connection, whose reader notices a real drop by itself.
             _log.debug(
                 "pubsub liveness publish failed: %s",
-                describe(exc),
-                extra=log_fields("pubsub", "pubsub_liveness_failed", describe(exc)),
+                describe_error(exc),
+                extra=log_fields("pubsub", "pubsub_liveness_failed", describe_error(exc)),
             )
         finally:
             self._token = None

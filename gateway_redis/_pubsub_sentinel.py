@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING
 from redis import exceptions as rexc
 from redis.asyncio.connection import Connection
 
-from gateway_redis._logging import log_fields
-from gateway_redis._pubsub_conn import backoff, describe
-from gateway_redis._tasks import cancel_and_wait
+from gateway_redis._pubsub_conn import backoff
+from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
@@ -74,8 +73,8 @@ class SwitchWatch:
                 _log.debug(
                     "sentinel %s:%s: %s",
                     *address,
-                    describe(exc),
-                    extra=log_fields("pubsub", "sentinel_events_failed", describe(exc)),
+                    describe_error(exc),
+                    extra=log_fields("pubsub", "sentinel_events_failed", describe_error(exc)),
                 )
             finally:
                 with contextlib.suppress(Exception):

@@ -43,7 +43,6 @@ from redis import exceptions as rexc
 from redis.crc import key_slot
 
 from gateway_redis import _driver
-from gateway_redis._logging import log_fields
 from gateway_redis._pubsub_conn import (
     _BATCH,
     _YIELD_EVERY,
@@ -51,9 +50,8 @@ from gateway_redis._pubsub_conn import (
     Entry,
     ProtocolError,
     Supervisor,
-    describe,
 )
-from gateway_redis._tasks import cancel_and_wait
+from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -696,8 +694,8 @@ class Shards(Generic[T]):
             except (rexc.RedisError, OSError, asyncio.TimeoutError) as exc:
                 _log.debug(
                     "pubsub slot lookup failed (%s); retrying",
-                    describe(exc),
-                    extra=log_fields("pubsub", "pubsub_slot_lookup_failed", describe(exc)),
+                    describe_error(exc),
+                    extra=log_fields("pubsub", "pubsub_slot_lookup_failed", describe_error(exc)),
                 )
             except Exception:  # a bug: keep routing, the next lookup may do better
                 _log.exception(

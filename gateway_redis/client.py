@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 
 from gateway_redis import _driver, telemetry
 from gateway_redis._driver import deadline
-from gateway_redis._logging import log_fields
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheKeyNotFound,
@@ -31,6 +30,7 @@ from gateway_redis.errors import (
     RedisUnavailable,
 )
 from gateway_redis.health import HealthMonitor, HealthState, StateListener
+from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection

@@ -21,8 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway_redis._logging import log_fields
-from gateway_redis._tasks import cancel_and_wait
+from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 __all__ = ["HealthMonitor", "HealthState", "StateListener"]
 
@@ -200,7 +199,7 @@ class HealthMonitor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.report_failure(exc, _describe(exc))
+                self.report_failure(exc, describe_error(exc))
                 continue
             if self._state is not HealthState.UP:
                 if self._down_votes:
@@ -212,13 +211,6 @@ class HealthMonitor:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
-                        self.report_failure(exc, _describe(exc))
+                        self.report_failure(exc, describe_error(exc))
                         continue
                 self._set(HealthState.UP, "probe succeeded")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timeout"
-    name = type(exc).__name__
-    return f"{name}: {exc}" if str(exc) else name

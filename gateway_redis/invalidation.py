@@ -28,11 +28,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
-from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable, SubscriptionClosed
 from gateway_redis.health import HealthState
 from gateway_redis.localcache import LocalCache
+from gateway_redis.support import cancel_and_wait, log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient

@@ -68,10 +68,10 @@ from gateway_redis import _pubsub_conn as _wire
 from gateway_redis import _pubsub_shards as _shards
 from gateway_redis import telemetry
 from gateway_redis._driver import deadline
-from gateway_redis._logging import log_fields
 from gateway_redis._pubsub_sentinel import SwitchWatch
 from gateway_redis.client import ClientState
 from gateway_redis.errors import RedisUnavailable, SerializationError, SubscriptionClosed
+from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
-from gateway_redis._logging import log_fields
 from gateway_redis._session_codec import (
     as_text,
     capped_ttl_ms,
@@ -49,6 +48,7 @@ from gateway_redis._session_codec import (
 from gateway_redis._session_scripts import Scripts
 from gateway_redis._sessions_cluster import SingleKeySteps
 from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Final
 from starlette.types import Receive, Send
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
-from gateway_redis._tasks import cancel_and_wait
+from gateway_redis.support import cancel_and_wait, log_fields
 from middleware import _ws_protocol as proto
 
 if TYPE_CHECKING:

@@ -26,10 +26,9 @@ from typing import Any
 from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
-from gateway_redis._tasks import cancel_and_wait
 from gateway_redis.errors import RedisUnavailable
 from gateway_redis.pubsub import Message, PubSubHub, Subscription
+from gateway_redis.support import cancel_and_wait, log_fields
 from middleware import _ws_protocol as proto
 from middleware._ws_conn import Connection, Frame
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
+from gateway_redis.support import log_fields
 from middleware import _ws_protocol as proto
 from middleware._ws_protocol import CloseCode
 

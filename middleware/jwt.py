@@ -36,7 +36,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
+from gateway_redis.support import log_fields
 from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import (

@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
 from middleware.tokens import TokenClaims
 

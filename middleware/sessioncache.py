@@ -23,9 +23,9 @@ from datetime import timedelta
 from typing import Any
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.sessions import Session, SessionStore
+from gateway_redis.support import log_fields
 
 __all__ = ["SessionManager"]
 

@@ -50,9 +50,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
+from gateway_redis.support import log_fields
 from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response

@@ -14,9 +14,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
+from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
 from middleware.sessioncache import SessionManager
 

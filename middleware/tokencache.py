@@ -33,9 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway_redis._logging import log_fields
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.support import log_fields
 from middleware.tokens import InvalidToken, TokenClaims, TokenValidator
 
 __all__ = ["Authentication", "JWTAuthenticator"]

@@ -37,7 +37,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
-from gateway_redis._logging import log_fields
+from gateway_redis.support import log_fields
 
 __all__ = [
     "InvalidToken",

@@ -71,7 +71,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway_redis import telemetry
-from gateway_redis._logging import log_fields
+from gateway_redis.support import log_fields
 from middleware import _ws_auth as auth
 from middleware._ws_auth import SessionPermissions
 from middleware._ws_conn import Connection, Identity, send_close_before_accept

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_redis._logging import log_fields
+from gateway_redis.support import log_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
@@ -67,11 +67,11 @@ def test_every_log_call_passes_structured_fields() -> None:
         if extra is None:
             missing.append(f"{path}:{line}")
         elif not (
-            isinstance(extra, ast.Call)
-            and _name(extra.func) == "log_fields"
-            or isinstance(extra, ast.Dict)
+            (isinstance(extra, ast.Call)
+            and _name(extra.func) == "log_fields")
+            or (isinstance(extra, ast.Dict)
             and {"event", "component"}
-            <= {k.value for k in extra.keys if isinstance(k, ast.Constant)}
+            <= {k.value for k in extra.keys if isinstance(k, ast.Constant)})
         ):
             missing.append(f"{path}:{line} (extra without event/component)")
     assert missing == []
