@@ -184,16 +184,16 @@ def test_deadlines_in_loops_of_several_threads() -> None:
 
 
 async def test_no_retry_sets_and_restores_the_flag() -> None:
-    assert not _driver._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
     with no_retry():
-        assert _driver._NO_RETRY.get()
+        assert _driver.retry._NO_RETRY.get()
         with no_retry():
-            assert _driver._NO_RETRY.get()
-        assert _driver._NO_RETRY.get()
-    assert not _driver._NO_RETRY.get()
+            assert _driver.retry._NO_RETRY.get()
+        assert _driver.retry._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
     with pytest.raises(ValueError, match="inside"), no_retry():
         raise ValueError("inside")
-    assert not _driver._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
 
 
 async def test_retry_is_skipped_inside_no_retry_and_in_nested_loops() -> None:
@@ -223,7 +223,7 @@ async def test_retry_is_skipped_inside_no_retry_and_in_nested_loops() -> None:
     with pytest.raises(rexc.ConnectionError):
         await retry.call_with_retry(outer, on_fail)
     assert attempts == 4
-    assert not _driver._IN_RETRY.get()
+    assert not _driver.retry._IN_RETRY.get()
 
 
 async def test_increment_whose_reply_is_lost_is_not_applied_twice(
