@@ -28,10 +28,10 @@ from gateway_redis._driver.cluster import (
 )
 from gateway_redis._driver.connections import (
     connection_kwargs,
-    lone_connection_kwargs,
     make_pool,
     make_sentinel,
     pool_connection,
+    probe_connection_kwargs,
     seed_connection,
     sentinel_connection,
     uses_tls,
@@ -129,18 +129,10 @@ class Backend(Protocol):
         """Close every connection this backend opened."""
 
 
-def _probe_kwargs(timeout: float) -> dict[str, Any]:
-    # Probes go over a raw connection, not Redis.execute_command, so they never show up as
-    # command spans in OpenTelemetry's redis instrumentation.
-    return lone_connection_kwargs(
-        socket_timeout=timeout, socket_connect_timeout=timeout, client_name="gateway-redis-probe"
-    )
-
-
 def open_probe_connection(backend: Backend, timeout: float) -> AbstractConnection:
     """A lone connection for health probes: no retries, ``timeout`` seconds to connect and
     to read."""
-    return backend.lone_connection(**_probe_kwargs(timeout))
+    return backend.lone_connection(**probe_connection_kwargs(timeout))
 
 
 class PoolBackend:
@@ -256,7 +248,7 @@ class ClusterBackend:
         self._limiter = asyncio.Semaphore(config.pool_size)
         self._wait_observer: Callable[[float], None] | None = None
         self._probe_timeout = probe_timeout
-        self._probe_conn = seed_connection(config, **_probe_kwargs(probe_timeout))
+        self._probe_conn = seed_connection(config, **probe_connection_kwargs(probe_timeout))
 
     def _make_cluster(self) -> RedisCluster:
         config = self.config
@@ -335,7 +327,7 @@ class ClusterBackend:
                 nodes.forget(name)
                 return
             host, _, port = name.rpartition(":")
-            conn = seed_connection(self.config, **_probe_kwargs(timeout))
+            conn = seed_connection(self.config, **probe_connection_kwargs(timeout))
             conn.pin((host, int(port)))
             try:
                 async with Deadline(timeout):

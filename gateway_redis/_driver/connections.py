@@ -28,6 +28,7 @@ __all__ = [
     "make_pool",
     "make_sentinel",
     "pool_connection",
+    "probe_connection_kwargs",
     "seed_connection",
     "sentinel_connection",
     "sentinel_kwargs",
@@ -117,6 +118,15 @@ def lone_connection_kwargs(
     if protocol is not None:
         kwargs["protocol"] = protocol
     return kwargs
+
+
+def probe_connection_kwargs(timeout: float) -> dict[str, Any]:
+    """:func:`lone_connection_kwargs` of a health probe: ``timeout`` seconds to connect and
+    to read. Probes go over a raw connection, not ``Redis.execute_command``, so they never
+    show up as command spans in OpenTelemetry's redis instrumentation."""
+    return lone_connection_kwargs(
+        socket_timeout=timeout, socket_connect_timeout=timeout, client_name="gateway-redis-probe"
+    )
 
 
 def sentinel_kwargs(config: RedisConfig, **overrides: Any) -> dict[str, Any]:

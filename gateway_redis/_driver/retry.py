@@ -11,6 +11,7 @@ command) never call each other; this module is the only one that touches it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
@@ -40,16 +41,14 @@ _NO_RETRY: ContextVar[bool] = ContextVar("gateway_redis_no_retry", default=False
 _IN_RETRY: ContextVar[bool] = ContextVar("gateway_redis_in_retry", default=False)
 
 
-def disable_retries() -> Token[bool]:
-    """Send commands at most once in this context until :func:`restore_retries` is called
-    with the token returned here. The two calls are what ``with no_retry():`` does, for the
-    one per-call path (``RedisClient.execute``) that avoids the context manager's calls."""
-    return _NO_RETRY.set(True)
-
-
-def restore_retries(token: Token[bool]) -> None:
-    """Undo the :func:`disable_retries` call that returned ``token``."""
-    _NO_RETRY.reset(token)
+# ``token = disable_retries()`` ... ``restore_retries(token)``: what ``with no_retry():``
+# does, for the one per-call path (RedisClient.execute) that avoids the context manager's
+# calls. Bound C methods, not Python functions wrapping them: this runs on every INCR.
+disable_retries: Callable[[], Token[bool]] = functools.partial(_NO_RETRY.set, True)
+"""Send commands at most once in this context, until :func:`restore_retries` is called
+with the token returned here."""
+restore_retries: Callable[[Token[bool]], None] = _NO_RETRY.reset
+"""Undo the :func:`disable_retries` call that returned the token."""
 
 
 def retries_disabled() -> bool:

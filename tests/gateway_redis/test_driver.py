@@ -22,7 +22,16 @@ from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.backoff import NoBackoff
 
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable, _driver
-from gateway_redis._driver import GatewayPool, GatewayRetry, PoolExhausted, deadline, no_retry
+from gateway_redis._driver import (
+    GatewayPool,
+    GatewayRetry,
+    PoolExhausted,
+    deadline,
+    disable_retries,
+    no_retry,
+    restore_retries,
+    retries_disabled,
+)
 from gateway_redis.embedded import EmbeddedRedis
 
 # -- deadline -------------------------------------------------------------------------
@@ -194,6 +203,18 @@ async def test_no_retry_sets_and_restores_the_flag() -> None:
     with pytest.raises(ValueError, match="inside"), no_retry():
         raise ValueError("inside")
     assert not _driver.retry._NO_RETRY.get()
+
+
+async def test_retries_switched_off_by_the_client_are_seen_by_the_retry_policy() -> None:
+    retry = GatewayRetry(NoBackoff(), 3)
+    token = disable_retries()  # what RedisClient.execute(retry=False) does around the call
+    try:
+        assert retries_disabled()
+        assert retry.get_retries() == 0
+    finally:
+        restore_retries(token)
+    assert not retries_disabled()
+    assert retry.get_retries() == 3
 
 
 async def test_retry_is_skipped_inside_no_retry_and_in_nested_loops() -> None:
