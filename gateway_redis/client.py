@@ -292,7 +292,7 @@ class RedisClient:
     async def _warm(self) -> None:
         await self._backend.warm(self._config.min_idle_conns)
 
-    # -- the one boundary where calls go out and redis-py errors come back ------------
+    # -- where calls go out (redis-py errors are translated by gateway_redis._translate)
 
     def _unavailable(self, miss: bool, message: str, reason: str) -> RedisUnavailable:
         cls = CacheUnavailable if miss else RedisUnavailable
