@@ -7,7 +7,6 @@ to every middleware. Pub/sub and sessions are reached through it too (see
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,16 +14,22 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from gateway_redis import _driver, telemetry
-from gateway_redis._driver import deadline
+from gateway_redis import telemetry
+from gateway_redis._driver import (
+    Backend,
+    Deadline,
+    disable_retries,
+    make_backend,
+    no_retry,
+    restore_retries,
+)
+from gateway_redis._translate import Outage, is_auth_error, is_outage_error, translate
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheKeyNotFound,
     CacheUnavailable,
-    CommandError,
     ConfigurationError,
     GatewayRedisError,
     RedisUnavailable,
@@ -33,8 +38,6 @@ from gateway_redis.health import HealthMonitor, HealthState, StateListener
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
-    from redis.asyncio.connection import AbstractConnection
-
     from gateway_redis.pubsub import PubSubHub, Subscription
     from gateway_redis.sessions import Session, SessionStore
 
@@ -114,17 +117,17 @@ class RedisClient:
         self._config = config if config is not None else RedisConfig()
         self._logger = logger if logger is not None else _log
         self._state = ClientState.NEW
-        self._backend = _driver.Backend(self._config)
-        self._redis: Redis = self._backend.redis
-        self._probe_timeout = min(self._config.dial_timeout, self._config.probe_interval, 1.0)
-        self._probe_conn: AbstractConnection = _driver.open_probe_connection(
-            self._backend, self._probe_timeout
+        self._backend = make_backend(
+            self._config,
+            probe_timeout=min(self._config.dial_timeout, self._config.probe_interval, 1.0),
         )
+        self._redis: Redis = self._backend.redis
+        self._run = self._backend.run  # bound once: execute calls it on every call
         self._health = HealthMonitor(
             self._probe,
             interval=self._config.health_check_interval,
             probe_interval=self._config.probe_interval,
-            is_misconfigured=_driver.is_auth_error,
+            is_misconfigured=is_auth_error,
             logger=self._logger,
             on_recover=self._on_recover,
         )
@@ -171,17 +174,17 @@ class RedisClient:
         if self._state is ClientState.CLOSED:
             raise RedisUnavailable("client is closed", reason="closed")
         try:
-            async with deadline(self._config.dial_timeout + self._config.operation_timeout):
+            async with Deadline(self._config.dial_timeout + self._config.operation_timeout):
                 await self._warm()
                 await self._probe()
         except Exception as exc:
-            if _driver.is_auth_error(exc):
+            if is_auth_error(exc):
                 await self._backend.aclose()
                 raise ConfigurationError(
                     f"Redis at {self._config.redacted_url} rejected the credentials: "
                     f"{type(exc).__name__}"
                 ) from exc
-            if not _driver.is_outage_error(exc):
+            if not is_outage_error(exc):
                 raise
             self._health.report_failure(exc, f"connect failed: {type(exc).__name__}")
         self._state = ClientState.CONNECTED
@@ -202,7 +205,6 @@ class RedisClient:
                 )
         self._closers.clear()
         await self._health.aclose()
-        await self._probe_conn.disconnect()
         await self._backend.aclose()
 
     async def __aenter__(self) -> RedisClient:
@@ -247,7 +249,7 @@ class RedisClient:
         return self._health.add_listener(listener)
 
     @property
-    def backend(self) -> _driver.Backend:
+    def backend(self) -> Backend:
         """The driver-facing side (pool, cluster, lone connections); internal use."""
         return self._backend
 
@@ -267,49 +269,30 @@ class RedisClient:
         return self._backend.idle
 
     async def _probe(self) -> None:
-        conn = self._probe_conn
-        if isinstance(conn, _driver.ClusterSeedConnection):
-            # Down when the nodes say so (cluster_state) or none answers. A node that
-            # stopped answering fails only the calls routed to it (_driver.NodeHealth),
-            # until it answers a ping here.
-            await _driver.probe_cluster(conn, self._probe_timeout)
-            self._health.probe_often(await self._backend.check_nodes(self._probe_timeout))
-        else:
-            try:
-                async with deadline(self._probe_timeout):
-                    if not conn.is_connected:
-                        await conn.connect()  # type: ignore[no-untyped-call]
-                    # ROLE answers like PING and also says how many replicas the primary
-                    # has, which decides whether security writes wait for one (WAIT 1).
-                    await conn.send_command("ROLE")
-                    reply = await conn.read_response()
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
-            if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
-                self._replicas = len(reply[2]) if len(reply) > 2 else 0
-            elif isinstance(reply, list):
-                raise rexc.ConnectionError(f"connected to a {reply[0]!r}, not a primary")
-            else:
-                raise rexc.ConnectionError(f"unexpected probe reply {reply!r}")
+        found = await self._backend.probe()
+        # Cluster: a node that stopped answering fails only the calls routed to it; probe
+        # often until it answers again.
+        self._health.probe_often(found.watch)
+        if found.replicas is not None:
+            self._replicas = found.replicas
         if self._health.available and self._backend.idle + self._backend.in_use < (
             self._config.min_idle_conns
         ):
-            async with deadline(self._config.operation_timeout):
+            async with Deadline(self._config.operation_timeout):
                 await self._warm()
 
     async def _on_recover(self) -> None:
         # Idle connections may point at a server that has since restarted: drop them and
         # open fresh ones (cluster: reload the slot map), so the first calls after
         # recovery do not trip over them.
-        async with deadline(self._config.operation_timeout):
+        async with Deadline(self._config.operation_timeout):
             await self._backend.drop_idle()
             await self._warm()
 
     async def _warm(self) -> None:
         await self._backend.warm(self._config.min_idle_conns)
 
-    # -- the one boundary where calls go out and redis-py errors come back ------------
+    # -- where calls go out (redis-py errors are translated by gateway_redis._translate)
 
     def _unavailable(self, miss: bool, message: str, reason: str) -> RedisUnavailable:
         cls = CacheUnavailable if miss else RedisUnavailable
@@ -347,22 +330,19 @@ class RedisClient:
                 self._health.state.value,
             )
         try:
-            # `async with deadline(...)` unrolled: the same, without its two coroutines.
-            timer = deadline(self._config.operation_timeout).start()
+            # Deadline's start()/end() rather than `async with`: no two coroutines per call.
+            timer = Deadline(self._config.operation_timeout).start()
             try:
-                if confirm and self._backend.pool is not None:
+                if confirm and self._backend.confirms_writes:
                     result = await self._confirmed(call, retry)
-                elif self._backend.limiter is not None:
-                    async with self._backend.slot():
-                        result = await self._call(call, retry)
-                elif retry:  # the common cases inline, without the extra frame of _call
-                    result = await call(self._redis)
-                else:  # `with _driver.no_retry():` unrolled
-                    token = _driver._NO_RETRY.set(True)
+                elif retry:
+                    result = await self._run(call)
+                else:
+                    token = disable_retries()
                     try:
-                        result = await call(self._redis)
+                        result = await self._run(call)
                     finally:
-                        _driver._NO_RETRY.reset(token)
+                        restore_retries(token)
             except BaseException as exc:
                 timer.end(exc)  # raises TimeoutError when the deadline has passed
                 raise
@@ -370,39 +350,18 @@ class RedisClient:
             return result
         except GatewayRedisError:
             raise
-        except (_driver.PoolExhausted, rexc.MaxConnectionsError) as exc:
-            raise self._unavailable(miss, f"{operation}: {exc}", "pool_exhausted") from exc
-        except asyncio.TimeoutError as exc:
-            if self._backend.cluster is not None:
-                # One node not answering is not the cluster down: calls routed to it now
-                # fail fast, and the probe (CLUSTER INFO) decides about the rest.
-                self._backend.call_timed_out()
-                self._health.check_now()
-            else:
-                self._health.report_failure(exc, "timeout")
-            raise self._unavailable(
-                miss,
-                f"{operation}: no answer within {self._config.operation_timeout}s",
-                "timeout",
-            ) from exc
         except Exception as exc:
-            if _driver.is_auth_error(exc):
-                self._health.report_failure(exc, "credentials rejected")
-                raise self._unavailable(
-                    miss, f"{operation}: Redis rejected the credentials", "misconfigured"
-                ) from exc
-            if _driver.is_outage_error(exc):
-                reason = "timeout" if isinstance(exc, rexc.TimeoutError) else "down"
-                if self._backend.cluster is not None:
-                    self._health.check_now()  # as above: the cluster's state decides
+            translated = translate(
+                exc, operation, miss=miss, deadline=self._config.operation_timeout
+            )
+            if translated is None:
+                raise
+            if translated.outage is not Outage.NONE:
+                if self._backend.call_failed(translated.outage):
+                    self._health.report_failure(exc, translated.detail)
                 else:
-                    self._health.report_failure(exc, f"{type(exc).__name__}: {exc}")
-                raise self._unavailable(
-                    miss, f"{operation}: {type(exc).__name__}: {exc}", reason
-                ) from exc
-            if isinstance(exc, rexc.ResponseError):
-                raise CommandError(f"{operation}: {exc}") from exc
-            raise
+                    self._health.check_now()  # the probe decides (cluster)
+            raise translated.error from exc
 
     async def _call(
         self, call: Callable[[Redis], Awaitable[T]], retry: bool, redis: Redis | None = None
@@ -410,7 +369,7 @@ class RedisClient:
         target = self._redis if redis is None else redis
         if retry:
             return await call(target)
-        with _driver.no_retry():
+        with no_retry():
             return await call(target)
 
     async def _confirmed(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:

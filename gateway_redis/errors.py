@@ -49,7 +49,8 @@ class RedisUnavailable(GatewayRedisError):
     """Redis could not serve the call: down, frozen, misconfigured or pool exhausted.
 
     ``reason`` is a short machine-readable word: ``"down"``, ``"timeout"``,
-    ``"pool_exhausted"``, ``"misconfigured"``, ``"closed"`` or ``"not_connected"``.
+    ``"pool_exhausted"``, ``"misconfigured"``, ``"unconfirmed"`` (a confirmed write reached
+    no replica in time), ``"closed"`` or ``"not_connected"``.
     """
 
     def __init__(self, message: str, *, reason: str = "down") -> None:

@@ -47,8 +47,9 @@ Probe = Callable[[], Awaitable[None]]
 class HealthMonitor:
     """Owns the availability state and the background task that probes Redis.
 
-    ``probe`` raises when Redis is not usable; :class:`ProbeMisconfigured` (any exception
-    for which ``is_misconfigured`` returns True) moves to ``misconfigured``.
+    ``probe`` raises when Redis is not usable: an exception for which ``is_misconfigured``
+    returns True (refused credentials) moves the state to ``misconfigured``, any other to
+    ``down``.
     """
 
     def __init__(

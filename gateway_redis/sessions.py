@@ -47,6 +47,7 @@ from gateway_redis._session_codec import (
 )
 from gateway_redis._session_scripts import Scripts
 from gateway_redis._sessions_cluster import SingleKeySteps
+from gateway_redis._translate import is_wrong_type
 from gateway_redis.errors import CommandError, SessionNotFound
 from gateway_redis.support import log_fields
 
@@ -366,7 +367,7 @@ class SessionStore:
         try:
             reply = await self._client.execute(operation, call)
         except CommandError as exc:
-            if "WRONGTYPE" not in str(exc):
+            if not is_wrong_type(exc):
                 raise
             _log.warning(
                 "%s: a session key holds the wrong type",

@@ -22,7 +22,16 @@ from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.backoff import NoBackoff
 
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable, _driver
-from gateway_redis._driver import GatewayPool, GatewayRetry, PoolExhausted, deadline, no_retry
+from gateway_redis._driver import (
+    GatewayPool,
+    GatewayRetry,
+    PoolExhausted,
+    deadline,
+    disable_retries,
+    no_retry,
+    restore_retries,
+    retries_disabled,
+)
 from gateway_redis.embedded import EmbeddedRedis
 
 # -- deadline -------------------------------------------------------------------------
@@ -184,16 +193,28 @@ def test_deadlines_in_loops_of_several_threads() -> None:
 
 
 async def test_no_retry_sets_and_restores_the_flag() -> None:
-    assert not _driver._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
     with no_retry():
-        assert _driver._NO_RETRY.get()
+        assert _driver.retry._NO_RETRY.get()
         with no_retry():
-            assert _driver._NO_RETRY.get()
-        assert _driver._NO_RETRY.get()
-    assert not _driver._NO_RETRY.get()
+            assert _driver.retry._NO_RETRY.get()
+        assert _driver.retry._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
     with pytest.raises(ValueError, match="inside"), no_retry():
         raise ValueError("inside")
-    assert not _driver._NO_RETRY.get()
+    assert not _driver.retry._NO_RETRY.get()
+
+
+async def test_retries_switched_off_by_the_client_are_seen_by_the_retry_policy() -> None:
+    retry = GatewayRetry(NoBackoff(), 3)
+    token = disable_retries()  # what RedisClient.execute(retry=False) does around the call
+    try:
+        assert retries_disabled()
+        assert retry.get_retries() == 0
+    finally:
+        restore_retries(token)
+    assert not retries_disabled()
+    assert retry.get_retries() == 3
 
 
 async def test_retry_is_skipped_inside_no_retry_and_in_nested_loops() -> None:
@@ -223,7 +244,7 @@ async def test_retry_is_skipped_inside_no_retry_and_in_nested_loops() -> None:
     with pytest.raises(rexc.ConnectionError):
         await retry.call_with_retry(outer, on_fail)
     assert attempts == 4
-    assert not _driver._IN_RETRY.get()
+    assert not _driver.retry._IN_RETRY.get()
 
 
 async def test_increment_whose_reply_is_lost_is_not_applied_twice(

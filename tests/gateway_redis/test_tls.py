@@ -21,7 +21,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection, SSLConnection
 
 from gateway_redis import RedisClient, RedisConfig
-from gateway_redis._driver import ClusterSeedConnection, open_probe_connection
+from gateway_redis._driver import ClusterSeedConnection, PoolBackend, open_probe_connection
 from gateway_redis._pubsub_conn import open_subscriber_connection
 from gateway_redis.embedded import EmbeddedRedis, free_port
 
@@ -57,7 +57,7 @@ def _connections(client: RedisClient) -> dict[str, AbstractConnection]:
         "subscriber": open_subscriber_connection(client),
         "lone": backend.lone_connection(),
     }
-    if backend.pool is not None:
+    if isinstance(backend, PoolBackend):
         conns["pool"] = backend.pool.make_connection()  # type: ignore[no-untyped-call]
     if backend.cluster is not None:
         for node in backend.cluster.nodes_manager.startup_nodes.values():
@@ -65,7 +65,7 @@ def _connections(client: RedisClient) -> dict[str, AbstractConnection]:
         # Nodes found later (CLUSTER SLOTS, MOVED) are built from connection_kwargs.
         found = ClusterNode("127.0.0.1", 7391, **backend.cluster.connection_kwargs)
         conns["discovered node"] = found.acquire_connection()
-    sentinel = backend._sentinel
+    sentinel = backend.sentinel if isinstance(backend, PoolBackend) else None
     if sentinel is not None:
         conns["sentinel events"] = backend.sentinel_connection(("127.0.0.1", 26390))
         for i, s in enumerate(sentinel.sentinels):
