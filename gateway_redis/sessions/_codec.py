@@ -1,6 +1,6 @@
 """Session IDs, slot tags and metadata encoding: the session store's pure helpers.
 
-Nothing here talks to Redis. :mod:`gateway_redis.sessions` describes the key layout.
+Nothing here talks to Redis. :mod:`gateway_redis.sessions.store` describes the key layout.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
-from gateway_redis.client import ttl_milliseconds
 from gateway_redis.errors import SerializationError
+from gateway_redis.support import check_seconds
 
 __all__ = [
     "ID_LENGTH",
@@ -49,6 +49,7 @@ def sha256_hex(text: str) -> str:
 
 
 def slot_tag(user_id: str) -> str:
+    """The 12 hex digits that tag ``user_id``'s keys and open each of its session IDs."""
     return hashlib.sha256(TAG_DOMAIN + user_id.encode()).hexdigest()[:12]
 
 
@@ -101,7 +102,9 @@ def encode_metadata(metadata: object) -> tuple[list[str], list[str]]:
 
 
 def capped_ttl_ms(name: str, ttl: float | timedelta) -> int:
-    ms = ttl_milliseconds(ttl)
+    """``ttl`` (seconds or timedelta, > 0) in whole milliseconds (at least 1), at most
+    400 days; raises ``TypeError``/``ValueError`` naming ``name``."""
+    ms = max(1, round(check_seconds(name, ttl) * 1000))
     if ms > MAX_TTL_MS:
         raise ValueError(f"{name} must be at most 400 days, got {ttl!r}")
     return ms

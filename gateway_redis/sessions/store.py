@@ -1,4 +1,5 @@
-"""The session store: one Redis hash per session plus a per-user index, kept atomic by Lua.
+"""The session store (:class:`SessionStore`, :class:`Session`): one Redis hash per session
+plus a per-user index, kept atomic by Lua.
 
 Key layout (``<p>`` is the client's key prefix, ``<tag>`` 12 hex digits derived from the
 user id, ``sha256(x)`` a hex digest)::
@@ -18,8 +19,8 @@ the Redis server's clock (``TIME``), so instances with skewed clocks agree.
 
 On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
 listing, "log out everywhere") run as single-key steps instead, so that they keep working
-while a slot migrates; :mod:`gateway_redis._sessions_cluster` says how and which
-invariants the steps keep. The Lua scripts are in :mod:`gateway_redis._session_scripts`.
+while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
+invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions._scripts`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
-from gateway_redis._session_codec import (
+from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.sessions._cluster import SingleKeySteps
+from gateway_redis.sessions._codec import (
     as_text,
     capped_ttl_ms,
     check_user_id,
@@ -45,9 +48,7 @@ from gateway_redis._session_codec import (
     sha256_hex,
     slot_tag,
 )
-from gateway_redis._session_scripts import Scripts
-from gateway_redis._sessions_cluster import SingleKeySteps
-from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.sessions._scripts import Scripts
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ __all__ = ["Session", "SessionStore"]
 
 _log = logging.getLogger(__name__)
 _CHUNK = 256  # sessions per script call, so one call never blocks Redis for long
-_tag = slot_tag  # the name tests import
 
 
 @dataclass(frozen=True, slots=True)
