@@ -74,13 +74,18 @@ def describe_error(exc: BaseException) -> str:
     return f"{name}: {exc}" if str(exc) else name
 
 
-def check_seconds(name: str, value: float | timedelta, *, allow_zero: bool = False) -> float:
+def check_seconds(
+    name: str,
+    value: float | timedelta,
+    *,
+    allow_zero: bool = False,
+    maximum: float | None = None,
+) -> float:
     """Validate a duration given as seconds (int or float) or a timedelta; return seconds.
 
     ``name`` opens the error message (``"<name> must be ..."``). Raises :class:`TypeError`
     for any other type (bool included) and :class:`ValueError` for NaN, infinity, a
-    negative value, or zero unless ``allow_zero``. Upper bounds are the caller's: they
-    differ by use (a TTL in milliseconds, a cookie lifetime).
+    negative value, zero unless ``allow_zero``, or more than ``maximum`` seconds.
     """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
@@ -95,6 +100,8 @@ def check_seconds(name: str, value: float | timedelta, *, allow_zero: bool = Fal
             raise ValueError(f"{name} must be a finite duration >= 0 s, got {value!r}")
     elif not 0 < seconds < float("inf"):
         raise ValueError(f"{name} must be a positive, finite duration (> 0 s), got {value!r}")
+    if maximum is not None and seconds > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g} s, got {value!r}")
     return seconds
 
 

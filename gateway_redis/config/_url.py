@@ -10,6 +10,8 @@ topologies. :class:`~gateway_redis.RedisConfig` resolves its topology once, with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from typing import cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gateway_redis.config._fields import FieldError
@@ -96,11 +98,11 @@ def check_nodes(field: str, value: object, *, default_port: int) -> tuple[tuple[
             value = parse_addresses(value, default_port=default_port)
         except ValueError as exc:
             raise FieldError(field, str(exc)) from None
-    nodes = tuple(tuple(n) for n in value)  # type: ignore[attr-defined]
+    nodes = tuple(tuple(n) for n in cast("Iterable[Iterable[object]]", value))
     for node in nodes:
         if len(node) != 2 or not isinstance(node[0], str) or not isinstance(node[1], int):
             raise FieldError(field, f"expected (host, port) pairs, got {node!r}")
-    return nodes
+    return cast("tuple[tuple[str, int], ...]", nodes)
 
 
 def redact_url(url: str) -> str:
