@@ -1,7 +1,8 @@
 """Server-side sessions in Redis: :class:`SessionStore` and the :class:`Session` it returns.
 
 - :mod:`~gateway_redis.sessions.store`: the store, its key layout and its guarantees;
-- ``_codec``: session IDs, slot tags and metadata encoding (pure, no Redis);
+- ``_codec``: the stored form: session IDs, slot tags, metadata encoding and the
+  :class:`Session` value decoded from a stored hash (no Redis calls);
 - ``_scripts``: the Lua scripts every write runs;
 - ``_cluster``: the single-key steps used on Redis Cluster, with their invariants.
 
@@ -11,7 +12,7 @@ of the user's session IDs), for tools that need to know which slot holds them.
 
 from __future__ import annotations
 
-from gateway_redis.sessions._codec import slot_tag
-from gateway_redis.sessions.store import Session, SessionStore
+from gateway_redis.sessions._codec import Session, slot_tag
+from gateway_redis.sessions.store import SessionStore
 
 __all__ = ["Session", "SessionStore", "slot_tag"]

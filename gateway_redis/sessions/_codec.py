@@ -1,4 +1,5 @@
-"""Session IDs, slot tags and metadata encoding: the session store's pure helpers.
+"""The stored form of a session: IDs, slot tags, metadata encoding, and the
+:class:`Session` value decoded from a stored hash.
 
 Nothing here talks to Redis. :mod:`gateway_redis.sessions.store` describes the key layout.
 """
@@ -7,20 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
 
-from gateway_redis.errors import SerializationError
-from gateway_redis.support import check_seconds
+from gateway_redis.errors import SerializationError, SessionNotFound
+from gateway_redis.support import check_seconds, log_fields
 
 __all__ = [
     "ID_LENGTH",
     "MAX_TTL_MS",
+    "Session",
     "as_text",
     "capped_ttl_ms",
     "check_user_id",
     "decode_json",
+    "decode_session",
     "encode_metadata",
     "is_valid_id",
     "ms_to_datetime",
@@ -28,6 +35,7 @@ __all__ = [
     "slot_tag",
 ]
 
+_log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TAG_DOMAIN = b"gateway-redis/session-slot-tag/v1\x00"
 ID_RE = re.compile(r"[0-9a-f]{12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
@@ -108,3 +116,67 @@ def capped_ttl_ms(name: str, ttl: float | timedelta) -> int:
     if ms > MAX_TTL_MS:
         raise ValueError(f"{name} must be at most 400 days, got {ttl!r}")
     return ms
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One session as stored in Redis; a snapshot, not a live view.
+
+    Times are UTC-aware datetimes at millisecond precision, from the Redis server's clock.
+    ``expires_at`` is the absolute expiry (creation + TTL), which nothing extends;
+    ``idle_expires_at`` is when the session ends unless touched (``last_accessed_at`` +
+    the store's idle timeout; None without one): it ends at the earlier of the two.
+    ``metadata`` is a read-only mapping of JSON values. The ID and metadata stay out of
+    ``repr`` (the ID is a bearer credential; logs must not carry it).
+    """
+
+    id: str = field(repr=False)
+    user_id: str
+    metadata: Mapping[str, Any] = field(repr=False, hash=False)
+    created_at: datetime
+    last_accessed_at: datetime
+    expires_at: datetime
+    idle_expires_at: datetime | None = None
+
+
+def decode_session(session_id: str, reply: Any, idle_ms: int) -> Session:
+    """Build a :class:`Session` from a script's ``[now_ms, flat HGETALL]`` reply.
+
+    ``idle_ms`` is the store's idle timeout (0: none). Raises
+    :class:`~gateway_redis.SessionNotFound` for a missing, expired or corrupt session (a
+    corrupt one is logged, without its ID).
+    """
+    try:
+        now, flat = int(reply[0]), reply[1]
+        if not flat:
+            raise SessionNotFound("session not found")
+        fields = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        user_id = as_text(fields["user_id"])
+        created, last, expires = (
+            int(fields[f]) for f in ("created_at", "last_accessed_at", "expires_at")
+        )
+        metadata = {k[2:]: decode_json(v) for k, v in fields.items() if k.startswith("m:")}
+        if slot_tag(user_id) != session_id[:12]:
+            raise ValueError("user id does not match the session ID's slot tag")
+    except SessionNotFound:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
+        _log.warning(
+            "corrupt session record %s: %s",
+            sha256_hex(session_id)[:8],
+            type(exc).__name__,
+            extra=log_fields("sessions", "session_corrupt", type(exc).__name__),
+        )
+        raise SessionNotFound("session not found") from None
+    idle_until = last + idle_ms if idle_ms else None
+    if expires <= now or (idle_until is not None and idle_until <= now):
+        raise SessionNotFound("session not found")
+    return Session(
+        id=session_id,
+        user_id=user_id,
+        metadata=MappingProxyType(metadata),
+        created_at=ms_to_datetime(created),
+        last_accessed_at=ms_to_datetime(last),
+        expires_at=ms_to_datetime(expires),
+        idle_expires_at=None if idle_until is None else ms_to_datetime(idle_until),
+    )
