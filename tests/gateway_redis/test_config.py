@@ -7,6 +7,14 @@ from datetime import timedelta
 import pytest
 
 from gateway_redis import ConfigurationError, RedisConfig, parse_duration
+from gateway_redis.config import (
+    PoolLimits,
+    RetryPolicy,
+    SentinelSettings,
+    Timeouts,
+    TLSSettings,
+)
+from gateway_redis.support import check_seconds, ttl_milliseconds
 
 
 def test_defaults_mean_localhost_6379_db0() -> None:
@@ -165,3 +173,63 @@ def test_tls_beside_a_plain_url_names_the_variable() -> None:
 
 def test_tls_with_a_rediss_url_is_fine() -> None:
     assert RedisConfig(url="rediss://127.0.0.1:6380", tls=True).topology.tls
+
+
+def test_grouped_views_follow_the_flat_fields_and_replace() -> None:
+    cfg = RedisConfig(dial_timeout=timedelta(seconds=2), pool_size=20, min_idle_conns=3)
+    assert cfg.timeouts == Timeouts(dial=2.0, read=1.0, write=1.0, pool=1.0, operation=1.5)
+    assert cfg.pool == PoolLimits(size=20, min_idle=3)
+    assert cfg.retry == RetryPolicy(attempts=2, backoff_base=0.005, backoff_cap=0.1)
+    assert cfg.sentinel is None
+    changed = cfg.replace(read_timeout=0.5, retry_attempts=0)
+    assert changed.timeouts.read == 0.5
+    assert changed.retry.attempts == 0
+    assert cfg.timeouts.read == 1.0
+    assert changed == RedisConfig(
+        dial_timeout=2, pool_size=20, min_idle_conns=3, read_timeout=0.5, retry_attempts=0
+    )
+
+
+def test_sentinel_view_from_the_url_keeps_the_password_out_of_repr() -> None:
+    cfg = RedisConfig(
+        url="rediss+sentinel://s1:26380,s2/primary/2", sentinel_password="sentinel-secret"
+    )
+    assert cfg.sentinel == SentinelSettings(
+        nodes=(("s1", 26380), ("s2", 26379)),
+        master="primary",
+        username=None,
+        password="sentinel-secret",
+    )
+    assert "sentinel-secret" not in repr(cfg.sentinel)
+    assert "sentinel-secret" not in repr(cfg)
+    assert cfg.tls_settings == TLSSettings(
+        enabled=True, ca_file=None, cert_file=None, key_file=None, verify=True
+    )
+    assert cfg.topology is cfg.topology  # resolved once, not parsed on each access
+
+
+def test_from_env_names_the_variable_for_a_value_the_constructor_rejects() -> None:
+    with pytest.raises(ConfigurationError, match=r"^REDIS_OPERATION_TIMEOUT: .*> 0"):
+        RedisConfig.from_env({"REDIS_OPERATION_TIMEOUT": "0s"})
+    with pytest.raises(ConfigurationError, match=r"^REDIS_SHARDED_CHANNELS: .*glob"):
+        RedisConfig.from_env({"REDIS_SHARDED_CHANNELS": "a?b"})
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(0, ValueError), (-1.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+     (True, TypeError), ("1", TypeError), (11, ValueError)],
+)  # fmt: skip
+def test_check_seconds_rejects_what_is_not_a_positive_finite_duration(
+    value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"^idle "):
+        check_seconds("idle", value, maximum=10)  # type: ignore[arg-type]
+
+
+def test_check_seconds_accepts_numbers_and_timedeltas() -> None:
+    assert check_seconds("t", 2) == 2.0
+    assert check_seconds("t", timedelta(milliseconds=250)) == 0.25
+    assert check_seconds("t", 0, allow_zero=True) == 0.0
+    assert ttl_milliseconds(3) == 3000
+    assert ttl_milliseconds(0.0001) == 1

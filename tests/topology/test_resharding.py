@@ -40,7 +40,7 @@ from redis.crc import key_slot
 
 from gateway_redis import RedisClient, RedisConfig, SessionNotFound
 from gateway_redis.embedded import find_server_binary
-from gateway_redis.sessions import _tag as session_tag
+from gateway_redis.sessions import slot_tag as session_tag
 from tests.topologies import (
     ClusterTopology,
     begin_migration,

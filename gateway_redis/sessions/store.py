@@ -1,4 +1,5 @@
-"""The session store: one Redis hash per session plus a per-user index, kept atomic by Lua.
+"""The session store, :class:`SessionStore`: one Redis hash per session plus a per-user
+index, kept atomic by Lua.
 
 Key layout (``<p>`` is the client's key prefix, ``<tag>`` 12 hex digits derived from the
 user id, ``sha256(x)`` a hex digest)::
@@ -18,8 +19,8 @@ the Redis server's clock (``TIME``), so instances with skewed clocks agree.
 
 On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
 listing, "log out everywhere") run as single-key steps instead, so that they keep working
-while a slot migrates; :mod:`gateway_redis._sessions_cluster` says how and which
-invariants the steps keep. The Lua scripts are in :mod:`gateway_redis._session_scripts`.
+while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
+invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions._scripts`.
 """
 
 from __future__ import annotations
@@ -27,28 +28,26 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from types import MappingProxyType
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
-from gateway_redis._session_codec import (
+from gateway_redis._translate import is_wrong_type
+from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.sessions._cluster import SingleKeySteps
+from gateway_redis.sessions._codec import (
+    Session,
     as_text,
     capped_ttl_ms,
     check_user_id,
-    decode_json,
+    decode_session,
     encode_metadata,
     is_valid_id,
-    ms_to_datetime,
     sha256_hex,
     slot_tag,
 )
-from gateway_redis._session_scripts import Scripts
-from gateway_redis._sessions_cluster import SingleKeySteps
-from gateway_redis._translate import is_wrong_type
-from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.sessions._scripts import Scripts
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -60,28 +59,6 @@ __all__ = ["Session", "SessionStore"]
 
 _log = logging.getLogger(__name__)
 _CHUNK = 256  # sessions per script call, so one call never blocks Redis for long
-_tag = slot_tag  # the name tests import
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    """One session as stored in Redis; a snapshot, not a live view.
-
-    Times are UTC-aware datetimes at millisecond precision, from the Redis server's clock.
-    ``expires_at`` is the absolute expiry (creation + TTL), which nothing extends;
-    ``idle_expires_at`` is when the session ends unless touched (``last_accessed_at`` +
-    the store's idle timeout; None without one): it ends at the earlier of the two.
-    ``metadata`` is a read-only mapping of JSON values. The ID and metadata stay out of
-    ``repr`` (the ID is a bearer credential; logs must not carry it).
-    """
-
-    id: str = field(repr=False)
-    user_id: str
-    metadata: Mapping[str, Any] = field(repr=False, hash=False)
-    created_at: datetime
-    last_accessed_at: datetime
-    expires_at: datetime
-    idle_expires_at: datetime | None = None
 
 
 class SessionStore:
@@ -172,7 +149,7 @@ class SessionStore:
         """
         key = self._checked_key(session_id)
         reply = await self._run("session.get", self._call("get", [key]))
-        return self._decode(session_id, reply)
+        return decode_session(session_id, reply, self._idle_ms)
 
     async def update(self, session_id: str, metadata: Mapping[str, Any]) -> Session:
         """Merge ``metadata`` into the session atomically and return the result.
@@ -188,7 +165,7 @@ class SessionStore:
         key = self._checked_key(session_id)
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
         reply = await self._run("session.update", self._call("update", [key], args))
-        session = self._decode(session_id, reply)
+        session = decode_session(session_id, reply, self._idle_ms)
         await self._client._session_changed("update", session_id=session_id)
         return session
 
@@ -201,7 +178,7 @@ class SessionStore:
         """
         key = self._checked_key(session_id)
         reply = await self._run("session.touch", self._call("touch", [key], [self._idle_ms]))
-        return self._decode(session_id, reply)
+        return decode_session(session_id, reply, self._idle_ms)
 
     async def delete(self, session_id: str) -> None:
         """Delete the session and its index entry (atomically, but on Cluster: the session
@@ -243,7 +220,7 @@ class SessionStore:
         sessions = []
         for session_id, reply in await self._client.execute("session.get_user_sessions", call):
             try:
-                sessions.append(self._decode(session_id, reply))
+                sessions.append(decode_session(session_id, reply, self._idle_ms))
             except SessionNotFound:
                 continue
         return sessions
@@ -288,13 +265,15 @@ class SessionStore:
         async def call(r: Redis) -> Any:
             if self._steps is not None:
                 return await self._steps.regenerate(r, session_id, new_id, self._user_of)
-            user_id = self._decode(session_id, await self._call("get", [old_key])(r)).user_id
+            user_id = decode_session(
+                session_id, await self._call("get", [old_key])(r), self._idle_ms
+            ).user_id
             keys = [old_key, new_key, self._index_key(user_id)]
             return await self._call(
                 "regenerate", keys, [session_id, new_id, user_id, self._idle_ms]
             )(r)
 
-        self._decode(new_id, await self._run("session.regenerate", call))
+        decode_session(new_id, await self._run("session.regenerate", call), self._idle_ms)
         await self._client._session_changed("delete", session_id=session_id)
         return new_id
 
@@ -342,7 +321,7 @@ class SessionStore:
         return deleted, int(left)
 
     def _user_of(self, session_id: str, reply: Any) -> str:
-        return self._decode(session_id, reply).user_id
+        return decode_session(session_id, reply, self._idle_ms).user_id
 
     async def _members(self, r: Redis, index: str, user_id: str) -> list[str]:
         """The IDs in ``index``; entries that cannot belong to ``user_id`` are removed."""
@@ -378,40 +357,3 @@ class SessionStore:
         if reply is None:
             raise SessionNotFound("session not found")
         return reply
-
-    def _decode(self, session_id: str, reply: Any) -> Session:
-        """Build a :class:`Session` from ``[now_ms, flat HGETALL]``; corrupt -> not found."""
-        try:
-            now, flat = int(reply[0]), reply[1]
-            if not flat:
-                raise SessionNotFound("session not found")
-            fields = {as_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-            user_id = as_text(fields["user_id"])
-            created, last, expires = (
-                int(fields[f]) for f in ("created_at", "last_accessed_at", "expires_at")
-            )
-            metadata = {k[2:]: decode_json(v) for k, v in fields.items() if k.startswith("m:")}
-            if slot_tag(user_id) != session_id[:12]:
-                raise ValueError("user id does not match the session ID's slot tag")
-        except SessionNotFound:
-            raise
-        except (KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
-            _log.warning(
-                "corrupt session record %s: %s",
-                sha256_hex(session_id)[:8],
-                type(exc).__name__,
-                extra=log_fields("sessions", "session_corrupt", type(exc).__name__),
-            )
-            raise SessionNotFound("session not found") from None
-        idle_until = last + self._idle_ms if self._idle_ms else None
-        if expires <= now or (idle_until is not None and idle_until <= now):
-            raise SessionNotFound("session not found")
-        return Session(
-            id=session_id,
-            user_id=user_id,
-            metadata=MappingProxyType(metadata),
-            created_at=ms_to_datetime(created),
-            last_accessed_at=ms_to_datetime(last),
-            expires_at=ms_to_datetime(expires),
-            idle_expires_at=None if idle_until is None else ms_to_datetime(idle_until),
-        )

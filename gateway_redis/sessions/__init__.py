@@ -1,0 +1,18 @@
+"""Server-side sessions in Redis: :class:`SessionStore` and the :class:`Session` it returns.
+
+- :mod:`~gateway_redis.sessions.store`: the store, its key layout and its guarantees;
+- ``_codec``: the stored form: session IDs, slot tags, metadata encoding and the
+  :class:`Session` value decoded from a stored hash (no Redis calls);
+- ``_scripts``: the Lua scripts every write runs;
+- ``_cluster``: the single-key steps used on Redis Cluster, with their invariants.
+
+:func:`slot_tag` is the hash tag of a user's session keys (the first 12 characters of each
+of the user's session IDs), for tools that need to know which slot holds them.
+"""
+
+from __future__ import annotations
+
+from gateway_redis.sessions._codec import Session, slot_tag
+from gateway_redis.sessions.store import SessionStore
+
+__all__ = ["Session", "SessionStore", "slot_tag"]
