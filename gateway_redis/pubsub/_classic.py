@@ -22,13 +22,9 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
+from gateway_redis.pubsub._connection import open_connection
 from gateway_redis.pubsub._registry import Entry, Kind, Ledger, ProtocolError, Registry
-from gateway_redis.pubsub._supervisor import (
-    YIELD_EVERY,
-    ListenerSettings,
-    Supervisor,
-    open_connection,
-)
+from gateway_redis.pubsub._supervisor import YIELD_EVERY, ListenerSettings, Supervisor
 from gateway_redis.pubsub.envelope import RESERVED
 from gateway_redis.support import describe_error, log_fields
 
@@ -38,7 +34,7 @@ if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
 T = TypeVar("T")
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 _GLOB: Final = re.compile(r"([\\*?\[\]])")
 
 
@@ -59,8 +55,6 @@ class Listener(Supervisor[T]):
         self._prefix_len = len(prefix.encode())
         super().__init__(client, Ledger(("SUBSCRIBE", self._liveness), b"subscribe"), settings)
         self._probe: AbstractConnection | None = None
-        self._token: tuple[bytes, asyncio.Future[None]] | None = None
-        self._token_seq = 0
 
     def acquire(self, registry: Registry[T], name: str, owner: T) -> Entry[T]:
         """Add ``owner`` to ``name`` in ``registry`` (``channels`` or ``patterns``); a new
@@ -102,9 +96,6 @@ class Listener(Supervisor[T]):
     def _open_connection(self) -> AbstractConnection:
         return open_connection(self._client)
 
-    def _session_ended(self, was_live: bool) -> None:
-        self._token = None
-
     async def _read(self, conn: AbstractConnection) -> str:
         channels, patterns = self.channels.entries, self.patterns.entries
         deliver, prefix = self._settings.deliver, self._prefix_len
@@ -118,9 +109,7 @@ class Listener(Supervisor[T]):
             kind = reply[0]
             if kind == b"message":
                 if reply[1] == liveness:
-                    token = self._token
-                    if token is not None and reply[2] == token[0] and not token[1].done():
-                        token[1].set_result(None)
+                    self._token_seen(reply[2])
                     continue
                 entry = channels.get(reply[1])
                 if entry is not None and entry.subs:
@@ -139,10 +128,7 @@ class Listener(Supervisor[T]):
 
     async def _check_liveness(self) -> str | None:
         """Publish a token on our private channel and wait for it; a problem or None."""
-        self._token_seq += 1
-        token = b"%d" % self._token_seq
-        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._token = (token, seen)
+        token, seen = self._issue_token()
         try:
             async with _driver.deadline(self._timeout):
                 if await self._publish_token(token) < 1:

@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
+from gateway_redis.pubsub._connection import open_connection
 from gateway_redis.pubsub._registry import Entry, Kind, Node, ProtocolError, Registry
 from gateway_redis.pubsub._sharded import ShardListener
-from gateway_redis.pubsub._supervisor import ListenerSettings, open_connection
+from gateway_redis.pubsub._supervisor import ListenerSettings
 from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
 T = TypeVar("T")
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 _REFRESH_EVERY: Final = 0.2  # seconds between slot-map lookups while a node is failing
 _MAX_HOPS: Final = 5  # MOVED replies followed for one slot within a second before backing off
 
@@ -221,10 +222,7 @@ class Router(Generic[T]):
         entries = [entry for entry in entries if entry.node != node]
         self.lost([entry for entry in entries if entry.confirmed.is_set()])
         for entry in entries:
-            old = self.listeners.get(entry.node)
-            if old is not None:
-                old.ledger.remove(entry)
-                old.kick()
+            self._leave_node(entry)
             self._assign(entry, node)
 
     def _unassign(self, entry: Entry[T]) -> None:
@@ -236,6 +234,10 @@ class Router(Generic[T]):
             if not same_slot:
                 del self._by_slot[entry.slot]
                 self._hops.pop(entry.slot, None)
+        self._leave_node(entry)
+
+    def _leave_node(self, entry: Entry[T]) -> None:
+        # Unsubscribed on the connection of the node serving it (if it was sent there).
         listener = self.listeners.get(entry.node)
         if listener is not None:
             listener.ledger.remove(entry)

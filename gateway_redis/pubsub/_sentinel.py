@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Final
 
 from redis import exceptions as rexc
 
-from gateway_redis.pubsub._supervisor import backoff, open_connection
+from gateway_redis.pubsub._connection import open_connection
+from gateway_redis.pubsub._supervisor import backoff
 from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 _CHANNEL: Final = b"+switch-master"
 
 

@@ -24,13 +24,9 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
+from gateway_redis.pubsub._connection import open_connection
 from gateway_redis.pubsub._registry import Entry, Ledger, Node, ProtocolError
-from gateway_redis.pubsub._supervisor import (
-    YIELD_EVERY,
-    ListenerSettings,
-    Supervisor,
-    open_connection,
-)
+from gateway_redis.pubsub._supervisor import YIELD_EVERY, ListenerSettings, Supervisor
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -138,8 +134,6 @@ class ShardListener(Supervisor[T]):
         self._router = router
         self._entries = entries
         self._source = "pubsub shard" if node is None else f"pubsub shard {node[0]}:{node[1]}"
-        self._token: tuple[bytes, asyncio.Future[None]] | None = None
-        self._token_seq = 0
 
     @property
     def wanted(self) -> bool:
@@ -173,7 +167,6 @@ class ShardListener(Supervisor[T]):
         return self._client.backend.nodes if self.node is not None else None
 
     def _session_ended(self, was_live: bool) -> None:
-        self._token = None
         self._router.lost([e for e in self.ledger.served if e.confirmed.is_set()])
         if self.wanted:
             self._router.request_refresh()
@@ -212,9 +205,7 @@ class ShardListener(Supervisor[T]):
         if not ledger.confirm(kind, name):
             self._unsubscribed(name)
         elif kind == b"pong":
-            token = self._token
-            if token is not None and name == token[0] and not token[1].done():
-                token[1].set_result(None)
+            self._token_seen(name)
         if ledger.regained:
             ledger.regained = False
             self._router.regained()
@@ -244,10 +235,7 @@ class ShardListener(Supervisor[T]):
         self._router.refused(entries, exc)
 
     async def _check_liveness(self) -> str | None:
-        self._token_seq += 1
-        token = b"%d" % self._token_seq
-        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._token = (token, seen)
+        token, seen = self._issue_token()
         self.ledger.ping(token)
         self.kick()
         try:

@@ -8,9 +8,7 @@ order, which is what :class:`~gateway_redis.pubsub._registry.Ledger` relies on.
 
 :class:`Supervisor` is the machinery shared by the classic connection
 (:mod:`~gateway_redis.pubsub._classic`) and each node's sharded connection
-(:mod:`~gateway_redis.pubsub._sharded`). :func:`open_connection` builds every lone
-connection of the package (subscribers, the liveness publisher, the slot router, the
-Sentinel watch).
+(:mod:`~gateway_redis.pubsub._sharded`).
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from redis import exceptions as rexc
 
 from gateway_redis import _driver
-from gateway_redis.pubsub._registry import Entry, Ledger, Node
+from gateway_redis.pubsub._registry import Entry, Ledger
 from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
@@ -36,7 +34,7 @@ if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
 T = TypeVar("T")
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 
 YIELD_EVERY: Final = 64
 """Messages a reader handles before letting other tasks run. Below the default buffer size
@@ -81,46 +79,6 @@ def backoff(attempt: int, *, base: float = 0.05, cap: float = 1.0) -> float:
     """Seconds to wait before reconnect ``attempt`` (1, 2, ...): exponential, jittered, capped."""
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, 16))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def open_connection(
-    client: RedisClient,
-    *,
-    name: str = "gateway-redis-pubsub",
-    read_timeout: float | None = None,
-    connect_timeout: float | None = None,
-    node: Node = None,
-    sentinel: tuple[str, int] | None = None,
-    protocol: int | None = 2,
-) -> AbstractConnection:
-    """A new, unconnected connection outside the pool; by default the classic subscriber's.
-
-    Never retried by redis-py (it must never reconnect behind our back), no per-command
-    health check, keepalive on. ``name`` is its CLIENT SETNAME; ``read_timeout`` (seconds,
-    None: none, as a subscriber must be able to stay idle) and ``connect_timeout``
-    (seconds, default ``dial_timeout``). Address, TLS and credentials come from the
-    client's backend: to ``node`` (cluster), or to the server (Sentinel: the current
-    primary) when ``node`` is None; to the sentinel at ``sentinel`` instead when given.
-    ``protocol`` 2 (RESP2: replies are plain arrays), or None for redis-py's default.
-    """
-    settings = {
-        "socket_timeout": read_timeout,
-        "socket_connect_timeout": (
-            client.config.dial_timeout if connect_timeout is None else connect_timeout
-        ),
-        "socket_keepalive": True,
-        "retry": None,
-        "health_check_interval": 0,
-        "client_name": name,
-        "protocol": protocol,
-    }
-    if sentinel is not None:
-        return client.backend.sentinel_connection(sentinel, **settings)
-    conn = client.backend.lone_connection(**settings)
-    if node is not None:
-        assert isinstance(conn, _driver.ClusterSeedConnection)
-        conn.pin(node)
-    return conn
 
 
 class Supervisor(Generic[T]):
@@ -172,6 +130,8 @@ class Supervisor(Generic[T]):
         """Successful resubscriptions after a lost connection."""
         self._ever_live = self._held = False
         self._live_since = self._lost_at = self._last_rx = 0.0
+        self._token: tuple[bytes, asyncio.Future[None]] | None = None
+        self._token_seq = 0
 
     @property
     def started(self) -> bool:
@@ -230,6 +190,21 @@ class Supervisor(Generic[T]):
     def _session_ended(self, was_live: bool) -> None:
         """Called after every session, before the ledger is reset."""
 
+    def _issue_token(self) -> tuple[bytes, asyncio.Future[None]]:
+        """A new liveness token, and the future :meth:`_token_seen` resolves when the
+        reader sees it come back. The check that issued it clears ``self._token``."""
+        self._token_seq += 1
+        token = b"%d" % self._token_seq
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._token = (token, seen)
+        return token, seen
+
+    def _token_seen(self, token: bytes) -> None:
+        """The reader saw ``token`` come back on the connection."""
+        current = self._token
+        if current is not None and token == current[0] and not current[1].done():
+            current[1].set_result(None)
+
     def _report_lost(self) -> None:
         """A live connection was lost (its subscriptions may miss messages)."""
 
@@ -261,6 +236,7 @@ class Supervisor(Generic[T]):
                     attempt = 0
                 reason, unresponsive = await self._session(self._open_connection())
                 was_live, self.live = self.live, False
+                self._token = None
                 self._session_ended(was_live)
                 # Nothing is subscribed any more: a subscriber arriving from now on waits
                 # for the next connection's confirmation.

@@ -1,3 +1,4 @@
+# Over 400 lines: one class, PubSubHub, whose public methods carry the pub/sub API reference.
 """The process's pub/sub hub: publishing, subscribing, and the connections behind them.
 
 :class:`PubSubHub` owns the classic subscriber connection
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PubSubHub", "ReconnectListener"]
 
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 
 ReconnectListener = Callable[[], None]
 """Called with no arguments when the subscriber connection is lost or restored."""

@@ -23,7 +23,7 @@ from gateway_redis.support import log_fields
 
 __all__ = ["End", "Message", "MessageCallback", "PubSubStats", "Subscription"]
 
-_log = logging.getLogger("gateway_redis.pubsub")
+_log = logging.getLogger(__name__)
 _WARN_EVERY: Final = 10.0  # seconds between overflow warnings of one subscription
 
 MessageCallback = Callable[["Message"], None]
