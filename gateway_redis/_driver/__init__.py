@@ -39,9 +39,6 @@ from gateway_redis._driver.retry import (
 )
 from gateway_redis._translate import is_auth_error, is_outage_error
 
-# The pub/sub modules still spell it ``_driver.deadline(...)``.
-deadline = Deadline
-
 __all__ = [
     "Backend",
     "ClusterBackend",
@@ -58,7 +55,6 @@ __all__ = [
     "PoolBackend",
     "PoolExhausted",
     "ProbeResult",
-    "deadline",
     "disable_retries",
     "is_auth_error",
     "is_outage_error",

@@ -23,10 +23,10 @@ from redis.backoff import NoBackoff
 
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable, _driver
 from gateway_redis._driver import (
+    Deadline,
     GatewayPool,
     GatewayRetry,
     PoolExhausted,
-    deadline,
     disable_retries,
     no_retry,
     restore_retries,
@@ -40,14 +40,14 @@ from gateway_redis.embedded import EmbeddedRedis
 async def test_deadline_ends_a_block_with_timeout_error() -> None:
     started = time.perf_counter()
     with pytest.raises(asyncio.TimeoutError):
-        async with deadline(0.05) as d:
+        async with Deadline(0.05) as d:
             await asyncio.sleep(1)
     assert 0.045 <= time.perf_counter() - started < 0.2
     assert d.expired
 
 
 async def test_a_block_that_ends_in_time_is_untouched() -> None:
-    async with deadline(0.05) as d:
+    async with Deadline(0.05) as d:
         await asyncio.sleep(0)
     assert not d.expired
     await asyncio.sleep(0.1)  # its expiry passes after the block: nothing is cancelled
@@ -57,7 +57,7 @@ async def test_many_deadlines_of_one_length_share_one_timer() -> None:
     loop = asyncio.get_running_loop()
     scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
     for _ in range(1000):
-        async with deadline(30.0):
+        async with Deadline(30.0):
             pass
     # asyncio.timeout() would leave 1000 cancelled handles on the heap until they expire.
     assert len(loop._scheduled) <= scheduled + 1  # type: ignore[attr-defined]
@@ -65,12 +65,12 @@ async def test_many_deadlines_of_one_length_share_one_timer() -> None:
 
 async def test_each_deadline_fires_at_its_own_time_behind_finished_ones() -> None:
     """The shared timer is armed for the oldest entry; a later one still fires on time."""
-    async with deadline(0.2):
+    async with Deadline(0.2):
         pass  # ends at once; the queue's timer stays armed for its expiry
     await asyncio.sleep(0.1)
     started = time.perf_counter()
     with pytest.raises(asyncio.TimeoutError):
-        async with deadline(0.2):
+        async with Deadline(0.2):
             await asyncio.sleep(2)
     assert 0.19 <= time.perf_counter() - started < 0.35
 
@@ -80,13 +80,13 @@ async def test_concurrent_deadlines_each_fire_after_their_own_length() -> None:
         await asyncio.sleep(start_delay)
         started = time.perf_counter()
         with pytest.raises(asyncio.TimeoutError):
-            async with deadline(0.2):
+            async with Deadline(0.2):
                 await asyncio.sleep(2)
         return time.perf_counter() - started
 
     async def quick() -> None:
         for _ in range(20):
-            async with deadline(0.2):
+            async with Deadline(0.2):
                 await asyncio.sleep(0.01)
 
     *waited, _ = await asyncio.gather(late(0), late(0.05), late(0.1), quick())
@@ -96,10 +96,10 @@ async def test_concurrent_deadlines_each_fire_after_their_own_length() -> None:
 
 async def test_deadlines_of_different_lengths_and_nested_ones() -> None:
     outer_started = time.perf_counter()
-    async with deadline(1.0) as outer:
+    async with Deadline(1.0) as outer:
         started = time.perf_counter()
         with pytest.raises(asyncio.TimeoutError):
-            async with deadline(0.05):
+            async with Deadline(0.05):
                 await asyncio.sleep(5)
         assert time.perf_counter() - started < 0.2
         await asyncio.sleep(0)
@@ -112,7 +112,7 @@ async def test_deadline_keeps_cancelling_a_block_that_swallows_cancellation() ->
 
     async def stubborn() -> None:
         nonlocal swallowed
-        async with deadline(0.05):
+        async with Deadline(0.05):
             for _ in range(3):
                 try:
                     await asyncio.sleep(5)
@@ -129,7 +129,7 @@ async def test_deadline_keeps_cancelling_a_block_that_swallows_cancellation() ->
 
 async def test_outside_cancellation_is_passed_on_not_turned_into_timeout() -> None:
     async def body() -> None:
-        async with deadline(5.0):
+        async with Deadline(5.0):
             await asyncio.sleep(5)
 
     task = asyncio.create_task(body())
@@ -142,7 +142,7 @@ async def test_outside_cancellation_is_passed_on_not_turned_into_timeout() -> No
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
 async def test_outside_cancellation_during_a_fired_deadline_wins() -> None:
     async def body() -> None:
-        async with deadline(0.05):
+        async with Deadline(0.05):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(5)  # swallowed: the deadline re-cancels
             await asyncio.sleep(5)
@@ -157,9 +157,9 @@ async def test_outside_cancellation_during_a_fired_deadline_wins() -> None:
 def test_deadlines_work_across_event_loops() -> None:
     async def once() -> None:
         with pytest.raises(asyncio.TimeoutError):
-            async with deadline(0.02):
+            async with Deadline(0.02):
                 await asyncio.sleep(1)
-        async with deadline(0.02):
+        async with Deadline(0.02):
             pass
 
     asyncio.run(once())
@@ -169,11 +169,11 @@ def test_deadlines_work_across_event_loops() -> None:
 def test_deadlines_in_loops_of_several_threads() -> None:
     async def work() -> float:
         for _ in range(2000):
-            async with deadline(0.05):
+            async with Deadline(0.05):
                 await asyncio.sleep(0)
         started = time.perf_counter()
         with pytest.raises(asyncio.TimeoutError):
-            async with deadline(0.05):
+            async with Deadline(0.05):
                 await asyncio.sleep(1)
         return time.perf_counter() - started
 

@@ -25,8 +25,8 @@ from gateway_redis import (
     RedisUnavailable,
     SubscriptionClosed,
 )
-from gateway_redis._pubsub_shards import ShardedNames
 from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.pubsub._sharded import ShardedNames
 from tests.pubsubutil import receive, redis_cli, until
 
 SHARD = "gateway-redis-pubsub-shard"  # CLIENT SETNAME of the shard connection

@@ -22,8 +22,8 @@ from redis.asyncio.connection import AbstractConnection, SSLConnection
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis._driver import ClusterSeedConnection, PoolBackend, open_probe_connection
-from gateway_redis._pubsub_conn import open_subscriber_connection
 from gateway_redis.embedded import EmbeddedRedis, free_port
+from gateway_redis.pubsub._connection import open_connection as open_subscriber_connection
 
 TLS_FILES: dict[str, Any] = {
     "tls_ca_file": "/tls/ca.pem",

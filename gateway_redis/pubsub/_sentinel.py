@@ -1,10 +1,10 @@
 """Hearing Sentinel's ``+switch-master``: subscriber connections retry at once.
 
-Private to :mod:`gateway_redis.pubsub`. After a primary dies the subscriber connections
-retry with backoff (up to 1 s between attempts) until the sentinels name a new primary:
-without a hint the first attempt after the switch comes on average about half a second
-late. :class:`SwitchWatch` subscribes to ``+switch-master`` on one sentinel at a time and
-calls ``on_switch()`` for our master's switches, which cuts every retry wait short.
+After a primary dies the subscriber connections retry with backoff (up to 1 s between
+attempts) until the sentinels name a new primary: without a hint the first attempt after
+the switch comes on average about half a second late. :class:`SwitchWatch` subscribes to
+``+switch-master`` on one sentinel at a time and calls ``on_switch()`` for our master's
+switches, which cuts every retry wait short.
 
 It is a hint, not a dependency: nothing waits for it, a sentinel that cannot be reached is
 replaced by the next one (round robin, with backoff), and a missed event only costs the
@@ -17,23 +17,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from redis import exceptions as rexc
-from redis.asyncio.connection import Connection
 
-from gateway_redis._pubsub_conn import backoff
+from gateway_redis.pubsub._connection import open_connection
+from gateway_redis.pubsub._supervisor import backoff
 from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
-_log = logging.getLogger("gateway_redis.pubsub")
-_CHANNEL = b"+switch-master"
+_log = logging.getLogger(__name__)
+_CHANNEL: Final = b"+switch-master"
 
 
 class SwitchWatch:
-    """One task listening for ``+switch-master`` of the client's Sentinel master."""
+    """One task listening for ``+switch-master`` of the client's Sentinel master.
+
+    ``on_switch()`` runs on the event loop for each switch of our master; it must not block.
+    """
 
     def __init__(self, client: RedisClient, on_switch: Callable[[], None]) -> None:
         topology = client.config.topology
@@ -62,7 +65,11 @@ class SwitchWatch:
         attempt = 0
         while True:
             address = self._sentinels[attempt % len(self._sentinels)]
-            conn = self._connection(address)
+            # No read timeout (events are rare); the sentinels' own credentials, and TLS
+            # when the topology uses it.
+            conn = open_connection(
+                self._client, name="gateway-redis-pubsub-sentinel", sentinel=address
+            )
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_command("SUBSCRIBE", _CHANNEL, check_health=False)
@@ -82,19 +89,6 @@ class SwitchWatch:
             attempt += 1
             await asyncio.sleep(backoff(attempt))
 
-    def _connection(self, address: tuple[str, int]) -> Connection:
-        # Plain RESP2, no read timeout (events are rare), keepalive, never retried behind
-        # our back; the sentinels' own credentials, and TLS when the topology uses it.
-        return self._client.backend.sentinel_connection(
-            address,
-            socket_timeout=None,
-            socket_connect_timeout=self._client.config.dial_timeout,
-            socket_keepalive=True,
-            retry=None,
-            client_name="gateway-redis-pubsub-sentinel",
-            protocol=2,
-        )
-
     def _handle(self, reply: object) -> None:
         # [b"message", b"+switch-master", b"<master> <old ip> <old port> <new ip> <new port>"]
         if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
@@ -105,6 +99,6 @@ class SwitchWatch:
             _log.info(
                 "sentinel switched the primary (%s); reconnecting now",
                 payload.decode("utf-8", "replace"),
-                extra={"component": "pubsub", "event": "pubsub_switch_master"},
+                extra=log_fields("pubsub", "pubsub_switch_master"),
             )
             self._on_switch()

@@ -1,0 +1,49 @@
+"""Pub/sub over one shared subscriber connection: JSON messages, bounded buffers, reconnects.
+
+::
+
+    async with await client.subscribe("orders", "alerts") as sub:
+        async for message in sub:          # Message(channel, payload, data, ...)
+            if message.gap_before:         # messages may have been lost: refetch state
+                ...
+
+* One subscriber connection per hub (:class:`PubSubHub`, reached as ``client.pubsub``),
+  outside the command pool, no read timeout. Subscriptions are reference counted: 1,000
+  subscriptions to 50 channels are one connection and 50 Redis subscriptions.
+* ``subscribe()`` returns once Redis confirmed every name. Every lost connection is seen
+  (redis-py's ``PubSub`` is not used: it resubscribes silently), marks every subscription
+  with a gap, and is repaired with jittered exponential backoff (capped at 1 s).
+* A quiet connection is checked every ``liveness_interval``: a frozen server that keeps
+  TCP open is noticed within about 1.6 s and holds the client's health down.
+* Each message is decoded once and appended to every matching subscription's bounded
+  buffer, dropping the oldest when full; the reader never waits for a consumer.
+* Sharded channels (``RedisConfig.sharded_channels``: exact names and ``prefix*``
+  entries) use SPUBLISH/SSUBSCRIBE, subscribed on a connection to the node owning each
+  channel's slot, with the same guarantees; they follow failovers and slot moves. The
+  setting applies in every mode (standalone and Sentinel too, Redis 7+). Sharded and
+  classic pub/sub are separate namespaces: patterns never receive sharded messages.
+* With Sentinel, ``+switch-master`` makes the subscriber connections retry at once.
+
+The message format, for other publishers and subscribers, is
+:mod:`gateway_redis.pubsub.envelope`. Patterns are for trusted, fixed strings only: never
+build a PSUBSCRIBE pattern from user input.
+"""
+
+from __future__ import annotations
+
+from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
+from gateway_redis.pubsub.subscription import (
+    Message,
+    MessageCallback,
+    PubSubStats,
+    Subscription,
+)
+
+__all__ = [
+    "Message",
+    "MessageCallback",
+    "PubSubHub",
+    "PubSubStats",
+    "ReconnectListener",
+    "Subscription",
+]
