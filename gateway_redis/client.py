@@ -19,6 +19,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from gateway_redis import _driver, telemetry
+from gateway_redis._confirm import confirmed_write
 from gateway_redis._driver import deadline
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
@@ -322,16 +323,13 @@ class RedisClient:
         *,
         retry: bool = True,
         miss: bool = False,
-        confirm: bool = False,
     ) -> T:
         """Run ``call(redis)`` under the client's rules; the building block of every method.
 
         ``operation`` names the call in errors and logs. ``retry=False`` sends commands at
         most once (for non-idempotent ones). ``miss=True`` makes outage errors
-        :class:`CacheUnavailable`. ``confirm=True`` is for writes that protect security
-        (logout, revocation): when the primary has replicas, the write must reach one
-        (``WAIT 1``) or the call raises ``RedisUnavailable(reason="unconfirmed")``, since a
-        failover could otherwise silently undo it (replication is asynchronous).
+        :class:`CacheUnavailable`. Writes that protect security go through
+        :meth:`confirmed` instead.
 
         Raises :class:`RedisUnavailable` (fast, when Redis is known to be down; after the
         deadline, when it does not answer; ``reason="misconfigured"`` when the credentials
@@ -350,9 +348,7 @@ class RedisClient:
             # `async with deadline(...)` unrolled: the same, without its two coroutines.
             timer = deadline(self._config.operation_timeout).start()
             try:
-                if confirm and self._backend.pool is not None:
-                    result = await self._confirmed(call, retry)
-                elif self._backend.limiter is not None:
+                if self._backend.limiter is not None:
                     async with self._backend.slot():
                         result = await self._call(call, retry)
                 elif retry:  # the common cases inline, without the extra frame of _call
@@ -413,26 +409,31 @@ class RedisClient:
         with _driver.no_retry():
             return await call(target)
 
-    async def _confirmed(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
-        # WAIT counts the writes made on its own connection: pin one for the write, the
-        # replica count (asked now, not from the last probe: replicas come and go) and WAIT.
-        pinned = self._redis.client()
-        try:
-            result = await self._call(call, retry, pinned)
-            role: Any = await pinned.execute_command("ROLE")  # type: ignore[no-untyped-call]
-            replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
-            self._replicas = replicas
-            acked = replicas
-            if replicas > 0:
-                wait_ms = max(1, int(self._config.operation_timeout * 500))
-                acked = int(await pinned.wait(1, wait_ms))
-        finally:
-            await pinned.aclose()
-        if acked < 1 and replicas > 0:
-            raise RedisUnavailable(
-                "write not confirmed by any replica within the deadline", reason="unconfirmed"
-            )
-        return result
+    async def confirmed(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[[Redis], Awaitable[T]],
+        *,
+        retry: bool = True,
+    ) -> T:
+        """Run a write that protects security (logout, revocation, permission removal) and
+        confirm it: :meth:`execute`'s rules, on pinned connections.
+
+        ``call(r)`` gets a ``Redis`` bound to one connection to the primary (on Cluster:
+        the primary that owns ``key``, a full key as :meth:`key` returns; ``call`` may only
+        touch keys of that slot); its commands, pipelines and ``MULTI`` all run there. Then
+        ``ROLE`` on that connection says whether the primary has replicas now, and if it
+        has, ``WAIT 1`` on that same connection must see one acknowledge within half the
+        operation deadline, since a failover could otherwise silently undo the write
+        (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
+        when none did (the write may still have been applied on the primary), and what
+        :meth:`execute` raises.
+        """
+        wait_ms = max(1, int(self._config.operation_timeout * 500))
+        return await self.execute(
+            operation, lambda r: confirmed_write(r, key, call, wait_ms), retry=retry
+        )
 
     def key(self, name: str) -> str:
         """``name`` with the configured key prefix."""
