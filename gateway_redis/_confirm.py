@@ -145,8 +145,10 @@ async def confirmed_write(
     ``redis`` is the client's redis-py object (``Redis`` on a pool, or ``RedisCluster``);
     ``key`` picks the Cluster node (``call`` may only touch keys of ``key``'s slot).
     Returns what ``call`` returned. Raises ``RedisUnavailable(reason="unconfirmed")`` when
-    a primary with replicas got no acknowledgement, and whatever ``call`` or redis-py
-    raise (the client's boundary translates those). The caller owns the deadline.
+    a primary with replicas got no acknowledgement or a pinned connection was
+    re-established during ``call`` (what it wrote before is beyond the new socket's
+    ``WAIT``), and whatever ``call`` or redis-py raise (the client's boundary translates
+    those). The caller owns the deadline.
     """
     pins = _Pins(redis)
     failed = True

@@ -400,14 +400,11 @@ class RedisClient:
                 raise CommandError(f"{operation}: {exc}") from exc
             raise
 
-    async def _call(
-        self, call: Callable[[Redis], Awaitable[T]], retry: bool, redis: Redis | None = None
-    ) -> T:
-        target = self._redis if redis is None else redis
+    async def _call(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
         if retry:
-            return await call(target)
+            return await call(self._redis)
         with _driver.no_retry():
-            return await call(target)
+            return await call(self._redis)
 
     async def confirmed(
         self,
@@ -425,12 +422,14 @@ class RedisClient:
         touch keys of that slot); its commands, pipelines and ``MULTI`` all run there. Then
         ``ROLE`` on that connection says whether the primary has replicas now, and if it
         has, ``WAIT 1`` on that same connection must see one acknowledge within half the
-        operation deadline, since a failover could otherwise silently undo the write
-        (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
+        operation deadline or of the read timeout, whichever is shorter (a longer ``WAIT``
+        would outlast the socket), since a failover could otherwise silently undo the
+        write (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
         when none did (the write may still have been applied on the primary), and what
         :meth:`execute` raises.
         """
-        wait_ms = max(1, int(self._config.operation_timeout * 500))
+        config = self._config
+        wait_ms = max(1, int(min(config.operation_timeout, config.read_timeout) * 500))
         return await self.execute(
             operation, lambda r: confirmed_write(r, key, call, wait_ms), retry=retry
         )

@@ -311,3 +311,28 @@ async def test_revocation_on_a_lone_primary_fails_closed_when_its_replica_is_fro
 ) -> None:
     prepared = await revocation(pair_client, bus_on)
     await _fails_closed(prepared, [pair[1]])
+
+
+async def test_an_unconfirmed_write_leaves_the_client_up_when_the_deadline_exceeds_the_socket(
+    pair: tuple[EmbeddedRedis, EmbeddedRedis],
+) -> None:
+    """WAIT is bounded by the read timeout too: a WAIT outlasting the socket's timeout
+    would end as a read timeout, reported as Redis being down."""
+    primary, replica = pair
+    config = RedisConfig(
+        url=f"redis://127.0.0.1:{primary.port}/0", operation_timeout=3.0, read_timeout=0.4
+    )
+    async with RedisClient(config) as client:
+        sid = await client.create_session("carol", {})
+        replica.freeze()
+        try:
+            started = time.perf_counter()
+            with pytest.raises(RedisUnavailable) as caught:
+                await client.delete_session(sid)
+            elapsed = time.perf_counter() - started
+        finally:
+            replica.thaw()
+        assert caught.value.reason == "unconfirmed"
+        assert elapsed < 0.4 + SLACK
+        assert client.available
+    await asyncio.to_thread(_wait_in_sync, replica.port)
