@@ -77,6 +77,16 @@ class _Pins:
             self.held[node.name] = held
             self.connection_kwargs = node.connection_kwargs
             await conn.connect()
+            # Node pools lend idle connections unchecked (RedisCluster retries instead;
+            # a pinned write cannot): one the peer closed, or that holds an unread reply,
+            # is replaced before use, as redis-py's own pools do.
+            try:
+                stale = await conn.can_read()
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError):
+                stale = True
+            if stale:
+                await conn.disconnect()
+                await conn.connect()
             conn.register_connect_callback(self.on_connect)
         self.current = held[0]
 

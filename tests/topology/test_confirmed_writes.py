@@ -27,11 +27,11 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
+from gateway_redis import RedisClient, RedisConfig, RedisUnavailable, SessionNotFound
 from gateway_redis.embedded import EmbeddedRedis
 from gateway_redis.invalidation import InvalidationBus
 from tests.topologies import MASTER, ClusterTopology, SentinelTopology, sentinel_topology
-from tests.topology.confirmed import SCENARIOS, Prepared, revocation
+from tests.topology.confirmed import SCENARIOS, Prepared, revocation, session_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -336,3 +336,20 @@ async def test_an_unconfirmed_write_leaves_the_client_up_when_the_deadline_excee
         assert elapsed < 0.4 + SLACK
         assert client.available
     await asyncio.to_thread(_wait_in_sync, replica.port)
+
+
+async def test_cluster_logout_after_its_node_closed_the_idle_connections(
+    cluster: ClusterTopology, cluster_client: RedisClient
+) -> None:
+    """A pinned write gets no retry from RedisCluster: an idle node connection the server
+    closed meanwhile is replaced before the write, not failed on."""
+    first = await cluster_client.create_session("dave", {})
+    await cluster_client.delete_session(first)  # leaves an idle connection to the node
+    sid = await cluster_client.create_session("dave", {})
+    owner = cluster.primary_for_slot(key_slot(session_key(cluster_client, sid).encode()))
+    with redis.Redis(port=owner.port, socket_timeout=1) as r:
+        assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+    await asyncio.sleep(0.1)  # idle meanwhile: the event loop sees the connections close
+    await cluster_client.delete_session(sid)
+    with pytest.raises(SessionNotFound):
+        await cluster_client.get_session(sid)
