@@ -7,6 +7,7 @@ store. Knows nothing about ASGI: see the ``middleware`` package for that.
 
 from __future__ import annotations
 
+from gateway_redis.authstore import ClaimsStore, PermissionStore, Revocation, RevocationStore
 from gateway_redis.client import ClientState, RedisClient
 from gateway_redis.config import RedisConfig, parse_duration
 from gateway_redis.errors import (
@@ -27,17 +28,21 @@ from gateway_redis.sessions import Session, SessionStore
 __all__ = [
     "CacheKeyNotFound",
     "CacheUnavailable",
+    "ClaimsStore",
     "ClientState",
     "CommandError",
     "ConfigurationError",
     "GatewayRedisError",
     "HealthState",
     "Message",
+    "PermissionStore",
     "PubSubHub",
     "PubSubStats",
     "RedisClient",
     "RedisConfig",
     "RedisUnavailable",
+    "Revocation",
+    "RevocationStore",
     "SerializationError",
     "Session",
     "SessionNotFound",

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.asyncio import Redis
 
 from gateway_redis import telemetry
+from gateway_redis._confirm import confirmed_write
 from gateway_redis._driver import (
     Backend,
     Deadline,
     disable_retries,
     make_backend,
-    no_retry,
     restore_retries,
 )
 from gateway_redis._translate import Outage, is_auth_error, is_outage_error, translate
@@ -113,7 +113,6 @@ class RedisClient:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._pubsub: PubSubHub | None = None
         self._sessions: SessionStore | None = None
-        self._replicas = 0
         self._session_listeners: list[SessionListener] = []
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
@@ -248,12 +247,9 @@ class RedisClient:
         return self._backend.idle
 
     async def _probe(self) -> None:
-        found = await self._backend.probe()
         # Cluster: a node that stopped answering fails only the calls routed to it; probe
         # often until it answers again.
-        self._health.probe_often(found.watch)
-        if found.replicas is not None:
-            self._replicas = found.replicas
+        self._health.probe_often(await self._backend.probe())
         if self._health.available and self._backend.idle + self._backend.in_use < (
             self._config.min_idle_conns
         ):
@@ -284,16 +280,13 @@ class RedisClient:
         *,
         retry: bool = True,
         miss: bool = False,
-        confirm: bool = False,
     ) -> T:
         """Run ``call(redis)`` under the client's rules; the building block of every method.
 
         ``operation`` names the call in errors and logs. ``retry=False`` sends commands at
         most once (for non-idempotent ones). ``miss=True`` makes outage errors
-        :class:`CacheUnavailable`. ``confirm=True`` is for writes that protect security
-        (logout, revocation): when the primary has replicas, the write must reach one
-        (``WAIT 1``) or the call raises ``RedisUnavailable(reason="unconfirmed")``, since a
-        failover could otherwise silently undo it (replication is asynchronous).
+        :class:`CacheUnavailable`. Writes that protect security go through
+        :meth:`confirmed` instead.
 
         Raises :class:`RedisUnavailable` (fast, when Redis is known to be down; after the
         deadline, when it does not answer; ``reason="misconfigured"`` when the credentials
@@ -312,9 +305,7 @@ class RedisClient:
             # Deadline's start()/end() rather than `async with`: no two coroutines per call.
             timer = Deadline(self._config.operation_timeout).start()
             try:
-                if confirm and self._backend.confirms_writes:
-                    result = await self._confirmed(call, retry)
-                elif retry:
+                if retry:
                     result = await self._run(call)
                 else:
                     token = disable_retries()
@@ -342,35 +333,33 @@ class RedisClient:
                     self._health.check_now()  # the probe decides (cluster)
             raise translated.error from exc
 
-    async def _call(
-        self, call: Callable[[Redis], Awaitable[T]], retry: bool, redis: Redis | None = None
+    async def confirmed(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[[Redis], Awaitable[T]],
+        *,
+        retry: bool = True,
     ) -> T:
-        target = self._redis if redis is None else redis
-        if retry:
-            return await call(target)
-        with no_retry():
-            return await call(target)
+        """Run a write that protects security (logout, revocation, permission removal) and
+        confirm it: :meth:`execute`'s rules, on pinned connections.
 
-    async def _confirmed(self, call: Callable[[Redis], Awaitable[T]], retry: bool) -> T:
-        # WAIT counts the writes made on its own connection: pin one for the write, the
-        # replica count (asked now, not from the last probe: replicas come and go) and WAIT.
-        pinned = self._redis.client()
-        try:
-            result = await self._call(call, retry, pinned)
-            role: Any = await pinned.execute_command("ROLE")  # type: ignore[no-untyped-call]
-            replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
-            self._replicas = replicas
-            acked = replicas
-            if replicas > 0:
-                wait_ms = max(1, int(self._config.operation_timeout * 500))
-                acked = int(await pinned.wait(1, wait_ms))
-        finally:
-            await pinned.aclose()
-        if acked < 1 and replicas > 0:
-            raise RedisUnavailable(
-                "write not confirmed by any replica within the deadline", reason="unconfirmed"
-            )
-        return result
+        ``call(r)`` gets a ``Redis`` bound to one connection to the primary (on Cluster:
+        the primary that owns ``key``, a full key as :meth:`key` returns; ``call`` may only
+        touch keys of that slot); its commands, pipelines and ``MULTI`` all run there. Then
+        ``ROLE`` on that connection says whether the primary has replicas now, and if it
+        has, ``WAIT 1`` on that same connection must see one acknowledge within half the
+        operation deadline or of the read timeout, whichever is shorter (a longer ``WAIT``
+        would outlast the socket), since a failover could otherwise silently undo the
+        write (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
+        when none did (the write may still have been applied on the primary), and what
+        :meth:`execute` raises.
+        """
+        config = self._config
+        wait_ms = max(1, int(min(config.operation_timeout, config.read_timeout) * 500))
+        return await self.execute(
+            operation, lambda r: confirmed_write(r, key, call, wait_ms), retry=retry
+        )
 
     def key(self, name: str) -> str:
         """``name`` with the configured key prefix."""

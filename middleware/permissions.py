@@ -16,13 +16,13 @@ Redis is down the source is asked directly, every time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway_redis import telemetry
+from gateway_redis.authstore import PermissionStore
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
@@ -43,7 +43,6 @@ _RESULT = {
 }
 _L1_HIT = _RESULT["l1"]
 _NS = "rbac"
-_VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache entry
 
 
 def permission_granted(granted: Collection[str], required: str) -> bool:
@@ -183,7 +182,7 @@ class PermissionCache:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._l1 = bus.local_cache("rbac", maxsize=maxsize, ttl=float(ttl))
         self._version: int | None = None
-        self._version_key = self._client.key("rbac:policy-version")
+        self._store = PermissionStore(self._client)
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_version)
 
@@ -232,8 +231,7 @@ class PermissionCache:
         try:
             if version is None:
                 version = await self._read_version()
-            key = self._l2_key(version, subject)
-            raw: Any = await self._client.execute("rbac.get", lambda r: r.get(key), miss=True)
+            raw = await self._store.get(version, subject)
         except GatewayRedisError:
             _RESULT["bypass"].value += 1
             return await self._ask(claims)  # Redis down: the source, uncached
@@ -251,7 +249,7 @@ class PermissionCache:
             granted = await self._ask(claims)
             data = json.dumps(sorted(granted))
             try:
-                await self._client.execute("rbac.set", lambda r: r.set(key, data, px=self._ttl_ms))
+                await self._store.put(version, subject, data, self._ttl_ms)
             except Exception as exc:  # the answer is still good; it just is not shared
                 _log.debug(
                     "permission cache write failed: %s",
@@ -271,25 +269,15 @@ class PermissionCache:
         if not isinstance(subject, str):
             raise TypeError("subject must be a string")
         self._l1.delete(subject)
-        version = await self._read_version()
-        key = self._l2_key(version, subject)
         # Removing permissions protects security: confirmed by a replica when there is one.
-        await self._client.execute("rbac.invalidate", lambda r: r.delete(key), confirm=True)
+        await self._store.remove(await self._read_version(), subject)
         await self._bus.publish(_NS, {"op": "subject", "subject": subject})
 
     async def bump_policy_version(self) -> int:
         """Start a new policy version: every cached permission set on every instance is
         dropped. Returns the new version. Raises :class:`~gateway_redis.RedisUnavailable`.
         """
-        key = self._version_key
-
-        async def call(r: Any) -> Any:
-            pipe = r.pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.pexpire(key, _VERSION_TTL_MS)
-            return (await pipe.execute())[0]
-
-        version = int(await self._client.execute("rbac.bump", call, retry=False))
+        version = await self._store.bump_version()
         self._set_version(version)
         await self._bus.publish(_NS, {"op": "version", "version": version})
         return version
@@ -307,10 +295,6 @@ class PermissionCache:
             )
             raise ServiceUnavailable("permission_source_unavailable") from exc
 
-    def _l2_key(self, version: int, subject: str) -> str:
-        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()
-        return self._client.key(f"rbac:{version}:{digest}")
-
     @staticmethod
     def _decode(raw: Any) -> frozenset[str] | None:
         try:
@@ -326,15 +310,7 @@ class PermissionCache:
         return frozenset(value)
 
     async def _read_version(self) -> int:
-        raw: Any = await self._client.execute("rbac.version", lambda r: r.get(self._version_key))
-        try:
-            return int(raw) if raw is not None else 0
-        except ValueError:
-            _log.warning(
-                "corrupt policy version in Redis; using 0",
-                extra=log_fields("rbac", "rbac_policy_version_corrupt"),
-            )
-            return 0
+        return await self._store.version()
 
     async def _reload_version(self) -> None:
         self._set_version(await self._read_version())

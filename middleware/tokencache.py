@@ -25,7 +25,6 @@ in memory until their ``exp``, so a known-revoked token stays rejected while Red
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway_redis.authstore import ClaimsStore, RevocationStore
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
@@ -85,9 +85,8 @@ class JWTAuthenticator:
     claims are cached (never past ``exp``); ``negative_ttl`` is how long a rejected token is
     remembered in L1; ``*_maxsize`` bound the caches. ``max_token_bytes`` rejects longer
     tokens before hashing. ``max_revocation_lifetime`` (seconds) is how long a revocation
-    given as ``(iss, jti)`` without ``expires_at`` lasts. ``confirm_replicas`` > 0 makes
-    :meth:`revoke` wait (``WAIT``) for that many replicas and fail otherwise. All
-    arguments are validated (``ValueError``). Holds no per-request state.
+    given as ``(iss, jti)`` without ``expires_at`` lasts. All arguments are validated
+    (``ValueError``). Holds no per-request state.
     """
 
     def __init__(
@@ -102,13 +101,10 @@ class JWTAuthenticator:
         negative_maxsize: int = 1_000,
         max_token_bytes: int = 8192,
         max_revocation_lifetime: float = 86_400.0,
-        confirm_replicas: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if type(max_token_bytes) is not int or max_token_bytes < 1:
             raise ValueError("max_token_bytes must be a positive int")
-        if type(confirm_replicas) is not int or confirm_replicas < 0:
-            raise ValueError("confirm_replicas must be an int >= 0")
         self._validator = validator
         self._bus = bus
         self._client = bus.client
@@ -116,7 +112,6 @@ class JWTAuthenticator:
         self._l2_ttl = _check_seconds("l2_ttl", l2_ttl)
         self._max_revocation = _check_seconds("max_revocation_lifetime", max_revocation_lifetime)
         self._max_bytes = max_token_bytes
-        self._replicas = confirm_replicas
         self._clock = clock
         l1_ttl = _check_seconds("l1_ttl", l1_ttl)
         self._l1 = bus.local_cache("jwt", maxsize=l1_maxsize, ttl=l1_ttl)
@@ -127,7 +122,8 @@ class JWTAuthenticator:
         )
         self._revoked: dict[tuple[str, str], float] = {}
         self._prune_at = 1024
-        self._revocations_key = self._client.key("jwt-revocations")
+        self._denylist = RevocationStore(self._client)
+        self._claims_store = ClaimsStore(self._client, self._denylist)
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_revocations)
 
@@ -195,11 +191,10 @@ class JWTAuthenticator:
         return claims.jti is not None and (claims.iss, claims.jti) in self._revoked
 
     async def _resolve(self, token: str, digest: str, now: float) -> Authentication:
-        key = self._client.key("jwt:" + digest)
         degraded = False
         claims: TokenClaims | None = None
         try:
-            raw: Any = await self._client.execute("jwt.get", lambda r: r.get(key), miss=True)
+            raw = await self._claims_store.get(digest)
         except RedisUnavailable:
             raw, degraded = None, True
         except Exception as exc:  # an odd reply (WRONGTYPE...) is a miss, never a 500
@@ -227,27 +222,21 @@ class JWTAuthenticator:
         if self.is_revoked(claims):
             raise InvalidToken("revoked")
         if not degraded:
-            degraded = await self._check_denylist(claims, key if source == "validator" else None)
+            degraded = await self._check_denylist(claims, digest if source == "validator" else None)
         return Authentication(claims, source, degraded)
 
     async def _check_denylist(self, claims: TokenClaims, store_at: str | None) -> bool:
-        """Ask Redis whether ``claims`` is revoked (and store it in L2); True if Redis failed."""
+        """Ask Redis whether ``claims`` is revoked (and store it in L2 under the digest
+        ``store_at``); True if Redis failed."""
         ttl_ms = int((min(self._l2_ttl, claims.exp - self._clock())) * 1000)
-        deny = self._deny_key(claims.iss, claims.jti) if claims.jti is not None else None
-        if deny is None and (store_at is None or ttl_ms <= 0):
+        deny = (claims.iss, claims.jti) if claims.jti is not None else None
+        store = (
+            (store_at, claims.to_json(), ttl_ms) if store_at is not None and ttl_ms > 0 else None
+        )
+        if deny is None and store is None:
             return False
-        data = claims.to_json()
-
-        async def call(r: Any) -> Any:
-            pipe = r.pipeline(transaction=False)
-            if deny is not None:
-                pipe.exists(deny)
-            if store_at is not None and ttl_ms > 0:
-                pipe.set(store_at, data, px=ttl_ms)
-            return await pipe.execute()
-
         try:
-            replies = await self._client.execute("jwt.check", call)
+            revoked = await self._claims_store.check(deny, store)
         except GatewayRedisError:
             return True
         except Exception as exc:
@@ -257,7 +246,7 @@ class JWTAuthenticator:
                 extra=log_fields("jwt", "jwt_denylist_check_failed", type(exc).__name__),
             )
             return True
-        if deny is not None and replies and replies[0]:
+        if revoked:
             self._remember(claims.iss, str(claims.jti), float(claims.exp))
             raise InvalidToken("revoked")
         return False
@@ -272,11 +261,12 @@ class JWTAuthenticator:
         ``target`` is the token itself, its verified :class:`TokenClaims`, or an
         ``(iss, jti)`` pair (lasting until ``expires_at``, epoch seconds, default now +
         ``max_revocation_lifetime``). This instance rejects the token at once, even if
-        Redis is down; then the denylist entry is written and the event broadcast. Raises
-        :class:`RedisUnavailable` when that could not be done (the revocation then holds
-        on this instance only), :class:`InvalidToken` for a token that is not valid for
-        another reason than having expired or being revoked already, and ``ValueError``
-        for a token without ``jti``.
+        Redis is down; then the denylist entry is written, confirmed by a replica when the
+        primary has one, and the event broadcast. Raises :class:`RedisUnavailable` when
+        that could not be done (``reason="unconfirmed"``: no replica acknowledged; the
+        revocation then holds on this instance only), :class:`InvalidToken` for a token
+        that is not valid for another reason than having expired or being revoked
+        already, and ``ValueError`` for a token without ``jti``.
         """
         now = self._clock()
         if isinstance(target, str):
@@ -297,32 +287,9 @@ class JWTAuthenticator:
             exp = float(expires_at) if expires_at is not None else now + self._max_revocation
         if exp <= now:
             return
-        self._remember(iss, jti, exp)
-        deny, index = self._deny_key(iss, jti), self._revocations_key
-        member, exp_ms = json.dumps([iss, jti]), int(exp * 1000)
-
-        async def call(r: Any) -> Any:
-            pipe = r.pipeline(transaction=False)
-            pipe.set(deny, b"1", pxat=exp_ms)
-            pipe.zadd(index, {member: exp})
-            pipe.zremrangebyscore(index, "-inf", now)
-            pipe.pexpireat(index, exp_ms, nx=True)
-            pipe.pexpireat(index, exp_ms, gt=True)
-            await pipe.execute()
-            if self._replicas:
-                acked = int(await r.wait(self._replicas, 500))
-                if acked < self._replicas:
-                    raise RedisUnavailable(
-                        f"revocation reached {acked} of {self._replicas} replicas",
-                        reason="timeout",
-                    )
-
-        await self._client.execute("jwt.revoke", call)
+        self._remember(iss, jti, exp)  # applies here even when the write below fails
+        await self._denylist.revoke(iss, jti, exp, now)
         await self._bus.publish(_NS, {"op": "revoke", "iss": iss, "jti": jti, "exp": exp})
-
-    def _deny_key(self, iss: str, jti: Any) -> str:
-        digest = hashlib.sha256(f"{iss}\0{jti}".encode("utf-8", "replace")).hexdigest()
-        return self._client.key("jwt-deny:" + digest)
 
     def _remember(self, iss: str, jti: str, exp: float) -> None:
         """Mirror a revocation and drop any L1 entry it concerns."""
@@ -344,14 +311,5 @@ class JWTAuthenticator:
 
     async def _reload_revocations(self) -> None:
         """Resync hook: reload every active revocation from Redis into the mirror."""
-        index, now = self._revocations_key, self._clock()
-        entries: Any = await self._client.execute(
-            "jwt.revocations", lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
-        )
-        for member, score in entries:
-            try:
-                iss, jti = json.loads(member)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(iss, str) and isinstance(jti, str):
-                self._remember(iss, jti, float(score))
+        for revocation in await self._denylist.active(self._clock()):
+            self._remember(revocation.iss, revocation.jti, revocation.exp)

@@ -14,7 +14,6 @@ from gateway_redis._driver.backend import (
     Backend,
     ClusterBackend,
     PoolBackend,
-    ProbeResult,
     make_backend,
     open_probe_connection,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "NodeUnreachable",
     "PoolBackend",
     "PoolExhausted",
-    "ProbeResult",
     "disable_retries",
     "is_auth_error",
     "is_outage_error",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
@@ -45,21 +45,11 @@ __all__ = [
     "Backend",
     "ClusterBackend",
     "PoolBackend",
-    "ProbeResult",
     "make_backend",
     "open_probe_connection",
 ]
 
 T = TypeVar("T")
-
-
-class ProbeResult(NamedTuple):
-    """What a successful health probe learnt besides "Redis answers"."""
-
-    replicas: int | None
-    """How many replicas the primary has; None when the probe does not ask (cluster)."""
-    watch: bool
-    """Whether something short of an outage needs probing often (a cluster node down)."""
 
 
 class Backend(Protocol):
@@ -71,11 +61,6 @@ class Backend(Protocol):
     def redis(self) -> Redis:
         """The command facade handed to ``execute``'s callables (``RedisCluster`` answers
         the same commands in cluster mode)."""
-
-    @property
-    def confirms_writes(self) -> bool:
-        """Whether ``WAIT`` can confirm a write here (one primary behind one pool): then
-        the client runs ``confirm=True`` calls on a pinned connection."""
 
     @property
     def cluster(self) -> RedisCluster | None:
@@ -103,9 +88,11 @@ class Backend(Protocol):
         unavailable (the client reports it), False when only a probe can tell (one cluster
         node may be down: the node the call waited on is marked)."""
 
-    async def probe(self) -> ProbeResult:
+    async def probe(self) -> bool:
         """Check that Redis is usable, over a lone connection with short timeouts; raises
-        the driver's error when it is not (an auth error when credentials are refused)."""
+        the driver's error when it is not (an auth error when credentials are refused).
+        Returns whether something short of an outage needs probing often (a cluster node
+        down)."""
 
     def set_wait_observer(self, observer: Callable[[float], None]) -> None:
         """Report each call's wait for a connection or slot (seconds) to ``observer``."""
@@ -144,7 +131,6 @@ class PoolBackend:
 
     cluster: None = None
     nodes: None = None
-    confirms_writes = True
 
     def __init__(self, config: RedisConfig, *, probe_timeout: float) -> None:
         self.config = config
@@ -163,10 +149,10 @@ class PoolBackend:
         """Any outage of the one primary is an outage of Redis."""
         return True
 
-    async def probe(self) -> ProbeResult:
-        """``ROLE`` on the probe connection: answers like ``PING`` and also says how many
-        replicas the primary has (which decides whether confirmed writes wait for one).
-        Raises ``ConnectionError`` when the server is not a primary."""
+    async def probe(self) -> bool:
+        """``ROLE`` on the probe connection: answers like ``PING`` and also says whether the
+        server is a primary. Raises ``ConnectionError`` when it is not. Returns False:
+        nothing short of an outage needs probing often here."""
         conn = self._probe_conn
         try:
             async with Deadline(self._probe_timeout):
@@ -178,7 +164,7 @@ class PoolBackend:
             await conn.disconnect(nowait=True)
             raise
         if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
-            return ProbeResult(replicas=len(reply[2]) if len(reply) > 2 else 0, watch=False)
+            return False
         if isinstance(reply, list):
             raise rexc.ConnectionError(f"connected to a {reply[0]!r}, not a primary")
         raise rexc.ConnectionError(f"unexpected probe reply {reply!r}")
@@ -236,8 +222,6 @@ class ClusterBackend:
     ``pool_size`` calls run at once and the others queue (at most ``pool_timeout``, then
     :class:`PoolExhausted`) instead of failing.
     """
-
-    confirms_writes = False
 
     def __init__(self, config: RedisConfig, *, probe_timeout: float) -> None:
         self.config = config
@@ -304,11 +288,11 @@ class ClusterBackend:
                 self.nodes.mark(name, "no reply within the operation deadline")
         return outage is Outage.CREDENTIALS
 
-    async def probe(self) -> ProbeResult:
+    async def probe(self) -> bool:
         """``CLUSTER INFO`` on a seed node (down when the nodes say so or none answers);
         then ping the nodes marked unreachable, so that one answering again is cleared."""
         await probe_cluster(self._probe_conn, self._probe_timeout)
-        return ProbeResult(replicas=None, watch=await self.check_nodes(self._probe_timeout))
+        return await self.check_nodes(self._probe_timeout)
 
     async def check_nodes(self, timeout: float) -> bool:
         """PING every cluster node marked unreachable (``timeout`` seconds, all at once);

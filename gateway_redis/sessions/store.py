@@ -202,7 +202,7 @@ class SessionStore:
             await self._delete(r, self._index_key(user_id), [session_id])
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
-        await self._client.execute("session.delete", call, confirm=True)
+        await self._client.confirmed("session.delete", key, call)
         await self._client._session_changed("delete", session_id=session_id)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
@@ -244,9 +244,7 @@ class SessionStore:
                     break
             return deleted
 
-        deleted: int = await self._client.execute(
-            "session.delete_user_sessions", call, confirm=True
-        )
+        deleted: int = await self._client.confirmed("session.delete_user_sessions", index, call)
         await self._client._session_changed("delete_user", user_id=user_id)
         return deleted
 
