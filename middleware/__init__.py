@@ -10,7 +10,6 @@ stays optional).
 
 from __future__ import annotations
 
-from middleware.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 from middleware.errors import (
     ErrorHandler,
     MiddlewareError,
@@ -20,26 +19,9 @@ from middleware.errors import (
     default_error_response,
 )
 from middleware.gateway import GatewayMiddleware
-from middleware.jwt import GatewayUser, JWTMiddleware
-from middleware.permissions import (
-    CallablePermissions,
-    PermissionCache,
-    PermissionSource,
-    StaticRolePermissions,
-    permission_granted,
-)
-from middleware.rbac import PermissionContext, RBACMiddleware, Rule, require_permissions
-from middleware.scope import (
-    get_claims,
-    get_claims_or_none,
-    get_permission_context,
-    get_session,
-    get_session_handle,
-)
-from middleware.sessioncache import SessionManager
-from middleware.sessions import SessionCookie, SessionHandle, SessionMiddleware
-from middleware.tokencache import Authentication, JWTAuthenticator
-from middleware.tokens import (
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.middleware import GatewayUser, JWTMiddleware
+from middleware.jwt.validator import (
     InvalidToken,
     JWTSettings,
     JWTValidator,
@@ -47,7 +29,25 @@ from middleware.tokens import (
     TokenValidator,
     ValidatorUnavailable,
 )
-from middleware.websocket import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
+from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
+from middleware.rbac.permissions import (
+    CallablePermissions,
+    PermissionCache,
+    PermissionSource,
+    StaticRolePermissions,
+    permission_granted,
+)
+from middleware.scope import (
+    get_claims,
+    get_claims_or_none,
+    get_permission_context,
+    get_session,
+    get_session_handle,
+)
+from middleware.sessions.manager import SessionManager
+from middleware.sessions.middleware import SessionCookie, SessionHandle, SessionMiddleware
+from middleware.websocket.bridge import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
+from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 
 __all__ = [
     "Authentication",

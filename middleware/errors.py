@@ -7,8 +7,8 @@
     ├── PermissionDenied        authenticated, but lacking permissions (403; close 1008)
     └── ServiceUnavailable      a dependency cannot answer right now (503; close 1013)
 
-Token problems themselves are :class:`middleware.tokens.InvalidToken` and
-:class:`middleware.tokens.ValidatorUnavailable`; the middleware turns them into
+Token problems themselves are :class:`middleware.jwt.InvalidToken` and
+:class:`middleware.jwt.ValidatorUnavailable`; the middleware turns them into
 :class:`NotAuthenticated` and :class:`ServiceUnavailable`. Errors carry no HTTP status: an
 ``on_error`` callable (:data:`ErrorHandler`, default :func:`default_error_response`) maps
 them to an ASGI app that answers the request. Clients only ever see generic messages; the

@@ -27,13 +27,13 @@ from middleware.errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
+from middleware.jwt.validator import TokenClaims
 from middleware.scope import (
     get_claims_or_none,
     get_permission_context,
     get_session_handle,
 )
-from middleware.sessions import SessionHandle
-from middleware.tokens import TokenClaims
+from middleware.sessions.middleware import SessionHandle
 
 __all__ = [
     "Claims",

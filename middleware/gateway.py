@@ -53,14 +53,14 @@ from gateway_redis import telemetry
 from middleware import _memo
 from middleware._memo import remember
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
-from middleware.jwt import GatewayUser, JWTMiddleware, bearer_token
-from middleware.permissions import PermissionCache
-from middleware.rbac import PermissionContext, RBACMiddleware, Rule, granted_all
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator, _Verified
+from middleware.jwt.middleware import GatewayUser, JWTMiddleware, bearer_token
+from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, granted_all
+from middleware.rbac.permissions import PermissionCache
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, SESSION_KEY
-from middleware.sessioncache import SessionManager
-from middleware.sessions import _DEFAULT_COOKIE, SessionMiddleware, _Responder
-from middleware.sessionstate import SessionCookie, SessionHandle
-from middleware.tokencache import Authentication, JWTAuthenticator, _Verified
+from middleware.sessions.handle import SessionCookie, SessionHandle
+from middleware.sessions.manager import SessionManager
+from middleware.sessions.middleware import _DEFAULT_COOKIE, SessionMiddleware, _Responder
 
 __all__ = ["GatewayMiddleware"]
 

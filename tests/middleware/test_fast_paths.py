@@ -19,7 +19,7 @@ from middleware import (
     SessionMiddleware,
     _memo,
 )
-from middleware.jwt import _extract
+from middleware.jwt.middleware import _extract
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -150,7 +150,7 @@ async def test_rule_requirements_are_memoized_and_bounded(bus: InvalidationBus) 
 
 
 def test_untouched_session_data_notes_every_kind_of_write() -> None:
-    from middleware.sessionstate import SessionData, _Untouched
+    from middleware.sessions.handle import SessionData, _Untouched
 
     writes = [
         lambda d: d.__setitem__("a", 2),

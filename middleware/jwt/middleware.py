@@ -46,9 +46,9 @@ from middleware.errors import (
     ServiceUnavailable,
     default_error_response,
 )
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.validator import InvalidToken, TokenClaims, ValidatorUnavailable
 from middleware.scope import CLAIMS_KEY
-from middleware.tokencache import Authentication, JWTAuthenticator
-from middleware.tokens import InvalidToken, TokenClaims, ValidatorUnavailable
 
 __all__ = ["GatewayUser", "JWTMiddleware"]
 

@@ -27,7 +27,7 @@ from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
-from middleware.tokens import TokenClaims
+from middleware.jwt.validator import TokenClaims
 
 __all__ = [
     "CallablePermissions",

@@ -1,4 +1,4 @@
-"""Per-request session state and the cookie settings (used by :mod:`middleware.sessions`).
+"""Per-request session state and the cookie settings (used by the session middleware).
 
 :class:`SessionHandle` is what ``get_session_handle(request)`` returns: the loaded session,
 the ``request.session`` dict and the operations that change the session's identity.
@@ -18,7 +18,7 @@ from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
-from middleware.sessioncache import SessionManager
+from middleware.sessions.manager import SessionManager
 
 __all__ = ["SessionCookie", "SessionData", "SessionHandle"]
 

@@ -57,8 +57,8 @@ from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.scope import SESSION_KEY
-from middleware.sessioncache import SessionManager
-from middleware.sessionstate import _TOKEN_CHARS, SessionCookie, SessionData, SessionHandle
+from middleware.sessions.handle import _TOKEN_CHARS, SessionCookie, SessionData, SessionHandle
+from middleware.sessions.manager import SessionManager
 
 __all__ = ["SessionCookie", "SessionData", "SessionHandle", "SessionMiddleware"]
 

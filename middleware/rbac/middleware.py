@@ -46,9 +46,9 @@ from middleware.errors import (
     PermissionDenied,
     default_error_response,
 )
-from middleware.permissions import PermissionCache, _check_permission, permission_granted
+from middleware.jwt.validator import TokenClaims
+from middleware.rbac.permissions import PermissionCache, _check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
-from middleware.tokens import TokenClaims
 
 __all__ = ["PermissionContext", "RBACMiddleware", "Rule", "require_permissions"]
 

@@ -72,22 +72,22 @@ from starlette.types import Receive, Scope, Send
 
 from gateway_redis import telemetry
 from gateway_redis.support import log_fields
-from middleware import _ws_auth as auth
-from middleware._ws_auth import SessionPermissions
-from middleware._ws_conn import Connection, Identity, send_close_before_accept
-from middleware._ws_fanout import Fanout
-from middleware._ws_protocol import CloseCode
-from middleware._ws_registry import Registry
-from middleware._ws_requests import handle_request
-from middleware.channels import ChannelPolicy, Principal
 from middleware.scope import PERMISSIONS_KEY
+from middleware.websocket import _auth as auth
+from middleware.websocket._auth import SessionPermissions
+from middleware.websocket._connection import Connection, Identity, send_close_before_accept
+from middleware.websocket._fanout import Fanout
+from middleware.websocket._protocol import CloseCode
+from middleware.websocket._registry import Registry
+from middleware.websocket._requests import handle_request
+from middleware.websocket.channels import ChannelPolicy, Principal
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
     from gateway_redis.invalidation import InvalidationBus
-    from middleware.permissions import PermissionCache
-    from middleware.sessioncache import SessionManager
-    from middleware.tokencache import JWTAuthenticator
+    from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.rbac.permissions import PermissionCache
+    from middleware.sessions.manager import SessionManager
 
 __all__ = [
     "CloseCode",

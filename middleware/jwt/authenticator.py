@@ -1,6 +1,6 @@
 """Cached token validation and revocation: L1 in process, L2 in Redis, a mirrored denylist.
 
-:class:`JWTAuthenticator` wraps any :class:`~middleware.tokens.TokenValidator`:
+:class:`JWTAuthenticator` wraps any :class:`~middleware.jwt.TokenValidator`:
 
 1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
    by the token string itself (process memory only, per authenticator, so per verifier
@@ -36,7 +36,7 @@ from typing import Any
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
-from middleware.tokens import InvalidToken, TokenClaims, TokenValidator
+from middleware.jwt.validator import InvalidToken, TokenClaims, TokenValidator
 
 __all__ = ["Authentication", "JWTAuthenticator"]
 
