@@ -46,7 +46,7 @@ from gateway_redis.invalidation import InvalidationBus
 from middleware import JWTAuthenticator, JWTMiddleware, PermissionCache, SessionManager
 from middleware.errors import ServiceUnavailable
 from middleware.fastapi import Claims, RequirePermissions
-from middleware.jwt.validator import TokenClaims
+from middleware.jwt import TokenClaims
 from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketBridge, WebSocketLimits
 
 __all__ = ["REALTIME_PUBLIC_PATHS", "create_app", "install_realtime", "realtime_policy"]

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 from middleware.errors import (
     ErrorHandler,
+    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     PermissionDenied,
     ServiceUnavailable,
+    ValidatorUnavailable,
     default_error_response,
 )
 from middleware.gateway import GatewayMiddleware
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
-from middleware.jwt.validator import (
-    InvalidToken,
-    JWTSettings,
-    JWTValidator,
-    TokenClaims,
-    TokenValidator,
-    ValidatorUnavailable,
-)
+from middleware.jwt.settings import JWTSettings
+from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import (
     CallablePermissions,
@@ -44,8 +41,10 @@ from middleware.scope import (
     get_session,
     get_session_handle,
 )
+from middleware.sessions.cookie import SessionCookie
+from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
-from middleware.sessions.middleware import SessionCookie, SessionHandle, SessionMiddleware
+from middleware.sessions.middleware import SessionMiddleware
 from middleware.websocket.bridge import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
 from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 

@@ -25,10 +25,12 @@ from starlette.websockets import WebSocketClose
 
 __all__ = [
     "ErrorHandler",
+    "InvalidToken",
     "MiddlewareError",
     "NotAuthenticated",
     "PermissionDenied",
     "ServiceUnavailable",
+    "ValidatorUnavailable",
     "default_error_response",
 ]
 
@@ -66,6 +68,32 @@ class ServiceUnavailable(MiddlewareError):
     def __init__(self, reason: str, *, retry_after: int = 1) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class InvalidToken(Exception):
+    """The token is not acceptable; `reason` says why, in a short machine-readable word.
+
+    Reasons: ``malformed``, ``too_large``, ``algorithm_not_allowed``, ``unsupported_crit``,
+    ``bad_signature``, ``key_mismatch`` (the JWKS key does not fit the token's `alg`),
+    ``unknown_kid``, ``expired``, ``not_yet_valid`` (`nbf` or `iat` in the future),
+    ``bad_issuer``, ``bad_audience``, ``missing_claim``, ``duplicate_claim``,
+    ``bad_claim_type`` and ``revoked`` (raised by callers that check a denylist).
+    The message never contains the token.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid token: {self.reason}"
+
+
+class ValidatorUnavailable(Exception):
+    """The verifier could not reach its key source (JWKS endpoint down, timeout, bad reply).
+
+    A transient condition: it says nothing about the token, so it must never be cached.
+    """
 
 
 ErrorHandler = Callable[[Scope, MiddlewareError], ASGIApp]

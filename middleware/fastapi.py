@@ -27,13 +27,13 @@ from middleware.errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
-from middleware.jwt.validator import TokenClaims
+from middleware.jwt.claims import TokenClaims
 from middleware.scope import (
     get_claims_or_none,
     get_permission_context,
     get_session_handle,
 )
-from middleware.sessions.middleware import SessionHandle
+from middleware.sessions.handle import SessionHandle
 
 __all__ = [
     "Claims",

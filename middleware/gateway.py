@@ -58,7 +58,8 @@ from middleware.jwt.middleware import GatewayUser, JWTMiddleware, bearer_token
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, granted_all
 from middleware.rbac.permissions import PermissionCache
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, SESSION_KEY
-from middleware.sessions.handle import SessionCookie, SessionHandle
+from middleware.sessions.cookie import SessionCookie
+from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
 from middleware.sessions.middleware import _DEFAULT_COOKIE, SessionMiddleware, _Responder
 

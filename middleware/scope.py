@@ -27,9 +27,9 @@ from middleware.errors import NotAuthenticated
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware.jwt.validator import TokenClaims
+    from middleware.jwt.claims import TokenClaims
     from middleware.rbac.middleware import PermissionContext
-    from middleware.sessions.middleware import SessionHandle
+    from middleware.sessions.handle import SessionHandle
 
 __all__ = [
     "CLAIMS_KEY",

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from middleware.errors import InvalidToken, ValidatorUnavailable
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
-from middleware.jwt.validator import (
-    InvalidToken,
-    JWTSettings,
-    JWTValidator,
-    TokenClaims,
-    TokenValidator,
-    ValidatorUnavailable,
-)
+from middleware.jwt.settings import JWTSettings
+from middleware.jwt.validator import JWTValidator, TokenValidator
 
 __all__ = [
     "Authentication",

@@ -36,7 +36,9 @@ from typing import Any
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
-from middleware.jwt.validator import InvalidToken, TokenClaims, TokenValidator
+from middleware.errors import InvalidToken
+from middleware.jwt.claims import TokenClaims
+from middleware.jwt.validator import TokenValidator
 
 __all__ = ["Authentication", "JWTAuthenticator"]
 

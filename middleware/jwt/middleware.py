@@ -41,13 +41,15 @@ from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
     ErrorHandler,
+    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     ServiceUnavailable,
+    ValidatorUnavailable,
     default_error_response,
 )
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
-from middleware.jwt.validator import InvalidToken, TokenClaims, ValidatorUnavailable
+from middleware.jwt.claims import TokenClaims
 from middleware.scope import CLAIMS_KEY
 
 __all__ = ["GatewayUser", "JWTMiddleware"]

@@ -46,8 +46,8 @@ from middleware.errors import (
     PermissionDenied,
     default_error_response,
 )
-from middleware.jwt.validator import TokenClaims
-from middleware.rbac.permissions import PermissionCache, _check_permission, permission_granted
+from middleware.jwt.claims import TokenClaims
+from middleware.rbac.permissions import PermissionCache, check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
 
 __all__ = ["PermissionContext", "RBACMiddleware", "Rule", "require_permissions"]
@@ -69,7 +69,7 @@ class Rule:
     def __init__(self, path: str, *permissions: str, methods: Iterable[str] = ("*",)) -> None:
         if not permissions:
             raise ValueError("a rule needs at least one permission")
-        required = tuple(_check_permission(p) for p in permissions)
+        required = tuple(check_permission(p) for p in permissions)
         if any("*" in p for p in required):
             raise ValueError("required permissions cannot contain wildcards")
         if isinstance(methods, str):
@@ -248,7 +248,7 @@ def require_permissions(
     Otherwise the endpoint returns ``on_error``'s response (HTTP) or closes the socket
     (WebSocket). Needs :class:`RBACMiddleware`.
     """
-    required = tuple(_check_permission(p) for p in permissions)
+    required = tuple(check_permission(p) for p in permissions)
     if not required or any("*" in p for p in required):
         raise ValueError("give one or more permissions, without wildcards")
 

@@ -27,13 +27,14 @@ from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
-from middleware.jwt.validator import TokenClaims
+from middleware.jwt.claims import TokenClaims
 
 __all__ = [
     "CallablePermissions",
     "PermissionCache",
     "PermissionSource",
     "StaticRolePermissions",
+    "check_permission",
     "permission_granted",
 ]
 
@@ -54,7 +55,8 @@ def permission_granted(granted: Collection[str], required: str) -> bool:
     return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
 
 
-def _check_permission(value: object) -> str:
+def check_permission(value: object) -> str:
+    """``value`` if it is a valid permission string; raises ``ValueError`` otherwise."""
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError(f"permissions must be non-empty strings without spaces: {value!r}")
     return value
@@ -99,7 +101,7 @@ class StaticRolePermissions:
         for role, granted in roles.items():
             if not isinstance(role, str) or not role or isinstance(granted, str):
                 raise ValueError("roles must map role names to collections of permissions")
-            table[role] = frozenset(_check_permission(p) for p in granted)
+            table[role] = frozenset(check_permission(p) for p in granted)
         self._roles = table
         self._claim = claim
         self._memo: dict[Any, frozenset[str]] = {}
@@ -153,7 +155,7 @@ class CallablePermissions:
 
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """``lookup(claims.sub)`` as a frozenset."""
-        return frozenset(_check_permission(p) for p in await self._lookup(claims.sub))
+        return frozenset(check_permission(p) for p in await self._lookup(claims.sub))
 
 
 class PermissionCache:

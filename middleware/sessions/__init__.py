@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from middleware.sessions.handle import SessionCookie, SessionData, SessionHandle
+from middleware.sessions.cookie import SessionCookie
+from middleware.sessions.handle import SessionData, SessionHandle
 from middleware.sessions.manager import SessionManager
 from middleware.sessions.middleware import SessionMiddleware
 

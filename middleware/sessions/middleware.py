@@ -57,10 +57,11 @@ from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.scope import SESSION_KEY
-from middleware.sessions.handle import _TOKEN_CHARS, SessionCookie, SessionData, SessionHandle
+from middleware.sessions.cookie import TOKEN_CHARS, SessionCookie
+from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
 
-__all__ = ["SessionCookie", "SessionData", "SessionHandle", "SessionMiddleware"]
+__all__ = ["SessionMiddleware"]
 
 _log = logging.getLogger(__name__)
 _DEFAULT_COOKIE = SessionCookie()
@@ -99,7 +100,7 @@ class SessionMiddleware:
             raise ValueError("sessions must be a SessionManager")
         if cookie is not None and not isinstance(cookie, SessionCookie):
             raise ValueError("cookie must be a SessionCookie or None")
-        if header_name is not None and (not header_name or not set(header_name) <= _TOKEN_CHARS):
+        if header_name is not None and (not header_name or not set(header_name) <= TOKEN_CHARS):
             raise ValueError(f"header_name must be a header name, got {header_name!r}")
         if cookie is None and header_name is None:
             raise ValueError("configure a cookie, a header_name or both")

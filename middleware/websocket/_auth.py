@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 from starlette.types import Scope
 
 from middleware.scope import SESSION_KEY, get_claims_or_none
-from middleware.sessions.middleware import SessionHandle
+from middleware.sessions.handle import SessionHandle
 from middleware.websocket._connection import Identity
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware.jwt.validator import TokenClaims
+    from middleware.jwt.claims import TokenClaims
     from middleware.rbac.middleware import PermissionContext
     from middleware.rbac.permissions import PermissionCache
 

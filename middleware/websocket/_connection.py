@@ -30,7 +30,7 @@ from middleware.websocket import _protocol as proto
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware.jwt.validator import TokenClaims
+    from middleware.jwt.claims import TokenClaims
     from middleware.websocket._fanout import ChannelEntry
     from middleware.websocket.bridge import WebSocketLimits
     from middleware.websocket.channels import Principal

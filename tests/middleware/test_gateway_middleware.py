@@ -36,7 +36,7 @@ from middleware import (
     get_session,
     get_session_handle,
 )
-from middleware.jwt.validator import JWTValidator
+from middleware.jwt import JWTValidator
 
 HttpFactory = Callable[[ASGIApp], httpx.AsyncClient]
 COOKIE = "__Host-session"

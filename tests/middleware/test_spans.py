@@ -35,8 +35,8 @@ from middleware import (
     get_claims,
     get_session_handle,
 )
+from middleware.jwt import JWTValidator
 from middleware.jwt.authenticator import JWTAuthenticator
-from middleware.jwt.validator import JWTValidator
 from tests.conftest import Telemetry
 
 
