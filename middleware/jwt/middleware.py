@@ -171,6 +171,23 @@ class JWTMiddleware:
         self._on_error = on_error
         self._tokens: dict[bytes, str] = {}  # Authorization value -> token (a pure parse)
 
+    @property
+    def authenticator(self) -> JWTAuthenticator:
+        """The authenticator tokens are checked with."""
+        return self._authenticator
+
+    def bearer(self, authorization: bytes) -> str | None:
+        """The token of one ``Authorization`` header value (memoized: a pure parse); None
+        when it is not a ``Bearer`` value or the token is empty."""
+        tokens = self._tokens
+        token = tokens.get(authorization)
+        if token is None:
+            token = bearer_token(authorization)
+            if not token:
+                return None
+            remember(tokens, authorization, token)
+        return token
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":

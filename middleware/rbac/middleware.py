@@ -92,10 +92,17 @@ class PermissionContext:
 
     __slots__ = ("_cache", "_granted", "claims")
 
-    def __init__(self, cache: PermissionCache, claims: TokenClaims | None) -> None:
+    def __init__(
+        self,
+        cache: PermissionCache,
+        claims: TokenClaims | None,
+        *,
+        granted: frozenset[str] | None = None,
+    ) -> None:
+        """``granted``, when given, is the principal's permissions already resolved."""
         self._cache = cache
         self.claims = claims
-        self._granted: frozenset[str] | None = None
+        self._granted = granted
 
     async def permissions(self) -> frozenset[str]:
         """The principal's permissions (empty when anonymous). Raises
@@ -166,7 +173,7 @@ class RBACMiddleware:
             # The warm path: permissions from L1, no await, no span.
             granted = self._cache.cached(claims) if claims is not None else None
             if granted is not None:
-                cacheable = self._cache._source.cacheable
+                cacheable = self._cache.cacheable
                 if cacheable:
                     _L1_LOOKUP.value += 1
                 context._granted = granted
@@ -194,6 +201,16 @@ class RBACMiddleware:
             await self._on_error(scope, PermissionDenied("no_rule"))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    @property
+    def permissions(self) -> PermissionCache:
+        """The permission cache the rules are checked against."""
+        return self._cache
+
+    @property
+    def deny_unmatched(self) -> bool:
+        """Whether a request that matches no rule is refused (403)."""
+        return self._deny_unmatched
 
     def required_for(self, scope: Scope) -> tuple[str, ...]:
         """:meth:`required` for a request's scope (WebSocket handshakes count as GET)."""

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from gateway_redis import telemetry
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
 from middleware.jwt.claims import TokenClaims
@@ -32,6 +33,7 @@ from middleware.jwt.claims import TokenClaims
 __all__ = [
     "CallablePermissions",
     "PermissionCache",
+    "PermissionPin",
     "PermissionSource",
     "StaticRolePermissions",
     "check_permission",
@@ -158,6 +160,26 @@ class CallablePermissions:
         return frozenset(check_permission(p) for p in await self._lookup(claims.sub))
 
 
+class PermissionPin:
+    """An L1 answer of :meth:`PermissionCache.pin`, for a caller that remembers it across
+    requests: ``granted`` may be used again while :meth:`PermissionCache.is_current` says
+    so. Immutable."""
+
+    __slots__ = ("_current", "_stamp", "_version", "granted")
+
+    def __init__(
+        self,
+        granted: frozenset[str],
+        version: int | None,
+        stamp: Stamp,
+        current: Callable[[Stamp], bool],
+    ) -> None:
+        self.granted = granted
+        self._version = version
+        self._stamp = stamp
+        self._current = current  # the L1 cache's is_current, bound once
+
+
 class PermissionCache:
     """Resolves a principal's permissions through L1, L2 and ``source``.
 
@@ -195,6 +217,11 @@ class PermissionCache:
         return self._source
 
     @property
+    def cacheable(self) -> bool:
+        """Whether the source's answers are cached (see :class:`PermissionSource`)."""
+        return self._source.cacheable
+
+    @property
     def policy_version(self) -> int | None:
         """The policy version this instance knows (None until first read from Redis)."""
         return self._version
@@ -218,6 +245,23 @@ class PermissionCache:
         if hit is None or hit[0] != self._version:
             return None
         return hit[1]
+
+    def pin(self, claims: TokenClaims) -> PermissionPin | None:
+        """A :class:`PermissionPin` of the L1 entry holding the principal's permissions for
+        the current policy version, or None (not in L1, or a source that is not
+        ``cacheable``). Synchronous, no Redis."""
+        if not self._source.cacheable:
+            return None
+        hit: tuple[int, frozenset[str]] | None = self._l1.get(claims.sub)
+        stamp = self._l1.stamp(claims.sub)
+        if hit is None or stamp is None or hit[0] != self._version:
+            return None
+        return PermissionPin(hit[1], hit[0], stamp, self._l1.is_current)
+
+    def is_current(self, pin: PermissionPin) -> bool:
+        """Whether ``pin.granted`` is still the answer: the policy version is unchanged and
+        its L1 entry is still the live one and within its TTL. One dict lookup."""
+        return pin._version == self._version and pin._current(pin._stamp)
 
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """The principal's permissions. Raises :class:`ServiceUnavailable` when the source

@@ -150,7 +150,7 @@ class SessionHandle:
             self.data = SessionData(_copy_metadata(session.metadata))
 
     @classmethod
-    def _warm(
+    def warm(
         cls, manager: SessionManager, session: Session, flat: dict[str, Any] | None
     ) -> SessionHandle:
         """The handle of a session served from L1 (the hot path: no validation). ``flat``

@@ -185,17 +185,21 @@ async def test_fused_tickets_stay_bounded(
 ) -> None:
     import httpx
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from middleware import GatewayMiddleware
+    from middleware import GatewayMiddleware, JWTMiddleware
 
     monkeypatch.setattr(_memo, "MAX_ENTRIES", 8)
 
     async def ok(request: Any) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    gateway = GatewayMiddleware(Starlette(routes=[Route("/", ok)]), authenticator=authenticator)
+    gateway = GatewayMiddleware(
+        Starlette(routes=[Route("/", ok)]),
+        jwt=Middleware(JWTMiddleware, authenticator=authenticator),
+    )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=gateway), base_url="https://t"
     ) as http:

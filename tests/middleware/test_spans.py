@@ -138,10 +138,9 @@ async def test_warm_requests_annotate_the_server_span_and_start_no_spans(
         middleware = [
             Middleware(
                 GatewayMiddleware,
-                authenticator=authenticator,
-                permissions=permissions,
-                rules=rules,
-                sessions=sessions,
+                sessions=Middleware(SessionMiddleware, sessions=sessions),
+                jwt=Middleware(JWTMiddleware, authenticator=authenticator),
+                rbac=Middleware(RBACMiddleware, permissions=permissions, rules=rules),
             )
         ]
     else:
