@@ -5,11 +5,14 @@
     MiddlewareError
     ├── NotAuthenticated        no acceptable credentials (401; WebSocket close 1008)
     ├── PermissionDenied        authenticated, but lacking permissions (403; close 1008)
-    └── ServiceUnavailable      a dependency cannot answer right now (503; close 1013)
+    ├── ServiceUnavailable      a dependency cannot answer right now (503; close 1013)
+    ├── InvalidToken            a token validator's verdict: not acceptable (401)
+    └── ValidatorUnavailable    a token validator's key source is down (503; never cached)
 
-Token problems themselves are :class:`middleware.jwt.InvalidToken` and
-:class:`middleware.jwt.ValidatorUnavailable`; the middleware turns them into
-:class:`NotAuthenticated` and :class:`ServiceUnavailable`. Errors carry no HTTP status: an
+The last two are what a :class:`~middleware.jwt.TokenValidator` raises; the JWT middleware
+turns them into :class:`NotAuthenticated` and :class:`ServiceUnavailable` (they are not
+subclasses of those, so code catching a request-level error never takes a validator's
+verdict for one by accident). Errors carry no HTTP status: an
 ``on_error`` callable (:data:`ErrorHandler`, default :func:`default_error_response`) maps
 them to an ASGI app that answers the request. Clients only ever see generic messages; the
 details (``reason``) go to logs.
@@ -70,7 +73,7 @@ class ServiceUnavailable(MiddlewareError):
         self.retry_after = retry_after
 
 
-class InvalidToken(Exception):
+class InvalidToken(MiddlewareError):
     """The token is not acceptable; `reason` says why, in a short machine-readable word.
 
     Reasons: ``malformed``, ``too_large``, ``algorithm_not_allowed``, ``unsupported_crit``,
@@ -81,19 +84,23 @@ class InvalidToken(Exception):
     The message never contains the token.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
     def __str__(self) -> str:
         return f"invalid token: {self.reason}"
 
 
-class ValidatorUnavailable(Exception):
+class ValidatorUnavailable(MiddlewareError):
     """The verifier could not reach its key source (JWKS endpoint down, timeout, bad reply).
 
     A transient condition: it says nothing about the token, so it must never be cached.
+    ``reason`` is ``"validator_unavailable"``; ``detail`` says what failed (for logs).
     """
+
+    def __init__(self, detail: str = "key source unavailable") -> None:
+        super().__init__("validator_unavailable")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"validator unavailable: {self.detail}"
 
 
 ErrorHandler = Callable[[Scope, MiddlewareError], ASGIApp]
@@ -105,6 +112,9 @@ _BODIES = {
     PermissionDenied: (403, "forbidden", "You do not have permission to do this."),
     ServiceUnavailable: (503, "unavailable", "Service temporarily unavailable; retry shortly."),
 }
+# A validator's own errors, if an on_error handler ever gets one: as the middleware maps them.
+_BODIES[InvalidToken] = _BODIES[NotAuthenticated]
+_BODIES[ValidatorUnavailable] = _BODIES[ServiceUnavailable]
 
 
 def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
@@ -123,10 +133,12 @@ def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
     if scope["type"] == "websocket":
         return WebSocketClose(code=1013 if status == 503 else 1008)
     headers: dict[str, str] = {"Cache-Control": "no-store"}
-    if isinstance(error, NotAuthenticated):
+    if isinstance(error, (NotAuthenticated, InvalidToken)):
         headers["WWW-Authenticate"] = (
             "Bearer" if error.reason == "missing_token" else _BEARER_CHALLENGE
         )
     elif isinstance(error, ServiceUnavailable):
         headers["Retry-After"] = str(error.retry_after)
+    elif isinstance(error, ValidatorUnavailable):
+        headers["Retry-After"] = "1"
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
