@@ -20,13 +20,15 @@ details (``reason``) go to logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocketClose
 
 __all__ = [
+    "ErrorAnswer",
     "ErrorHandler",
     "InvalidToken",
     "MiddlewareError",
@@ -35,6 +37,7 @@ __all__ = [
     "ServiceUnavailable",
     "ValidatorUnavailable",
     "default_error_response",
+    "error_answer",
 ]
 
 
@@ -107,32 +110,39 @@ ErrorHandler = Callable[[Scope, MiddlewareError], ASGIApp]
 """``on_error(scope, error) -> ASGI app`` that answers the request (or closes the socket)."""
 
 _BEARER_CHALLENGE = 'Bearer error="invalid_token"'
-_BODIES = {
+_BODIES: dict[type[MiddlewareError], tuple[int, str, str]] = {
     NotAuthenticated: (401, "unauthorized", "Authentication required."),
     PermissionDenied: (403, "forbidden", "You do not have permission to do this."),
     ServiceUnavailable: (503, "unavailable", "Service temporarily unavailable; retry shortly."),
+    # A validator's own errors, if a handler ever gets one: as the middleware maps them.
+    InvalidToken: (401, "unauthorized", "Authentication required."),
+    ValidatorUnavailable: (503, "unavailable", "Service temporarily unavailable; retry shortly."),
 }
-# A validator's own errors, if an on_error handler ever gets one: as the middleware maps them.
-_BODIES[InvalidToken] = _BODIES[NotAuthenticated]
-_BODIES[ValidatorUnavailable] = _BODIES[ServiceUnavailable]
+_INTERNAL = (500, "error", "Internal error.")
 
 
-def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
-    """The default answer: a generic JSON body, or a WebSocket close before accepting.
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    """What a client is told about an error: ``status``, a generic ``code`` and ``detail``
+    sentence, and the standard ``headers`` (``WWW-Authenticate`` or ``Retry-After``)."""
 
-    HTTP: 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750) when
-    credentials were presented, plain ``Bearer`` when none were; 403; 503 with
-    ``Retry-After``. Bodies are ``{"error": <code>, "detail": <generic sentence>}``.
-    WebSocket: close 1008 (policy violation) for 401/403, 1013 (try again later) for 503.
-    """
-    status, code, detail = 500, "error", "Internal error."
+    status: int
+    code: str
+    detail: str
+    headers: Mapping[str, str]
+
+
+def error_answer(error: MiddlewareError) -> ErrorAnswer:
+    """The generic answer to ``error``, shared by every response builder (HTTP, FastAPI):
+    401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750) when credentials
+    were presented, plain ``Bearer`` when none were; 403; 503 with ``Retry-After``; else 500.
+    Never contains ``error.reason`` or any other detail."""
+    status, code, detail = _INTERNAL
     for cls, triple in _BODIES.items():
         if isinstance(error, cls):
             status, code, detail = triple
             break
-    if scope["type"] == "websocket":
-        return WebSocketClose(code=1013 if status == 503 else 1008)
-    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    headers: dict[str, str] = {}
     if isinstance(error, (NotAuthenticated, InvalidToken)):
         headers["WWW-Authenticate"] = (
             "Bearer" if error.reason == "missing_token" else _BEARER_CHALLENGE
@@ -141,4 +151,22 @@ def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
         headers["Retry-After"] = str(error.retry_after)
     elif isinstance(error, ValidatorUnavailable):
         headers["Retry-After"] = "1"
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    return ErrorAnswer(status, code, detail, headers)
+
+
+def default_error_response(scope: Scope, error: MiddlewareError) -> ASGIApp:
+    """The default answer: a generic JSON body, or a WebSocket close before accepting.
+
+    HTTP: :func:`error_answer`'s status and headers, plus ``Cache-Control: no-store``; the
+    body is ``{"error": <code>, "detail": <generic sentence>}``. WebSocket: close 1008
+    (policy violation) for 401/403, 1013 (try again later) for 503.
+    """
+    answer = error_answer(error)
+    if scope["type"] == "websocket":
+        return WebSocketClose(code=1013 if answer.status == 503 else 1008)
+    headers = {"Cache-Control": "no-store", **answer.headers}
+    return JSONResponse(
+        {"error": answer.code, "detail": answer.detail},
+        status_code=answer.status,
+        headers=headers,
+    )
