@@ -58,6 +58,7 @@ from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, SESSION_KEY
 from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager, SessionPin
 from middleware.sessions.middleware import SessionMiddleware, SessionResponder
+from middleware.telemetry import ATTR_JWT_RESULT, ATTR_RBAC_RESULT, ATTR_SESSION_RESULT
 
 __all__ = ["GatewayMiddleware"]
 
@@ -69,11 +70,11 @@ _SESSION_L1 = telemetry.lookup_tally("session", "l1")
 
 
 def _span_attributes(rbac: str | None, session: bool) -> dict[str, Any]:
-    attributes: dict[str, Any] = {telemetry.ATTR_JWT_RESULT: "l1"}
+    attributes: dict[str, Any] = {ATTR_JWT_RESULT: "l1"}
     if rbac is not None:
-        attributes[telemetry.ATTR_RBAC_RESULT] = rbac
+        attributes[ATTR_RBAC_RESULT] = rbac
     if session:
-        attributes[telemetry.ATTR_SESSION_RESULT] = "l1"
+        attributes[ATTR_SESSION_RESULT] = "l1"
     return attributes
 
 

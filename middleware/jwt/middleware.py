@@ -51,6 +51,7 @@ from middleware.errors import (
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
 from middleware.scope import CLAIMS_KEY
+from middleware.telemetry import ATTR_JWT_RESULT
 
 __all__ = ["GatewayUser", "JWTMiddleware"]
 
@@ -254,7 +255,7 @@ _LOOKUPS = {
 }
 _L1_LOOKUP = _LOOKUPS["l1"]
 # An L1 hit is never degraded (degraded results are not cached): the tier says it all.
-_L1_SPAN_ATTRS = {telemetry.ATTR_JWT_RESULT: "l1"}
+_L1_SPAN_ATTRS = {ATTR_JWT_RESULT: "l1"}
 
 
 async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authentication:

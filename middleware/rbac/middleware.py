@@ -49,6 +49,7 @@ from middleware.errors import (
 from middleware.jwt.claims import TokenClaims
 from middleware.rbac.permissions import PermissionCache, check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
+from middleware.telemetry import ATTR_RBAC_RESULT
 
 __all__ = ["PermissionContext", "RBACMiddleware", "Rule", "require_permissions"]
 
@@ -244,8 +245,8 @@ class RBACMiddleware:
 
 _MEMO_SIZE = 2048
 _L1_LOOKUP = telemetry.lookup_tally("rbac", "l1")
-_L1_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "l1"}
-_LOCAL_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "uncached"}
+_L1_SPAN_ATTRS = {ATTR_RBAC_RESULT: "l1"}
+_LOCAL_SPAN_ATTRS = {ATTR_RBAC_RESULT: "uncached"}
 
 
 def granted_all(granted: frozenset[str], required: tuple[str, ...]) -> bool:

@@ -60,13 +60,14 @@ from middleware.scope import SESSION_KEY
 from middleware.sessions.cookie import TOKEN_CHARS, SessionCookie
 from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
+from middleware.telemetry import ATTR_SESSION_RESULT
 
 __all__ = ["DEFAULT_COOKIE", "SessionMiddleware", "SessionResponder"]
 
 _log = logging.getLogger(__name__)
 DEFAULT_COOKIE = SessionCookie()
 """The cookie :class:`SessionMiddleware` writes unless told otherwise."""
-_L1_SPAN_ATTRS = {telemetry.ATTR_SESSION_RESULT: "l1"}
+_L1_SPAN_ATTRS = {ATTR_SESSION_RESULT: "l1"}
 _URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _L1_LOOKUP = telemetry.lookup_tally("session", "l1")
 

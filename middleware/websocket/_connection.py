@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Final
 
 from starlette.types import Receive, Send
 
-from gateway_redis import telemetry
 from gateway_redis.support import cancel_and_wait, log_fields
+from middleware.telemetry import websocket_instruments
 from middleware.websocket import _protocol as proto
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Connection:
         self._space = asyncio.Event()
         self._space.set()
         self._drop_oldest = limits.overflow == "drop_oldest"
-        self._dropped_counter = telemetry.instruments().ws_dropped
+        self._dropped_counter = websocket_instruments().ws_dropped
         self.dropped = 0
         self.closing: int | None = None
         self.close_reason = ""

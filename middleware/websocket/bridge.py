@@ -73,6 +73,7 @@ from starlette.types import Receive, Scope, Send
 from gateway_redis import telemetry
 from gateway_redis.support import log_fields
 from middleware.scope import PERMISSIONS_KEY
+from middleware.telemetry import websocket_instruments
 from middleware.websocket import _auth as auth
 from middleware.websocket._auth import SessionPermissions
 from middleware.websocket._connection import Connection, Identity, send_close_before_accept
@@ -226,8 +227,8 @@ class WebSocketBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._dropped_closed = 0
-        self._metrics = telemetry.instruments()
-        telemetry.register_gauge_source("ws_queued", self, lambda b: b._queued())
+        self._metrics = websocket_instruments()
+        self._metrics.observe_queued(self, lambda b: b._queued())
         if bus is not None:
             bus.on_event("jwt", self._registry.on_jwt_event)
             bus.on_event("session", self._registry.on_session_event)
