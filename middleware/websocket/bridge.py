@@ -71,7 +71,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway_redis import telemetry
-from gateway_redis.support import log_fields
+from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.scope import PERMISSIONS_KEY
 from middleware.telemetry import websocket_instruments
 from middleware.websocket import _auth as auth
@@ -362,12 +362,12 @@ class WebSocketBridge:
         if conns:
             waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
             await asyncio.wait(waits, timeout=self.limits.close_timeout + 0.5)
-            for waiter in waits:
-                waiter.cancel()
+            await cancel_and_wait(*waits)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
+        for task in tasks:  # retrieved (not raised), as gather(return_exceptions=True) did
+            if not task.cancelled():
+                task.exception()
         await self._fanout.aclose()
 
     async def __aenter__(self) -> WebSocketBridge:
