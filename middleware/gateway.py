@@ -191,7 +191,7 @@ class GatewayMiddleware:
         if rbac is not None:
             required = rbac.required_for(scope)
             if context is None:  # a source that is not cached: asked (in process) every time
-                cache: Any = self._permissions
+                cache = rbac.permissions
                 granted = cache.cached(claims)
                 if granted is None:
                     await self._chain(scope, receive, send)
@@ -227,7 +227,7 @@ class GatewayMiddleware:
         if sessions is None:
             await self.app(scope, receive, send)
             return
-        manager: Any = self._manager
+        manager: Any = self._manager  # set whenever sessions is
         if session_pin is None:
             handle = SessionHandle(manager, None, True)
         else:

@@ -363,11 +363,14 @@ class SessionResponder:
         self.started = self.replaced = False
 
     async def fail(self, error: ServiceUnavailable) -> None:
+        """Answer with ``on_error``'s response to ``error`` (the app's own is dropped)."""
         self.started = self.replaced = True
         error.retry_after = self.middleware._retry_after
         await self.middleware._on_error(self.scope, error)(self.scope, self.receive, self.send)
 
     async def wrapped_send(self, message: Message) -> None:
+        """The ``send`` the app gets: saves the session (and sets or clears its cookie and
+        header) before ``http.response.start`` goes out; a failed save becomes a 503."""
         if self.started:
             if not self.replaced:
                 await self.send(message)
