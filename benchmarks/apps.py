@@ -293,12 +293,9 @@ def _ours(env: dict[str, str]) -> Starlette:
             middleware=[
                 Middleware(
                     GatewayMiddleware,  # type: ignore[arg-type]
-                    authenticator=authenticator,
-                    public_paths=["/health", "/api/session"],
-                    permissions=permissions,
-                    rules=[Rule("/api/data", PERMISSION)],
-                    sessions=sessions,
-                    cookie=SessionCookie(),
+                    sessions=stack["session"],
+                    jwt=stack["jwt"],
+                    rbac=stack["rbac"],
                 )
             ],
             lifespan=lifespan,

@@ -44,11 +44,10 @@ from starlette.staticfiles import StaticFiles
 from gateway_redis import RedisClient, RedisUnavailable, SerializationError, Session
 from gateway_redis.invalidation import InvalidationBus
 from middleware import JWTAuthenticator, JWTMiddleware, PermissionCache, SessionManager
-from middleware.channels import ChannelPolicy, ChannelRule
 from middleware.errors import ServiceUnavailable
 from middleware.fastapi import Claims, RequirePermissions
-from middleware.tokens import TokenClaims
-from middleware.websocket import WebSocketBridge, WebSocketLimits
+from middleware.jwt import TokenClaims
+from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketBridge, WebSocketLimits
 
 __all__ = ["REALTIME_PUBLIC_PATHS", "create_app", "install_realtime", "realtime_policy"]
 

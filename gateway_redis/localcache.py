@@ -10,6 +10,11 @@ from Redis, an invalidation for it arrives while the request waits, and the requ
 stores the stale value in L1. Take :attr:`LocalCache.generation` before reading L2 and pass
 it to :meth:`LocalCache.set`; the value is dropped if anything was invalidated meanwhile.
 
+A fast path that remembers an answer built from several entries (the gateway's tickets)
+keeps a :meth:`LocalCache.stamp` of each and asks :meth:`LocalCache.is_current` on every use:
+one dict lookup and one clock read, true only while that very entry is still stored and
+in date.
+
 Why not ``cachetools.TLRUCache``: it has the right semantics but cost ~2.9 µs per lookup here
 against ~0.4 µs for this ``OrderedDict`` (measured), and this is the hot path of every
 request.
@@ -20,13 +25,18 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, NewType, TypeVar
 
-__all__ = ["LocalCache"]
+__all__ = ["LocalCache", "Stamp"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+Stamp = NewType("Stamp", object)
+"""Opaque: one stored entry of a :class:`LocalCache`, as returned by :meth:`LocalCache.stamp`;
+only :meth:`LocalCache.is_current` of the same cache reads it."""
 
 
 class LocalCache(Generic[K, V]):
@@ -56,7 +66,9 @@ class LocalCache(Generic[K, V]):
         self._maxsize = maxsize
         self._ttl = float(ttl)
         self._timer = timer
-        self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        # key -> (value, monotonic deadline, key); a new tuple per set(), so the tuple
+        # itself identifies one stored entry (see stamp()).
+        self._data: OrderedDict[K, tuple[V, float, K]] = OrderedDict()
         self._generation = 0
         self._enabled = True
         self.name = name
@@ -76,16 +88,24 @@ class LocalCache(Generic[K, V]):
         """A counter that changes on every invalidation (delete, discard, clear, disable)."""
         return self._generation
 
-    @property
-    def entries(self) -> Mapping[K, tuple[V, float]]:
-        """The live mapping ``key -> (value, monotonic deadline)``, for read-only use.
+    def stamp(self, key: K) -> Stamp | None:
+        """A stamp of the entry stored for ``key`` now, or None (missing, expired, disabled).
 
-        Every :meth:`set` stores a new tuple and every invalidation removes it, so a memo
-        that keeps the tuple it saw can tell in one lookup whether that very entry is still
-        here (``cache.entries.get(key) is entry``); it must check the deadline itself.
-        Lookups through it do not refresh the LRU order.
+        The stamp stays current (:meth:`is_current`) until that entry is replaced, deleted,
+        evicted, flushed or past its deadline. Does not refresh the LRU order.
         """
-        return self._data
+        entry = self._data.get(key)
+        if entry is None or entry[1] <= self._timer():
+            return None
+        return Stamp(entry)
+
+    def is_current(self, stamp: Stamp) -> bool:
+        """Whether the entry ``stamp`` was taken of is still the stored one and in date.
+
+        One dict lookup and one clock read; does not refresh the LRU order.
+        """
+        entry: Any = stamp
+        return entry[1] > self._timer() and self._data.get(entry[2]) is entry
 
     @property
     def enabled(self) -> bool:
@@ -118,7 +138,7 @@ class LocalCache(Generic[K, V]):
         if not lifetime > 0:  # also rejects NaN
             return False
         data = self._data
-        data[key] = (value, self._timer() + lifetime)
+        data[key] = (value, self._timer() + lifetime, key)
         data.move_to_end(key)
         while len(data) > self._maxsize:
             data.popitem(last=False)
@@ -132,7 +152,7 @@ class LocalCache(Generic[K, V]):
     def discard_where(self, predicate: Callable[[K, V], bool]) -> int:
         """Drop every entry for which ``predicate(key, value)`` is true; returns how many."""
         self._generation += 1
-        doomed = [k for k, (v, _) in self._data.items() if predicate(k, v)]
+        doomed = [k for k, (v, _, _) in self._data.items() if predicate(k, v)]
         for key in doomed:
             del self._data[key]
         return len(doomed)

@@ -11,13 +11,12 @@ the token validator, asks a permission source or loads or saves a session gets i
 child span (``gateway.jwt authenticate``, ``gateway.rbac authorize``, ``gateway.session
 load``/``save``) with the tier (``gateway.cache.result``: ``l2``/``miss``) and
 ``gateway.degraded``. A lookup served from the in-process cache (L1) does not: it sets
-``gateway.jwt.cache.result``, ``gateway.rbac.cache.result`` and
-``gateway.session.cache.result`` (``"l1"``) on the current span, the request's server span
-(:func:`annotate_current_span`). Measured with the SDK recording every span, a child span
-cost ~14 µs and a warm request's three of them more than the whole warm request; an
-attribute costs well under 1 µs. An L1 hit is never degraded (degraded results are never
-cached in L1), so it carries no ``gateway.degraded``. Every lookup is still counted in
-``gateway.cache.lookups`` (by cache and result).
+an attribute on the current span, the request's server span (:func:`annotate_current_span`;
+the ASGI side keeps its attribute names and WebSocket instruments itself). Measured with
+the SDK recording every span, a child span cost ~14 µs and a warm request's three of them
+more than the whole warm request; an attribute costs well under 1 µs. An L1 hit is never
+degraded (degraded results are never cached in L1), so it carries no ``gateway.degraded``.
+Every lookup is still counted in ``gateway.cache.lookups`` (by cache and result).
 """
 
 from __future__ import annotations
@@ -32,11 +31,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 __all__ = [
     "ATTR_CACHE",
     "ATTR_DEGRADED",
-    "ATTR_JWT_RESULT",
-    "ATTR_RBAC_RESULT",
     "ATTR_REASON",
     "ATTR_RESULT",
-    "ATTR_SESSION_RESULT",
     "SCOPE",
     "Tally",
     "annotate_current_span",
@@ -53,11 +49,6 @@ ATTR_CACHE = "gateway.cache.name"
 ATTR_RESULT = "gateway.cache.result"
 ATTR_DEGRADED = "gateway.degraded"
 ATTR_REASON = "gateway.reason"
-# Set on the current (server) span instead of a child span when a lookup is served from L1:
-# no I/O happened, and a span per hit cost more than the whole warm request.
-ATTR_JWT_RESULT = "gateway.jwt.cache.result"
-ATTR_RBAC_RESULT = "gateway.rbac.cache.result"
-ATTR_SESSION_RESULT = "gateway.session.cache.result"
 
 T = TypeVar("T")
 
@@ -178,16 +169,6 @@ class _Instruments:
             unit="{event}",
             description="Cache invalidation events, by kind and direction (sent, received)",
         )
-        self.ws_connections = meter.create_up_down_counter(
-            "gateway.ws.connections",
-            unit="{connection}",
-            description="Open WebSocket connections",
-        )
-        self.ws_dropped = meter.create_counter(
-            "gateway.ws.dropped",
-            unit="{message}",
-            description="Messages dropped from WebSocket queues on overflow",
-        )
         meter.create_observable_gauge(
             "gateway.redis.available",
             callbacks=[self._observe("available")],
@@ -199,12 +180,6 @@ class _Instruments:
             callbacks=[self._observe("pool_in_use")],
             unit="{connection}",
             description="Pooled Redis connections lent out",
-        )
-        meter.create_observable_up_down_counter(
-            "gateway.ws.queued",
-            callbacks=[self._observe("ws_queued")],
-            unit="{message}",
-            description="Messages waiting in WebSocket queues",
         )
 
     @staticmethod
@@ -247,7 +222,7 @@ def register_gauge_source(
     """Report ``getter(owner)`` for the gauge ``name`` for as long as ``owner`` lives
     (nothing while it returns None).
 
-    ``name`` is one of ``available``, ``pool_in_use``, ``ws_queued``.
+    ``name`` is ``available`` or ``pool_in_use``.
     """
     instruments()
     _GAUGE_SOURCES.setdefault(name, []).append((weakref.ref(owner), getter, dict(attributes)))

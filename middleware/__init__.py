@@ -10,25 +10,30 @@ stays optional).
 
 from __future__ import annotations
 
-from middleware.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 from middleware.errors import (
     ErrorHandler,
+    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     PermissionDenied,
     ServiceUnavailable,
+    ValidatorUnavailable,
     default_error_response,
 )
 from middleware.gateway import GatewayMiddleware
-from middleware.jwt import GatewayUser, JWTMiddleware
-from middleware.permissions import (
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.claims import TokenClaims
+from middleware.jwt.middleware import GatewayUser, JWTMiddleware
+from middleware.jwt.settings import JWTSettings
+from middleware.jwt.validator import JWTValidator, TokenValidator
+from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
+from middleware.rbac.permissions import (
     CallablePermissions,
     PermissionCache,
     PermissionSource,
     StaticRolePermissions,
     permission_granted,
 )
-from middleware.rbac import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.scope import (
     get_claims,
     get_claims_or_none,
@@ -36,18 +41,12 @@ from middleware.scope import (
     get_session,
     get_session_handle,
 )
-from middleware.sessioncache import SessionManager
-from middleware.sessions import SessionCookie, SessionHandle, SessionMiddleware
-from middleware.tokencache import Authentication, JWTAuthenticator
-from middleware.tokens import (
-    InvalidToken,
-    JWTSettings,
-    JWTValidator,
-    TokenClaims,
-    TokenValidator,
-    ValidatorUnavailable,
-)
-from middleware.websocket import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
+from middleware.sessions.cookie import SessionCookie
+from middleware.sessions.handle import SessionHandle
+from middleware.sessions.manager import SessionManager
+from middleware.sessions.middleware import SessionMiddleware
+from middleware.websocket.bridge import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
+from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 
 __all__ = [
     "Authentication",

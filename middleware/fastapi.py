@@ -21,19 +21,14 @@ from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
 from gateway_redis.sessions import Session
-from middleware.errors import (
-    MiddlewareError,
-    NotAuthenticated,
-    PermissionDenied,
-    ServiceUnavailable,
-)
+from middleware.errors import MiddlewareError, NotAuthenticated, error_answer
+from middleware.jwt.claims import TokenClaims
 from middleware.scope import (
     get_claims_or_none,
     get_permission_context,
     get_session_handle,
 )
-from middleware.sessions import SessionHandle
-from middleware.tokens import TokenClaims
+from middleware.sessions.handle import SessionHandle
 
 __all__ = [
     "Claims",
@@ -49,19 +44,15 @@ __all__ = [
 ]
 
 
+# The generic 401 text, with a session challenge instead of a bearer one.
+_NO_SESSION = error_answer(NotAuthenticated("missing_session"))
+
+
 def http_exception(error: MiddlewareError) -> HTTPException:
-    """The ``HTTPException`` for a middleware error (generic detail, standard headers)."""
-    if isinstance(error, NotAuthenticated):
-        challenge = "Bearer" if error.reason == "missing_token" else 'Bearer error="invalid_token"'
-        return HTTPException(401, "Authentication required.", {"WWW-Authenticate": challenge})
-    if isinstance(error, PermissionDenied):
-        return HTTPException(403, "You do not have permission to do this.")
-    if isinstance(error, ServiceUnavailable):
-        return HTTPException(
-            503, "Service temporarily unavailable; retry shortly.",
-            {"Retry-After": str(error.retry_after)},
-        )  # fmt: skip
-    return HTTPException(500, "Internal error.")
+    """The ``HTTPException`` for a middleware error (:func:`~middleware.errors.error_answer`:
+    generic detail, standard headers)."""
+    answer = error_answer(error)
+    return HTTPException(answer.status, answer.detail, dict(answer.headers) or None)
 
 
 async def optional_claims(conn: HTTPConnection) -> TokenClaims | None:
@@ -116,7 +107,7 @@ async def current_session(conn: HTTPConnection) -> Session:
     session = get_session_handle(conn).session
     if session is None:
         challenge = {"WWW-Authenticate": 'Cookie realm="session"'}
-        raise HTTPException(401, "Authentication required.", challenge)
+        raise HTTPException(401, _NO_SESSION.detail, challenge)
     return session
 
 

@@ -9,7 +9,7 @@ objects behind them. Each takes a Starlette ``Request``/``WebSocket`` (any
 scope key                     value
 ============================  =========================================================
 ``"user"``, ``"auth"``        :class:`~middleware.jwt.GatewayUser`, ``AuthCredentials``
-``"gateway.claims"``          :class:`~middleware.tokens.TokenClaims` (JWT middleware)
+``"gateway.claims"``          :class:`~middleware.jwt.TokenClaims` (JWT middleware)
 ``"gateway.permissions"``     :class:`~middleware.rbac.PermissionContext` (RBAC)
 ``"session"``                 a ``dict`` of the session's metadata (sessions)
 ``"gateway.session"``         :class:`~middleware.sessions.SessionHandle` (sessions)
@@ -27,9 +27,9 @@ from middleware.errors import NotAuthenticated
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware.rbac import PermissionContext
-    from middleware.sessions import SessionHandle
-    from middleware.tokens import TokenClaims
+    from middleware.jwt.claims import TokenClaims
+    from middleware.rbac.middleware import PermissionContext
+    from middleware.sessions.handle import SessionHandle
 
 __all__ = [
     "CLAIMS_KEY",

@@ -1,5 +1,5 @@
 // The demo page of the example gateway: log in, open one WebSocket, subscribe, publish.
-// Plain JavaScript, no dependencies. The protocol is described in middleware/websocket.py.
+// Plain JavaScript, no dependencies. The protocol is described in middleware/websocket/bridge.py.
 "use strict";
 
 (() => {

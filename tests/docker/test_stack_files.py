@@ -153,7 +153,7 @@ def test_image_command_serves_health_locally(redis_server: EmbeddedRedis) -> Non
 
 def test_compose_gateway_settings_are_accepted_at_startup() -> None:
     """The demo secret must pass the same checks the gateway applies when it starts."""
-    from middleware.tokens import JWTSettings
+    from middleware.jwt import JWTSettings
 
     env = _compose()["services"]["gateway-a"]["environment"]
     algorithms = tuple(env["GATEWAY_JWT_ALGORITHMS"].split(","))

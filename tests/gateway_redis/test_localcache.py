@@ -92,3 +92,41 @@ def test_discard_where_drops_matching_entries() -> None:
 def test_invalid_settings_raise_value_error(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LocalCache(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_stamp_is_current_only_while_its_entry_is_stored_and_in_date() -> None:
+    clock = Clock()
+    cache: LocalCache[str, int] = LocalCache(maxsize=2, ttl=10, timer=clock)
+    assert cache.stamp("missing") is None
+    cache.set("a", 1)
+    stamp = cache.stamp("a")
+    assert stamp is not None
+    assert cache.is_current(stamp)
+    assert cache.get("a") == 1  # reads and LRU moves leave it current
+    assert cache.is_current(stamp)
+    cache.set("a", 1)  # replaced, even by an equal value
+    assert not cache.is_current(stamp)
+
+    for end in (
+        lambda: cache.delete("a"),
+        lambda: cache.discard_where(lambda key, _: key == "a"),
+        cache.clear,
+        cache.disable,
+        lambda: (cache.set("b", 2), cache.set("c", 3)),  # evicted
+    ):
+        cache.enable()
+        cache.set("a", 1)
+        stamp = cache.stamp("a")
+        assert stamp is not None
+        end()
+        assert not cache.is_current(stamp)
+
+    cache.enable()
+    cache.set("a", 1, ttl=2)
+    stamp = cache.stamp("a")
+    assert stamp is not None
+    clock.now += 1.999
+    assert cache.is_current(stamp)
+    clock.now += 0.001
+    assert not cache.is_current(stamp)
+    assert cache.stamp("a") is None

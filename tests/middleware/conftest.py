@@ -18,8 +18,8 @@ from starlette.types import ASGIApp
 
 from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
-from middleware.tokencache import JWTAuthenticator
-from middleware.tokens import JWTSettings, JWTValidator
+from middleware.jwt import JWTSettings, JWTValidator
+from middleware.jwt.authenticator import JWTAuthenticator
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "gateway"

@@ -114,3 +114,24 @@ async def test_other_scope_types_pass_through(
 
     await app(scope, receive, send)
     assert scope == {"type": "lifespan", "reached": True}
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "header"),
+    [
+        (
+            middleware.InvalidToken("expired"),
+            401,
+            ("www-authenticate", 'Bearer error="invalid_token"'),
+        ),
+        (middleware.ValidatorUnavailable("jwks down"), 503, ("retry-after", "1")),
+    ],
+)
+def test_validator_errors_are_middleware_errors_answered_like_the_middleware_maps_them(
+    error: middleware.MiddlewareError, status: int, header: tuple[str, str]
+) -> None:
+    assert isinstance(error, middleware.MiddlewareError)
+    assert not isinstance(error, (middleware.NotAuthenticated, middleware.ServiceUnavailable))
+    response: Any = middleware.default_error_response({"type": "http"}, error)
+    assert response.status_code == status
+    assert response.headers[header[0]] == header[1]

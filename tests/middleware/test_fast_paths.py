@@ -19,7 +19,7 @@ from middleware import (
     SessionMiddleware,
     _memo,
 )
-from middleware.jwt import _extract
+from middleware.jwt.middleware import _extract
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -150,7 +150,7 @@ async def test_rule_requirements_are_memoized_and_bounded(bus: InvalidationBus) 
 
 
 def test_untouched_session_data_notes_every_kind_of_write() -> None:
-    from middleware.sessionstate import SessionData, _Untouched
+    from middleware.sessions.handle import SessionData, _Untouched
 
     writes = [
         lambda d: d.__setitem__("a", 2),
@@ -185,17 +185,21 @@ async def test_fused_tickets_stay_bounded(
 ) -> None:
     import httpx
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from middleware import GatewayMiddleware
+    from middleware import GatewayMiddleware, JWTMiddleware
 
     monkeypatch.setattr(_memo, "MAX_ENTRIES", 8)
 
     async def ok(request: Any) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    gateway = GatewayMiddleware(Starlette(routes=[Route("/", ok)]), authenticator=authenticator)
+    gateway = GatewayMiddleware(
+        Starlette(routes=[Route("/", ok)]),
+        jwt=Middleware(JWTMiddleware, authenticator=authenticator),
+    )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=gateway), base_url="https://t"
     ) as http:

@@ -36,7 +36,7 @@ from middleware import (
     get_session,
     get_session_handle,
 )
-from middleware.tokens import JWTValidator
+from middleware.jwt import JWTValidator
 
 HttpFactory = Callable[[ASGIApp], httpx.AsyncClient]
 COOKIE = "__Host-session"
@@ -84,12 +84,9 @@ def build(
         middleware = [
             Middleware(
                 GatewayMiddleware,
-                authenticator=authenticator,
-                public_paths=public,
-                permissions=permissions,
-                rules=rules,
-                sessions=sessions,
-                **options,
+                sessions=Middleware(SessionMiddleware, sessions=sessions, **options),
+                jwt=Middleware(JWTMiddleware, authenticator=authenticator, public_paths=public),
+                rbac=Middleware(RBACMiddleware, permissions=permissions, rules=rules),
             )
         ]
     else:
@@ -271,11 +268,14 @@ async def test_session_expiry_is_checked_on_every_l1_hit(
     parts: tuple[JWTAuthenticator, PermissionCache, SessionManager],
     make_token: Any,
     http_client: HttpFactory,
+    bus: InvalidationBus,
+    client: RedisClient,
 ) -> None:
-    sessions = parts[2]
+    clock: list[Callable[[], float]] = [time.time]
+    sessions = SessionManager(SessionStore(client), bus=bus, clock=lambda: clock[0]())
     bearer = {"authorization": f"Bearer {make_token('dora')}"}
     reads = count_calls(sessions.store, "get")
-    async with http_client(build(kind, *parts)) as http:
+    async with http_client(build(kind, parts[0], parts[1], sessions)) as http:
         await http.post("/login", headers=bearer)
         sid = http.cookies[COOKIE]
         for _ in range(3):
@@ -283,12 +283,12 @@ async def test_session_expiry_is_checked_on_every_l1_hit(
         session = sessions.cached(sid)
         assert session is not None
         # Just before the absolute expiry the L1 copy is still served; just after, never.
-        sessions._clock = lambda: session.expires_at.timestamp() - 1
+        clock[0] = lambda: session.expires_at.timestamp() - 1
         assert sessions.cached(sid) is session
         before = reads[0]
         assert (await http.get("/orders/1", headers=bearer)).status_code == 200
         assert reads[0] == before  # from L1
-        sessions._clock = lambda: session.expires_at.timestamp() + 0.001
+        clock[0] = lambda: session.expires_at.timestamp() + 0.001
         assert sessions.cached(sid) is None
         await http.get("/orders/1", headers=bearer)
         assert reads[0] == before + 1  # asked Redis (where, by the real clock, it lives)
@@ -451,8 +451,13 @@ def test_fused_middleware_checks_its_arguments(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError
 
+    jwt = Middleware(JWTMiddleware, authenticator=authenticator)
     with pytest.raises(ValueError, match="permissions"):
-        GatewayMiddleware(app, authenticator=authenticator, rules=[Rule("/x", "x:read")])
+        GatewayMiddleware(
+            app,
+            jwt=jwt,
+            rbac=Middleware(RBACMiddleware, permissions=None, rules=[Rule("/x", "x:read")]),
+        )
     with pytest.raises(ValueError, match="authenticator"):
-        GatewayMiddleware(app, authenticator=object())  # type: ignore[arg-type]
-    GatewayMiddleware(app, authenticator=authenticator)  # JWT alone is a valid stack
+        GatewayMiddleware(app, jwt=Middleware(JWTMiddleware, authenticator=object()))
+    GatewayMiddleware(app, jwt=jwt)  # JWT alone is a valid stack

@@ -35,8 +35,8 @@ from middleware import (
     get_claims,
     get_session_handle,
 )
-from middleware.tokencache import JWTAuthenticator
-from middleware.tokens import JWTValidator
+from middleware.jwt import JWTValidator
+from middleware.jwt.authenticator import JWTAuthenticator
 from tests.conftest import Telemetry
 
 
@@ -138,10 +138,9 @@ async def test_warm_requests_annotate_the_server_span_and_start_no_spans(
         middleware = [
             Middleware(
                 GatewayMiddleware,
-                authenticator=authenticator,
-                permissions=permissions,
-                rules=rules,
-                sessions=sessions,
+                sessions=Middleware(SessionMiddleware, sessions=sessions),
+                jwt=Middleware(JWTMiddleware, authenticator=authenticator),
+                rbac=Middleware(RBACMiddleware, permissions=permissions, rules=rules),
             )
         ]
     else:

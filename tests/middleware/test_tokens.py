@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from middleware.tokens import (
+from middleware.jwt import (
     InvalidToken,
     JWTSettings,
     JWTValidator,

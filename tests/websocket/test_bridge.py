@@ -17,8 +17,8 @@ from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 from gateway_redis.invalidation import InvalidationBus
 from middleware import JWTAuthenticator, JWTMiddleware, JWTSettings, JWTValidator
-from middleware.channels import ChannelPolicy, ChannelRule
-from middleware.websocket import WebSocketBridge, WebSocketLimits
+from middleware.websocket.bridge import WebSocketBridge, WebSocketLimits
+from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.conftest import Telemetry
 from tests.websocket.wsutil import (
     AUDIENCE,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from middleware.channels import ChannelPolicy, ChannelRule, StaticPrincipal
 from middleware.errors import ServiceUnavailable
+from middleware.websocket.channels import ChannelPolicy, ChannelRule, StaticPrincipal
 
 POLICY = ChannelPolicy(
     [

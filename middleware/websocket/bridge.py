@@ -71,23 +71,24 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway_redis import telemetry
-from gateway_redis.support import log_fields
-from middleware import _ws_auth as auth
-from middleware._ws_auth import SessionPermissions
-from middleware._ws_conn import Connection, Identity, send_close_before_accept
-from middleware._ws_fanout import Fanout
-from middleware._ws_protocol import CloseCode
-from middleware._ws_registry import Registry
-from middleware._ws_requests import handle_request
-from middleware.channels import ChannelPolicy, Principal
+from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.scope import PERMISSIONS_KEY
+from middleware.telemetry import websocket_instruments
+from middleware.websocket import _auth as auth
+from middleware.websocket._auth import SessionPermissions
+from middleware.websocket._connection import Connection, Identity, send_close_before_accept
+from middleware.websocket._fanout import Fanout
+from middleware.websocket._protocol import CloseCode
+from middleware.websocket._registry import Registry
+from middleware.websocket._requests import handle_request
+from middleware.websocket.channels import ChannelPolicy, Principal
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
     from gateway_redis.invalidation import InvalidationBus
-    from middleware.permissions import PermissionCache
-    from middleware.sessioncache import SessionManager
-    from middleware.tokencache import JWTAuthenticator
+    from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.rbac.permissions import PermissionCache
+    from middleware.sessions.manager import SessionManager
 
 __all__ = [
     "CloseCode",
@@ -226,8 +227,8 @@ class WebSocketBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._dropped_closed = 0
-        self._metrics = telemetry.instruments()
-        telemetry.register_gauge_source("ws_queued", self, lambda b: b._queued())
+        self._metrics = websocket_instruments()
+        self._metrics.observe_queued(self, lambda b: b._queued())
         if bus is not None:
             bus.on_event("jwt", self._registry.on_jwt_event)
             bus.on_event("session", self._registry.on_session_event)
@@ -361,12 +362,12 @@ class WebSocketBridge:
         if conns:
             waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
             await asyncio.wait(waits, timeout=self.limits.close_timeout + 0.5)
-            for waiter in waits:
-                waiter.cancel()
+            await cancel_and_wait(*waits)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
+        for task in tasks:  # retrieved (not raised), as gather(return_exceptions=True) did
+            if not task.cancelled():
+                task.exception()
         await self._fanout.aclose()
 
     async def __aenter__(self) -> WebSocketBridge:

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
-from middleware._ws_conn import Identity
 from middleware.scope import SESSION_KEY, get_claims_or_none
-from middleware.sessions import SessionHandle
+from middleware.sessions.handle import SessionHandle
+from middleware.websocket._connection import Identity
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware.permissions import PermissionCache
-    from middleware.rbac import PermissionContext
-    from middleware.tokens import TokenClaims
+    from middleware.jwt.claims import TokenClaims
+    from middleware.rbac.middleware import PermissionContext
+    from middleware.rbac.permissions import PermissionCache
 
 __all__ = [
     "Rejection",

@@ -41,14 +41,17 @@ from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
     ErrorHandler,
+    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     ServiceUnavailable,
+    ValidatorUnavailable,
     default_error_response,
 )
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.claims import TokenClaims
 from middleware.scope import CLAIMS_KEY
-from middleware.tokencache import Authentication, JWTAuthenticator
-from middleware.tokens import InvalidToken, TokenClaims, ValidatorUnavailable
+from middleware.telemetry import ATTR_JWT_RESULT
 
 __all__ = ["GatewayUser", "JWTMiddleware"]
 
@@ -169,6 +172,23 @@ class JWTMiddleware:
         self._on_error = on_error
         self._tokens: dict[bytes, str] = {}  # Authorization value -> token (a pure parse)
 
+    @property
+    def authenticator(self) -> JWTAuthenticator:
+        """The authenticator tokens are checked with."""
+        return self._authenticator
+
+    def bearer(self, authorization: bytes) -> str | None:
+        """The token of one ``Authorization`` header value (memoized: a pure parse); None
+        when it is not a ``Bearer`` value or the token is empty."""
+        tokens = self._tokens
+        token = tokens.get(authorization)
+        if token is None:
+            token = bearer_token(authorization)
+            if not token:
+                return None
+            remember(tokens, authorization, token)
+        return token
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
@@ -235,7 +255,7 @@ _LOOKUPS = {
 }
 _L1_LOOKUP = _LOOKUPS["l1"]
 # An L1 hit is never degraded (degraded results are not cached): the tier says it all.
-_L1_SPAN_ATTRS = {telemetry.ATTR_JWT_RESULT: "l1"}
+_L1_SPAN_ATTRS = {ATTR_JWT_RESULT: "l1"}
 
 
 async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authentication:

@@ -25,15 +25,18 @@ from gateway_redis import telemetry
 from gateway_redis.authstore import PermissionStore
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
-from middleware.tokens import TokenClaims
+from middleware.jwt.claims import TokenClaims
 
 __all__ = [
     "CallablePermissions",
     "PermissionCache",
+    "PermissionPin",
     "PermissionSource",
     "StaticRolePermissions",
+    "check_permission",
     "permission_granted",
 ]
 
@@ -53,7 +56,8 @@ def permission_granted(granted: Collection[str], required: str) -> bool:
     return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
 
 
-def _check_permission(value: object) -> str:
+def check_permission(value: object) -> str:
+    """``value`` if it is a valid permission string; raises ``ValueError`` otherwise."""
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError(f"permissions must be non-empty strings without spaces: {value!r}")
     return value
@@ -98,7 +102,7 @@ class StaticRolePermissions:
         for role, granted in roles.items():
             if not isinstance(role, str) or not role or isinstance(granted, str):
                 raise ValueError("roles must map role names to collections of permissions")
-            table[role] = frozenset(_check_permission(p) for p in granted)
+            table[role] = frozenset(check_permission(p) for p in granted)
         self._roles = table
         self._claim = claim
         self._memo: dict[Any, frozenset[str]] = {}
@@ -152,7 +156,27 @@ class CallablePermissions:
 
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """``lookup(claims.sub)`` as a frozenset."""
-        return frozenset(_check_permission(p) for p in await self._lookup(claims.sub))
+        return frozenset(check_permission(p) for p in await self._lookup(claims.sub))
+
+
+class PermissionPin:
+    """An L1 answer of :meth:`PermissionCache.pin`, for a caller that remembers it across
+    requests: ``granted`` may be used again while :meth:`PermissionCache.is_current` says
+    so. Immutable."""
+
+    __slots__ = ("_current", "_stamp", "_version", "granted")
+
+    def __init__(
+        self,
+        granted: frozenset[str],
+        version: int | None,
+        stamp: Stamp,
+        current: Callable[[Stamp], bool],
+    ) -> None:
+        self.granted = granted
+        self._version = version
+        self._stamp = stamp
+        self._current = current  # the L1 cache's is_current, bound once
 
 
 class PermissionCache:
@@ -192,6 +216,11 @@ class PermissionCache:
         return self._source
 
     @property
+    def cacheable(self) -> bool:
+        """Whether the source's answers are cached (see :class:`PermissionSource`)."""
+        return self._source.cacheable
+
+    @property
     def policy_version(self) -> int | None:
         """The policy version this instance knows (None until first read from Redis)."""
         return self._version
@@ -215,6 +244,23 @@ class PermissionCache:
         if hit is None or hit[0] != self._version:
             return None
         return hit[1]
+
+    def pin(self, claims: TokenClaims) -> PermissionPin | None:
+        """A :class:`PermissionPin` of the L1 entry holding the principal's permissions for
+        the current policy version, or None (not in L1, or a source that is not
+        ``cacheable``). Synchronous, no Redis."""
+        if not self._source.cacheable:
+            return None
+        hit: tuple[int, frozenset[str]] | None = self._l1.get(claims.sub)
+        stamp = self._l1.stamp(claims.sub)
+        if hit is None or stamp is None or hit[0] != self._version:
+            return None
+        return PermissionPin(hit[1], hit[0], stamp, self._l1.is_current)
+
+    def is_current(self, pin: PermissionPin) -> bool:
+        """Whether ``pin.granted`` is still the answer: the policy version is unchanged and
+        its L1 entry is still the live one and within its TTL. One dict lookup."""
+        return pin._version == self._version and pin._current(pin._stamp)
 
     async def permissions(self, claims: TokenClaims) -> frozenset[str]:
         """The principal's permissions. Raises :class:`ServiceUnavailable` when the source

@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Final
 
 from starlette.types import Receive, Send
 
-from gateway_redis import telemetry
 from gateway_redis.support import cancel_and_wait, log_fields
-from middleware import _ws_protocol as proto
+from middleware.telemetry import websocket_instruments
+from middleware.websocket import _protocol as proto
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
-    from middleware._ws_fanout import ChannelEntry
-    from middleware.channels import Principal
-    from middleware.tokens import TokenClaims
-    from middleware.websocket import WebSocketLimits
+    from middleware.jwt.claims import TokenClaims
+    from middleware.websocket._fanout import ChannelEntry
+    from middleware.websocket.bridge import WebSocketLimits
+    from middleware.websocket.channels import Principal
 
 __all__ = ["Connection", "Frame", "Identity"]
 
-_log = logging.getLogger("middleware.websocket")
+_log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
 _CLOSE_GONE: Final = -1  # the peer went away: nothing to send
 _YIELD_EVERY: Final = 32  # client frames handled before the reader lets other tasks run
@@ -134,7 +134,7 @@ class Connection:
         self._space = asyncio.Event()
         self._space.set()
         self._drop_oldest = limits.overflow == "drop_oldest"
-        self._dropped_counter = telemetry.instruments().ws_dropped
+        self._dropped_counter = websocket_instruments().ws_dropped
         self.dropped = 0
         self.closing: int | None = None
         self.close_reason = ""

@@ -1,6 +1,6 @@
 """Cached token validation and revocation: L1 in process, L2 in Redis, a mirrored denylist.
 
-:class:`JWTAuthenticator` wraps any :class:`~middleware.tokens.TokenValidator`:
+:class:`JWTAuthenticator` wraps any :class:`~middleware.jwt.TokenValidator`:
 
 1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
    by the token string itself (process memory only, per authenticator, so per verifier
@@ -35,10 +35,13 @@ from typing import Any
 from gateway_redis.authstore import ClaimsStore, RevocationStore
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
-from middleware.tokens import InvalidToken, TokenClaims, TokenValidator
+from middleware.errors import InvalidToken
+from middleware.jwt.claims import TokenClaims
+from middleware.jwt.validator import TokenValidator
 
-__all__ = ["Authentication", "JWTAuthenticator"]
+__all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator"]
 
 _log = logging.getLogger(__name__)
 _NS = "jwt"
@@ -69,6 +72,20 @@ class _Verified:
         self.exp: float = claims.exp
         self.nbf: float = claims.nbf if claims.nbf is not None else -math.inf
         self.revocation = (claims.iss, claims.jti) if claims.jti is not None else None
+
+
+class AuthenticationPin:
+    """An L1 answer of :meth:`JWTAuthenticator.pin`, for a caller that remembers it across
+    requests: ``result`` may be served again while :meth:`JWTAuthenticator.is_current`
+    says so. Immutable; holds no per-request state."""
+
+    __slots__ = ("_current", "_entry", "_stamp", "result")
+
+    def __init__(self, entry: _Verified, stamp: Stamp, current: Callable[[Stamp], bool]) -> None:
+        self.result = entry.result
+        self._entry = entry
+        self._stamp = stamp
+        self._current = current  # the L1 cache's is_current, bound once
 
 
 def _check_seconds(name: str, value: float) -> float:
@@ -152,6 +169,30 @@ class JWTAuthenticator:
         if self._revoked and entry.revocation in self._revoked:
             return None
         return entry.result
+
+    def pin(self, token: str) -> AuthenticationPin | None:
+        """Like :meth:`cached`, but an :class:`AuthenticationPin` of the L1 entry the answer
+        came from, or None. Synchronous, no Redis."""
+        if self.cached(token) is None:
+            return None
+        entry: _Verified | None = self._l1.get(token)
+        stamp = self._l1.stamp(token)
+        if entry is None or stamp is None:
+            return None
+        return AuthenticationPin(entry, stamp, self._l1.is_current)
+
+    def is_current(self, pin: AuthenticationPin) -> bool:
+        """Whether ``pin.result`` is still good now: its L1 entry is still the live one (no
+        revocation, invalidation, eviction or flush since), within its TTL, and the token
+        is within ``nbf``..``exp`` and not revoked. Synchronous: one dict lookup, two clock
+        reads."""
+        if not pin._current(pin._stamp):
+            return False
+        entry = pin._entry
+        now = self._clock()
+        if now >= entry.exp or now < entry.nbf:
+            return False
+        return not (self._revoked and entry.revocation in self._revoked)
 
     async def authenticate(self, token: str) -> Authentication:
         """The verified claims of ``token``, from the fastest tier that has them.

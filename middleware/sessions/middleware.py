@@ -57,14 +57,17 @@ from middleware._memo import remember
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.scope import SESSION_KEY
-from middleware.sessioncache import SessionManager
-from middleware.sessionstate import _TOKEN_CHARS, SessionCookie, SessionData, SessionHandle
+from middleware.sessions.cookie import TOKEN_CHARS, SessionCookie
+from middleware.sessions.handle import SessionHandle
+from middleware.sessions.manager import SessionManager
+from middleware.telemetry import ATTR_SESSION_RESULT
 
-__all__ = ["SessionCookie", "SessionData", "SessionHandle", "SessionMiddleware"]
+__all__ = ["DEFAULT_COOKIE", "SessionMiddleware", "SessionResponder"]
 
 _log = logging.getLogger(__name__)
-_DEFAULT_COOKIE = SessionCookie()
-_L1_SPAN_ATTRS = {telemetry.ATTR_SESSION_RESULT: "l1"}
+DEFAULT_COOKIE = SessionCookie()
+"""The cookie :class:`SessionMiddleware` writes unless told otherwise."""
+_L1_SPAN_ATTRS = {ATTR_SESSION_RESULT: "l1"}
 _URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _L1_LOOKUP = telemetry.lookup_tally("session", "l1")
 
@@ -86,7 +89,7 @@ class SessionMiddleware:
         app: ASGIApp,
         *,
         sessions: SessionManager,
-        cookie: SessionCookie | None = _DEFAULT_COOKIE,
+        cookie: SessionCookie | None = DEFAULT_COOKIE,
         header_name: str | None = None,
         refresh_interval: float = 60.0,
         on_unavailable: Literal["error", "anonymous"] = "error",
@@ -99,7 +102,7 @@ class SessionMiddleware:
             raise ValueError("sessions must be a SessionManager")
         if cookie is not None and not isinstance(cookie, SessionCookie):
             raise ValueError("cookie must be a SessionCookie or None")
-        if header_name is not None and (not header_name or not set(header_name) <= _TOKEN_CHARS):
+        if header_name is not None and (not header_name or not set(header_name) <= TOKEN_CHARS):
             raise ValueError(f"header_name must be a header name, got {header_name!r}")
         if cookie is None and header_name is None:
             raise ValueError("configure a cookie, a header_name or both")
@@ -129,6 +132,43 @@ class SessionMiddleware:
         self._retry_after = retry_after
         self._on_error = on_error
 
+    @property
+    def manager(self) -> SessionManager:
+        """The session manager."""
+        return self._manager
+
+    @property
+    def refresh_interval(self) -> float:
+        """The most seconds a session is served without being touched."""
+        return self._refresh
+
+    @property
+    def cookie_marker(self) -> bytes | None:
+        """``b"<cookie name>="``: a ``Cookie`` header without it cannot hold the session
+        cookie (None when sessions travel in a header only)."""
+        return self._cookie_marker
+
+    @property
+    def header_key(self) -> bytes | None:
+        """The session header's name as it appears in an ASGI scope (lower-case bytes), or
+        None."""
+        return self._header
+
+    def session_id(self, scope: Scope, cookie: bytes) -> str | None:
+        """The session ID from ``cookie``, the one ``Cookie`` header of ``scope`` that holds
+        :attr:`cookie_marker` (memoized for the usual shape; every header is read when it
+        is not that simple). None when missing, empty or given twice with different
+        values."""
+        found = self._simple_cookie(cookie)
+        return found if found is not None else self._parse_cookies(scope)
+
+    def responder(
+        self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle
+    ) -> SessionResponder:
+        """The per-request :class:`SessionResponder` that saves ``handle`` before the
+        response starts (for a caller that put ``handle`` in the scope itself)."""
+        return SessionResponder(self, scope, receive, send, handle)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
@@ -139,12 +179,12 @@ class SessionMiddleware:
             handle = SessionHandle(self._manager, None, True)
         else:
             # The warm path: from L1 when no touch is due; no await, no span.
-            entry = self._manager._cached(session_id, self._refresh)
+            entry = self._manager.entry(session_id, self._refresh)
             if entry is not None:
                 _L1_LOOKUP.value += 1
                 if telemetry.tracing_enabled():
                     telemetry.annotate_current_span(_L1_SPAN_ATTRS)
-                handle = SessionHandle._warm(self._manager, entry.session, entry.flat)
+                handle = SessionHandle.warm(self._manager, entry.session, entry.flat)
             else:
                 found = await self._load_or_refuse(scope, receive, send, session_id)
                 if found is None:
@@ -158,7 +198,7 @@ class SessionMiddleware:
             finally:
                 await self._save_quietly(handle)
             return
-        responder = _Responder(self, scope, receive, send, handle)
+        responder = SessionResponder(self, scope, receive, send, handle)
         try:
             await self.app(scope, receive, responder.wrapped_send)
         except ServiceUnavailable as error:
@@ -301,7 +341,7 @@ class SessionMiddleware:
             )
 
 
-class _Responder:
+class SessionResponder:
     """Per-request state of one HTTP response: saves before the headers go out.
 
     The app runs with :meth:`wrapped_send`; a :class:`ServiceUnavailable` it raises before
@@ -323,11 +363,14 @@ class _Responder:
         self.started = self.replaced = False
 
     async def fail(self, error: ServiceUnavailable) -> None:
+        """Answer with ``on_error``'s response to ``error`` (the app's own is dropped)."""
         self.started = self.replaced = True
         error.retry_after = self.middleware._retry_after
         await self.middleware._on_error(self.scope, error)(self.scope, self.receive, self.send)
 
     async def wrapped_send(self, message: Message) -> None:
+        """The ``send`` the app gets: saves the session (and sets or clears its cookie and
+        header) before ``http.response.start`` goes out; a failed save becomes a 503."""
         if self.started:
             if not self.replaced:
                 await self.send(message)

@@ -29,12 +29,12 @@ from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable
 from gateway_redis.pubsub import Message, PubSubHub, Subscription
 from gateway_redis.support import cancel_and_wait, log_fields
-from middleware import _ws_protocol as proto
-from middleware._ws_conn import Connection, Frame
+from middleware.websocket import _protocol as proto
+from middleware.websocket._connection import Connection, Frame
 
 __all__ = ["ChannelEntry", "Fanout"]
 
-_log = logging.getLogger("middleware.websocket")
+_log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
 
 

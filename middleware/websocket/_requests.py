@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway_redis.errors import RedisUnavailable, SerializationError
-from middleware import _ws_protocol as proto
 from middleware.errors import ServiceUnavailable
+from middleware.websocket import _protocol as proto
 
 if TYPE_CHECKING:
-    from middleware._ws_conn import Connection
-    from middleware.websocket import WebSocketBridge
+    from middleware.websocket._connection import Connection
+    from middleware.websocket.bridge import WebSocketBridge
 
 __all__ = ["handle_request"]
 

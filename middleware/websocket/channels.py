@@ -19,7 +19,7 @@ A rule's pattern is a channel name whose ``:``-separated segments may be placeho
 
 Each rule grants ``subscribe`` and/or ``publish``: ``True`` for any authenticated
 principal, or a permission (resolved through RBAC, wildcards as in
-:func:`~middleware.permissions.permission_granted`) that may use the rule's captures
+:func:`~middleware.rbac.permissions.permission_granted`) that may use the rule's captures
 (``"rooms:{room}:join"``). ``None`` (the default) grants nothing. A request is allowed when
 any rule grants it; everything else is denied. Rules never deny, so their order does not
 matter.
@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from middleware.permissions import _check_permission, permission_granted
+from middleware.rbac.permissions import check_permission, permission_granted
 
 __all__ = [
     "Access",
@@ -155,7 +155,7 @@ def _check_access(access: Access, captures: set[str], pattern: str) -> str | boo
         return True
     if not isinstance(access, str):
         raise ValueError(f"a grant must be True, None or a permission, got {access!r}")
-    _check_permission(access)
+    check_permission(access)
     for name in _PLACEHOLDER.findall(access):
         if name not in captures and name != "sub":
             raise ValueError(f"permission {access!r} uses {{{name}}}, not captured by {pattern!r}")

@@ -46,9 +46,10 @@ from middleware.errors import (
     PermissionDenied,
     default_error_response,
 )
-from middleware.permissions import PermissionCache, _check_permission, permission_granted
+from middleware.jwt.claims import TokenClaims
+from middleware.rbac.permissions import PermissionCache, check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
-from middleware.tokens import TokenClaims
+from middleware.telemetry import ATTR_RBAC_RESULT
 
 __all__ = ["PermissionContext", "RBACMiddleware", "Rule", "require_permissions"]
 
@@ -69,7 +70,7 @@ class Rule:
     def __init__(self, path: str, *permissions: str, methods: Iterable[str] = ("*",)) -> None:
         if not permissions:
             raise ValueError("a rule needs at least one permission")
-        required = tuple(_check_permission(p) for p in permissions)
+        required = tuple(check_permission(p) for p in permissions)
         if any("*" in p for p in required):
             raise ValueError("required permissions cannot contain wildcards")
         if isinstance(methods, str):
@@ -92,10 +93,17 @@ class PermissionContext:
 
     __slots__ = ("_cache", "_granted", "claims")
 
-    def __init__(self, cache: PermissionCache, claims: TokenClaims | None) -> None:
+    def __init__(
+        self,
+        cache: PermissionCache,
+        claims: TokenClaims | None,
+        *,
+        granted: frozenset[str] | None = None,
+    ) -> None:
+        """``granted``, when given, is the principal's permissions already resolved."""
         self._cache = cache
         self.claims = claims
-        self._granted: frozenset[str] | None = None
+        self._granted = granted
 
     async def permissions(self) -> frozenset[str]:
         """The principal's permissions (empty when anonymous). Raises
@@ -166,7 +174,7 @@ class RBACMiddleware:
             # The warm path: permissions from L1, no await, no span.
             granted = self._cache.cached(claims) if claims is not None else None
             if granted is not None:
-                cacheable = self._cache._source.cacheable
+                cacheable = self._cache.cacheable
                 if cacheable:
                     _L1_LOOKUP.value += 1
                 context._granted = granted
@@ -194,6 +202,16 @@ class RBACMiddleware:
             await self._on_error(scope, PermissionDenied("no_rule"))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    @property
+    def permissions(self) -> PermissionCache:
+        """The permission cache the rules are checked against."""
+        return self._cache
+
+    @property
+    def deny_unmatched(self) -> bool:
+        """Whether a request that matches no rule is refused (403)."""
+        return self._deny_unmatched
 
     def required_for(self, scope: Scope) -> tuple[str, ...]:
         """:meth:`required` for a request's scope (WebSocket handshakes count as GET)."""
@@ -227,8 +245,8 @@ class RBACMiddleware:
 
 _MEMO_SIZE = 2048
 _L1_LOOKUP = telemetry.lookup_tally("rbac", "l1")
-_L1_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "l1"}
-_LOCAL_SPAN_ATTRS = {telemetry.ATTR_RBAC_RESULT: "uncached"}
+_L1_SPAN_ATTRS = {ATTR_RBAC_RESULT: "l1"}
+_LOCAL_SPAN_ATTRS = {ATTR_RBAC_RESULT: "uncached"}
 
 
 def granted_all(granted: frozenset[str], required: tuple[str, ...]) -> bool:
@@ -248,7 +266,7 @@ def require_permissions(
     Otherwise the endpoint returns ``on_error``'s response (HTTP) or closes the socket
     (WebSocket). Needs :class:`RBACMiddleware`.
     """
-    required = tuple(_check_permission(p) for p in permissions)
+    required = tuple(check_permission(p) for p in permissions)
     if not required or any("*" in p for p in required):
         raise ValueError("give one or more permissions, without wildcards")
 

@@ -1,31 +1,26 @@
-"""Per-request session state and the cookie settings (used by :mod:`middleware.sessions`).
+"""Per-request session state (used by the session middleware).
 
 :class:`SessionHandle` is what ``get_session_handle(request)`` returns: the loaded session,
 the ``request.session`` dict and the operations that change the session's identity.
-:class:`SessionCookie` says how the session cookie is written.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
-from middleware.sessioncache import SessionManager
+from middleware.sessions.manager import SessionManager
 
-__all__ = ["SessionCookie", "SessionData", "SessionHandle"]
+__all__ = ["SessionData", "SessionHandle"]
 
 _log = logging.getLogger(__name__)
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 
 
 _MISSING: Any = object()
@@ -121,54 +116,6 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionCookie:
-    """How the session cookie is written. ``name=None`` picks ``__Host-session`` when the
-    browser allows that prefix (``secure``, ``path="/"``, no ``domain``), else ``session``.
-    ``samesite`` is ``"lax"``, ``"strict"`` or ``"none"`` (needs ``secure``)."""
-
-    name: str | None = None
-    domain: str | None = None
-    path: str = "/"
-    secure: bool = True
-    httponly: bool = True
-    samesite: Literal["lax", "strict", "none"] = "lax"
-
-    def __post_init__(self) -> None:
-        host_ok = self.secure and self.path == "/" and self.domain is None
-        if self.name is None:
-            object.__setattr__(self, "name", "__Host-session" if host_ok else "session")
-        name = self.name
-        if not isinstance(name, str) or not name or not set(name) <= _TOKEN_CHARS:
-            raise ValueError(f"cookie name must be a non-empty token, got {name!r}")
-        if name.startswith("__Host-") and not host_ok:
-            raise ValueError("__Host- cookies need secure=True, path='/' and no domain")
-        if name.startswith("__Secure-") and not self.secure:
-            raise ValueError("__Secure- cookies need secure=True")
-        if self.samesite not in ("lax", "strict", "none"):
-            raise ValueError("samesite must be 'lax', 'strict' or 'none'")
-        if self.samesite == "none" and not self.secure:
-            raise ValueError("SameSite=None cookies need secure=True")
-        if not isinstance(self.path, str) or not self.path.startswith("/") or ";" in self.path:
-            raise ValueError("path must start with '/' and contain no ';'")
-        if self.domain is not None and (not self.domain or ";" in self.domain):
-            raise ValueError("domain must be a non-empty string without ';'")
-
-    def header(self, value: str, max_age: int) -> str:
-        """A ``Set-Cookie`` value (``max_age`` 0 deletes the cookie)."""
-        parts = [f"{self.name}={value}", f"Path={self.path}", f"Max-Age={max_age}"]
-        if max_age == 0:
-            parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
-        if self.domain:
-            parts.append(f"Domain={self.domain}")
-        if self.secure:
-            parts.append("Secure")
-        if self.httponly:
-            parts.append("HttpOnly")
-        parts.append(f"SameSite={self.samesite.capitalize()}")
-        return "; ".join(parts)
-
-
 class SessionHandle:
     """One request's session: the loaded :class:`Session`, its data and the controls.
 
@@ -203,7 +150,7 @@ class SessionHandle:
             self.data = SessionData(_copy_metadata(session.metadata))
 
     @classmethod
-    def _warm(
+    def warm(
         cls, manager: SessionManager, session: Session, flat: dict[str, Any] | None
     ) -> SessionHandle:
         """The handle of a session served from L1 (the hot path: no validation). ``flat``

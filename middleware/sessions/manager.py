@@ -18,16 +18,17 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from gateway_redis import telemetry
 from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.localcache import Stamp
 from gateway_redis.sessions import Session, SessionStore
 from gateway_redis.support import log_fields
 
-__all__ = ["SessionManager"]
+__all__ = ["SessionEntry", "SessionManager", "SessionPin"]
 
 _log = logging.getLogger(__name__)
 _NS = "session"
@@ -39,8 +40,12 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
-class _Entry:
-    """An L1 entry: the session and the times a hit re-checks, as epoch seconds."""
+class SessionEntry:
+    """An L1 entry: the session and the times a hit re-checks, as epoch seconds. Read only.
+
+    ``flat`` is a plain dict of the metadata when it holds no containers (a request may
+    shallow-copy it), else None.
+    """
 
     __slots__ = ("ends_at", "flat", "idle_touch_at", "last", "session", "user")
 
@@ -61,12 +66,29 @@ class _Entry:
         self.idle_touch_at = (self.last + idle.timestamp()) / 2 if idle is not None else math.inf
 
 
+class SessionPin:
+    """An L1 answer of :meth:`SessionManager.pin`, for a caller that remembers it across
+    requests: ``entry`` may be served again while :meth:`SessionManager.is_current` says
+    so. Immutable."""
+
+    __slots__ = ("_current", "_stamp", "_until", "entry")
+
+    def __init__(
+        self, entry: SessionEntry, stamp: Stamp, until: float, current: Callable[[Stamp], bool]
+    ) -> None:
+        self.entry = entry
+        self._stamp = stamp
+        self._until = until
+        self._current = current  # the L1 cache's is_current, bound once
+
+
 class SessionManager:
     """Session operations with an L1 cache and cross-instance invalidation.
 
     ``store`` is the session store (default TTLs and idle timeout are its own); ``bus``
     keeps L1 coherent. ``l1_ttl`` (seconds, default 30) caps how long a session is served
-    from memory; ``maxsize`` bounds L1. Raises what the store raises:
+    from memory; ``maxsize`` bounds L1. ``clock`` gives epoch seconds (what session expiry
+    is checked against). Raises what the store raises:
     :class:`~gateway_redis.SessionNotFound`, :class:`~gateway_redis.RedisUnavailable`.
     """
 
@@ -77,6 +99,7 @@ class SessionManager:
         bus: InvalidationBus,
         l1_ttl: float = 30.0,
         maxsize: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise ValueError("store must be a SessionStore")
@@ -85,7 +108,7 @@ class SessionManager:
         self._l1 = bus.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
         self._digests: dict[str, str] = {}
         self._digests_max = maxsize
-        self._clock = time.time  # epoch seconds; replaced by tests
+        self._clock = clock
         bus.on_event(_NS, self._on_event)
         store.client.add_session_listener(self._on_store_change)
 
@@ -102,11 +125,13 @@ class SessionManager:
         (the caller counts what it serves). L1 is empty and bypassed while the invalidation
         bus is out of sync.
         """
-        entry = self._cached(session_id, touch_interval)
+        entry = self.entry(session_id, touch_interval)
         return entry.session if entry is not None else None
 
-    def _cached(self, session_id: str, touch_interval: float) -> _Entry | None:
-        entry: _Entry | None = self._l1.get(self._key(session_id))
+    def entry(self, session_id: str, touch_interval: float = math.inf) -> SessionEntry | None:
+        """Like :meth:`cached`, but the L1 entry itself (the session and its metadata as a
+        plain dict when flat). Synchronous, no Redis, counts nothing."""
+        entry: SessionEntry | None = self._l1.get(self._key(session_id))
         if entry is None:
             return None
         now = self._clock()
@@ -114,10 +139,27 @@ class SessionManager:
             return None
         return entry
 
+    def pin(self, session_id: str, touch_interval: float = math.inf) -> SessionPin | None:
+        """Like :meth:`entry`, but a :class:`SessionPin` of it, or None. Synchronous."""
+        entry = self.entry(session_id, touch_interval)
+        if entry is None:
+            return None
+        stamp = self._l1.stamp(self._key(session_id))
+        if stamp is None:
+            return None
+        until = min(entry.ends_at, entry.last + touch_interval, entry.idle_touch_at)
+        return SessionPin(entry, stamp, until, self._l1.is_current)
+
+    def is_current(self, pin: SessionPin) -> bool:
+        """Whether ``pin.entry`` may still be served as it is: it is still the live L1
+        entry (no change, drop, eviction or flush since) within its TTL, and no expiry or
+        touch is due. One dict lookup, two clock reads."""
+        return pin._current(pin._stamp) and self._clock() < pin._until
+
     async def get(self, session_id: str) -> Session:
         """The live session, from L1 or Redis (a read; does not touch it)."""
         digest = self._key(session_id)
-        entry: _Entry | None = self._l1.get(digest)
+        entry: SessionEntry | None = self._l1.get(digest)
         if entry is not None and entry.ends_at > self._clock():
             _L1.value += 1
             return entry.session
@@ -196,7 +238,7 @@ class SessionManager:
         return digest
 
     def _remember(self, digest: str, session: Session, generation: int) -> None:
-        entry = _Entry(session)
+        entry = SessionEntry(session)
         self._l1.set(digest, entry, ttl=entry.ends_at - self._clock(), generation=generation)
 
     async def _publish(self, event: Mapping[str, Any], *, critical: bool = False) -> None:

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
 from gateway_redis.support import log_fields
-from middleware import _ws_protocol as proto
-from middleware._ws_protocol import CloseCode
+from middleware.websocket import _protocol as proto
+from middleware.websocket._protocol import CloseCode
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import SessionStore
-    from middleware._ws_conn import Connection
-    from middleware.tokencache import JWTAuthenticator
-    from middleware.websocket import WebSocketLimits
+    from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.websocket._connection import Connection
+    from middleware.websocket.bridge import WebSocketLimits
 
 __all__ = ["Registry"]
 
-_log = logging.getLogger("middleware.websocket")
+_log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
 _TICK: Final = 0.5  # seconds between housekeeping rounds (expiry, idle, heartbeat)
 _RECHECK_BATCH: Final = 32  # sessions looked up concurrently
