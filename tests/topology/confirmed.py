@@ -21,8 +21,15 @@ import pytest
 
 from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
-from middleware import CallablePermissions, JWTAuthenticator, PermissionCache
-from middleware.tokens import InvalidToken, JWTSettings, JWTValidator, TokenClaims
+from middleware import (
+    CallablePermissions,
+    InvalidToken,
+    JWTAuthenticator,
+    JWTSettings,
+    JWTValidator,
+    PermissionCache,
+    TokenClaims,
+)
 
 ISSUER = "https://issuer.test"
 SECRET = "Zq8v1LmT4xR7cN2pW9sK5bY3hJ6fD0gA-confirm"
