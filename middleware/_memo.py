@@ -10,7 +10,7 @@ here ever needs invalidating. In process memory only, bounded in entries and key
 
 from __future__ import annotations
 
-__all__ = ["MAX_KEY", "MAX_ENTRIES", "remember"]
+__all__ = ["MAX_ENTRIES", "MAX_KEY", "remember"]
 
 MAX_ENTRIES = 1024
 MAX_KEY = 4096  # bytes: longer header values are parsed every time
