@@ -21,6 +21,11 @@ On Redis Cluster the operations that touch more than one key (create, regenerate
 listing, "log out everywhere") run as single-key steps instead, so that they keep working
 while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
 invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions._scripts`.
+
+After each change that may leave a cached copy wrong (update, delete, regenerate, log out
+everywhere) the store publishes a session event on its client's invalidation bus
+(:mod:`gateway_redis.sessions.events`); caches and open WebSockets follow through
+:meth:`SessionStore.on_change`. Touching a session only extends it: not published.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ from gateway_redis.sessions._codec import (
     slot_tag,
 )
 from gateway_redis.sessions._scripts import Scripts
+from gateway_redis.sessions.events import (
+    NAMESPACE,
+    SessionEvent,
+    SessionEventHandler,
+    parse_session_event,
+    session_dropped,
+    user_sessions_dropped,
+)
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -75,6 +88,12 @@ class SessionStore:
     Unknown, malformed, expired, deleted and corrupt sessions all raise
     :class:`~gateway_redis.SessionNotFound`; malformed IDs are rejected without a Redis
     call. The store holds no per-request state and may be shared.
+
+    One store per client: applications use the client's, :attr:`RedisClient.sessions
+    <gateway_redis.RedisClient.sessions>`, configured once with
+    :meth:`RedisClient.configure_sessions <gateway_redis.RedisClient.configure_sessions>`.
+    Constructing one directly is for tests and tools (it publishes its changes on the same
+    bus, so caches stay coherent either way).
     """
 
     def __init__(
@@ -101,8 +120,30 @@ class SessionStore:
 
     @property
     def client(self) -> RedisClient:
-        """The client this store runs on (its session listeners hear every change)."""
+        """The client this store runs on (its invalidation bus carries the changes)."""
         return self._client
+
+    @property
+    def default_ttl(self) -> float:
+        """The absolute lifetime of a new session, seconds."""
+        return self._ttl_ms / 1000
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """The idle timeout, seconds, or None (no idle limit)."""
+        return self._idle_ms / 1000 if self._idle_ms else None
+
+    def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` for each session event (:mod:`.events`) published by
+        any instance's store on this client's channel, this one's included (at once, before
+        it is sent). Returns a function that removes the handler."""
+
+        def on_event(event: Mapping[str, Any]) -> None:
+            parsed = parse_session_event(event)
+            if parsed is not None:
+                handler(parsed)
+
+        return self._client.invalidation.on_event(NAMESPACE, on_event)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -166,7 +207,7 @@ class SessionStore:
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
         reply = await self._run("session.update", self._call("update", [key], args))
         session = decode_session(session_id, reply, self._idle_ms)
-        await self._client._session_changed("update", session_id=session_id)
+        await self._publish(session_dropped(session_id), critical=False)
         return session
 
     async def touch(self, session_id: str) -> Session:
@@ -203,7 +244,7 @@ class SessionStore:
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.confirmed("session.delete", key, call)
-        await self._client._session_changed("delete", session_id=session_id)
+        await self._publish(session_dropped(session_id), critical=True)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
@@ -245,7 +286,7 @@ class SessionStore:
             return deleted
 
         deleted: int = await self._client.confirmed("session.delete_user_sessions", index, call)
-        await self._client._session_changed("delete_user", user_id=user_id)
+        await self._publish(user_sessions_dropped(user_id), critical=True)
         return deleted
 
     async def regenerate(self, session_id: str) -> str:
@@ -272,10 +313,28 @@ class SessionStore:
             )(r)
 
         decode_session(new_id, await self._run("session.regenerate", call), self._idle_ms)
-        await self._client._session_changed("delete", session_id=session_id)
+        await self._publish(session_dropped(session_id), critical=True)
         return new_id
 
     # -- internals ------------------------------------------------------------------------
+
+    async def _publish(self, event: SessionEvent, *, critical: bool) -> None:
+        """Broadcast ``event`` (applied here first, even if sending fails).
+
+        Ending a session is ``critical``: if the event cannot be sent the error propagates
+        (retrying a logout is harmless). For an update the change is already in Redis, and an
+        instance that cannot publish is almost always one that lost Redis, which the others
+        notice too (their L1 is then off); the error is not worth failing the call for.
+        """
+        try:
+            await self._client.invalidation.publish(NAMESPACE, event)
+        except Exception:
+            if critical:
+                raise
+            _log.warning(
+                "session invalidation not broadcast; other instances may lag",
+                extra=log_fields("sessions", "session_invalidation_not_sent"),
+            )
 
     def _session_key(self, session_id: str) -> str:
         return self._client.key(f"session:{{{session_id[:12]}}}:{sha256_hex(session_id)}")
