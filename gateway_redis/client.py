@@ -1,5 +1,7 @@
 """The shared async Redis client: lifecycle, availability and the cache API.
 
+(Over 400 lines: it is the library's one facade; the work is done in the modules it calls.)
+
 One :class:`RedisClient` per process, connected in the application's lifespan and handed
 to every middleware. It owns the process's shared things, each built once on first use
 and closed with it: the pub/sub hub (:mod:`gateway_redis.pubsub`), the invalidation bus

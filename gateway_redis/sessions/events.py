@@ -1,4 +1,5 @@
-"""The session store's change events: their wire shapes, the one parser, the ID digest.
+"""The session store's change events: wire shapes, the one parser, the ID digest, and how
+the store publishes them and listeners subscribe (:func:`publish`, :func:`subscribe`).
 
 :class:`~gateway_redis.sessions.SessionStore` publishes one event on its client's
 invalidation bus (:attr:`RedisClient.invalidation <gateway_redis.RedisClient.invalidation>`,
@@ -19,8 +20,14 @@ channel still understand each other.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
+
+from gateway_redis.support import log_fields
+
+if TYPE_CHECKING:
+    from gateway_redis.invalidation import InvalidationBus
 
 __all__ = [
     "NAMESPACE",
@@ -30,9 +37,13 @@ __all__ = [
     "UserSessionsDropped",
     "id_digest",
     "parse_session_event",
+    "publish",
     "session_dropped",
+    "subscribe",
     "user_sessions_dropped",
 ]
+
+_log = logging.getLogger(__name__)
 
 NAMESPACE: Final = "session"
 """The invalidation bus namespace of session events."""
@@ -90,3 +101,34 @@ def parse_session_event(event: Mapping[str, Any]) -> SessionEvent | None:
         if isinstance(user, str):
             return {"op": "drop_user", "user": user}
     return None
+
+
+async def publish(bus: InvalidationBus, event: SessionEvent, *, critical: bool) -> None:
+    """Broadcast ``event`` on ``bus`` (applied here first, even if sending fails).
+
+    Ending a session is ``critical``: if the event cannot be sent the error propagates
+    (retrying a logout is harmless). For an update the change is already in Redis, and an
+    instance that cannot publish is almost always one that lost Redis, which the others
+    notice too (their L1 is then off); the error is not worth failing the call for.
+    """
+    try:
+        await bus.publish(NAMESPACE, event)
+    except Exception:
+        if critical:
+            raise
+        _log.warning(
+            "session invalidation not broadcast; other instances may lag",
+            extra=log_fields("sessions", "session_invalidation_not_sent"),
+        )
+
+
+def subscribe(bus: InvalidationBus, handler: SessionEventHandler) -> Callable[[], None]:
+    """Call ``handler`` with each session event on ``bus`` that :func:`parse_session_event`
+    understands; returns a function that removes it."""
+
+    def on_event(event: Mapping[str, Any]) -> None:
+        parsed = parse_session_event(event)
+        if parsed is not None:
+            handler(parsed)
+
+    return bus.on_event(NAMESPACE, on_event)

@@ -54,11 +54,10 @@ from gateway_redis.sessions._codec import (
 )
 from gateway_redis.sessions._scripts import Scripts
 from gateway_redis.sessions.events import (
-    NAMESPACE,
-    SessionEvent,
     SessionEventHandler,
-    parse_session_event,
+    publish,
     session_dropped,
+    subscribe,
     user_sessions_dropped,
 )
 from gateway_redis.support import log_fields
@@ -138,12 +137,7 @@ class SessionStore:
         any instance's store on this client's channel, this one's included (at once, before
         it is sent). Returns a function that removes the handler."""
 
-        def on_event(event: Mapping[str, Any]) -> None:
-            parsed = parse_session_event(event)
-            if parsed is not None:
-                handler(parsed)
-
-        return self._client.invalidation.on_event(NAMESPACE, on_event)
+        return subscribe(self._client.invalidation, handler)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -207,7 +201,7 @@ class SessionStore:
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
         reply = await self._run("session.update", self._call("update", [key], args))
         session = decode_session(session_id, reply, self._idle_ms)
-        await self._publish(session_dropped(session_id), critical=False)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=False)
         return session
 
     async def touch(self, session_id: str) -> Session:
@@ -244,7 +238,7 @@ class SessionStore:
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.confirmed("session.delete", key, call)
-        await self._publish(session_dropped(session_id), critical=True)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=True)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
@@ -286,7 +280,7 @@ class SessionStore:
             return deleted
 
         deleted: int = await self._client.confirmed("session.delete_user_sessions", index, call)
-        await self._publish(user_sessions_dropped(user_id), critical=True)
+        await publish(self._client.invalidation, user_sessions_dropped(user_id), critical=True)
         return deleted
 
     async def regenerate(self, session_id: str) -> str:
@@ -313,28 +307,10 @@ class SessionStore:
             )(r)
 
         decode_session(new_id, await self._run("session.regenerate", call), self._idle_ms)
-        await self._publish(session_dropped(session_id), critical=True)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=True)
         return new_id
 
     # -- internals ------------------------------------------------------------------------
-
-    async def _publish(self, event: SessionEvent, *, critical: bool) -> None:
-        """Broadcast ``event`` (applied here first, even if sending fails).
-
-        Ending a session is ``critical``: if the event cannot be sent the error propagates
-        (retrying a logout is harmless). For an update the change is already in Redis, and an
-        instance that cannot publish is almost always one that lost Redis, which the others
-        notice too (their L1 is then off); the error is not worth failing the call for.
-        """
-        try:
-            await self._client.invalidation.publish(NAMESPACE, event)
-        except Exception:
-            if critical:
-                raise
-            _log.warning(
-                "session invalidation not broadcast; other instances may lag",
-                extra=log_fields("sessions", "session_invalidation_not_sent"),
-            )
 
     def _session_key(self, session_id: str) -> str:
         return self._client.key(f"session:{{{session_id[:12]}}}:{sha256_hex(session_id)}")
