@@ -183,9 +183,9 @@ class WebSocketBridge:
     the RBAC middleware's context, else none); ``session_permissions`` those of
     cookie-session principals (else none). ``allowed_origins`` are other origins allowed
     to connect; ``origin_check`` ``"always"`` checks every browser handshake, ``"cookie"``
-    only cookie-authenticated
-    ones (a bearer token cannot be ridden cross-site). ``limits`` bounds everything.
-    Raises ``ValueError`` for bad arguments. Call :meth:`aclose` at shutdown.
+    only cookie-authenticated ones (a bearer token cannot be ridden cross-site).
+    ``limits`` bounds everything. Raises ``ValueError`` for bad arguments (including a
+    ``sessions`` manager on another client). Call :meth:`aclose` at shutdown.
     """
 
     def __init__(
