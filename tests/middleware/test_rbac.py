@@ -268,6 +268,7 @@ async def _second_instance_sees(
     db: Database,
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
@@ -275,7 +276,7 @@ async def _second_instance_sees(
 ) -> float:
     db.grants["carol"] = {"admin:read"}
     token = make_token("carol")
-    cache_a = PermissionCache(CallablePermissions(db.lookup), client=bus.client)
+    cache_a = PermissionCache(CallablePermissions(db.lookup), client=client)
     async with RedisClient(redis_config) as c2:
         bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
@@ -301,13 +302,14 @@ async def _second_instance_sees(
 async def test_invalidate_subject_reaches_a_second_instance_within_100_ms(
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
     http_client: HttpFactory,
 ) -> None:
     took = await _second_instance_sees(
-        lambda c: c.invalidate("carol"), Database(), authenticator, bus, validator,
+        lambda c: c.invalidate("carol"), Database(), authenticator, bus, client, validator,
         redis_config, make_token, http_client,
     )  # fmt: skip
     print(f"invalidate(subject) seen by the second instance after {took * 1000:.2f} ms")
@@ -316,6 +318,7 @@ async def test_invalidate_subject_reaches_a_second_instance_within_100_ms(
 async def test_policy_version_bump_reaches_a_second_instance_within_100_ms(
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
@@ -323,7 +326,7 @@ async def test_policy_version_bump_reaches_a_second_instance_within_100_ms(
     redis_admin: redis.Redis,
 ) -> None:
     took = await _second_instance_sees(
-        lambda c: c.bump_policy_version(), Database(), authenticator, bus, validator,
+        lambda c: c.bump_policy_version(), Database(), authenticator, bus, client, validator,
         redis_config, make_token, http_client,
     )  # fmt: skip
     assert int(redis_admin.get("gw:rbac:policy-version") or 0) == 1
