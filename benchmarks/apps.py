@@ -200,7 +200,6 @@ def _tracing(app: ASGIApp, our_spans: bool) -> ASGIApp:
 
 def _ours(env: dict[str, str]) -> Starlette:
     from gateway_redis import RedisClient, RedisConfig
-    from gateway_redis.invalidation import InvalidationBus
     from middleware import (
         CallablePermissions,
         GatewayMiddleware,
@@ -219,35 +218,34 @@ def _ours(env: dict[str, str]) -> Starlette:
     )
 
     client = RedisClient(RedisConfig(url=env["REDIS_URL"], pool_size=20, min_idle_conns=4))
-    bus = InvalidationBus(client)
+    bus = client.invalidation
     settings = JWTSettings(
         algorithms=("HS256",),
         key=env["BENCH_SECRET"],
         issuer=env["BENCH_ISSUER"],
         audience=env["BENCH_AUDIENCE"],
     )
-    authenticator = JWTAuthenticator(JWTValidator(settings), bus=bus)
+    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
 
     async def grants(subject: str) -> Collection[str]:
         key = client.key(GRANTS_KEY + subject)
         members: Any = await client.execute("bench.grants", lambda r: r.smembers(key))
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
-    permissions = PermissionCache(CallablePermissions(grants), bus=bus)
-    sessions = SessionManager(client.sessions, bus=bus)
+    permissions = PermissionCache(CallablePermissions(grants), client=client)
+    sessions = SessionManager(client=client)
     use_l1 = env.get("BENCH_L1", "on") != "off"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await client.connect()
+        if not use_l1:
+            await bus.aclose()  # never started: every L1 cache stays bypassed
+        await client.connect()  # starts the client's invalidation bus (unless closed above)
         client.pubsub.start()
         try:
             if use_l1:
-                async with bus:
-                    await bus.wait_synced(5.0)
-                    yield
-            else:
-                yield
+                await bus.wait_synced(5.0)
+            yield
         finally:
             await client.aclose()
 

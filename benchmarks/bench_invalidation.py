@@ -1,8 +1,9 @@
 """Invalidation: how long after a change on instance A does instance B reject?
 
 Instance B is the ``ours`` benchmark app under uvicorn (its own process, RedisClient and
-InvalidationBus, L1 warm for the credential under test). Instance A is this process with
-its own RedisClient, InvalidationBus, JWTAuthenticator, PermissionCache and SessionManager.
+the client's InvalidationBus, L1 warm for the credential under test). Instance A is this
+process with its own RedisClient (and its bus), JWTAuthenticator, PermissionCache and
+SessionManager.
 Each trial warms B's L1 for a fresh credential (two 200s), then starts the clock, makes the
 change on A and polls B back to back until it rejects: latency = first rejection - start
 of the call on A (so it includes A's own Redis writes and one HTTP round trip of polling).
@@ -29,7 +30,6 @@ from benchmarks import _common as c
 from benchmarks.apps import COOKIE, GRANTS_KEY, PERMISSION
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from gateway_redis.invalidation import InvalidationBus
 from middleware import (
     CallablePermissions,
     JWTAuthenticator,
@@ -105,20 +105,20 @@ async def _run(
     client = RedisClient(RedisConfig(url=redis_url))
     await client.connect()
     client.pubsub.start()
-    bus = InvalidationBus(client)
+    bus = client.invalidation
     settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    authenticator = JWTAuthenticator(JWTValidator(settings), bus=bus)
+    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
 
     async def grants(subject: str) -> list[str]:
         key = client.key(GRANTS_KEY + subject)
         members: Any = await client.execute("grants", lambda r: r.smembers(key))
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
-    permissions = PermissionCache(CallablePermissions(grants), bus=bus)
-    sessions = SessionManager(client.sessions, bus=bus)
+    permissions = PermissionCache(CallablePermissions(grants), client=client)
+    sessions = SessionManager(client=client)
     kinds = [Kind("revoke"), Kind("bump_policy_version"), Kind("delete_session")]
     try:
-        async with bus, aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession() as http:
             await bus.wait_synced(5)
             for i in range(trials):
                 subject = f"inv-{i}"

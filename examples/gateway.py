@@ -46,8 +46,6 @@ from examples.telemetry import configure_logging, configure_telemetry, shutdown_
 from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis, find_server_binary
-from gateway_redis.invalidation import InvalidationBus
-from gateway_redis.sessions import SessionStore
 from middleware import (
     JWTAuthenticator,
     JWTMiddleware,
@@ -172,11 +170,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     keys = GatewayKeys(env)
     config, embedded = _redis(env)
     client = RedisClient(config)
-    bus = InvalidationBus(client)
-    authenticator = JWTAuthenticator(JWTValidator(keys.settings), bus=bus)
-    permissions = PermissionCache(StaticRolePermissions(ROLES), bus=bus)
-    store = SessionStore(client, default_ttl=12 * 3600, idle_timeout=3600)
-    sessions = SessionManager(store, bus=bus)
+    client.configure_sessions(default_ttl=12 * 3600, idle_timeout=3600)
+    authenticator = JWTAuthenticator(JWTValidator(keys.settings), client=client)
+    permissions = PermissionCache(StaticRolePermissions(ROLES), client=client)
+    sessions = SessionManager(client=client)
     secure = env.get("GATEWAY_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no")
     throttle = LoginThrottle(
         client,
@@ -194,8 +191,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         # within about 2 s even when no request is running.
         client.pubsub.start()
         try:
-            async with bus:
-                yield
+            yield  # the client started its invalidation bus when it connected
         finally:
             await client.aclose()
             if embedded is not None:
@@ -205,7 +201,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
 
     app = FastAPI(title="gateway-redis example", lifespan=lifespan)
     app.state.redis = client
-    app.state.bus = bus
+    app.state.bus = client.invalidation
     app.state.authenticator = authenticator
     app.state.permissions = permissions
     app.state.sessions = sessions

@@ -42,7 +42,6 @@ from starlette.routing import WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway_redis import RedisClient, RedisUnavailable, SerializationError, Session
-from gateway_redis.invalidation import InvalidationBus
 from middleware import JWTAuthenticator, JWTMiddleware, PermissionCache, SessionManager
 from middleware.errors import ServiceUnavailable
 from middleware.fastapi import Claims, RequirePermissions
@@ -124,7 +123,6 @@ def install_realtime(
     app: FastAPI,
     *,
     client: RedisClient | None = None,
-    bus: InvalidationBus | None = None,
     authenticator: JWTAuthenticator | None = None,
     permissions: PermissionCache | None = None,
     sessions: SessionManager | None = None,
@@ -133,7 +131,7 @@ def install_realtime(
 ) -> WebSocketBridge:
     """Add ``WS /ws``, ``POST /api/channels/{channel}/publish`` and ``GET /`` to ``app``.
 
-    Collaborators default to ``app.state.redis``, ``.bus``, ``.authenticator``,
+    Collaborators default to ``app.state.redis``, ``.authenticator``,
     ``.permissions`` and ``.sessions`` (as :func:`examples.gateway.create_app` sets them);
     ``roles`` to the gateway's ``ROLES``; ``env`` to ``os.environ``. Call it before the app
     serves its first request: it adds :data:`REALTIME_PUBLIC_PATHS` to the JWT middleware's
@@ -157,7 +155,6 @@ def install_realtime(
     bridge = WebSocketBridge(
         client=client,
         policy=realtime_policy(),
-        bus=bus or state.bus,
         authenticator=authenticator or state.authenticator,
         permissions=cache,
         session_permissions=_session_permissions(roles),

@@ -22,6 +22,8 @@ from gateway_redis.errors import (
     SubscriptionClosed,
 )
 from gateway_redis.health import HealthState
+from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.localcache import LocalCache
 from gateway_redis.pubsub import Message, PubSubHub, PubSubStats, Subscription
 from gateway_redis.sessions import Session, SessionStore
 
@@ -34,6 +36,8 @@ __all__ = [
     "ConfigurationError",
     "GatewayRedisError",
     "HealthState",
+    "InvalidationBus",
+    "LocalCache",
     "Message",
     "PermissionStore",
     "PubSubHub",

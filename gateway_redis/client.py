@@ -1,18 +1,21 @@
 """The shared async Redis client: lifecycle, availability and the cache API.
 
+(Over 400 lines: it is the library's one facade; the work is done in the modules it calls.)
+
 One :class:`RedisClient` per process, connected in the application's lifespan and handed
-to every middleware. Pub/sub and sessions are reached through it too (see
-:mod:`gateway_redis.pubsub` and :mod:`gateway_redis.sessions`).
+to every middleware. It owns the process's shared things, each built once on first use
+and closed with it: the pub/sub hub (:mod:`gateway_redis.pubsub`), the invalidation bus
+(:mod:`gateway_redis.invalidation`) and the session store (:mod:`gateway_redis.sessions`).
 """
 
 from __future__ import annotations
 
-import enum
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -34,32 +37,16 @@ from gateway_redis.errors import (
     GatewayRedisError,
     RedisUnavailable,
 )
-from gateway_redis.health import HealthMonitor, HealthState, StateListener
-from gateway_redis.sessions import SessionStore
+from gateway_redis.health import ClientState, HealthMonitor, HealthState, StateListener
+from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.pubsub import PubSubHub, Subscription
+from gateway_redis.sessions import Session, SessionStore
 from gateway_redis.support import log_fields, ttl_milliseconds
 
-if TYPE_CHECKING:
-    from gateway_redis.pubsub import PubSubHub, Subscription
-    from gateway_redis.sessions import Session
-
-__all__ = ["ClientState", "RedisClient", "SessionListener", "ttl_milliseconds"]
+__all__ = ["ClientState", "RedisClient", "ttl_milliseconds"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-
-SessionListener = Callable[[str, dict[str, str]], Awaitable[None]]
-"""``await listener(kind, data)`` after a session change made through any store of a client:
-``("update", {"session_id"})``, ``("delete", {"session_id"})`` (also the old ID after a
-regenerate) or ``("delete_user", {"user_id"})``. An exception propagates to the caller."""
-
-
-class ClientState(enum.Enum):
-    """Lifecycle of a :class:`RedisClient`: a closed client cannot be reused."""
-
-    NEW = "new"
-    CONNECTED = "connected"
-    CLOSED = "closed"
 
 
 _CONNECTED = ClientState.CONNECTED  # read on every call: a global, not an enum lookup
@@ -69,6 +56,14 @@ def _available_gauge(client: RedisClient) -> float | None:
     if client._state is ClientState.CLOSED:
         return None
     return 1.0 if client.available else 0.0
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _encode_value(value: bytes | str) -> bytes:
@@ -112,8 +107,8 @@ class RedisClient:
         )
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._pubsub: PubSubHub | None = None
+        self._invalidation: InvalidationBus | None = None
         self._sessions: SessionStore | None = None
-        self._session_listeners: list[SessionListener] = []
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
         self._health.add_listener(
@@ -167,6 +162,8 @@ class RedisClient:
             self._health.report_failure(exc, f"connect failed: {type(exc).__name__}")
         self._state = ClientState.CONNECTED
         self._health.start()
+        if self._invalidation is not None:
+            self._invalidation.start_nowait()
 
     async def aclose(self) -> None:
         """Stop background work and close every connection. Idempotent."""
@@ -437,8 +434,6 @@ class RedisClient:
     def pubsub(self) -> PubSubHub:
         """The process's pub/sub hub: one subscriber connection shared by every subscription."""
         if self._pubsub is None:
-            from gateway_redis.pubsub import PubSubHub
-
             self._pubsub = PubSubHub(self)
             self._on_close(self._pubsub.aclose)
         return self._pubsub
@@ -462,29 +457,62 @@ class RedisClient:
         """End every subscription of this process to ``channels`` (as the Go service does)."""
         await self.pubsub.unsubscribe(*channels)
 
+    # -- invalidation (gateway_redis.invalidation) --------------------------------------
+
+    @property
+    def invalidation(self) -> InvalidationBus:
+        """The process's invalidation bus, on which every L1 cache and the session store
+        register and publish; built on first use, closed with the client.
+
+        It starts listening when the client connects, or at once if it is first asked for
+        on a connected client with an event loop running. Never construct a second one for
+        the same client: each would flush and resync on its own.
+        """
+        if self._invalidation is None:
+            # The hub first: closers run in reverse order, so the bus closes before it.
+            _ = self.pubsub
+            bus = InvalidationBus(self)
+            self._invalidation = bus
+            self._on_close(bus.aclose)
+            if self._state is _CONNECTED and _loop_running():
+                bus.start_nowait()
+        return self._invalidation
+
     # -- sessions (gateway_redis.sessions) ------------------------------------------------
 
     @property
     def sessions(self) -> SessionStore:
-        """The session store on this client (24 h default TTL)."""
+        """The client's session store (24 h default TTL, no idle timeout, unless set by
+        :meth:`configure_sessions` before first use); built on first use."""
         if self._sessions is None:
             self._sessions = SessionStore(self)
         return self._sessions
 
-    def add_session_listener(self, listener: SessionListener) -> Callable[[], None]:
-        """Be told of every session change made through this client (any store on it), so
-        caches elsewhere (other instances' L1, open sockets) can follow. Returns a remover."""
-        self._session_listeners.append(listener)
+    def configure_sessions(
+        self,
+        *,
+        default_ttl: float | timedelta = 86400,
+        idle_timeout: float | timedelta | None = None,
+    ) -> SessionStore:
+        """Build the client's one session store with these settings and return it (see
+        :class:`~gateway_redis.sessions.SessionStore` for their meaning).
 
-        def remove() -> None:
-            if listener in self._session_listeners:
-                self._session_listeners.remove(listener)
-
-        return remove
-
-    async def _session_changed(self, kind: str, **data: str) -> None:
-        for listener in list(self._session_listeners):
-            await listener(kind, data)
+        Call it once, before anything uses :attr:`sessions` (typically right after
+        building the client). Calling it again with the same settings returns the same
+        store. Raises ``ValueError`` for invalid settings, and
+        :class:`ConfigurationError` when the store already exists with other settings.
+        """
+        store = SessionStore(self, default_ttl=default_ttl, idle_timeout=idle_timeout)
+        current = self._sessions
+        if current is None:
+            self._sessions = store
+            return store
+        if (current.default_ttl, current.idle_timeout) != (store.default_ttl, store.idle_timeout):
+            raise ConfigurationError(
+                "the session store is already in use with other settings; call "
+                "configure_sessions() once, before the first use of client.sessions"
+            )
+        return current
 
     async def create_session(
         self,

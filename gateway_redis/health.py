@@ -1,4 +1,6 @@
-"""Availability of Redis: one state machine per client, fed by calls and by probes.
+"""Availability of Redis: one state machine per client, fed by calls and by probes; and
+:class:`ClientState`, the client's lifecycle (here so that the pub/sub hub can read it
+without importing the client module).
 
 States: ``up`` (calls go through), ``down`` (calls fail fast; a probe runs about once a
 second until Redis answers) and ``misconfigured`` (Redis answers but refuses our
@@ -23,11 +25,19 @@ from collections.abc import Awaitable, Callable
 
 from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 
-__all__ = ["HealthMonitor", "HealthState", "StateListener"]
+__all__ = ["ClientState", "HealthMonitor", "HealthState", "StateListener"]
 
 # While up, probes asked for by check_now() (failing calls in cluster mode can ask in a
 # storm) start at least this many seconds apart.
 _MIN_PROBE_GAP = 0.1
+
+
+class ClientState(enum.Enum):
+    """Lifecycle of a :class:`~gateway_redis.RedisClient`: a closed client cannot be reused."""
+
+    NEW = "new"
+    CONNECTED = "connected"
+    CLOSED = "closed"
 
 
 class HealthState(str, enum.Enum):

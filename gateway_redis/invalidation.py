@@ -1,10 +1,10 @@
 """One invalidation channel per process: keeps every L1 cache coherent across instances.
 
-Components (the JWT cache, the RBAC cache, the session cache) register their
+Components (the JWT cache, the RBAC cache, the session cache and store) register their
 :class:`~gateway_redis.localcache.LocalCache` instances, event handlers and resync hooks on
-one :class:`InvalidationBus`. A change made through the library is applied locally at once
-and published as a small JSON event on the bus channel; every other instance applies it on
-receipt (well under 100 ms on a LAN).
+the client's one :class:`InvalidationBus` (``client.invalidation``). A change made through
+the library is applied locally at once and published as a small JSON event on the bus
+channel; every other instance applies it on receipt (well under 100 ms on a LAN).
 
 L1 is only trusted while the bus knows it hears every event. Whenever that may not hold
 (the client's health leaves ``up``, the subscriber connection drops and resubscribes, the
@@ -53,12 +53,17 @@ _RETRY_DELAY = 0.2  # seconds between attempts to subscribe or resync while Redi
 class InvalidationBus:
     """The process's invalidation channel on top of ``client.publish``/``client.subscribe``.
 
+    Applications and components use the client's own bus, :attr:`RedisClient.invalidation
+    <gateway_redis.RedisClient.invalidation>`: the client builds it once, starts it when it
+    connects and closes it with itself. Constructing another one is for tests of the bus.
+
     ``client`` is the shared :class:`~gateway_redis.RedisClient` (not owned: the bus never
     closes it). ``channel`` defaults to the client's key prefix + ``"invalidate"`` so that
     applications with different prefixes on one Redis do not hear each other.
     ``buffer_size`` bounds the subscription buffer (an overflow counts as a gap).
 
-    Lifecycle: ``async with bus:`` or :meth:`start` / :meth:`aclose`. Until it is started
+    Lifecycle (done by the client for its own bus): ``async with bus:`` or :meth:`start` /
+    :meth:`aclose`. Until it is started
     and in sync the registered caches stay bypassed: everything still works, from Redis.
     """
 
@@ -115,19 +120,36 @@ class InvalidationBus:
         self._caches.append(cache)
         return cache
 
-    def on_event(self, namespace: str, handler: EventHandler) -> None:
-        """Call ``handler(event)`` for each event of ``namespace``, local or remote."""
-        self._handlers.setdefault(namespace, []).append(handler)
+    def on_event(self, namespace: str, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` for each event of ``namespace``, local or remote.
 
-    def on_resync(self, hook: ResyncHook) -> None:
+        Returns a function that removes the handler (idempotent).
+        """
+        handlers = self._handlers.setdefault(namespace, [])
+        handlers.append(handler)
+
+        def remove() -> None:
+            if handler in handlers:
+                handlers.remove(handler)
+
+        return remove
+
+    def on_resync(self, hook: ResyncHook) -> Callable[[], None]:
         """Await ``hook()`` each time the bus regains sync, before L1 is used again.
 
         Registering on a bus that is already in sync starts a resync at once (L1 is off
         for the few milliseconds it takes), so the new component's mirror gets loaded.
+        Returns a function that removes the hook (idempotent).
         """
         self._hooks.append(hook)
         if self._synced:
             self._out_of_sync("a component joined")
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+        return remove
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -148,11 +170,16 @@ class InvalidationBus:
 
     async def start(self) -> None:
         """Start listening (idempotent); returns without waiting for Redis."""
+        self.start_nowait()
+
+    def start_nowait(self) -> None:
+        """:meth:`start` without the ``await``: creates the listening tasks on the running
+        loop (``RuntimeError`` when there is none). Idempotent; a closed bus stays closed."""
         if self._tasks or self._closed:
             return
+        loop = asyncio.get_running_loop()
         self._removers.append(self._client.add_state_listener(self._on_state))
         self._removers.append(self._client.pubsub.add_reconnect_listener(self._on_reconnect))
-        loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._listen(), name="gateway-redis-invalidation-listen"),
             loop.create_task(self._sync(), name="gateway-redis-invalidation-sync"),

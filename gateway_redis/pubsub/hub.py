@@ -22,8 +22,8 @@ from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
 from gateway_redis._driver import Deadline
-from gateway_redis.client import ClientState
 from gateway_redis.errors import RedisUnavailable
+from gateway_redis.health import ClientState
 from gateway_redis.pubsub import envelope
 from gateway_redis.pubsub._classic import Listener
 from gateway_redis.pubsub._registry import Entry

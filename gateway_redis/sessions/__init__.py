@@ -1,6 +1,8 @@
 """Server-side sessions in Redis: :class:`SessionStore` and the :class:`Session` it returns.
 
 - :mod:`~gateway_redis.sessions.store`: the store, its key layout and its guarantees;
+- :mod:`~gateway_redis.sessions.events`: the change events the store publishes on its
+  client's invalidation bus (typed shapes, their parser, the ID digest they carry);
 - ``_codec``: the stored form: session IDs, slot tags, metadata encoding and the
   :class:`Session` value decoded from a stored hash (no Redis calls);
 - ``_scripts``: the Lua scripts every write runs;
@@ -13,6 +15,24 @@ of the user's session IDs), for tools that need to know which slot holds them.
 from __future__ import annotations
 
 from gateway_redis.sessions._codec import Session, slot_tag
+from gateway_redis.sessions.events import (
+    SessionDropped,
+    SessionEvent,
+    SessionEventHandler,
+    UserSessionsDropped,
+    id_digest,
+    parse_session_event,
+)
 from gateway_redis.sessions.store import SessionStore
 
-__all__ = ["Session", "SessionStore", "slot_tag"]
+__all__ = [
+    "Session",
+    "SessionDropped",
+    "SessionEvent",
+    "SessionEventHandler",
+    "SessionStore",
+    "UserSessionsDropped",
+    "id_digest",
+    "parse_session_event",
+    "slot_tag",
+]

@@ -21,6 +21,11 @@ On Redis Cluster the operations that touch more than one key (create, regenerate
 listing, "log out everywhere") run as single-key steps instead, so that they keep working
 while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
 invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions._scripts`.
+
+After each change that may leave a cached copy wrong (update, delete, regenerate, log out
+everywhere) the store publishes a session event on its client's invalidation bus
+(:mod:`gateway_redis.sessions.events`); caches and open WebSockets follow through
+:meth:`SessionStore.on_change`. Touching a session only extends it: not published.
 """
 
 from __future__ import annotations
@@ -48,6 +53,13 @@ from gateway_redis.sessions._codec import (
     slot_tag,
 )
 from gateway_redis.sessions._scripts import Scripts
+from gateway_redis.sessions.events import (
+    SessionEventHandler,
+    publish,
+    session_dropped,
+    subscribe,
+    user_sessions_dropped,
+)
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -75,6 +87,12 @@ class SessionStore:
     Unknown, malformed, expired, deleted and corrupt sessions all raise
     :class:`~gateway_redis.SessionNotFound`; malformed IDs are rejected without a Redis
     call. The store holds no per-request state and may be shared.
+
+    One store per client: applications use the client's, :attr:`RedisClient.sessions
+    <gateway_redis.RedisClient.sessions>`, configured once with
+    :meth:`RedisClient.configure_sessions <gateway_redis.RedisClient.configure_sessions>`.
+    Constructing one directly is for tests and tools (it publishes its changes on the same
+    bus, so caches stay coherent either way).
     """
 
     def __init__(
@@ -101,8 +119,25 @@ class SessionStore:
 
     @property
     def client(self) -> RedisClient:
-        """The client this store runs on (its session listeners hear every change)."""
+        """The client this store runs on (its invalidation bus carries the changes)."""
         return self._client
+
+    @property
+    def default_ttl(self) -> float:
+        """The absolute lifetime of a new session, seconds."""
+        return self._ttl_ms / 1000
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """The idle timeout, seconds, or None (no idle limit)."""
+        return self._idle_ms / 1000 if self._idle_ms else None
+
+    def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` for each session event (:mod:`.events`) published by
+        any instance's store on this client's channel, this one's included (at once, before
+        it is sent). Returns a function that removes the handler."""
+
+        return subscribe(self._client.invalidation, handler)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -166,7 +201,7 @@ class SessionStore:
         args: list[str | int] = [self._idle_ms, len(pairs), *pairs, *removed]
         reply = await self._run("session.update", self._call("update", [key], args))
         session = decode_session(session_id, reply, self._idle_ms)
-        await self._client._session_changed("update", session_id=session_id)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=False)
         return session
 
     async def touch(self, session_id: str) -> Session:
@@ -203,7 +238,7 @@ class SessionStore:
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.confirmed("session.delete", key, call)
-        await self._client._session_changed("delete", session_id=session_id)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=True)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
@@ -245,7 +280,7 @@ class SessionStore:
             return deleted
 
         deleted: int = await self._client.confirmed("session.delete_user_sessions", index, call)
-        await self._client._session_changed("delete_user", user_id=user_id)
+        await publish(self._client.invalidation, user_sessions_dropped(user_id), critical=True)
         return deleted
 
     async def regenerate(self, session_id: str) -> str:
@@ -272,7 +307,7 @@ class SessionStore:
             )(r)
 
         decode_session(new_id, await self._run("session.regenerate", call), self._idle_ms)
-        await self._client._session_changed("delete", session_id=session_id)
+        await publish(self._client.invalidation, session_dropped(session_id), critical=True)
         return new_id
 
     # -- internals ------------------------------------------------------------------------

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from middleware.errors import InvalidToken, ValidatorUnavailable
-from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.authenticator import (
+    Authentication,
+    JWTAuthenticator,
+    TokenRevoked,
+    parse_revoke_event,
+)
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.settings import JWTSettings
@@ -18,6 +23,8 @@ __all__ = [
     "JWTSettings",
     "JWTValidator",
     "TokenClaims",
+    "TokenRevoked",
     "TokenValidator",
     "ValidatorUnavailable",
+    "parse_revoke_event",
 ]

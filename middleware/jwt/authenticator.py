@@ -18,8 +18,11 @@
 Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
 valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until the token's ``exp``, and
 ``<prefix>jwt-revocations`` (a sorted set scored by ``exp``) lets each instance reload the
-active list whenever the invalidation bus resyncs. Every instance mirrors active revocations
-in memory until their ``exp``, so a known-revoked token stays rejected while Redis is down.
+active list whenever the client's invalidation bus resyncs. Every instance mirrors active
+revocations in memory until their ``exp``, so a known-revoked token stays rejected while
+Redis is down. A revocation is broadcast on the bus (namespace ``jwt``) as a
+:class:`TokenRevoked` event, read by :func:`parse_revoke_event` only; other components
+follow revocations through :meth:`JWTAuthenticator.on_revoked`.
 """
 
 from __future__ import annotations
@@ -30,23 +33,50 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from gateway_redis.authstore import ClaimsStore, RevocationStore
+from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
-from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
 from middleware.errors import InvalidToken
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.validator import TokenValidator
 
-__all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator"]
+__all__ = [
+    "Authentication",
+    "AuthenticationPin",
+    "JWTAuthenticator",
+    "TokenRevoked",
+    "parse_revoke_event",
+]
 
 _log = logging.getLogger(__name__)
 _NS = "jwt"
 # Verdicts that may change with time or key rotation are not worth remembering.
 _UNCACHEABLE_REASONS = frozenset({"not_yet_valid", "unknown_kid"})
+
+
+class TokenRevoked(TypedDict):
+    """The bus event of a revocation: tokens with this ``iss`` and ``jti`` are revoked
+    until ``exp`` (epoch seconds). Wire shape: ``{"op": "revoke", "iss", "jti", "exp"}``."""
+
+    op: Literal["revoke"]
+    iss: str
+    jti: str
+    exp: float
+
+
+def parse_revoke_event(event: Mapping[str, Any]) -> TokenRevoked | None:
+    """``event`` (a ``jwt`` event from the bus) as a :class:`TokenRevoked`, or None when it
+    is not one this version understands (ignored)."""
+    if event.get("op") != "revoke":
+        return None
+    iss, jti, exp = event.get("iss"), event.get("jti"), event.get("exp")
+    if isinstance(iss, str) and isinstance(jti, str) and isinstance(exp, (int, float)):
+        return {"op": "revoke", "iss": iss, "jti": jti, "exp": float(exp)}
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +127,10 @@ def _check_seconds(name: str, value: float) -> float:
 class JWTAuthenticator:
     """Validates tokens through L1, L2 and ``validator``; revokes them on every instance.
 
-    ``bus`` (an :class:`InvalidationBus`, started by the application) provides the Redis
-    client and keeps L1 coherent. ``l1_ttl`` / ``l2_ttl`` (seconds) cap how long verified
-    claims are cached (never past ``exp``); ``negative_ttl`` is how long a rejected token is
-    remembered in L1; ``*_maxsize`` bound the caches. ``max_token_bytes`` rejects longer
+    ``client`` is the shared Redis client (not owned): L2 and the denylist live there, and
+    its invalidation bus keeps L1 coherent. ``l1_ttl`` / ``l2_ttl`` (seconds) cap how long
+    verified claims are cached (never past ``exp``); ``negative_ttl`` is how long a rejected
+    token is remembered in L1; ``*_maxsize`` bound the caches. ``max_token_bytes`` rejects longer
     tokens before hashing. ``max_revocation_lifetime`` (seconds) is how long a revocation
     given as ``(iss, jti)`` without ``expires_at`` lasts. All arguments are validated
     (``ValueError``). Holds no per-request state.
@@ -110,7 +140,7 @@ class JWTAuthenticator:
         self,
         validator: TokenValidator,
         *,
-        bus: InvalidationBus,
+        client: RedisClient,
         l1_ttl: float = 60.0,
         l1_maxsize: int = 10_000,
         l2_ttl: float = 300.0,
@@ -123,8 +153,8 @@ class JWTAuthenticator:
         if type(max_token_bytes) is not int or max_token_bytes < 1:
             raise ValueError("max_token_bytes must be a positive int")
         self._validator = validator
-        self._bus = bus
-        self._client = bus.client
+        self._client = client
+        self._bus = bus = client.invalidation
         self._fingerprint = validator.fingerprint.encode()
         self._l2_ttl = _check_seconds("l2_ttl", l2_ttl)
         self._max_revocation = _check_seconds("max_revocation_lifetime", max_revocation_lifetime)
@@ -330,7 +360,20 @@ class JWTAuthenticator:
             return
         self._remember(iss, jti, exp)  # applies here even when the write below fails
         await self._denylist.revoke(iss, jti, exp, now)
-        await self._bus.publish(_NS, {"op": "revoke", "iss": iss, "jti": jti, "exp": exp})
+        event: TokenRevoked = {"op": "revoke", "iss": iss, "jti": jti, "exp": exp}
+        await self._bus.publish(_NS, event)
+
+    def on_revoked(self, callback: Callable[[TokenRevoked], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for each revocation made on any instance (this one's at
+        once), after this authenticator has applied it. Runs on the event loop and must
+        not block. Returns a function that removes the callback."""
+
+        def on_event(event: Mapping[str, Any]) -> None:
+            revoked = parse_revoke_event(event)
+            if revoked is not None:
+                callback(revoked)
+
+        return self._bus.on_event(_NS, on_event)
 
     def _remember(self, iss: str, jti: str, exp: float) -> None:
         """Mirror a revocation and drop any L1 entry it concerns."""
@@ -344,11 +387,9 @@ class JWTAuthenticator:
             self._prune_at = max(1024, 2 * len(self._revoked))
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
-        if event.get("op") != "revoke":
-            return
-        iss, jti, exp = event.get("iss"), event.get("jti"), event.get("exp")
-        if isinstance(iss, str) and isinstance(jti, str) and isinstance(exp, (int, float)):
-            self._remember(iss, jti, float(exp))
+        revoked = parse_revoke_event(event)
+        if revoked is not None:
+            self._remember(revoked["iss"], revoked["jti"], revoked["exp"])
 
     async def _reload_revocations(self) -> None:
         """Resync hook: reload every active revocation from Redis into the mirror."""

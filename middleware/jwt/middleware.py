@@ -2,7 +2,7 @@
 
 ::
 
-    authenticator = JWTAuthenticator(JWTValidator(settings), bus=bus)
+    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
     app.add_middleware(JWTMiddleware, authenticator=authenticator, public_paths=["/health"])
 
 The token comes from ``Authorization: Bearer <token>``; for WebSocket handshakes also from

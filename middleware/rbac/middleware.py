@@ -2,7 +2,7 @@
 
 ::
 
-    permissions = PermissionCache(StaticRolePermissions({"admin": ["*"]}), bus=bus)
+    permissions = PermissionCache(StaticRolePermissions({"admin": ["*"]}), client=client)
     app.add_middleware(
         RBACMiddleware,
         permissions=permissions,

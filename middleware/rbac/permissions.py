@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from gateway_redis import telemetry
 from gateway_redis.authstore import PermissionStore
+from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError
-from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
@@ -182,7 +182,8 @@ class PermissionPin:
 class PermissionCache:
     """Resolves a principal's permissions through L1, L2 and ``source``.
 
-    ``bus`` provides the Redis client and cross-instance invalidation. ``ttl`` (seconds,
+    ``client`` is the shared Redis client (not owned): L2 and the policy version live
+    there, and its invalidation bus carries cross-instance invalidation. ``ttl`` (seconds,
     default 60) is the hard lifetime of cached permissions in both tiers; ``maxsize``
     bounds L1. Sources that are not ``cacheable`` are asked every time.
     """
@@ -191,7 +192,7 @@ class PermissionCache:
         self,
         source: PermissionSource,
         *,
-        bus: InvalidationBus,
+        client: RedisClient,
         ttl: float = 60.0,
         maxsize: int = 10_000,
     ) -> None:
@@ -201,8 +202,8 @@ class PermissionCache:
         self._compute: Callable[[TokenClaims], Collection[str]] | None = getattr(
             source, "permissions_now", None
         )
-        self._bus = bus
-        self._client = bus.client
+        self._client = client
+        self._bus = bus = client.invalidation
         self._ttl_ms = max(1, int(ttl * 1000))
         self._l1 = bus.local_cache("rbac", maxsize=maxsize, ttl=float(ttl))
         self._version: int | None = None

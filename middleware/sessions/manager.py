@@ -1,21 +1,20 @@
 """Sessions through an L1 cache kept coherent by the invalidation bus.
 
-:class:`SessionManager` wraps a :class:`~gateway_redis.sessions.SessionStore`: reads come
-from L1 when possible; every change made through it (update, delete, regenerate, log out
-everywhere) drops the affected L1 entries on every instance. L1 entries never outlive the
-session's absolute or idle expiry. Events carry SHA-256 digests, never session IDs.
+:class:`SessionManager` wraps its client's session store (``client.sessions``): reads come
+from L1 when possible. The store publishes every change that may leave a copy wrong
+(update, delete, regenerate, log out everywhere; made through the manager or not, e.g.
+``client.delete_session(...)`` from an admin tool) on the client's invalidation bus, and
+the manager only listens (:meth:`SessionStore.on_change
+<gateway_redis.sessions.SessionStore.on_change>`), dropping the affected L1 entries on
+every instance. L1 entries never outlive the session's absolute or idle expiry.
 
-Changes made through any store of the same client (``client.delete_session(...)`` from an
-admin tool, say) are broadcast too: the manager listens to the client's session changes.
-
-L1 is keyed by the SHA-256 digest of the session ID, as the events are; a bounded memo of
-ID -> digest (in process memory only) spares the hash on every warm request.
+L1 is keyed by the digest of the session ID (:func:`gateway_redis.sessions.id_digest`),
+as the events are; a bounded memo of ID -> digest (in process memory only) spares the hash
+on every warm request.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,21 +22,20 @@ from datetime import timedelta
 from typing import Any
 
 from gateway_redis import telemetry
-from gateway_redis.invalidation import InvalidationBus
+from gateway_redis.client import RedisClient
 from gateway_redis.localcache import Stamp
-from gateway_redis.sessions import Session, SessionStore
-from gateway_redis.support import log_fields
+from gateway_redis.sessions import (
+    Session,
+    SessionEvent,
+    SessionEventHandler,
+    SessionStore,
+    id_digest,
+)
 
 __all__ = ["SessionEntry", "SessionManager", "SessionPin"]
 
-_log = logging.getLogger(__name__)
-_NS = "session"
 _L1 = telemetry.lookup_tally("session", "l1")
 _L2 = telemetry.lookup_tally("session", "l2")
-
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
 class SessionEntry:
@@ -58,7 +56,7 @@ class SessionEntry:
         metadata = session.metadata
         flat = not any(type(v) in (dict, list) for v in metadata.values())
         self.flat = dict(metadata) if flat else None
-        self.user = _digest(session.user_id)  # to drop a user's sessions ("log out everywhere")
+        self.user = id_digest(session.user_id)  # to drop a user's sessions ("log out everywhere")
         self.ends_at = _ends_at(session)
         self.last = session.last_accessed_at.timestamp()
         idle = session.idle_expires_at
@@ -85,37 +83,41 @@ class SessionPin:
 class SessionManager:
     """Session operations with an L1 cache and cross-instance invalidation.
 
-    ``store`` is the session store (default TTLs and idle timeout are its own); ``bus``
-    keeps L1 coherent. ``l1_ttl`` (seconds, default 30) caps how long a session is served
-    from memory; ``maxsize`` bounds L1. ``clock`` gives epoch seconds (what session expiry
+    ``client`` is the shared Redis client (not owned); the manager works on its one
+    session store, ``client.sessions`` (default TTL and idle timeout are the store's: see
+    :meth:`RedisClient.configure_sessions <gateway_redis.RedisClient.configure_sessions>`),
+    and its invalidation bus keeps L1 coherent. ``l1_ttl`` (seconds, default 30) caps how
+    long a session is served from memory; ``maxsize`` bounds L1. ``clock`` gives epoch
+    seconds (what session expiry
     is checked against). Raises what the store raises:
     :class:`~gateway_redis.SessionNotFound`, :class:`~gateway_redis.RedisUnavailable`.
     """
 
     def __init__(
         self,
-        store: SessionStore,
         *,
-        bus: InvalidationBus,
+        client: RedisClient,
         l1_ttl: float = 30.0,
         maxsize: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(store, SessionStore):
-            raise ValueError("store must be a SessionStore")
-        self._store = store
-        self._bus = bus
-        self._l1 = bus.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
+        self._store = store = client.sessions
+        self._l1 = client.invalidation.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
         self._digests: dict[str, str] = {}
         self._digests_max = maxsize
         self._clock = clock
-        bus.on_event(_NS, self._on_event)
-        store.client.add_session_listener(self._on_store_change)
+        store.on_change(self._on_event)
 
     @property
     def store(self) -> SessionStore:
-        """The underlying store."""
+        """The underlying store: the client's one session store."""
         return self._store
+
+    def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` for each session change or end on any instance (see
+        :meth:`SessionStore.on_change <gateway_redis.sessions.SessionStore.on_change>`),
+        after this manager's L1 has dropped it. Returns a function that removes it."""
+        return self._store.on_change(handler)
 
     def cached(self, session_id: str, touch_interval: float = math.inf) -> Session | None:
         """The session from L1 if it is there, live, and was last touched less than
@@ -179,21 +181,21 @@ class SessionManager:
         """Create a session and return it (two round trips: create, then read back)."""
         session_id = await self._store.create(user_id, metadata, ttl=ttl)
         session = await self._store.get(session_id)
-        self._remember(_digest(session_id), session, self._l1.generation)
+        self._remember(id_digest(session_id), session, self._l1.generation)
         return session
 
     async def update(self, session_id: str, changes: Mapping[str, Any]) -> Session:
         """Merge ``changes`` (None deletes a field); never resurrects a deleted session."""
-        digest = _digest(session_id)
+        digest = id_digest(session_id)
         self._l1.delete(digest)
-        session = await self._store.update(session_id, changes)  # broadcast by the listener
+        session = await self._store.update(session_id, changes)  # the store broadcasts the change
         self._remember(digest, session, self._l1.generation)
         return session
 
     async def touch(self, session_id: str) -> Session:
         """Record an access (sliding expiry); not broadcast: it only ever extends a session,
         so other instances' copies are merely conservative."""
-        digest = _digest(session_id)
+        digest = id_digest(session_id)
         generation = self._l1.generation
         session = await self._store.touch(session_id)
         self._remember(digest, session, generation)
@@ -201,29 +203,29 @@ class SessionManager:
 
     async def delete(self, session_id: str) -> None:
         """Delete the session everywhere; no error if it is already gone."""
-        digest = _digest(session_id)
+        digest = id_digest(session_id)
         self._l1.delete(digest)
-        await self._store.delete(session_id)  # broadcast by the listener
+        await self._store.delete(session_id)  # the store broadcasts the change
 
     async def regenerate(self, session_id: str) -> Session:
         """Move the session to a new ID (the old one stops working); returns it."""
-        digest = _digest(session_id)
+        digest = id_digest(session_id)
         self._l1.delete(digest)
-        new_id = await self._store.regenerate(session_id)  # broadcast by the listener
+        new_id = await self._store.regenerate(session_id)  # the store broadcasts the change
         session = await self._store.get(new_id)
-        self._remember(_digest(new_id), session, self._l1.generation)
+        self._remember(id_digest(new_id), session, self._l1.generation)
         return session
 
     async def delete_user_sessions(self, user_id: str) -> int:
         """Delete every session of ``user_id`` ("log out everywhere"); returns how many."""
-        user = _digest(user_id)
+        user = id_digest(user_id)
         self._l1.discard_where(lambda _k, e: e.user == user)
-        count = await self._store.delete_user_sessions(user_id)  # broadcast by the listener
+        count = await self._store.delete_user_sessions(user_id)  # the store broadcasts the change
         return count
 
     def forget(self, session_id: str) -> None:
         """Drop the local copy only (after an error that leaves its state unknown)."""
-        self._l1.delete(_digest(session_id))
+        self._l1.delete(id_digest(session_id))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class SessionManager:
         """The digest of ``session_id`` (memoized: a warm request hashes nothing)."""
         digest = self._digests.get(session_id)
         if digest is None:
-            digest = _digest(session_id)
+            digest = id_digest(session_id)
             if len(self._digests) >= self._digests_max:
                 self._digests.clear()
             self._digests[session_id] = digest
@@ -241,45 +243,11 @@ class SessionManager:
         entry = SessionEntry(session)
         self._l1.set(digest, entry, ttl=entry.ends_at - self._clock(), generation=generation)
 
-    async def _publish(self, event: Mapping[str, Any], *, critical: bool = False) -> None:
-        """Broadcast ``event`` (applied here first, even if sending fails).
-
-        Ending a session is ``critical``: if the event cannot be sent the error propagates
-        (retrying a logout is harmless). For an update the change is already in Redis, and an
-        instance that cannot publish is almost always one that lost Redis, which the others
-        notice too (their L1 is then off); the error is not worth failing the request for.
-        """
-        try:
-            await self._bus.publish(_NS, event)
-        except Exception:
-            if critical:
-                raise
-            _log.warning(
-                "session invalidation not broadcast; other instances may lag",
-                extra=log_fields("sessions", "session_invalidation_not_sent"),
-            )
-
-    async def _on_store_change(self, kind: str, data: Mapping[str, str]) -> None:
-        if kind == "update":
-            digest = _digest(data["session_id"])
-            self._l1.delete(digest)
-            await self._publish({"op": "drop", "ids": [digest]})
-        elif kind == "delete":
-            digest = _digest(data["session_id"])
-            self._l1.delete(digest)
-            await self._publish({"op": "drop", "ids": [digest]}, critical=True)
-        elif kind == "delete_user":
-            user = _digest(data["user_id"])
-            self._l1.discard_where(lambda _k, e: e.user == user)
-            await self._publish({"op": "drop_user", "user": user}, critical=True)
-
-    def _on_event(self, event: Mapping[str, Any]) -> None:
-        op = event.get("op")
-        if op == "drop":
-            for digest in event.get("ids") or ():
-                if isinstance(digest, str):
-                    self._l1.delete(digest)
-        elif op == "drop_user" and isinstance(event.get("user"), str):
+    def _on_event(self, event: SessionEvent) -> None:
+        if event["op"] == "drop":
+            for digest in event["ids"]:
+                self._l1.delete(digest)
+        else:
             user = event["user"]
             self._l1.discard_where(lambda _k, e: e.user == user)
 

@@ -2,7 +2,7 @@
 
 ::
 
-    sessions = SessionManager(client.sessions, bus=bus)
+    sessions = SessionManager(client=client)
     app.add_middleware(SessionMiddleware, sessions=sessions)
 
     async def login(request):

@@ -11,13 +11,13 @@ downgrade a request to cookie authentication.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
+from gateway_redis.sessions import id_digest
 from middleware.scope import SESSION_KEY, get_claims_or_none
 from middleware.sessions.handle import SessionHandle
 from middleware.websocket._connection import Identity
@@ -33,7 +33,6 @@ __all__ = [
     "SessionPermissions",
     "SessionPrincipal",
     "TokenPrincipal",
-    "digest",
     "identify",
     "normalize_origins",
     "origin_allowed",
@@ -53,11 +52,6 @@ class Rejection(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = code
-
-
-def digest(value: str) -> str:
-    """SHA-256 hex digest, as in the session manager's invalidation events."""
-    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:
@@ -90,7 +84,7 @@ def identify(scope: Scope) -> Identity:
             raise Rejection("token_without_subject")
         return Identity(
             subject=claims.sub,
-            user=digest(claims.sub),
+            user=id_digest(claims.sub),
             method="token",
             cookie=not bearer,  # no header, no subprotocol: it came from the JWT cookie
             claims=claims,
@@ -105,11 +99,11 @@ def identify(scope: Scope) -> Identity:
             idle = session.idle_expires_at
             return Identity(
                 subject=session.user_id,
-                user=digest(session.user_id),
+                user=id_digest(session.user_id),
                 method="session",
                 cookie=True,
                 session=session,
-                session_key=digest(session.id),
+                session_key=id_digest(session.id),
                 expires_at=session.expires_at.timestamp(),
                 idle_check_at=idle.timestamp() if idle is not None else None,
             )

@@ -1,8 +1,10 @@
 """Open sockets indexed by user, token and session; what ends them (private).
 
 The bridge registers every accepted socket here. Invalidation events close sockets the
-moment they arrive: a token revocation (``jwt`` namespace, by ``(iss, jti)``) with 4401, a
-"log out everywhere" (``session``/``drop_user``, by user digest) with 4403. A ``drop`` of
+moment they arrive: a token revocation (:meth:`JWTAuthenticator.on_revoked
+<middleware.jwt.JWTAuthenticator.on_revoked>`, by ``(iss, jti)``) with 4401, a "log out
+everywhere" (:meth:`SessionStore.on_change <gateway_redis.sessions.SessionStore.on_change>`,
+``drop_user``, by user digest) with 4403. A ``drop`` of
 a session is also sent for mere updates, so the session is looked up first and the socket
 closed (4403) only when it is gone. When the bus resyncs (events may have been lost) every
 token is checked against the reloaded revocation mirror and every session looked up.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
@@ -24,8 +26,8 @@ from middleware.websocket import _protocol as proto
 from middleware.websocket._protocol import CloseCode
 
 if TYPE_CHECKING:
-    from gateway_redis.sessions import SessionStore
-    from middleware.jwt.authenticator import JWTAuthenticator
+    from gateway_redis.sessions import SessionEvent, SessionStore
+    from middleware.jwt.authenticator import JWTAuthenticator, TokenRevoked
     from middleware.websocket._connection import Connection
     from middleware.websocket.bridge import WebSocketLimits
 
@@ -86,24 +88,19 @@ class Registry:
         self._recheck.discard(conn)
         return True
 
-    def on_jwt_event(self, event: Mapping[str, Any]) -> None:
-        """Bus handler (``jwt``): a revoked token's sockets close with 4401."""
-        if event.get("op") != "revoke":
-            return
-        iss, jti = event.get("iss"), event.get("jti")
-        if isinstance(iss, str) and isinstance(jti, str):
-            for conn in list(self._tokens.get((iss, jti), ())):
-                conn.close(CloseCode.TOKEN_ENDED, "token revoked")
+    def on_revoked(self, event: TokenRevoked) -> None:
+        """Revocation hook: a revoked token's sockets close with 4401."""
+        for conn in list(self._tokens.get((event["iss"], event["jti"]), ())):
+            conn.close(CloseCode.TOKEN_ENDED, "token revoked")
 
-    def on_session_event(self, event: Mapping[str, Any]) -> None:
-        """Bus handler (``session``): look dropped sessions up; close a user's sockets."""
-        op = event.get("op")
-        if op == "drop":  # deleted, regenerated or merely updated: look it up
-            for key in event.get("ids") or ():
-                if isinstance(key, str) and key in self._sessions:
+    def on_session_change(self, event: SessionEvent) -> None:
+        """Session hook: look dropped sessions up; close a user's sockets."""
+        if event["op"] == "drop":  # deleted, regenerated or merely updated: look it up
+            for key in event["ids"]:
+                if key in self._sessions:
                     self._recheck.update(self._sessions[key])
                     self._recheck_wake.set()
-        elif op == "drop_user" and isinstance(event.get("user"), str):
+        else:
             for conn in list(self._users.get(event["user"], ())):
                 conn.close(CloseCode.SESSION_ENDED, "logged out everywhere")
 

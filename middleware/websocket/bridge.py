@@ -2,9 +2,8 @@
 
 ::
 
-    bridge = WebSocketBridge(client=client, policy=policy, bus=bus,
-                             authenticator=authenticator, permissions=permissions,
-                             sessions=sessions)
+    bridge = WebSocketBridge(client=client, policy=policy, authenticator=authenticator,
+                             permissions=permissions, sessions=sessions)
     app.router.routes.append(WebSocketRoute("/ws", bridge))
     ...
     await bridge.aclose()          # in the lifespan's shutdown, before client.aclose()
@@ -62,7 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -85,7 +84,6 @@ from middleware.websocket.channels import ChannelPolicy, Principal
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
-    from gateway_redis.invalidation import InvalidationBus
     from middleware.jwt.authenticator import JWTAuthenticator
     from middleware.rbac.permissions import PermissionCache
     from middleware.sessions.manager import SessionManager
@@ -176,16 +174,18 @@ class WebSocketBridge:
     """A pure ASGI WebSocket endpoint bridging Redis pub/sub channels to clients.
 
     ``client`` is the shared Redis client (its hub carries every subscription; not owned).
-    ``policy`` authorizes channels. ``bus`` delivers revocations and session ends from
-    every instance (without it only expiry closes sockets). ``authenticator`` lets the
-    bridge re-check revocations after the bus resyncs. ``permissions`` resolves token
-    principals' permissions (else the RBAC middleware's context, else none);
-    ``session_permissions`` those of cookie-session principals (else none). ``sessions``
-    (its store, else ``client.sessions``) re-checks sessions named by invalidation
-    events. ``allowed_origins`` are other origins allowed to connect; ``origin_check``
-    ``"always"`` checks every browser handshake, ``"cookie"`` only cookie-authenticated
-    ones (a bearer token cannot be ridden cross-site). ``limits`` bounds everything.
-    Raises ``ValueError`` for bad arguments. Call :meth:`aclose` at shutdown.
+    ``policy`` authorizes channels. ``authenticator`` (the one the JWT middleware uses)
+    delivers revocations made on any instance (the token's sockets close at once) and lets
+    the bridge re-check tokens after the client's invalidation bus resyncs. ``sessions``
+    (the :class:`~middleware.sessions.SessionManager` on the same client) delivers session
+    ends the same way; sessions are re-checked in ``client.sessions``. Without them only
+    expiry closes sockets. ``permissions`` resolves token principals' permissions (else
+    the RBAC middleware's context, else none); ``session_permissions`` those of
+    cookie-session principals (else none). ``allowed_origins`` are other origins allowed
+    to connect; ``origin_check`` ``"always"`` checks every browser handshake, ``"cookie"``
+    only cookie-authenticated ones (a bearer token cannot be ridden cross-site).
+    ``limits`` bounds everything. Raises ``ValueError`` for bad arguments (including a
+    ``sessions`` manager on another client). Call :meth:`aclose` at shutdown.
     """
 
     def __init__(
@@ -193,7 +193,6 @@ class WebSocketBridge:
         *,
         client: RedisClient,
         policy: ChannelPolicy,
-        bus: InvalidationBus | None = None,
         authenticator: JWTAuthenticator | None = None,
         permissions: PermissionCache | None = None,
         session_permissions: SessionPermissions | None = None,
@@ -211,9 +210,11 @@ class WebSocketBridge:
         limits = WebSocketLimits() if limits is None else limits
         if not isinstance(limits, WebSocketLimits):
             raise ValueError("limits must be WebSocketLimits")
+        if sessions is not None and sessions.store is not client.sessions:
+            raise ValueError("sessions must be a SessionManager on the same client")
+        bus = client.invalidation
         reserved = [client.config.key_prefix] if client.config.key_prefix else []
-        if bus is not None:
-            reserved.append(bus.channel)
+        reserved.append(bus.channel)
         self.policy = policy.with_reserved(*reserved)  # library channels are never exposed
         self.limits = limits
         self.client = client
@@ -222,17 +223,22 @@ class WebSocketBridge:
         self._origins = auth.normalize_origins(allowed_origins)
         self._origin_always = origin_check == "always"
         self._fanout = Fanout(client.pubsub)
-        store = sessions.store if sessions is not None else client.sessions
-        self._registry = Registry(limits=limits, store=store, authenticator=authenticator)
+        self._registry = registry = Registry(
+            limits=limits, store=client.sessions, authenticator=authenticator
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._dropped_closed = 0
         self._metrics = websocket_instruments()
         self._metrics.observe_queued(self, lambda b: b._queued())
-        if bus is not None:
-            bus.on_event("jwt", self._registry.on_jwt_event)
-            bus.on_event("session", self._registry.on_session_event)
-            bus.on_resync(self._registry.on_bus_resync)
+        # Removed in aclose: a closed bridge must not keep reacting to events.
+        self._removers: list[Callable[[], None]] = []
+        if authenticator is not None:
+            self._removers.append(authenticator.on_revoked(registry.on_revoked))
+        if sessions is not None:
+            self._removers.append(sessions.on_change(registry.on_session_change))
+        if authenticator is not None or sessions is not None:
+            self._removers.append(bus.on_resync(registry.on_bus_resync))
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -356,6 +362,8 @@ class WebSocketBridge:
         if self._closed:
             return
         self._closed = True
+        for remove in self._removers:
+            remove()
         conns = list(self._registry.conns)
         for conn in conns:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")

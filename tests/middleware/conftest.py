@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -61,15 +61,17 @@ def validator() -> JWTValidator:
 
 
 @pytest.fixture
-async def bus(client: RedisClient) -> AsyncIterator[InvalidationBus]:
-    async with InvalidationBus(client) as b:
-        assert await b.wait_synced(5)
-        yield b
+async def bus(client: RedisClient) -> InvalidationBus:
+    bus = client.invalidation  # the client's own bus: started by it, closed with it
+    assert await bus.wait_synced(5)
+    return bus
 
 
 @pytest.fixture
-async def authenticator(validator: JWTValidator, bus: InvalidationBus) -> JWTAuthenticator:
-    auth = JWTAuthenticator(validator, bus=bus)
+async def authenticator(
+    validator: JWTValidator, bus: InvalidationBus, client: RedisClient
+) -> JWTAuthenticator:
+    auth = JWTAuthenticator(validator, client=client)
     assert await bus.wait_synced(5)  # a new component makes the bus resync once
     return auth
 

@@ -8,8 +8,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 import middleware
+from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
-from gateway_redis.sessions import SessionStore
 from middleware import (
     JWTAuthenticator,
     JWTMiddleware,
@@ -56,8 +56,8 @@ def test_jwt_middleware_needs_an_authenticator() -> None:
         JWTMiddleware(inner, authenticator=object())  # type: ignore[arg-type]
 
 
-def test_rules_and_rbac_settings_are_validated(bus: InvalidationBus) -> None:
-    cache = PermissionCache(StaticRolePermissions({"a": ["x:y"]}), bus=bus)
+def test_rules_and_rbac_settings_are_validated(bus: InvalidationBus, client: RedisClient) -> None:
+    cache = PermissionCache(StaticRolePermissions({"a": ["x:y"]}), client=client)
     bad_rules: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
         (("/x",), {}, "at least one"),
         (("/x", "a b"), {}, "without spaces"),
@@ -74,7 +74,7 @@ def test_rules_and_rbac_settings_are_validated(bus: InvalidationBus) -> None:
     with pytest.raises(ValueError, match="roles"):
         StaticRolePermissions({"admin": "*"})
     with pytest.raises(ValueError, match="ttl"):
-        PermissionCache(StaticRolePermissions({}), bus=bus, ttl=0)
+        PermissionCache(StaticRolePermissions({}), client=client, ttl=0)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_rules_and_rbac_settings_are_validated(bus: InvalidationBus) -> None:
 def test_session_middleware_rejects_bad_settings(
     client: Any, bus: InvalidationBus, kwargs: dict[str, Any], match: str
 ) -> None:
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    sessions = SessionManager(client=client)
     with pytest.raises(ValueError, match=match):
         SessionMiddleware(inner, sessions=sessions, **kwargs)
 
@@ -98,8 +98,8 @@ def test_session_middleware_rejects_bad_settings(
 async def test_other_scope_types_pass_through(
     authenticator: JWTAuthenticator, bus: InvalidationBus, client: Any
 ) -> None:
-    cache = PermissionCache(StaticRolePermissions({}), bus=bus)
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    cache = PermissionCache(StaticRolePermissions({}), client=client)
+    sessions = SessionManager(client=client)
     app = SessionMiddleware(
         JWTMiddleware(RBACMiddleware(inner, permissions=cache), authenticator=authenticator),
         sessions=sessions,

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
 from middleware import (
     CallablePermissions,
@@ -67,7 +68,7 @@ COOKIE_HEADERS = [
 
 @pytest.fixture
 async def sessions(client: Any, bus: InvalidationBus) -> SessionManager:
-    manager = SessionManager(client.sessions, bus=bus)
+    manager = SessionManager(client=client)
     assert await bus.wait_synced(5)
     return manager
 
@@ -124,11 +125,13 @@ def test_bearer_parse_edge_cases() -> None:
             token(b"Bearer abc", b"Bearer abc")
 
 
-async def test_rule_requirements_are_memoized_and_bounded(bus: InvalidationBus) -> None:
+async def test_rule_requirements_are_memoized_and_bounded(
+    bus: InvalidationBus, client: RedisClient
+) -> None:
     async def lookup(subject: str) -> list[str]:
         return []
 
-    cache = PermissionCache(CallablePermissions(lookup), bus=bus)
+    cache = PermissionCache(CallablePermissions(lookup), client=client)
     rbac = RBACMiddleware(
         _app,
         permissions=cache,

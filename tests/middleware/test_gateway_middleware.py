@@ -19,7 +19,6 @@ from starlette.types import ASGIApp
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
-from gateway_redis.sessions import SessionStore
 from middleware import (
     CallablePermissions,
     GatewayMiddleware,
@@ -132,8 +131,8 @@ class Orders:
 async def parts(
     authenticator: JWTAuthenticator, bus: InvalidationBus, client: RedisClient
 ) -> tuple[JWTAuthenticator, PermissionCache, SessionManager]:
-    permissions = PermissionCache(CallablePermissions(Orders()), bus=bus)
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    permissions = PermissionCache(CallablePermissions(Orders()), client=client)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)
     return authenticator, permissions, sessions
 
@@ -272,7 +271,7 @@ async def test_session_expiry_is_checked_on_every_l1_hit(
     client: RedisClient,
 ) -> None:
     clock: list[Callable[[], float]] = [time.time]
-    sessions = SessionManager(SessionStore(client), bus=bus, clock=lambda: clock[0]())
+    sessions = SessionManager(client=client, clock=lambda: clock[0]())
     bearer = {"authorization": f"Bearer {make_token('dora')}"}
     reads = count_calls(sessions.store, "get")
     async with http_client(build(kind, parts[0], parts[1], sessions)) as http:
@@ -363,12 +362,13 @@ async def second(
     redis_config: RedisConfig, validator: JWTValidator
 ) -> AsyncIterator[tuple[JWTAuthenticator, PermissionCache, SessionManager, Orders]]:
     """The same components on a second instance (own client and invalidation bus)."""
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         source = Orders()
         parts = (
-            JWTAuthenticator(validator, bus=bus2),
-            PermissionCache(CallablePermissions(source), bus=bus2),
-            SessionManager(SessionStore(c2), bus=bus2),
+            JWTAuthenticator(validator, client=c2),
+            PermissionCache(CallablePermissions(source), client=c2),
+            SessionManager(client=c2),
         )
         assert await bus2.wait_synced(5)
         yield (*parts, source)
@@ -429,8 +429,8 @@ async def test_static_role_permissions_are_answered_without_await_or_cache(
     http_client: HttpFactory,
 ) -> None:
     source = StaticRolePermissions({"user": ["orders:read"], "admin": ["*"]})
-    permissions = PermissionCache(source, bus=bus)
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    permissions = PermissionCache(source, client=client)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)
     user, admin = make_token("gina"), make_token("hal", roles=["admin", "user"])
     for token, granted in ((user, {"orders:read"}), (admin, {"*", "orders:read"})):

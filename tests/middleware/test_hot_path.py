@@ -17,7 +17,6 @@ from starlette.types import ASGIApp
 
 from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
-from gateway_redis.sessions import SessionStore
 from middleware import (
     CallablePermissions,
     JWTAuthenticator,
@@ -61,8 +60,8 @@ async def test_warm_request_through_all_three_middleware_makes_no_redis_call(
     async def lookup(subject: str) -> Iterable[str]:
         return ["orders:*"]
 
-    permissions = PermissionCache(CallablePermissions(lookup), bus=bus)
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    permissions = PermissionCache(CallablePermissions(lookup), client=client)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)  # the new components' mirrors are loaded
 
     async def login(request: Request) -> JSONResponse:

@@ -162,9 +162,10 @@ async def test_l2_hit_is_used_by_a_second_instance(
 ) -> None:
     token = make_token()
     await authenticator.authenticate(token)
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
-        other = JWTAuthenticator(validator, bus=bus2)
+        other = JWTAuthenticator(validator, client=c2)
         assert await bus2.wait_synced(5)
         assert (await other.authenticate(token)).source == "l2"
         assert (await other.authenticate(token)).source == "l1"
@@ -188,11 +189,11 @@ class Counting:
 
 
 async def test_cache_hits_recheck_exp_in_l1_and_l2(
-    validator: JWTValidator, bus: InvalidationBus, make_token: Any
+    validator: JWTValidator, bus: InvalidationBus, client: RedisClient, make_token: Any
 ) -> None:
     now = [time.time()]
     counting = Counting(validator)
-    auth = JWTAuthenticator(counting, bus=bus, clock=lambda: now[0])
+    auth = JWTAuthenticator(counting, client=client, clock=lambda: now[0])
     assert await bus.wait_synced(5)
     token = make_token(ttl=60)
     await auth.authenticate(token)
@@ -203,7 +204,7 @@ async def test_cache_hits_recheck_exp_in_l1_and_l2(
     with pytest.raises(InvalidToken, match="expired"):
         await auth.authenticate(token)
     assert counting.calls == 2  # neither L1 nor the L2 entry was served
-    fresh = JWTAuthenticator(counting, bus=bus, clock=lambda: now[0])
+    fresh = JWTAuthenticator(counting, client=client, clock=lambda: now[0])
     with pytest.raises(InvalidToken, match="expired"):
         await fresh.authenticate(token)
     assert counting.calls == 3
@@ -212,6 +213,7 @@ async def test_cache_hits_recheck_exp_in_l1_and_l2(
 async def test_corrupt_l2_value_is_a_miss_not_an_error(
     validator: JWTValidator,
     bus: InvalidationBus,
+    client: RedisClient,
     make_token: Any,
     redis_admin: redis.Redis,
     authenticator: JWTAuthenticator,
@@ -221,13 +223,13 @@ async def test_corrupt_l2_value_is_a_miss_not_an_error(
     [key] = jwt_keys(redis_admin)
     for garbage in (b"{not json", b'{"sub":1}', b"\xff\xfe", b"[]"):
         redis_admin.set(key, garbage)
-        fresh = JWTAuthenticator(validator, bus=bus)
+        fresh = JWTAuthenticator(validator, client=client)
         result = await fresh.authenticate(token)
         assert result.source == "validator"
         assert TokenClaims.from_json(redis_admin.get(key)) == result.claims  # type: ignore[arg-type]
     redis_admin.delete(key)
     redis_admin.hset(key, "x", "y")  # wrong type
-    assert (await JWTAuthenticator(validator, bus=bus).authenticate(token)).claims.sub
+    assert (await JWTAuthenticator(validator, client=client).authenticate(token)).claims.sub
 
 
 async def test_rejected_tokens_are_never_written_to_redis(
@@ -249,7 +251,11 @@ async def test_rejected_tokens_are_never_written_to_redis(
 
 
 async def test_validator_outage_is_503_and_never_cached(
-    bus: InvalidationBus, make_token: Any, validator: JWTValidator, http_client: HttpFactory
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    validator: JWTValidator,
+    http_client: HttpFactory,
 ) -> None:
     class Flaky:
         down = True
@@ -264,7 +270,7 @@ async def test_validator_outage_is_503_and_never_cached(
             return await validator.validate(token)
 
     flaky = Flaky()
-    app = build_app(JWTAuthenticator(flaky, bus=bus))
+    app = build_app(JWTAuthenticator(flaky, client=client))
     token = make_token()
     async with http_client(app) as http:
         r = await http.get("/me", headers=bearer(token))
@@ -282,9 +288,10 @@ async def test_revocation_reaches_a_second_instance_within_100_ms(
     http_client: HttpFactory,
 ) -> None:
     token = make_token()
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
-        other = JWTAuthenticator(validator, bus=bus2)
+        other = JWTAuthenticator(validator, client=c2)
         assert await bus2.wait_synced(5)
         async with http_client(build_app(other)) as http2:
             for _ in range(2):  # warm: the second request is an L1 hit
@@ -301,8 +308,9 @@ async def test_revocation_reaches_a_second_instance_within_100_ms(
         with pytest.raises(InvalidToken, match="revoked"):
             await authenticator.authenticate(token)
         # a third instance started later learns it from Redis
-        async with RedisClient(redis_config) as c3, InvalidationBus(c3) as bus3:
-            third = JWTAuthenticator(validator, bus=bus3)
+        async with RedisClient(redis_config) as c3:
+            bus3 = c3.invalidation
+            third = JWTAuthenticator(validator, client=c3)
             assert await bus3.wait_synced(5)
             assert third.is_revoked(await validator.validate(token))
     print(f"revocation seen by the second instance after {took * 1000:.2f} ms")
@@ -380,12 +388,12 @@ async def test_redis_outage_validates_locally_and_keeps_known_revocations(
     async with (
         RedisClient(config) as c1,
         RedisClient(config) as c2,
-        InvalidationBus(c1) as b1,
-        InvalidationBus(c2) as b2,
     ):
+        b1 = c1.invalidation
+        b2 = c2.invalidation
         assert await b1.wait_synced(5)
         assert await b2.wait_synced(5)
-        a1, a2 = JWTAuthenticator(validator, bus=b1), JWTAuthenticator(validator, bus=b2)
+        a1, a2 = JWTAuthenticator(validator, client=c1), JWTAuthenticator(validator, client=c2)
         await a1.revoke(revoked)
         await asyncio.sleep(0.05)
         fault_server.kill()

@@ -118,9 +118,13 @@ def test_wildcard_grants(granted: set[str], required: str, expected: bool) -> No
 
 
 async def test_rules_allow_and_deny_by_method_and_path(
-    authenticator: JWTAuthenticator, bus: InvalidationBus, make_token: Any, http_client: HttpFactory
+    authenticator: JWTAuthenticator,
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    http_client: HttpFactory,
 ) -> None:
-    cache = PermissionCache(StaticRolePermissions(ROLES), bus=bus)
+    cache = PermissionCache(StaticRolePermissions(ROLES), client=client)
     clerk, user, admin = (make_token(roles=[r]) for r in ("clerk", "user", "admin"))
     async with http_client(build(authenticator, cache)) as http:
         for token, path, method, status in [
@@ -148,9 +152,13 @@ async def test_rules_allow_and_deny_by_method_and_path(
 
 
 async def test_deny_unmatched_forbids_paths_without_a_rule(
-    authenticator: JWTAuthenticator, bus: InvalidationBus, make_token: Any, http_client: HttpFactory
+    authenticator: JWTAuthenticator,
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    http_client: HttpFactory,
 ) -> None:
-    cache = PermissionCache(StaticRolePermissions(ROLES), bus=bus)
+    cache = PermissionCache(StaticRolePermissions(ROLES), client=client)
     app = build(authenticator, cache, deny_unmatched=True)
     async with http_client(app) as http:
         assert (await http.get("/profile", headers=bearer(make_token()))).status_code == 403
@@ -160,9 +168,15 @@ async def test_deny_unmatched_forbids_paths_without_a_rule(
 
 
 async def test_per_route_requirement_in_starlette_and_fastapi(
-    authenticator: JWTAuthenticator, bus: InvalidationBus, make_token: Any, http_client: HttpFactory
+    authenticator: JWTAuthenticator,
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    http_client: HttpFactory,
 ) -> None:
-    cache = PermissionCache(StaticRolePermissions({"analyst": ["reports:*"], "user": []}), bus=bus)
+    cache = PermissionCache(
+        StaticRolePermissions({"analyst": ["reports:*"], "user": []}), client=client
+    )
     analyst, user = make_token(roles=["analyst"]), make_token(roles=["user"])
     async with http_client(build(authenticator, cache)) as http:
         assert (await http.get("/report", headers=bearer(analyst))).json() == {"report": True}
@@ -190,9 +204,13 @@ async def test_per_route_requirement_in_starlette_and_fastapi(
 
 
 async def test_static_role_map_is_not_cached_in_redis(
-    bus: InvalidationBus, make_token: Any, validator: JWTValidator, redis_admin: redis.Redis
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    validator: JWTValidator,
+    redis_admin: redis.Redis,
 ) -> None:
-    cache = PermissionCache(StaticRolePermissions(ROLES), bus=bus)
+    cache = PermissionCache(StaticRolePermissions(ROLES), client=client)
     claims = await validator.validate(make_token(roles=["clerk", "unknown"]))
     assert await cache.permissions(claims) == {"orders:*", "profile:read"}
     assert redis_admin.keys("gw:rbac:*") == []
@@ -204,6 +222,7 @@ async def _claims(validator: JWTValidator, make_token: Any, sub: str) -> TokenCl
 
 async def test_callable_source_is_cached_in_l1_then_l2(
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     make_token: Any,
     redis_config: RedisConfig,
@@ -211,30 +230,31 @@ async def test_callable_source_is_cached_in_l1_then_l2(
 ) -> None:
     db = Database()
     db.grants["u1"] = {"orders:read"}
-    cache = PermissionCache(CallablePermissions(db.lookup), bus=bus)
+    cache = PermissionCache(CallablePermissions(db.lookup), client=client)
     claims = await _claims(validator, make_token, "u1")
     for _ in range(3):
         assert await cache.permissions(claims) == {"orders:read"}
     assert db.calls == 1
     [key] = redis_admin.keys("gw:rbac:*")
     assert 0 < redis_admin.pttl(key) <= 60_000
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
-        other = PermissionCache(CallablePermissions(db.lookup), bus=bus2)
+        other = PermissionCache(CallablePermissions(db.lookup), client=c2)
         assert await other.permissions(claims) == {"orders:read"}
         assert db.calls == 1  # served from L2
         redis_admin.set(key, b"not json")
-        third = PermissionCache(CallablePermissions(db.lookup), bus=bus2)
+        third = PermissionCache(CallablePermissions(db.lookup), client=c2)
         assert await third.permissions(claims) == {"orders:read"}  # corrupt L2 = miss
         assert db.calls == 2
 
 
 async def test_hard_ttl_bounds_cached_permissions(
-    bus: InvalidationBus, validator: JWTValidator, make_token: Any
+    bus: InvalidationBus, client: RedisClient, validator: JWTValidator, make_token: Any
 ) -> None:
     db = Database()
     db.grants["u1"] = {"a:b"}
-    cache = PermissionCache(CallablePermissions(db.lookup), bus=bus, ttl=0.2)
+    cache = PermissionCache(CallablePermissions(db.lookup), client=client, ttl=0.2)
     claims = await _claims(validator, make_token, "u1")
     await cache.permissions(claims)
     db.grants["u1"] = {"c:d"}  # changed without any invalidation (a lost message)
@@ -248,6 +268,7 @@ async def _second_instance_sees(
     db: Database,
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
@@ -255,11 +276,12 @@ async def _second_instance_sees(
 ) -> float:
     db.grants["carol"] = {"admin:read"}
     token = make_token("carol")
-    cache_a = PermissionCache(CallablePermissions(db.lookup), bus=bus)
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    cache_a = PermissionCache(CallablePermissions(db.lookup), client=client)
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
-        cache_b = PermissionCache(CallablePermissions(db.lookup), bus=bus2)
-        auth_b = JWTAuthenticator(validator, bus=bus2)
+        cache_b = PermissionCache(CallablePermissions(db.lookup), client=c2)
+        auth_b = JWTAuthenticator(validator, client=c2)
         assert await bus.wait_synced(5)
         assert await bus2.wait_synced(5)
         async with http_client(build(auth_b, cache_b)) as http_b:
@@ -280,13 +302,14 @@ async def _second_instance_sees(
 async def test_invalidate_subject_reaches_a_second_instance_within_100_ms(
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
     http_client: HttpFactory,
 ) -> None:
     took = await _second_instance_sees(
-        lambda c: c.invalidate("carol"), Database(), authenticator, bus, validator,
+        lambda c: c.invalidate("carol"), Database(), authenticator, bus, client, validator,
         redis_config, make_token, http_client,
     )  # fmt: skip
     print(f"invalidate(subject) seen by the second instance after {took * 1000:.2f} ms")
@@ -295,6 +318,7 @@ async def test_invalidate_subject_reaches_a_second_instance_within_100_ms(
 async def test_policy_version_bump_reaches_a_second_instance_within_100_ms(
     authenticator: JWTAuthenticator,
     bus: InvalidationBus,
+    client: RedisClient,
     validator: JWTValidator,
     redis_config: RedisConfig,
     make_token: Any,
@@ -302,7 +326,7 @@ async def test_policy_version_bump_reaches_a_second_instance_within_100_ms(
     redis_admin: redis.Redis,
 ) -> None:
     took = await _second_instance_sees(
-        lambda c: c.bump_policy_version(), Database(), authenticator, bus, validator,
+        lambda c: c.bump_policy_version(), Database(), authenticator, bus, client, validator,
         redis_config, make_token, http_client,
     )  # fmt: skip
     assert int(redis_admin.get("gw:rbac:policy-version") or 0) == 1
@@ -311,11 +335,15 @@ async def test_policy_version_bump_reaches_a_second_instance_within_100_ms(
 
 
 async def test_source_failure_is_503_never_403(
-    authenticator: JWTAuthenticator, bus: InvalidationBus, make_token: Any, http_client: HttpFactory
+    authenticator: JWTAuthenticator,
+    bus: InvalidationBus,
+    client: RedisClient,
+    make_token: Any,
+    http_client: HttpFactory,
 ) -> None:
     db = Database()
     db.down = True
-    cache = PermissionCache(CallablePermissions(db.lookup), bus=bus)
+    cache = PermissionCache(CallablePermissions(db.lookup), client=client)
     async with http_client(build(authenticator, cache)) as http:
         r = await http.get("/admin", headers=bearer(make_token()))
         assert r.status_code == 503
@@ -330,10 +358,11 @@ async def test_redis_down_asks_the_source_directly(
     db = Database()
     db.grants["dave"] = {"admin:read"}
     token = make_token("dave")
-    async with RedisClient(config) as c, InvalidationBus(c) as b:
+    async with RedisClient(config) as c:
+        b = c.invalidation
         assert await b.wait_synced(5)
-        cache = PermissionCache(CallablePermissions(db.lookup), bus=b)
-        app = build(JWTAuthenticator(validator, bus=b), cache)
+        cache = PermissionCache(CallablePermissions(db.lookup), client=c)
+        app = build(JWTAuthenticator(validator, client=c), cache)
         async with http_client(app) as http:
             assert (await http.get("/admin", headers=bearer(token))).status_code == 200
             fault_server.kill()

@@ -113,12 +113,12 @@ def cookie_of(response: httpx.Response) -> SimpleCookie:
 
 @pytest.fixture
 def store(client: RedisClient) -> SessionStore:
-    return SessionStore(client)
+    return client.sessions
 
 
 @pytest.fixture
-async def manager(store: SessionStore, bus: InvalidationBus) -> SessionManager:
-    manager = SessionManager(store, bus=bus)
+async def manager(store: SessionStore, bus: InvalidationBus, client: RedisClient) -> SessionManager:
+    manager = SessionManager(client=client)
     assert await bus.wait_synced(5)
     return manager
 
@@ -289,9 +289,10 @@ async def test_conflicting_cookies_are_not_trusted(
 async def second_instance(
     redis_config: RedisConfig,
 ) -> AsyncIterator[SessionManager]:
-    async with RedisClient(redis_config) as c2, InvalidationBus(c2) as bus2:
+    async with RedisClient(redis_config) as c2:
+        bus2 = c2.invalidation
         assert await bus2.wait_synced(5)
-        manager = SessionManager(SessionStore(c2), bus=bus2)
+        manager = SessionManager(client=c2)
         assert await bus2.wait_synced(5)
         yield manager
 
@@ -365,9 +366,10 @@ async def test_redis_outage_policy(
     expected: int,
 ) -> None:
     config = RedisConfig(url=fault_server.url, probe_interval=0.2, operation_timeout=0.5)
-    async with RedisClient(config) as c, InvalidationBus(c) as b:
+    async with RedisClient(config) as c:
+        b = c.invalidation
         assert await b.wait_synced(5)
-        manager = SessionManager(SessionStore(c), bus=b)
+        manager = SessionManager(client=c)
         async with http_client(build(manager, **options)) as http:
             await http.post("/login", json={"user": "alice"})
             fault_server.kill()
@@ -388,9 +390,10 @@ async def test_a_save_that_hits_an_outage_becomes_a_503(
     fault_server: EmbeddedRedis, http_client: HttpFactory
 ) -> None:
     config = RedisConfig(url=fault_server.url, probe_interval=0.2, operation_timeout=0.5)
-    async with RedisClient(config) as c, InvalidationBus(c) as b:
+    async with RedisClient(config) as c:
+        b = c.invalidation
         assert await b.wait_synced(5)
-        app = build(SessionManager(SessionStore(c), bus=b))
+        app = build(SessionManager(client=c))
         async with http_client(app) as http:
             await http.post("/login", json={"user": "alice"})
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway_redis import RedisClient, SessionStore
+from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
 from middleware import (
     CallablePermissions,
@@ -125,8 +125,8 @@ async def test_warm_requests_annotate_the_server_span_and_start_no_spans(
     async def lookup(subject: str) -> list[str]:
         return ["orders:read"]
 
-    permissions = PermissionCache(CallablePermissions(lookup), bus=bus)
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    permissions = PermissionCache(CallablePermissions(lookup), client=client)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)
 
     async def login(request: Request) -> JSONResponse:
@@ -205,7 +205,7 @@ async def test_rbac_and_session_cache_tiers_are_counted(
     async def lookup(subject: str) -> list[str]:
         return ["orders:read"]
 
-    permissions = PermissionCache(CallablePermissions(lookup), bus=bus)
+    permissions = PermissionCache(CallablePermissions(lookup), client=client)
     assert await bus.wait_synced(5)
     claims = await validator.validate(make_token("carol"))
     rbac_before = counts("rbac")
@@ -215,7 +215,7 @@ async def test_rbac_and_session_cache_tiers_are_counted(
     assert rbac_after.get("miss", 0) - rbac_before.get("miss", 0) == 1
     assert rbac_after.get("l1", 0) - rbac_before.get("l1", 0) == 2
 
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)
     created = await sessions.create("carol", {"theme": "dark"})
     await sessions.update(created.id, {"theme": "light"})
@@ -234,7 +234,7 @@ async def test_session_save_span_only_when_something_changed(
     client: RedisClient,
     http_client: Callable[[ASGIApp], httpx.AsyncClient],
 ) -> None:
-    sessions = SessionManager(SessionStore(client), bus=bus)
+    sessions = SessionManager(client=client)
     assert await bus.wait_synced(5)
 
     async def login(request: Request) -> JSONResponse:

@@ -96,7 +96,7 @@ def _token(sub: str) -> str:
 
 
 async def revocation(client: RedisClient, bus: InvalidationBus) -> Prepared:
-    authenticator = JWTAuthenticator(_validator(), bus=bus)
+    authenticator = JWTAuthenticator(_validator(), client=client)
     token = _token("alice")
     claims: TokenClaims = (await authenticator.authenticate(token)).claims
     assert claims.jti is not None
@@ -120,7 +120,7 @@ async def permission_removal(client: RedisClient, bus: InvalidationBus) -> Prepa
     async def lookup(subject: str) -> list[str]:
         return ["orders:read"]
 
-    cache = PermissionCache(CallablePermissions(lookup), bus=bus)
+    cache = PermissionCache(CallablePermissions(lookup), client=client)
     subject = f"s-{uuid.uuid4().hex[:8]}"
     claims = await _validator().validate(_token(subject))
     assert await cache.permissions(claims) == {"orders:read"}  # cached in Redis (L2)

@@ -105,11 +105,11 @@ async def cluster_client(cluster: ClusterTopology) -> AsyncIterator[RedisClient]
 
 
 @pytest.fixture
-async def bus_on(request: pytest.FixtureRequest) -> AsyncIterator[InvalidationBus]:
+async def bus_on(request: pytest.FixtureRequest) -> InvalidationBus:
     client: RedisClient = request.getfixturevalue(request.param)
-    async with InvalidationBus(client) as bus:
-        assert await bus.wait_synced(5)
-        yield bus
+    bus = client.invalidation
+    assert await bus.wait_synced(5)
+    return bus
 
 
 def _cluster_replicas(cluster: ClusterTopology, keys: list[str]) -> list[EmbeddedRedis]:

@@ -35,5 +35,3 @@ def gateway_factory(redis_server: EmbeddedRedis, redis_admin: Any) -> GatewayFac
 async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[Gateway]:
     async with gateway_factory() as gw:
         yield gw
-
-

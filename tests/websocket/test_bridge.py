@@ -15,7 +15,6 @@ from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from gateway_redis.invalidation import InvalidationBus
 from middleware import JWTAuthenticator, JWTMiddleware, JWTSettings, JWTValidator
 from middleware.websocket.bridge import WebSocketBridge, WebSocketLimits
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
@@ -41,22 +40,22 @@ async def bridge_app(
     client: RedisClient, *, limits: WebSocketLimits | None = None
 ) -> AsyncIterator[tuple[Gateway, WebSocketBridge]]:
     """Starlette + JWT middleware + the bridge with a permissive policy."""
-    async with InvalidationBus(client) as bus:
-        settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-        authenticator = JWTAuthenticator(JWTValidator(settings), bus=bus)
-        bridge = WebSocketBridge(
-            client=client, policy=OPEN_POLICY, bus=bus, authenticator=authenticator, limits=limits
-        )
-        app = Starlette(
-            routes=[WebSocketRoute("/ws", bridge)],
-            middleware=[Middleware(JWTMiddleware, authenticator=authenticator)],
-        )
-        app.state.bus = bus
-        try:
-            async with serve_app(app, lifespan="off") as gateway:
-                yield gateway, bridge
-        finally:
-            await bridge.aclose()
+    bus = client.invalidation
+    settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
+    bridge = WebSocketBridge(
+        client=client, policy=OPEN_POLICY, authenticator=authenticator, limits=limits
+    )
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", bridge)],
+        middleware=[Middleware(JWTMiddleware, authenticator=authenticator)],
+    )
+    app.state.bus = bus
+    try:
+        async with serve_app(app, lifespan="off") as gateway:
+            yield gateway, bridge
+    finally:
+        await bridge.aclose()
 
 
 async def test_many_sockets_on_a_channel_are_one_hub_subscription(client: RedisClient) -> None:
@@ -85,9 +84,10 @@ async def test_many_sockets_on_a_channel_are_one_hub_subscription(client: RedisC
 
 async def test_channel_limit_per_socket(client: RedisClient) -> None:
     limits = WebSocketLimits(max_channels=3)
-    async with bridge_app(client, limits=limits) as (gateway, _), await gateway.connect(
-        mint("greedy")
-    ) as ws:
+    async with (
+        bridge_app(client, limits=limits) as (gateway, _),
+        await gateway.connect(mint("greedy")) as ws,
+    ):
         await subscribe(ws, "a", "b")
         reply = await request(ws, {"type": "subscribe", "channels": ["c", "d"], "id": 1})
         assert reply["code"] == "limit_exceeded"

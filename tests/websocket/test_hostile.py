@@ -58,9 +58,10 @@ async def test_oversized_frames_close_1009(
 ) -> None:
     # With uvicorn at 64 KiB uvicorn closes; with a larger server limit the bridge does.
     options = {"ws_max_size": server_limit}
-    async with gateway_factory(uvicorn_options=options) as gateway, await gateway.connect(
-        mint("mallory")
-    ) as ws:
+    async with (
+        gateway_factory(uvicorn_options=options) as gateway,
+        await gateway.connect(mint("mallory")) as ws,
+    ):
         await subscribe(ws, "system:broadcast")
         exactly = json.dumps({"type": "ping", "id": 1, "pad": ""})
         fits = exactly[:-2] + "x" * (65536 - len(exactly)) + '"}'
