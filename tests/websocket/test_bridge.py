@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from gateway_redis.invalidation import InvalidationBus
-from middleware import JWTAuthenticator, JWTMiddleware, JWTSettings, JWTValidator
+from middleware import Gateway as ComposedGateway
+from middleware import JWTSettings, WebSocketSettings
 from middleware.websocket.bridge import WebSocketBridge, WebSocketLimits
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.conftest import Telemetry
@@ -40,23 +38,16 @@ OPEN_POLICY = ChannelPolicy([ChannelRule("*", subscribe=True, publish=True)])
 async def bridge_app(
     client: RedisClient, *, limits: WebSocketLimits | None = None
 ) -> AsyncIterator[tuple[Gateway, WebSocketBridge]]:
-    """Starlette + JWT middleware + the bridge with a permissive policy."""
-    async with InvalidationBus(client) as bus:
-        settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-        authenticator = JWTAuthenticator(JWTValidator(settings), bus=bus)
-        bridge = WebSocketBridge(
-            client=client, policy=OPEN_POLICY, bus=bus, authenticator=authenticator, limits=limits
-        )
-        app = Starlette(
-            routes=[WebSocketRoute("/ws", bridge)],
-            middleware=[Middleware(JWTMiddleware, authenticator=authenticator)],
-        )
-        app.state.bus = bus
-        try:
-            async with serve_app(app, lifespan="off") as gateway:
-                yield gateway, bridge
-        finally:
-            await bridge.aclose()
+    """Starlette + JWT middleware + the bridge with a permissive policy (on ``/ws``)."""
+    settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+    websocket = WebSocketSettings(policy=OPEN_POLICY, limits=limits or WebSocketLimits())
+    composed = ComposedGateway(client, jwt=settings, websocket=websocket)
+    app = Starlette(lifespan=composed.lifespan)  # closes the bridge; the client is ours
+    composed.install(app)
+    app.state.bus = composed.bus
+    assert composed.bridge is not None
+    async with serve_app(app) as gateway:
+        yield gateway, composed.bridge
 
 
 async def test_many_sockets_on_a_channel_are_one_hub_subscription(client: RedisClient) -> None:
@@ -85,9 +76,10 @@ async def test_many_sockets_on_a_channel_are_one_hub_subscription(client: RedisC
 
 async def test_channel_limit_per_socket(client: RedisClient) -> None:
     limits = WebSocketLimits(max_channels=3)
-    async with bridge_app(client, limits=limits) as (gateway, _), await gateway.connect(
-        mint("greedy")
-    ) as ws:
+    async with (
+        bridge_app(client, limits=limits) as (gateway, _),
+        await gateway.connect(mint("greedy")) as ws,
+    ):
         await subscribe(ws, "a", "b")
         reply = await request(ws, {"type": "subscribe", "channels": ["c", "d"], "id": 1})
         assert reply["code"] == "limit_exceeded"
