@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -64,13 +64,13 @@ class Gateway:
 
     ``redis`` is a :class:`RedisClient` (not owned: :meth:`lifespan` connects it, the
     caller closes it) or a :class:`RedisConfig` (the Gateway creates the client and closes
-    it at the end of its lifespan). ``jwt`` is
-    :class:`JWTSettings` or any :class:`TokenValidator`. ``permissions`` is a
-    :class:`PermissionSource` or a role -> permissions mapping
-    (:class:`StaticRolePermissions` over the ``roles`` claim); None: no RBAC layer.
-    ``sessions`` (:class:`SessionSettings`; None: no sessions) and ``websocket``
-    (:class:`WebSocketSettings`, or just a :class:`ChannelPolicy`; None: no WebSocket
-    endpoint). Raises ``ValueError`` for bad arguments.
+    it at the end of its lifespan). ``jwt`` is :class:`JWTSettings` or any
+    :class:`TokenValidator`. ``permissions`` is a :class:`PermissionSource` or a role ->
+    permissions mapping (:class:`StaticRolePermissions` over the ``roles`` claim); None: no
+    RBAC layer. ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket``
+    is :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
+    endpoint). Nothing is opened here: the components are built and :meth:`lifespan`
+    starts them. Raises ``ValueError`` for bad arguments.
     """
 
     def __init__(
@@ -90,6 +90,8 @@ class Gateway:
             websocket = WebSocketSettings(policy=websocket)
         elif websocket is not None and not isinstance(websocket, WebSocketSettings):
             raise ValueError("websocket must be WebSocketSettings, a ChannelPolicy or None")
+        # Arguments are checked first; a client created here and then left by a failing
+        # component below was never connected, so it holds no connection.
         if isinstance(redis, RedisClient):
             self._client, self._owns_client = redis, False
         elif isinstance(redis, RedisConfig):
@@ -305,8 +307,9 @@ class Gateway:
             for layer in (rbac, jwt, sessions):
                 if layer is not None:
                     app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
-        if route is not None and self._bridge is not None:
-            app.router.routes.append(WebSocketRoute(route, self._bridge, name="gateway-websocket"))
+        bridge = self._bridge
+        if route is not None and bridge is not None:
+            app.router.routes.append(WebSocketRoute(route, bridge, name="gateway-websocket"))
         self._installed = True
 
     def __repr__(self) -> str:
@@ -323,8 +326,7 @@ def _validator(jwt: object) -> TokenValidator:
     if callable(getattr(jwt, "validate", None)) and isinstance(
         getattr(jwt, "fingerprint", None), str
     ):
-        found: Any = jwt
-        return found  # type: ignore[no-any-return]
+        return cast("TokenValidator", jwt)
     raise ValueError("jwt must be JWTSettings or a TokenValidator")
 
 
@@ -334,6 +336,5 @@ def _source(permissions: object) -> PermissionSource | None:
     if isinstance(permissions, Mapping):
         return StaticRolePermissions(permissions)
     if callable(getattr(permissions, "permissions", None)) and hasattr(permissions, "cacheable"):
-        found: Any = permissions
-        return found  # type: ignore[no-any-return]
+        return cast("PermissionSource", permissions)
     raise ValueError("permissions must be a PermissionSource, a role mapping or None")
