@@ -202,52 +202,45 @@ def _ours(env: dict[str, str]) -> Starlette:
     from gateway_redis import RedisClient, RedisConfig
     from middleware import (
         CallablePermissions,
-        GatewayMiddleware,
-        JWTAuthenticator,
+        Gateway,
         JWTMiddleware,
         JWTSettings,
-        JWTValidator,
-        PermissionCache,
         RBACMiddleware,
         Rule,
-        SessionCookie,
-        SessionManager,
         SessionMiddleware,
+        SessionSettings,
         get_claims,
         get_session,
     )
 
     client = RedisClient(RedisConfig(url=env["REDIS_URL"], pool_size=20, min_idle_conns=4))
-    bus = client.invalidation
     settings = JWTSettings(
         algorithms=("HS256",),
         key=env["BENCH_SECRET"],
         issuer=env["BENCH_ISSUER"],
         audience=env["BENCH_AUDIENCE"],
     )
-    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
 
     async def grants(subject: str) -> Collection[str]:
         key = client.key(GRANTS_KEY + subject)
         members: Any = await client.execute("bench.grants", lambda r: r.smembers(key))
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
-    permissions = PermissionCache(CallablePermissions(grants), client=client)
-    sessions = SessionManager(client=client)
+    # Cookie __Host-session (Secure: the server reads it anyway).
+    gateway = Gateway(
+        client, jwt=settings, permissions=CallablePermissions(grants), sessions=SessionSettings()
+    )
     use_l1 = env.get("BENCH_L1", "on") != "off"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not use_l1:
-            await bus.aclose()  # never started: every L1 cache stays bypassed
-        await client.connect()  # starts the client's invalidation bus (unless closed above)
-        client.pubsub.start()
-        try:
+            await gateway.bus.aclose()  # never started: every L1 cache stays bypassed
+        # ours: the Gateway leaves a client it was given open
+        async with client, gateway.lifespan(app):
             if use_l1:
-                await bus.wait_synced(5.0)
+                await gateway.bus.wait_synced(5.0)
             yield
-        finally:
-            await client.aclose()
 
     async def me(request: Request) -> Response:
         return JSONResponse({"sub": get_claims(request).sub})
@@ -259,51 +252,36 @@ def _ours(env: dict[str, str]) -> Starlette:
         return JSONResponse({"user_id": found.user_id})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"redis": client.health.value, "bus": bus.healthy})
+        return JSONResponse({"redis": client.health.value, "bus": gateway.bus.healthy})
 
-    stack = {
-        "session": Middleware(
-            SessionMiddleware,  # type: ignore[arg-type]
-            sessions=sessions,
-            cookie=SessionCookie(),  # __Host-session (Secure: the server reads it anyway)
-        ),
-        "jwt": Middleware(
-            JWTMiddleware,  # type: ignore[arg-type]
-            authenticator=authenticator,
-            public_paths=["/health", "/api/session"],
-        ),
-        "rbac": Middleware(
-            RBACMiddleware,  # type: ignore[arg-type]
-            permissions=permissions,
-            rules=[Rule("/api/data", PERMISSION)],
-        ),
-    }
     routes = [
         Route("/api/data", data),
         Route("/api/me", me),
         Route("/api/session", session),
         Route("/health", health),
     ]
-    if env.get("BENCH_FUSED") == "1":
-        # The same three, as one layer (GatewayMiddleware).
-        return Starlette(
-            routes=routes,
-            middleware=[
-                Middleware(
-                    GatewayMiddleware,  # type: ignore[arg-type]
-                    sessions=stack["session"],
-                    jwt=stack["jwt"],
-                    rbac=stack["rbac"],
-                )
-            ],
-            lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=lifespan)
+    public_paths = ["/health", "/api/session"]
+    rules = [Rule("/api/data", PERMISSION)]
+    only = env.get("BENCH_ONLY")
+    if only is None:
+        # BENCH_FUSED=1: the three as one layer (GatewayMiddleware).
+        gateway.install(
+            app, public_paths=public_paths, rules=rules, fused=env.get("BENCH_FUSED") == "1"
         )
-    only = env.get("BENCH_ONLY", "session,jwt,rbac").split(",")  # for profiling
-    return Starlette(
-        routes=routes,
-        middleware=[m for name, m in stack.items() if name in only],
-        lifespan=lifespan,
-    )
+        return app
+    # Profiling: a subset of the separate layers, on the Gateway's components.
+    stack = {
+        "session": Middleware(SessionMiddleware, sessions=gateway.sessions),  # type: ignore[arg-type]
+        "jwt": Middleware(
+            JWTMiddleware,  # type: ignore[arg-type]
+            authenticator=gateway.authenticator,
+            public_paths=public_paths,
+        ),
+        "rbac": Middleware(RBACMiddleware, permissions=gateway.permissions, rules=rules),  # type: ignore[arg-type]
+    }
+    app.user_middleware[:0] = [m for name, m in stack.items() if name in only.split(",")]
+    return app
 
 
 def create() -> ASGIApp:

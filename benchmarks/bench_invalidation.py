@@ -1,9 +1,8 @@
 """Invalidation: how long after a change on instance A does instance B reject?
 
 Instance B is the ``ours`` benchmark app under uvicorn (its own process, RedisClient and
-the client's InvalidationBus, L1 warm for the credential under test). Instance A is this
-process with its own RedisClient (and its bus), JWTAuthenticator, PermissionCache and
-SessionManager.
+InvalidationBus, L1 warm for the credential under test). Instance A is this process with
+its own RedisClient and a :class:`~middleware.Gateway` (authenticator, permissions, sessions).
 Each trial warms B's L1 for a fresh credential (two 200s), then starts the clock, makes the
 change on A and polls B back to back until it rejects: latency = first rejection - start
 of the call on A (so it includes A's own Redis writes and one HTTP round trip of polling).
@@ -30,14 +29,7 @@ from benchmarks import _common as c
 from benchmarks.apps import COOKIE, GRANTS_KEY, PERMISSION
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from middleware import (
-    CallablePermissions,
-    JWTAuthenticator,
-    JWTSettings,
-    JWTValidator,
-    PermissionCache,
-    SessionManager,
-)
+from middleware import CallablePermissions, Gateway, JWTSettings, SessionSettings
 
 ISSUER = "https://issuer.bench"
 AUDIENCE = "bench-api"
@@ -103,23 +95,24 @@ async def _run(
     redis_url: str, base: str, trials: int, progress: Callable[[str], None]
 ) -> list[Kind]:
     client = RedisClient(RedisConfig(url=redis_url))
-    await client.connect()
-    client.pubsub.start()
-    bus = client.invalidation
     settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
 
     async def grants(subject: str) -> list[str]:
         key = client.key(GRANTS_KEY + subject)
         members: Any = await client.execute("grants", lambda r: r.smembers(key))
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
-    permissions = PermissionCache(CallablePermissions(grants), client=client)
-    sessions = SessionManager(client=client)
+    # Instance A: the same components as the served app (instance B), without HTTP.
+    gateway = Gateway(
+        client, jwt=settings, permissions=CallablePermissions(grants), sessions=SessionSettings()
+    )
+    authenticator = gateway.authenticator
+    permissions: Any = gateway.permissions
+    sessions: Any = gateway.sessions
     kinds = [Kind("revoke"), Kind("bump_policy_version"), Kind("delete_session")]
     try:
-        async with aiohttp.ClientSession() as http:
-            await bus.wait_synced(5)
+        async with gateway.lifespan(), aiohttp.ClientSession() as http:
+            await gateway.bus.wait_synced(5)
             for i in range(trials):
                 subject = f"inv-{i}"
                 token = _token(subject)

@@ -17,10 +17,12 @@ client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
 ``GATEWAY_COOKIE_SECURE=0``.
 
-Middleware, outermost first: sessions (cookie; during a Redis outage only ``/api/session``
-and ``/auth/*`` answer 503, other routes carry on without a session), JWT (public: health,
-readiness, login, logout, ``/api/session``, the docs), RBAC (``/api/admin/**`` needs
-``admin:read``; roles from the token's ``roles`` claim).
+Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
+(one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only
+``/api/session`` and ``/auth/*`` answer 503, other routes carry on without a session), JWT
+(public: health, readiness, login, logout, ``/api/session``, the docs, the demo page; ``/ws``
+authenticates itself), RBAC (``/api/admin/**`` needs ``admin:read``; roles from the token's
+``roles`` claim). Real-time messaging: :mod:`examples.realtime`.
 """
 
 from __future__ import annotations
@@ -41,24 +43,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from examples.realtime import install_realtime
+from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis, find_server_binary
 from middleware import (
+    Gateway,
     JWTAuthenticator,
-    JWTMiddleware,
     JWTSettings,
-    JWTValidator,
-    PermissionCache,
-    RBACMiddleware,
     Rule,
     ServiceUnavailable,
     SessionCookie,
-    SessionManager,
-    SessionMiddleware,
-    StaticRolePermissions,
+    SessionSettings,
     get_claims_or_none,
 )
 from middleware.fastapi import Claims, RequirePermissions, SessionHandleDep
@@ -169,14 +166,22 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     tracing = configure_telemetry(env)
     keys = GatewayKeys(env)
     config, embedded = _redis(env)
-    client = RedisClient(config)
-    client.configure_sessions(default_ttl=12 * 3600, idle_timeout=3600)
-    authenticator = JWTAuthenticator(JWTValidator(keys.settings), client=client)
-    permissions = PermissionCache(StaticRolePermissions(ROLES), client=client)
-    sessions = SessionManager(client=client)
     secure = env.get("GATEWAY_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no")
+    gateway = Gateway(
+        config,
+        jwt=keys.settings,
+        permissions=ROLES,
+        sessions=SessionSettings(
+            default_ttl=12 * 3600,
+            idle_timeout=3600,
+            cookie=SessionCookie(secure=secure),
+            on_unavailable="anonymous",
+            required_paths=("/api/session", "/auth/*"),
+        ),
+        websocket=realtime_settings(env, ROLES),
+    )
     throttle = LoginThrottle(
-        client,
+        gateway.client,
         limit=_int_env(env, "GATEWAY_LOGIN_LIMIT", 5, 1, 1000),
         window=_int_env(env, "GATEWAY_LOGIN_WINDOW", 60, 1, 86400),
     )
@@ -186,46 +191,38 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         if embedded is not None:
             await embedded.astart()
             log.warning("no Redis configured: using an embedded server at %s", config.url)
-        await client.connect()
-        # The pub/sub hub's liveness check makes /ready follow a lost or frozen server
-        # within about 2 s even when no request is running.
-        client.pubsub.start()
         try:
-            yield  # the client started its invalidation bus when it connected
+            async with gateway.lifespan(app):
+                yield
         finally:
-            await client.aclose()
             if embedded is not None:
                 embedded.cleanup()
             if tracing:
                 shutdown_telemetry()
 
     app = FastAPI(title="gateway-redis example", lifespan=lifespan)
-    app.state.redis = client
-    app.state.bus = client.invalidation
-    app.state.authenticator = authenticator
-    app.state.permissions = permissions
-    app.state.sessions = sessions
-    app.state.keys = keys
-    app.state.throttle = throttle
-    # add_middleware wraps: the last one added runs first.
-    app.add_middleware(
-        RBACMiddleware, permissions=permissions, rules=[Rule("/api/admin/**", "admin:read")]
-    )
-    app.add_middleware(JWTMiddleware, authenticator=authenticator, public_paths=PUBLIC_PATHS)
-    app.add_middleware(
-        SessionMiddleware,
-        sessions=sessions,
-        cookie=SessionCookie(secure=secure),
-        on_unavailable="anonymous",
-        required_paths=("/api/session", "/auth/*"),
-    )
+    state = app.state
+    state.gateway = gateway
+    state.redis = gateway.client
+    state.bus = gateway.bus
+    state.authenticator = gateway.authenticator
+    state.permissions = gateway.permissions
+    state.sessions = gateway.sessions
+    state.bridge = gateway.bridge
+    state.keys = keys
+    state.throttle = throttle
+    gateway.install(
+        app,
+        public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
+        rules=[Rule("/api/admin/**", "admin:read")],
+    )  # and WS /ws
     if tracing:
         # Outermost, so the HTTP server span is the parent of the library's spans.
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
-    install_realtime(app, env=env)  # WS /ws, POST /api/channels/{channel}/publish, GET /, /static
+    install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
     return app
 
 

@@ -2,10 +2,12 @@
 
 ::
 
-    app = create_app(env)                    # examples.gateway
-    install_realtime(app, env=env)           # collaborators from app.state
+    gateway = Gateway(config, ..., websocket=realtime_settings(env, ROLES))   # examples.gateway
+    gateway.install(app, public_paths=[..., *REALTIME_PUBLIC_PATHS])          # WS /ws
+    install_realtime(app, gateway)           # the demo page and the publish route
 
-or, standalone: ``uvicorn examples.realtime:create_app --factory --ws-max-size 65536``.
+or: ``uvicorn examples.realtime:create_app --factory --ws-max-size 65536`` (the same app as
+``examples.gateway``).
 
 Channel policy: everyone may subscribe to ``system:broadcast``; a user to their own
 ``notifications:{sub}``; the ``channels:publish`` permission (role ``admin``) publishes to
@@ -29,31 +31,36 @@ default 30), ``GATEWAY_WS_PING_INTERVAL`` / ``GATEWAY_WS_IDLE_TIMEOUT`` (seconds
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.routing import WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway_redis import RedisClient, RedisUnavailable, SerializationError, Session
-from middleware import JWTAuthenticator, JWTMiddleware, PermissionCache, SessionManager
+from middleware import Gateway, PermissionCache, WebSocketSettings
 from middleware.errors import ServiceUnavailable
 from middleware.fastapi import Claims, RequirePermissions
 from middleware.jwt import TokenClaims
 from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketBridge, WebSocketLimits
 
-__all__ = ["REALTIME_PUBLIC_PATHS", "create_app", "install_realtime", "realtime_policy"]
+__all__ = [
+    "REALTIME_PUBLIC_PATHS",
+    "create_app",
+    "install_realtime",
+    "realtime_policy",
+    "realtime_settings",
+]
 
 STATIC = Path(__file__).resolve().parent / "static"
-REALTIME_PUBLIC_PATHS = ("/", "/static/*", "/ws")
-"""Paths the JWT middleware must not require a token for (the bridge authenticates itself
-from the token *or* the session cookie; the page and its script are public)."""
+REALTIME_PUBLIC_PATHS = ("/", "/static/*")
+"""Paths the JWT middleware must not require a token for: the page and its script. (``/ws``
+needs no listing: :meth:`Gateway.install` makes the bridge's path public, and the bridge
+authenticates from the token *or* the session cookie.)"""
 MAX_PUBLISH_BYTES = 64 * 1024
 
 
@@ -65,6 +72,20 @@ def realtime_policy() -> ChannelPolicy:
             ChannelRule("notifications:{sub}", subscribe=True),
             ChannelRule("notifications:{user}", publish="channels:publish"),
         ]
+    )
+
+
+def realtime_settings(
+    env: Mapping[str, str], roles: Mapping[str, Iterable[str]]
+) -> WebSocketSettings:
+    """The WebSocket endpoint's settings from ``env`` (see the module docstring); cookie
+    sessions get the permissions of the ``roles`` stored in them at login."""
+    origins = [o.strip() for o in env.get("GATEWAY_WS_ORIGINS", "").split(",") if o.strip()]
+    return WebSocketSettings(
+        policy=realtime_policy(),
+        limits=_limits(env),
+        allowed_origins=tuple(origins),
+        session_permissions=_session_permissions(roles),
     )
 
 
@@ -119,78 +140,18 @@ def _limits(env: Mapping[str, str]) -> WebSocketLimits:
     )
 
 
-def install_realtime(
-    app: FastAPI,
-    *,
-    client: RedisClient | None = None,
-    authenticator: JWTAuthenticator | None = None,
-    permissions: PermissionCache | None = None,
-    sessions: SessionManager | None = None,
-    roles: Mapping[str, Iterable[str]] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> WebSocketBridge:
-    """Add ``WS /ws``, ``POST /api/channels/{channel}/publish`` and ``GET /`` to ``app``.
-
-    Collaborators default to ``app.state.redis``, ``.authenticator``,
-    ``.permissions`` and ``.sessions`` (as :func:`examples.gateway.create_app` sets them);
-    ``roles`` to the gateway's ``ROLES``; ``env`` to ``os.environ``. Call it before the app
-    serves its first request: it adds :data:`REALTIME_PUBLIC_PATHS` to the JWT middleware's
-    public paths and wraps the lifespan so the bridge closes (1001) before the client.
-    Idempotent: returns the installed bridge on a second call.
+def install_realtime(app: FastAPI, gateway: Gateway) -> WebSocketBridge:
+    """Add ``POST /api/channels/{channel}/publish``, ``GET /`` and ``/static`` to ``app``,
+    on ``gateway``'s bridge, client and permissions (``WS /ws`` itself is installed by
+    :meth:`Gateway.install`). Returns the bridge. Raises ``ValueError`` when ``gateway`` has
+    no bridge or no permission source.
     """
-    existing = getattr(app.state, "bridge", None)
-    if isinstance(existing, WebSocketBridge):
-        return existing
-    if app.middleware_stack is not None:
-        raise RuntimeError("install_realtime() must run before the app serves requests")
-    env = os.environ if env is None else env
-    state = app.state
-    client = client or state.redis
-    if roles is None:
-        from examples.gateway import ROLES  # late: examples.gateway may import this module
-
-        roles = ROLES
-    cache: PermissionCache = permissions or state.permissions
-    origins = [o.strip() for o in env.get("GATEWAY_WS_ORIGINS", "").split(",") if o.strip()]
-    bridge = WebSocketBridge(
-        client=client,
-        policy=realtime_policy(),
-        authenticator=authenticator or state.authenticator,
-        permissions=cache,
-        session_permissions=_session_permissions(roles),
-        sessions=sessions or state.sessions,
-        allowed_origins=origins,
-        limits=_limits(env),
-    )
-    state.bridge = bridge
-    _open_paths(app)
-    _close_with_lifespan(app, bridge)
-    app.router.routes.append(WebSocketRoute("/ws", bridge, name="realtime"))
+    bridge, cache = gateway.bridge, gateway.permissions
+    if bridge is None or cache is None:
+        raise ValueError("the gateway needs a channel policy and a permission source")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _routes(app, bridge, client, cache)
+    _routes(app, bridge, gateway.client, cache)
     return bridge
-
-
-def _open_paths(app: FastAPI) -> None:
-    for middleware in app.user_middleware:
-        if middleware.cls is JWTMiddleware:  # type: ignore[comparison-overlap]
-            paths: tuple[str, ...] = tuple(middleware.kwargs.get("public_paths", ()))  # type: ignore[arg-type]
-            extra = tuple(p for p in REALTIME_PUBLIC_PATHS if p not in paths)
-            middleware.kwargs["public_paths"] = paths + extra
-
-
-def _close_with_lifespan(app: FastAPI, bridge: WebSocketBridge) -> None:
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app_: Any) -> AsyncIterator[Any]:
-        async with inner(app_) as value:
-            try:
-                yield value
-            finally:
-                await bridge.aclose()  # sockets first, then the client they depend on
-
-    app.router.lifespan_context = lifespan
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -238,10 +199,7 @@ def _routes(
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
-    """The example gateway with real-time messaging (``uvicorn --factory``)."""
-    from examples.gateway import create_app as create_gateway
+    """The example gateway, real-time messaging included (``uvicorn --factory``)."""
+    from examples.gateway import create_app as create_gateway  # it imports this module
 
-    env = os.environ if environ is None else environ
-    app = create_gateway(env)
-    install_realtime(app, env=env)
-    return app
+    return create_gateway(os.environ if environ is None else environ)

@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from middleware import JWTAuthenticator, JWTMiddleware, JWTSettings, JWTValidator
+from middleware import Gateway as ComposedGateway
+from middleware import JWTSettings, WebSocketSettings
 from middleware.websocket.bridge import WebSocketBridge, WebSocketLimits
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.conftest import Telemetry
@@ -39,23 +38,16 @@ OPEN_POLICY = ChannelPolicy([ChannelRule("*", subscribe=True, publish=True)])
 async def bridge_app(
     client: RedisClient, *, limits: WebSocketLimits | None = None
 ) -> AsyncIterator[tuple[Gateway, WebSocketBridge]]:
-    """Starlette + JWT middleware + the bridge with a permissive policy."""
-    bus = client.invalidation
+    """Starlette + JWT middleware + the bridge with a permissive policy (on ``/ws``)."""
     settings = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    authenticator = JWTAuthenticator(JWTValidator(settings), client=client)
-    bridge = WebSocketBridge(
-        client=client, policy=OPEN_POLICY, authenticator=authenticator, limits=limits
-    )
-    app = Starlette(
-        routes=[WebSocketRoute("/ws", bridge)],
-        middleware=[Middleware(JWTMiddleware, authenticator=authenticator)],
-    )
-    app.state.bus = bus
-    try:
-        async with serve_app(app, lifespan="off") as gateway:
-            yield gateway, bridge
-    finally:
-        await bridge.aclose()
+    websocket = WebSocketSettings(policy=OPEN_POLICY, limits=limits or WebSocketLimits())
+    composed = ComposedGateway(client, jwt=settings, websocket=websocket)
+    app = Starlette(lifespan=composed.lifespan)  # closes the bridge; the client is ours
+    composed.install(app)
+    app.state.bus = composed.bus
+    assert composed.bridge is not None
+    async with serve_app(app) as gateway:
+        yield gateway, composed.bridge
 
 
 async def test_many_sockets_on_a_channel_are_one_hub_subscription(client: RedisClient) -> None:
