@@ -14,7 +14,7 @@ Two raw baselines, both capped at the same 50 connections as ours:
   pool with our pool's semantics (callers wait for a free connection).
 
 Sessions: the raw side runs the very scripts of the session store (imported from
-:mod:`gateway_redis.sessions._scripts`, not copied) by EVALSHA through ``register_script``,
+:mod:`gateway_redis.sessions.scripts`, not copied) by EVALSHA through ``register_script``,
 on the same keys with the same arguments, so the ratio measures our overhead (ID checks,
 the call wrapper, decoding the reply into a :class:`~gateway_redis.Session`), not a
 different algorithm. Per call it does what a hand-written redis-py version must: derive
@@ -37,14 +37,14 @@ import redis.asyncio as aioredis
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
-from gateway_redis.sessions._codec import (
+from gateway_redis.sessions.codec import (
     capped_ttl_ms,
     check_user_id,
     encode_metadata,
     is_valid_id,
     slot_tag,
 )
-from gateway_redis.sessions._scripts import LIBRARY, SCRIPTS
+from gateway_redis.sessions.scripts import LIBRARY, SCRIPTS
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -268,7 +268,7 @@ DESCRIPTION = (
     "`BlockingConnectionPool(max_connections=50, timeout=5)`, the pool with our semantics "
     "(wait for a free connection). Ours: `pool_size=50`, every call under its 1.5 s "
     "deadline. Sessions: the raw side runs the same Lua scripts (imported from "
-    "`gateway_redis.sessions._scripts`) by EVALSHA with the same keys and arguments, deriving the "
+    "`gateway_redis.sessions.scripts`) by EVALSHA with the same keys and arguments, deriving the "
     "keys and a new ID per call as hand-written code must, and returns the reply undecoded; "
     "ours also checks the ID and decodes the reply into a `Session` (table below)."
 )

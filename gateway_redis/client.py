@@ -43,7 +43,7 @@ from gateway_redis.pubsub import PubSubHub, Subscription
 from gateway_redis.sessions import Session, SessionStore
 from gateway_redis.support import log_fields, ttl_milliseconds
 
-__all__ = ["ClientState", "RedisClient", "ttl_milliseconds"]
+__all__ = ["ClientState", "RedisClient"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from middleware.app import Gateway
 from middleware.appsettings import SessionSettings, WebSocketSettings
 from middleware.errors import (
+    ErrorAnswer,
     ErrorHandler,
     InvalidToken,
     MiddlewareError,
@@ -24,9 +25,15 @@ from middleware.errors import (
     ServiceUnavailable,
     ValidatorUnavailable,
     default_error_response,
+    error_answer,
 )
 from middleware.gateway import GatewayMiddleware
-from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.authenticator import (
+    Authentication,
+    JWTAuthenticator,
+    TokenRevoked,
+    parse_revoke_event,
+)
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.settings import JWTSettings
@@ -47,10 +54,16 @@ from middleware.scope import (
     get_session_handle,
 )
 from middleware.sessions.cookie import SessionCookie
-from middleware.sessions.handle import SessionHandle
+from middleware.sessions.handle import SessionData, SessionHandle
 from middleware.sessions.manager import SessionManager
 from middleware.sessions.middleware import SessionMiddleware
-from middleware.websocket.bridge import CloseCode, WebSocketBridge, WebSocketLimits, WebSocketStats
+from middleware.websocket.bridge import (
+    CloseCode,
+    SessionPermissions,
+    WebSocketBridge,
+    WebSocketLimits,
+    WebSocketStats,
+)
 from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
 
 __all__ = [
@@ -59,6 +72,7 @@ __all__ = [
     "ChannelPolicy",
     "ChannelRule",
     "CloseCode",
+    "ErrorAnswer",
     "ErrorHandler",
     "Gateway",
     "GatewayMiddleware",
@@ -79,13 +93,16 @@ __all__ = [
     "Rule",
     "ServiceUnavailable",
     "SessionCookie",
+    "SessionData",
     "SessionHandle",
     "SessionManager",
     "SessionMiddleware",
+    "SessionPermissions",
     "SessionSettings",
     "StaticPrincipal",
     "StaticRolePermissions",
     "TokenClaims",
+    "TokenRevoked",
     "TokenValidator",
     "ValidatorUnavailable",
     "WebSocketBridge",
@@ -93,11 +110,13 @@ __all__ = [
     "WebSocketSettings",
     "WebSocketStats",
     "default_error_response",
+    "error_answer",
     "get_claims",
     "get_claims_or_none",
     "get_permission_context",
     "get_session",
     "get_session_handle",
+    "parse_revoke_event",
     "permission_granted",
     "require_permissions",
 ]

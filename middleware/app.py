@@ -17,13 +17,13 @@ What it builds, once, in :meth:`Gateway.__init__`: the :class:`JWTAuthenticator`
 :class:`PermissionCache` (if a permission source is given), the :class:`SessionManager` on
 the client's one session store, configured with the session settings' lifetimes (if
 session settings are given) and the :class:`WebSocketBridge` (if a channel policy is
-given), all on the same client, whose invalidation bus keeps their L1 caches coherent. They are exposed (:attr:`Gateway.authenticator`...) for routes and FastAPI dependencies.
+given), all on the same client, whose invalidation bus keeps their L1 caches coherent.
+They are exposed (:attr:`Gateway.authenticator`...) for routes and FastAPI dependencies.
 
 Lifecycle (:meth:`Gateway.lifespan`, one per Gateway): start the client (which starts its
 invalidation bus) and the pub/sub hub's liveness check; on the way out close the bridge
 (1001 to every socket) while Redis is still there, then the client if the Gateway created
-it (which closes the bus). A client
-passed in is the caller's to close (STYLE rule 4).
+it (which closes the bus). A client passed in is the caller's to close (STYLE rule 4).
 
 The Gateway is optional: every component it builds keeps its public constructor, for
 applications that need another arrangement.

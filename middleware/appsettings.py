@@ -15,7 +15,7 @@ from middleware.sessions.middleware import DEFAULT_COOKIE
 from middleware.websocket.bridge import SessionPermissions, WebSocketLimits
 from middleware.websocket.channels import ChannelPolicy
 
-__all__ = ["SessionSettings", "WebSocketSettings", "path_patterns"]
+__all__ = ["SessionSettings", "WebSocketSettings"]
 
 
 def path_patterns(name: str, value: Iterable[str]) -> tuple[str, ...]:

@@ -31,10 +31,9 @@ if TYPE_CHECKING:
     from middleware.rbac.middleware import PermissionContext
     from middleware.sessions.handle import SessionHandle
 
+# The *_KEY constants are the scope keys the middleware write (see the table above); they
+# are importable for the package's own modules, while applications use the accessors.
 __all__ = [
-    "CLAIMS_KEY",
-    "PERMISSIONS_KEY",
-    "SESSION_KEY",
     "get_claims",
     "get_claims_or_none",
     "get_permission_context",

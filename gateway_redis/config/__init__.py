@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from gateway_redis.config._env import parse_duration
-from gateway_redis.config._url import Topology, parse_addresses
+from gateway_redis.config._url import Topology
 from gateway_redis.config.settings import (
     PoolLimits,
     RedisConfig,
@@ -29,6 +29,5 @@ __all__ = [
     "TLSSettings",
     "Timeouts",
     "Topology",
-    "parse_addresses",
     "parse_duration",
 ]

@@ -14,7 +14,7 @@ of the user's session IDs), for tools that need to know which slot holds them.
 
 from __future__ import annotations
 
-from gateway_redis.sessions._codec import Session, slot_tag
+from gateway_redis.sessions.codec import Session, slot_tag
 from gateway_redis.sessions.events import (
     SessionDropped,
     SessionEvent,

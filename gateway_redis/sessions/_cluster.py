@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from gateway_redis.sessions._scripts import Scripts
+    from gateway_redis.sessions.scripts import Scripts
 
 __all__ = ["SingleKeySteps"]
 

@@ -20,7 +20,7 @@ the Redis server's clock (``TIME``), so instances with skewed clocks agree.
 On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
 listing, "log out everywhere") run as single-key steps instead, so that they keep working
 while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
-invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions._scripts`.
+invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions.scripts`.
 
 After each change that may leave a cached copy wrong (update, delete, regenerate, log out
 everywhere) the store publishes a session event on its client's invalidation bus
@@ -41,7 +41,7 @@ from redis import exceptions as rexc
 from gateway_redis._translate import is_wrong_type
 from gateway_redis.errors import CommandError, SessionNotFound
 from gateway_redis.sessions._cluster import SingleKeySteps
-from gateway_redis.sessions._codec import (
+from gateway_redis.sessions.codec import (
     Session,
     as_text,
     capped_ttl_ms,
@@ -52,7 +52,6 @@ from gateway_redis.sessions._codec import (
     sha256_hex,
     slot_tag,
 )
-from gateway_redis.sessions._scripts import Scripts
 from gateway_redis.sessions.events import (
     SessionEventHandler,
     publish,
@@ -60,6 +59,7 @@ from gateway_redis.sessions.events import (
     subscribe,
     user_sessions_dropped,
 )
+from gateway_redis.sessions.scripts import Scripts
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:

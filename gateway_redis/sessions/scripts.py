@@ -2,7 +2,8 @@
 
 Every script is fixed source (never built from input) and names all its keys in
 ``KEYS``; times come from the Redis server's clock (``TIME``), so instances with skewed
-clocks agree. :class:`Scripts` runs them by EVALSHA, loading each one once.
+clocks agree. :class:`Scripts` runs them by EVALSHA, loading each one once. Public (by
+module path, not re-exported) so that tools and the benchmarks run the very same steps.
 """
 
 from __future__ import annotations

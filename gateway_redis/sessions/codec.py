@@ -2,6 +2,8 @@
 :class:`Session` value decoded from a stored hash.
 
 Nothing here talks to Redis. :mod:`gateway_redis.sessions.store` describes the key layout.
+Public (by module path, not re-exported) so that tools, other services and the benchmarks
+read and write sessions exactly as the store does.
 """
 
 from __future__ import annotations
