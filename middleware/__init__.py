@@ -28,9 +28,9 @@ from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
-from middleware.rbac.permissions import (
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import (
     CallablePermissions,
-    PermissionCache,
     PermissionSource,
     StaticRolePermissions,
     permission_granted,
@@ -42,6 +42,7 @@ from middleware.scope import (
     get_session,
     get_session_handle,
 )
+from middleware.sessions.backend import SessionBackend
 from middleware.sessions.cookie import SessionCookie
 from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
@@ -73,6 +74,7 @@ __all__ = [
     "RBACMiddleware",
     "Rule",
     "ServiceUnavailable",
+    "SessionBackend",
     "SessionCookie",
     "SessionHandle",
     "SessionManager",

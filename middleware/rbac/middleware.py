@@ -47,7 +47,8 @@ from middleware.errors import (
     default_error_response,
 )
 from middleware.jwt.claims import TokenClaims
-from middleware.rbac.permissions import PermissionCache, check_permission, permission_granted
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
 from middleware.telemetry import ATTR_RBAC_RESULT
 
