@@ -61,7 +61,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class Rule:
     """Requests to ``path`` (a :class:`~middleware._paths.PathPattern`: ``{id}`` or ``*`` is
     one segment, a final ``**`` is any remainder) with one of ``methods`` (``"*"`` = any;
-    WebSocket handshakes count as ``GET``) need every one of ``permissions``."""
+    WebSocket handshakes count as ``GET``) need every one of ``permissions``. A rule for
+    ``GET`` covers ``HEAD`` too: routers answer ``HEAD`` with the ``GET`` endpoint."""
 
     path: str
     permissions: tuple[str, ...]
@@ -79,6 +80,8 @@ class Rule:
         method_set = frozenset(m.upper() for m in methods)
         if not method_set:
             raise ValueError("methods must not be empty")
+        if "GET" in method_set:
+            method_set |= {"HEAD"}
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "permissions", required)
         object.__setattr__(self, "methods", method_set)
