@@ -38,6 +38,7 @@ from gateway_redis.sessions import (
     id_digest,
     slot_tag,
 )
+from gateway_redis.support import check_seconds
 from middleware import InvalidToken, TokenClaims
 from middleware.jwt.claims import build_claims
 
@@ -48,10 +49,10 @@ _ID_TAIL = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_
 _HEX = set("0123456789abcdef")
 
 
-def _seconds(value: float | timedelta) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not 0 < seconds <= 400 * 86400:
-        raise ValueError(f"a lifetime must be in (0, 400 days], got {value!r}")
+def _seconds(name: str, value: float | timedelta) -> float:
+    seconds = check_seconds(name, value)
+    if seconds > 400 * 86400:
+        raise ValueError(f"{name} must be at most 400 days, got {value!r}")
     return seconds
 
 
@@ -113,8 +114,10 @@ class MemorySessionStore:
         idle_timeout: float | timedelta | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._ttl_ms = round(_seconds(default_ttl) * 1000)
-        self._idle_ms = 0 if idle_timeout is None else round(_seconds(idle_timeout) * 1000)
+        self._ttl_ms = round(_seconds("default_ttl", default_ttl) * 1000)
+        self._idle_ms = (
+            0 if idle_timeout is None else round(_seconds("idle_timeout", idle_timeout) * 1000)
+        )
         self._clock = clock
         self._records: dict[str, _Record] = {}
         self._handlers: list[SessionEventHandler] = []
@@ -135,7 +138,7 @@ class MemorySessionStore:
         self._enter("create")
         user_id = _check_user(user_id)
         written, _ = _encode({} if metadata is None else metadata)
-        ttl_ms = self._ttl_ms if ttl is None else round(_seconds(ttl) * 1000)
+        ttl_ms = self._ttl_ms if ttl is None else round(_seconds("ttl", ttl) * 1000)
         now = self._now_ms()
         session_id = f"{slot_tag(user_id)}.{secrets.token_urlsafe(32)}"
         self._records[session_id] = _Record(user_id, now, now, now + ttl_ms, written)
