@@ -28,20 +28,16 @@ from middleware.errors import (
     error_answer,
 )
 from middleware.gateway import GatewayMiddleware
-from middleware.jwt.authenticator import (
-    Authentication,
-    JWTAuthenticator,
-    TokenRevoked,
-    parse_revoke_event,
-)
+from middleware.jwt.authenticator import Authentication, JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
+from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
-from middleware.rbac.permissions import (
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import (
     CallablePermissions,
-    PermissionCache,
     PermissionSource,
     StaticRolePermissions,
     permission_granted,
@@ -53,6 +49,7 @@ from middleware.scope import (
     get_session,
     get_session_handle,
 )
+from middleware.sessions.backend import SessionBackend
 from middleware.sessions.cookie import SessionCookie
 from middleware.sessions.handle import SessionData, SessionHandle
 from middleware.sessions.manager import SessionManager
@@ -92,6 +89,7 @@ __all__ = [
     "RBACMiddleware",
     "Rule",
     "ServiceUnavailable",
+    "SessionBackend",
     "SessionCookie",
     "SessionData",
     "SessionHandle",

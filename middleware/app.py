@@ -49,7 +49,8 @@ from middleware.jwt.middleware import JWTMiddleware
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.rbac.middleware import RBACMiddleware, Rule
-from middleware.rbac.permissions import PermissionCache, PermissionSource, StaticRolePermissions
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import PermissionSource, StaticRolePermissions
 from middleware.sessions.manager import SessionManager
 from middleware.sessions.middleware import SessionMiddleware
 from middleware.websocket.bridge import WebSocketBridge

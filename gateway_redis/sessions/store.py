@@ -40,6 +40,7 @@ from redis import exceptions as rexc
 
 from gateway_redis._translate import is_wrong_type
 from gateway_redis.errors import CommandError, SessionNotFound
+from gateway_redis.localcache import LocalCache
 from gateway_redis.sessions._cluster import SingleKeySteps
 from gateway_redis.sessions.codec import (
     Session,
@@ -138,6 +139,11 @@ class SessionStore:
         it is sent). Returns a function that removes the handler."""
 
         return subscribe(self._client.invalidation, handler)
+
+    def local_cache(self, name: str, *, maxsize: int, ttl: float) -> LocalCache[Any, Any]:
+        """A new in-process cache of these sessions (``ttl`` in seconds): one of the client's
+        invalidation bus, flushed and bypassed while :meth:`on_change` might miss events."""
+        return self._client.invalidation.local_cache(name, maxsize=maxsize, ttl=ttl)
 
     # -- public API -----------------------------------------------------------------------
 

@@ -21,8 +21,12 @@ valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until the token's
 active list whenever the client's invalidation bus resyncs. Every instance mirrors active
 revocations in memory until their ``exp``, so a known-revoked token stays rejected while
 Redis is down. A revocation is broadcast on the bus (namespace ``jwt``) as a
-:class:`TokenRevoked` event, read by :func:`parse_revoke_event` only; other components
-follow revocations through :meth:`JWTAuthenticator.on_revoked`.
+:class:`~middleware.jwt.revocation.TokenRevoked` event
+(:mod:`middleware.jwt.revocation`); other components follow revocations through
+:meth:`JWTAuthenticator.on_revoked`.
+
+With ``client=None`` it works in this process only (L1, the negative cache, the mirror;
+no L2, no Redis denylist; see :mod:`middleware._local`): for unit tests and tools.
 """
 
 from __future__ import annotations
@@ -33,50 +37,25 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from gateway_redis.authstore import ClaimsStore, RevocationStore
 from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
+from middleware._local import Invalidation, LocalInvalidation
 from middleware.errors import InvalidToken
 from middleware.jwt.claims import TokenClaims
+from middleware.jwt.revocation import RevocationMirror, TokenRevoked, parse_revoke_event
 from middleware.jwt.validator import TokenValidator
 
-__all__ = [
-    "Authentication",
-    "AuthenticationPin",
-    "JWTAuthenticator",
-    "TokenRevoked",
-    "parse_revoke_event",
-]
+__all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator"]
 
 _log = logging.getLogger(__name__)
 _NS = "jwt"
 # Verdicts that may change with time or key rotation are not worth remembering.
 _UNCACHEABLE_REASONS = frozenset({"not_yet_valid", "unknown_kid"})
-
-
-class TokenRevoked(TypedDict):
-    """The bus event of a revocation: tokens with this ``iss`` and ``jti`` are revoked
-    until ``exp`` (epoch seconds). Wire shape: ``{"op": "revoke", "iss", "jti", "exp"}``."""
-
-    op: Literal["revoke"]
-    iss: str
-    jti: str
-    exp: float
-
-
-def parse_revoke_event(event: Mapping[str, Any]) -> TokenRevoked | None:
-    """``event`` (a ``jwt`` event from the bus) as a :class:`TokenRevoked`, or None when it
-    is not one this version understands (ignored)."""
-    if event.get("op") != "revoke":
-        return None
-    iss, jti, exp = event.get("iss"), event.get("jti"), event.get("exp")
-    if isinstance(iss, str) and isinstance(jti, str) and isinstance(exp, (int, float)):
-        return {"op": "revoke", "iss": iss, "jti": jti, "exp": float(exp)}
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,19 +107,22 @@ class JWTAuthenticator:
     """Validates tokens through L1, L2 and ``validator``; revokes them on every instance.
 
     ``client`` is the shared Redis client (not owned): L2 and the denylist live there, and
-    its invalidation bus keeps L1 coherent. ``l1_ttl`` / ``l2_ttl`` (seconds) cap how long
-    verified claims are cached (never past ``exp``); ``negative_ttl`` is how long a rejected
-    token is remembered in L1; ``*_maxsize`` bound the caches. ``max_token_bytes`` rejects longer
-    tokens before hashing. ``max_revocation_lifetime`` (seconds) is how long a revocation
-    given as ``(iss, jti)`` without ``expires_at`` lasts. All arguments are validated
-    (``ValueError``). Holds no per-request state.
+    its invalidation bus keeps L1 coherent. ``client=None`` (given explicitly: leaving it
+    out is an error, so that no deployment silently loses cross-instance revocation) means
+    in process only: no L2 and no denylist in Redis; revocations are mirrored here and
+    reach this authenticator's :meth:`on_revoked` callbacks only. ``l1_ttl`` / ``l2_ttl``
+    (seconds) cap how long verified claims are cached (never past ``exp``); ``negative_ttl``
+    is how long a rejected token is remembered in L1; ``*_maxsize`` bound the caches.
+    ``max_token_bytes`` rejects longer tokens before hashing. ``max_revocation_lifetime``
+    (seconds) is how long a revocation given as ``(iss, jti)`` without ``expires_at`` lasts.
+    All arguments are validated (``ValueError``). Holds no per-request state.
     """
 
     def __init__(
         self,
         validator: TokenValidator,
         *,
-        client: RedisClient,
+        client: RedisClient | None,
         l1_ttl: float = 60.0,
         l1_maxsize: int = 10_000,
         l2_ttl: float = 300.0,
@@ -154,7 +136,8 @@ class JWTAuthenticator:
             raise ValueError("max_token_bytes must be a positive int")
         self._validator = validator
         self._client = client
-        self._bus = bus = client.invalidation
+        bus: Invalidation = client.invalidation if client is not None else LocalInvalidation()
+        self._bus = bus
         self._fingerprint = validator.fingerprint.encode()
         self._l2_ttl = _check_seconds("l2_ttl", l2_ttl)
         self._max_revocation = _check_seconds("max_revocation_lifetime", max_revocation_lifetime)
@@ -167,10 +150,14 @@ class JWTAuthenticator:
             maxsize=negative_maxsize,
             ttl=_check_seconds("negative_ttl", negative_ttl),
         )
-        self._revoked: dict[tuple[str, str], float] = {}
-        self._prune_at = 1024
-        self._denylist = RevocationStore(self._client)
-        self._claims_store = ClaimsStore(self._client, self._denylist)
+        self._mirror = RevocationMirror(clock)
+        self._revoked = self._mirror.entries  # the same dict for life: read on the hot path
+        # None in process-only mode (client=None): the cold path checks, where it awaits.
+        self._denylist: RevocationStore | None = None
+        self._claims_store: ClaimsStore | None = None
+        if client is not None:
+            self._denylist = RevocationStore(client)
+            self._claims_store = ClaimsStore(client, self._denylist)
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_revocations)
 
@@ -178,6 +165,11 @@ class JWTAuthenticator:
     def validator(self) -> TokenValidator:
         """The validator behind the caches."""
         return self._validator
+
+    @property
+    def client(self) -> RedisClient | None:
+        """The Redis client of L2 and the denylist; None in process-only mode."""
+        return self._client
 
     # -- authentication ----------------------------------------------------------------
 
@@ -262,10 +254,16 @@ class JWTAuthenticator:
         return claims.jti is not None and (claims.iss, claims.jti) in self._revoked
 
     async def _resolve(self, token: str, digest: str, now: float) -> Authentication:
+        claims_store = self._claims_store
+        if claims_store is None:  # in process only: the validator and the mirror
+            verified = await self._validator.validate(token)
+            if self.is_revoked(verified):
+                raise InvalidToken("revoked")
+            return Authentication(verified, "validator", False)
         degraded = False
         claims: TokenClaims | None = None
         try:
-            raw = await self._claims_store.get(digest)
+            raw = await claims_store.get(digest)
         except RedisUnavailable:
             raw, degraded = None, True
         except Exception as exc:  # an odd reply (WRONGTYPE...) is a miss, never a 500
@@ -293,10 +291,13 @@ class JWTAuthenticator:
         if self.is_revoked(claims):
             raise InvalidToken("revoked")
         if not degraded:
-            degraded = await self._check_denylist(claims, digest if source == "validator" else None)
+            store_at = digest if source == "validator" else None
+            degraded = await self._check_denylist(claims_store, claims, store_at)
         return Authentication(claims, source, degraded)
 
-    async def _check_denylist(self, claims: TokenClaims, store_at: str | None) -> bool:
+    async def _check_denylist(
+        self, claims_store: ClaimsStore, claims: TokenClaims, store_at: str | None
+    ) -> bool:
         """Ask Redis whether ``claims`` is revoked (and store it in L2 under the digest
         ``store_at``); True if Redis failed."""
         ttl_ms = int((min(self._l2_ttl, claims.exp - self._clock())) * 1000)
@@ -307,7 +308,7 @@ class JWTAuthenticator:
         if deny is None and store is None:
             return False
         try:
-            revoked = await self._claims_store.check(deny, store)
+            revoked = await claims_store.check(deny, store)
         except GatewayRedisError:
             return True
         except Exception as exc:
@@ -333,7 +334,8 @@ class JWTAuthenticator:
         ``(iss, jti)`` pair (lasting until ``expires_at``, epoch seconds, default now +
         ``max_revocation_lifetime``). This instance rejects the token at once, even if
         Redis is down; then the denylist entry is written, confirmed by a replica when the
-        primary has one, and the event broadcast. Raises :class:`RedisUnavailable` when
+        primary has one, and the event broadcast (in process-only mode: mirrored and
+        announced here only). Raises :class:`RedisUnavailable` when
         that could not be done (``reason="unconfirmed"``: no replica acknowledged; the
         revocation then holds on this instance only), :class:`InvalidToken` for a token
         that is not valid for another reason than having expired or being revoked
@@ -359,7 +361,8 @@ class JWTAuthenticator:
         if exp <= now:
             return
         self._remember(iss, jti, exp)  # applies here even when the write below fails
-        await self._denylist.revoke(iss, jti, exp, now)
+        if self._denylist is not None:
+            await self._denylist.revoke(iss, jti, exp, now)
         event: TokenRevoked = {"op": "revoke", "iss": iss, "jti": jti, "exp": exp}
         await self._bus.publish(_NS, event)
 
@@ -377,14 +380,8 @@ class JWTAuthenticator:
 
     def _remember(self, iss: str, jti: str, exp: float) -> None:
         """Mirror a revocation and drop any L1 entry it concerns."""
-        pair = (iss, jti)
-        if self._revoked.get(pair, 0.0) < exp:
-            self._revoked[pair] = exp
+        pair = self._mirror.add(iss, jti, exp)
         self._l1.discard_where(lambda _k, entry: entry.revocation == pair)
-        if len(self._revoked) >= self._prune_at:
-            now = self._clock()
-            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
-            self._prune_at = max(1024, 2 * len(self._revoked))
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         revoked = parse_revoke_event(event)
@@ -392,6 +389,9 @@ class JWTAuthenticator:
             self._remember(revoked["iss"], revoked["jti"], revoked["exp"])
 
     async def _reload_revocations(self) -> None:
-        """Resync hook: reload every active revocation from Redis into the mirror."""
+        """Resync hook (only registered on a client's bus): reload every active
+        revocation from Redis into the mirror."""
+        if self._denylist is None:
+            return
         for revocation in await self._denylist.active(self._clock()):
             self._remember(revocation.iss, revocation.jti, revocation.exp)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
-from middleware.rbac.permissions import (
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import (
     CallablePermissions,
-    PermissionCache,
     PermissionSource,
     StaticRolePermissions,
     permission_granted,

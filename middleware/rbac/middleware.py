@@ -47,7 +47,8 @@ from middleware.errors import (
     default_error_response,
 )
 from middleware.jwt.claims import TokenClaims
-from middleware.rbac.permissions import PermissionCache, check_permission, permission_granted
+from middleware.rbac.permissions import PermissionCache
+from middleware.rbac.sources import check_permission, permission_granted
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, get_permission_context
 from middleware.telemetry import ATTR_RBAC_RESULT
 
@@ -60,7 +61,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class Rule:
     """Requests to ``path`` (a :class:`~middleware._paths.PathPattern`: ``{id}`` or ``*`` is
     one segment, a final ``**`` is any remainder) with one of ``methods`` (``"*"`` = any;
-    WebSocket handshakes count as ``GET``) need every one of ``permissions``."""
+    WebSocket handshakes count as ``GET``) need every one of ``permissions``. A rule for
+    ``GET`` covers ``HEAD`` too: routers answer ``HEAD`` with the ``GET`` endpoint."""
 
     path: str
     permissions: tuple[str, ...]
@@ -78,6 +80,8 @@ class Rule:
         method_set = frozenset(m.upper() for m in methods)
         if not method_set:
             raise ValueError("methods must not be empty")
+        if "GET" in method_set:
+            method_set |= {"HEAD"}
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "permissions", required)
         object.__setattr__(self, "methods", method_set)

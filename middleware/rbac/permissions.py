@@ -1,25 +1,27 @@
-"""Where permissions come from, and how they are cached (L1 + L2, policy-versioned).
+"""How permissions are cached (L1 + L2, policy-versioned): :class:`PermissionCache`.
 
-A :class:`PermissionSource` maps a verified principal (:class:`TokenClaims`) to permission
-strings such as ``"orders:read"``. Granted permissions may use wildcards: ``"orders:*"``
-grants every permission under ``orders:`` and ``"*"`` grants everything.
-
-:class:`PermissionCache` sits in front of a *cacheable* source (one whose answer depends
-only on the subject, such as a database lookup): L1 in process, then L2 in Redis at
+:class:`PermissionCache` sits in front of a *cacheable*
+:class:`~middleware.rbac.sources.PermissionSource` (one whose answer depends only on the
+subject, such as a database lookup): L1 in process, then L2 in Redis at
 ``<prefix>rbac:<policy version>:<sha256(subject)>``, then the source. Both tiers have a hard
 TTL (default 60 s: an invalidation sent over pub/sub can be lost). The policy version lives
 in Redis (``<prefix>rbac:policy-version``), is mirrored in memory and re-read whenever the
 invalidation bus resyncs; :meth:`PermissionCache.bump_policy_version` and
 :meth:`PermissionCache.invalidate` take effect on every instance through the bus. When
 Redis is down the source is asked directly, every time.
+
+Built with ``client=None`` the cache works in this process only: L1 and a policy version
+held in memory (starting at 0), no L2, and invalidations reach this process only
+(:class:`middleware._local.LocalInvalidation`). That is for unit tests and single-process
+tools: instances built so do not hear each other.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from gateway_redis import telemetry
 from gateway_redis.authstore import PermissionStore
@@ -27,18 +29,12 @@ from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError
 from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
+from middleware._local import Invalidation, LocalInvalidation
 from middleware.errors import ServiceUnavailable
 from middleware.jwt.claims import TokenClaims
+from middleware.rbac.sources import PermissionSource
 
-__all__ = [
-    "CallablePermissions",
-    "PermissionCache",
-    "PermissionPin",
-    "PermissionSource",
-    "StaticRolePermissions",
-    "check_permission",
-    "permission_granted",
-]
+__all__ = ["PermissionCache", "PermissionPin"]
 
 _log = logging.getLogger(__name__)
 _RESULT = {
@@ -46,117 +42,6 @@ _RESULT = {
 }
 _L1_HIT = _RESULT["l1"]
 _NS = "rbac"
-
-
-def permission_granted(granted: Collection[str], required: str) -> bool:
-    """Whether ``granted`` (which may hold ``"x:*"`` and ``"*"``) covers ``required``."""
-    if required in granted or "*" in granted:
-        return True
-    parts = required.split(":")
-    return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
-
-
-def check_permission(value: object) -> str:
-    """``value`` if it is a valid permission string; raises ``ValueError`` otherwise."""
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ValueError(f"permissions must be non-empty strings without spaces: {value!r}")
-    return value
-
-
-class PermissionSource(Protocol):
-    """Something that knows a principal's permissions.
-
-    ``cacheable`` is True when the answer depends only on ``claims.sub`` (and the policy
-    version), so it may be cached per subject; False when it is computed from the token
-    itself (then it is recomputed on every request, which must be cheap).
-    """
-
-    @property
-    def cacheable(self) -> bool:
-        """Whether results may be cached by subject."""
-        ...
-
-    async def permissions(self, claims: TokenClaims) -> Collection[str]:
-        """The permissions of the principal; raise to signal the source is unavailable."""
-        ...
-
-    # Optional: ``permissions_now(claims) -> Collection[str]``, the same answer computed
-    # synchronously without I/O (an in-process table). A source that is not cacheable but
-    # has it is asked through it on the hot path, with no await and no span.
-
-
-class StaticRolePermissions:
-    """Permissions from a fixed role -> permissions map; roles come from a token claim.
-
-    ``claim`` names the claim holding the roles (a list of strings, or one string);
-    ``"roles"`` by default. Unknown roles grant nothing. Not cacheable: a dictionary lookup
-    is cheaper than any cache, and two tokens of one subject may carry different roles.
-    """
-
-    cacheable = False
-
-    def __init__(self, roles: Mapping[str, Iterable[str]], *, claim: str = "roles") -> None:
-        if not isinstance(claim, str) or not claim:
-            raise ValueError("claim must be a non-empty string")
-        table: dict[str, frozenset[str]] = {}
-        for role, granted in roles.items():
-            if not isinstance(role, str) or not role or isinstance(granted, str):
-                raise ValueError("roles must map role names to collections of permissions")
-            table[role] = frozenset(check_permission(p) for p in granted)
-        self._roles = table
-        self._claim = claim
-        self._memo: dict[Any, frozenset[str]] = {}
-
-    async def permissions(self, claims: TokenClaims) -> frozenset[str]:
-        """The union of the permissions of the principal's roles."""
-        return self.permissions_now(claims)
-
-    def permissions_now(self, claims: TokenClaims) -> frozenset[str]:
-        """:meth:`permissions`, synchronously (memoized per distinct set of roles)."""
-        roles: Any = claims.roles if self._claim == "roles" else claims.raw.get(self._claim, ())
-        try:
-            found = self._memo.get(roles)
-        except TypeError:  # an unhashable claim value: grants nothing, computed anyway
-            return self._union(roles)
-        if found is None:
-            found = self._union(roles)
-            if len(self._memo) >= 1024:
-                self._memo.clear()
-            self._memo[roles] = found
-        return found
-
-    def _union(self, roles: Any) -> frozenset[str]:
-        if isinstance(roles, str):
-            roles = (roles,)
-        granted: set[str] = set()
-        for role in roles if isinstance(roles, (tuple, list)) else ():
-            found = self._roles.get(role) if isinstance(role, str) else None
-            if found:
-                granted |= found
-        return frozenset(granted)
-
-
-class CallablePermissions:
-    """Permissions from an async callable ``lookup(subject) -> iterable of permissions``.
-
-    For a database or a policy service. ``cacheable`` (default True) lets
-    :class:`PermissionCache` keep the result per subject.
-    """
-
-    def __init__(
-        self,
-        lookup: Callable[[str], Awaitable[Iterable[str]]],
-        *,
-        cacheable: bool = True,
-    ) -> None:
-        if not callable(lookup):
-            raise ValueError("lookup must be an async callable")
-        self._lookup = lookup
-        self.cacheable = bool(cacheable)
-
-    async def permissions(self, claims: TokenClaims) -> frozenset[str]:
-        """``lookup(claims.sub)`` as a frozenset."""
-        return frozenset(check_permission(p) for p in await self._lookup(claims.sub))
 
 
 class PermissionPin:
@@ -183,7 +68,10 @@ class PermissionCache:
     """Resolves a principal's permissions through L1, L2 and ``source``.
 
     ``client`` is the shared Redis client (not owned): L2 and the policy version live
-    there, and its invalidation bus carries cross-instance invalidation. ``ttl`` (seconds,
+    there, and its invalidation bus carries cross-instance invalidation. ``client=None``
+    (given explicitly: leaving it out is an error, so that no deployment silently loses
+    cross-instance invalidation) means in process only: L1 and the policy version live
+    here, invalidations and version bumps reach this cache only. ``ttl`` (seconds,
     default 60) is the hard lifetime of cached permissions in both tiers; ``maxsize``
     bounds L1. Sources that are not ``cacheable`` are asked every time.
     """
@@ -192,7 +80,7 @@ class PermissionCache:
         self,
         source: PermissionSource,
         *,
-        client: RedisClient,
+        client: RedisClient | None,
         ttl: float = 60.0,
         maxsize: int = 10_000,
     ) -> None:
@@ -203,11 +91,14 @@ class PermissionCache:
             source, "permissions_now", None
         )
         self._client = client
-        self._bus = bus = client.invalidation
+        bus: Invalidation = client.invalidation if client is not None else LocalInvalidation()
+        self._bus = bus
         self._ttl_ms = max(1, int(ttl * 1000))
         self._l1 = bus.local_cache("rbac", maxsize=maxsize, ttl=float(ttl))
-        self._version: int | None = None
-        self._store = PermissionStore(self._client)
+        # None in process-only mode: the cold path checks, where it awaits. The version
+        # then lives here only, known from the start.
+        self._store = PermissionStore(client) if client is not None else None
+        self._version: int | None = None if client is not None else 0
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_version)
 
@@ -215,6 +106,11 @@ class PermissionCache:
     def source(self) -> PermissionSource:
         """The permission source."""
         return self._source
+
+    @property
+    def client(self) -> RedisClient | None:
+        """The Redis client of L2 and the policy version; None in process-only mode."""
+        return self._client
 
     @property
     def cacheable(self) -> bool:
@@ -274,11 +170,19 @@ class PermissionCache:
             _L1_HIT.value += 1
             return hit[1]
         generation = self._l1.generation
+        store = self._store
+        if store is None:  # in process only: the source, remembered in L1
+            _RESULT["miss"].value += 1
+            version = self._version
+            answer = await self._ask(claims)
+            if version == self._version:
+                self._l1.set(subject, (version, answer), generation=generation)
+            return answer
         version = self._version if self._bus.healthy else None
         try:
             if version is None:
-                version = await self._read_version()
-            raw = await self._store.get(version, subject)
+                version = await store.version()
+            raw = await store.get(version, subject)
         except GatewayRedisError:
             _RESULT["bypass"].value += 1
             return await self._ask(claims)  # Redis down: the source, uncached
@@ -296,7 +200,7 @@ class PermissionCache:
             granted = await self._ask(claims)
             data = json.dumps(sorted(granted))
             try:
-                await self._store.put(version, subject, data, self._ttl_ms)
+                await store.put(version, subject, data, self._ttl_ms)
             except Exception as exc:  # the answer is still good; it just is not shared
                 _log.debug(
                     "permission cache write failed: %s",
@@ -317,14 +221,16 @@ class PermissionCache:
             raise TypeError("subject must be a string")
         self._l1.delete(subject)
         # Removing permissions protects security: confirmed by a replica when there is one.
-        await self._store.remove(await self._read_version(), subject)
+        if self._store is not None:
+            await self._store.remove(await self._store.version(), subject)
         await self._bus.publish(_NS, {"op": "subject", "subject": subject})
 
     async def bump_policy_version(self) -> int:
         """Start a new policy version: every cached permission set on every instance is
         dropped. Returns the new version. Raises :class:`~gateway_redis.RedisUnavailable`.
         """
-        version = await self._store.bump_version()
+        store = self._store
+        version = await store.bump_version() if store is not None else (self._version or 0) + 1
         self._set_version(version)
         await self._bus.publish(_NS, {"op": "version", "version": version})
         return version
@@ -356,11 +262,10 @@ class PermissionCache:
             return None
         return frozenset(value)
 
-    async def _read_version(self) -> int:
-        return await self._store.version()
-
     async def _reload_version(self) -> None:
-        self._set_version(await self._read_version())
+        """Resync hook (only registered on a client's bus): re-read the policy version."""
+        if self._store is not None:
+            self._set_version(await self._store.version())
 
     def _set_version(self, version: int) -> None:
         if version != self._version:

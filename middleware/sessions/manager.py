@@ -1,10 +1,11 @@
 """Sessions through an L1 cache kept coherent by the invalidation bus.
 
-:class:`SessionManager` wraps its client's session store (``client.sessions``): reads come
-from L1 when possible. The store publishes every change that may leave a copy wrong
-(update, delete, regenerate, log out everywhere; made through the manager or not, e.g.
-``client.delete_session(...)`` from an admin tool) on the client's invalidation bus, and
-the manager only listens (:meth:`SessionStore.on_change
+:class:`SessionManager` wraps its client's session store (``client.sessions``), or any
+other :class:`~middleware.sessions.backend.SessionBackend` (an in-memory one in unit
+tests): reads come from L1 when possible. The store publishes every change that may leave
+a copy wrong (update, delete, regenerate, log out everywhere; made through the manager or
+not, e.g. ``client.delete_session(...)`` from an admin tool) on the client's invalidation
+bus, and the manager only listens (:meth:`SessionStore.on_change
 <gateway_redis.sessions.SessionStore.on_change>`), dropping the affected L1 entries on
 every instance. L1 entries never outlive the session's absolute or idle expiry.
 
@@ -24,13 +25,8 @@ from typing import Any
 from gateway_redis import telemetry
 from gateway_redis.client import RedisClient
 from gateway_redis.localcache import Stamp
-from gateway_redis.sessions import (
-    Session,
-    SessionEvent,
-    SessionEventHandler,
-    SessionStore,
-    id_digest,
-)
+from gateway_redis.sessions import Session, SessionEvent, SessionEventHandler, id_digest
+from middleware.sessions.backend import SessionBackend
 
 __all__ = ["SessionEntry", "SessionManager", "SessionPin"]
 
@@ -86,7 +82,13 @@ class SessionManager:
     ``client`` is the shared Redis client (not owned); the manager works on its one
     session store, ``client.sessions`` (default TTL and idle timeout are the store's: see
     :meth:`RedisClient.configure_sessions <gateway_redis.RedisClient.configure_sessions>`),
-    and its invalidation bus keeps L1 coherent. ``l1_ttl`` (seconds, default 30) caps how
+    and its invalidation bus keeps L1 coherent. Instead of ``client``, ``store`` may be any
+    :class:`~middleware.sessions.backend.SessionBackend` (not owned): L1 is then the one
+    its :meth:`~middleware.sessions.backend.SessionBackend.local_cache` gives, kept
+    coherent by its events. Exactly one of the two (``ValueError``); ``client=c`` is
+    ``store=c.sessions``. Why a store seam and not ``client=None``: a manager without
+    sessions somewhere has nothing to serve, and the store already publishes its changes,
+    so it alone knows when a cache of them can be trusted. ``l1_ttl`` (seconds, default 30) caps how
     long a session is served from memory; ``maxsize`` bounds L1. ``clock`` gives epoch
     seconds (what session expiry
     is checked against). Raises what the store raises:
@@ -96,21 +98,29 @@ class SessionManager:
     def __init__(
         self,
         *,
-        client: RedisClient,
+        client: RedisClient | None = None,
+        store: SessionBackend | None = None,
         l1_ttl: float = 30.0,
         maxsize: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store = client.sessions
-        self._l1 = client.invalidation.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
+        backend: SessionBackend
+        if client is not None and store is None:
+            backend = client.sessions
+        elif store is not None and client is None:
+            backend = store
+        else:
+            raise ValueError("give exactly one of client= and store=")
+        self._store = backend
+        self._l1 = backend.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
         self._digests: dict[str, str] = {}
         self._digests_max = maxsize
         self._clock = clock
-        store.on_change(self._on_event)
+        backend.on_change(self._on_event)
 
     @property
-    def store(self) -> SessionStore:
-        """The underlying store: the client's one session store."""
+    def store(self) -> SessionBackend:
+        """The underlying store: the client's one session store, or the ``store`` given."""
         return self._store
 
     def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:

@@ -27,7 +27,8 @@ from middleware.websocket._protocol import CloseCode
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import SessionEvent, SessionStore
-    from middleware.jwt.authenticator import JWTAuthenticator, TokenRevoked
+    from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.jwt.revocation import TokenRevoked
     from middleware.websocket._connection import Connection
     from middleware.websocket.bridge import WebSocketLimits
 

@@ -185,7 +185,8 @@ class WebSocketBridge:
     to connect; ``origin_check`` ``"always"`` checks every browser handshake, ``"cookie"``
     only cookie-authenticated ones (a bearer token cannot be ridden cross-site).
     ``limits`` bounds everything. Raises ``ValueError`` for bad arguments (including a
-    ``sessions`` manager on another client). Call :meth:`aclose` at shutdown.
+    ``sessions`` manager or an ``authenticator`` on another client, or in process only).
+    Call :meth:`aclose` at shutdown.
     """
 
     def __init__(
@@ -212,6 +213,8 @@ class WebSocketBridge:
             raise ValueError("limits must be WebSocketLimits")
         if sessions is not None and sessions.store is not client.sessions:
             raise ValueError("sessions must be a SessionManager on the same client")
+        if authenticator is not None and authenticator.client is not client:
+            raise ValueError("authenticator must be a JWTAuthenticator on the same client")
         bus = client.invalidation
         reserved = [client.config.key_prefix] if client.config.key_prefix else []
         reserved.append(bus.channel)

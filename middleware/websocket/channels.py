@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from middleware.rbac.permissions import check_permission, permission_granted
+from middleware.rbac.sources import check_permission, permission_granted
 
 __all__ = [
     "Access",

@@ -14,10 +14,16 @@ from starlette.applications import Starlette
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import Gateway as ComposedGateway
-from middleware import JWTSettings, WebSocketSettings
+from middleware import (
+    JWTAuthenticator,
+    JWTSettings,
+    SessionManager,
+    WebSocketSettings,
+)
 from middleware.websocket.bridge import WebSocketBridge, WebSocketLimits
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.conftest import Telemetry
+from tests.twins import MemorySessionStore, MemoryValidator
 from tests.websocket.wsutil import (
     AUDIENCE,
     ISSUER,
@@ -188,3 +194,20 @@ async def test_bridge_settings_are_validated(client: RedisClient) -> None:
     assert bridge.policy.valid_name("anything:else")
     await bridge.aclose()
     await bridge.aclose()
+
+
+async def test_bridge_refuses_components_that_would_not_hear_this_clients_events(
+    client: RedisClient,
+) -> None:
+    with pytest.raises(ValueError, match="authenticator"):
+        WebSocketBridge(
+            client=client,
+            policy=OPEN_POLICY,
+            authenticator=JWTAuthenticator(MemoryValidator(), client=None),
+        )
+    with pytest.raises(ValueError, match="sessions"):
+        WebSocketBridge(
+            client=client,
+            policy=OPEN_POLICY,
+            sessions=SessionManager(store=MemorySessionStore()),
+        )
