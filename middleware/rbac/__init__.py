@@ -1,4 +1,10 @@
-"""RBAC: permission sources, their two-tier cache, and the rule-checking middleware."""
+"""RBAC: permission sources, their two-tier cache, and the rule-checking middleware.
+
+:mod:`~middleware.rbac.permissions`: :class:`PermissionSource` and its implementations,
+:class:`PermissionCache` (L1 + L2, policy-versioned), wildcard matching;
+:mod:`~middleware.rbac.middleware`: :class:`Rule`, :class:`RBACMiddleware`,
+:class:`PermissionContext` and :func:`require_permissions`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Server-side sessions: the L1 manager, the per-request handle, the cookie and the middleware."""
+"""Server-side sessions on the ASGI side, over the client's one session store.
+
+:mod:`~middleware.sessions.manager` (:class:`SessionManager`: the store behind an L1
+cache), :mod:`~middleware.sessions.handle` (:class:`SessionHandle`, :class:`SessionData`:
+per-request state), :mod:`~middleware.sessions.cookie` (:class:`SessionCookie`) and
+:mod:`~middleware.sessions.middleware` (:class:`SessionMiddleware`).
+"""
 
 from __future__ import annotations
 
