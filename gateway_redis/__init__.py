@@ -1,8 +1,26 @@
 """gateway-redis: the Redis side of a Starlette/FastAPI gateway.
 
-One shared async client (:class:`RedisClient`) with a bounded pool, retries, fast failure
-and health state; a cache API; pub/sub with bounded per-subscriber buffers; a session
-store. Knows nothing about ASGI: see the ``middleware`` package for that.
+Knows nothing about ASGI: :mod:`middleware` is built on the public names exported here,
+and this package on redis-py. Everything below is re-exported at the top level.
+
+- :mod:`~gateway_redis.client`: :class:`RedisClient`, the one shared client (bounded pool,
+  a deadline per call, retries, fast failure, the cache API); it owns the pub/sub hub, the
+  invalidation bus and the session store, and runs confirmed writes
+  (:meth:`RedisClient.confirmed`).
+- :mod:`~gateway_redis.config`: :class:`RedisConfig`, its grouped views and ``from_env``.
+- :mod:`~gateway_redis.health`: the availability state machine and :class:`ClientState`.
+- :mod:`~gateway_redis.errors`: the error tree.
+- :mod:`~gateway_redis.pubsub`: :class:`PubSubHub` and :class:`Subscription`; its
+  ``envelope`` module is the wire format for other publishers and subscribers.
+- :mod:`~gateway_redis.invalidation` (:class:`InvalidationBus`) and
+  :mod:`~gateway_redis.localcache` (:class:`LocalCache`, the in-process L1).
+- :mod:`~gateway_redis.sessions`: :class:`SessionStore`, :class:`Session`, change events.
+- :mod:`~gateway_redis.authstore`: the Redis commands of the JWT and RBAC caches.
+- Used by their module path: :mod:`~gateway_redis.support` (log fields, task ending),
+  :mod:`~gateway_redis.telemetry`, :mod:`~gateway_redis.embedded` (a server for development
+  and tests).
+- Private: ``_driver`` (redis-py's connection machinery), ``_translate`` (redis-py's
+  errors become ours there) and ``_confirm`` (a write and its ``WAIT`` on one connection).
 """
 
 from __future__ import annotations

@@ -364,7 +364,7 @@ class RedisClient:
             raise TypeError(f"key must be str, got {type(name).__name__}")
         return self._config.key_prefix + name
 
-    # -- cache API (the Go service's semantics) ---------------------------------------
+    # -- cache API ---------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes:
         """The value stored at ``key``.
@@ -454,7 +454,8 @@ class RedisClient:
         return await self.pubsub.psubscribe(*patterns, buffer_size=buffer_size)
 
     async def unsubscribe(self, *channels: str) -> None:
-        """End every subscription of this process to ``channels`` (as the Go service does)."""
+        """End every subscription of this process to ``channels``, whoever made it; see
+        :meth:`gateway_redis.pubsub.PubSubHub.unsubscribe`."""
         await self.pubsub.unsubscribe(*channels)
 
     # -- invalidation (gateway_redis.invalidation) --------------------------------------

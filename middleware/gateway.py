@@ -30,9 +30,9 @@ else it is rebuilt from L1 or the request goes to the chain. A ticket's hits do 
 its entries up in their caches' LRU order (entries expire within their TTL anyway, 30-60 s
 by default).
 
-Measured (``python -m benchmarks.profile_hotpath``, and wrk in
-``benchmarks/results/report.md``): a warm request costs less CPU than through the three
-separate layers.
+It serves a warm request with less CPU than the three separate layers; for the measured
+ratio see the hot-path benchmark (``benchmarks/results/report.md``, "1. Gateway hot path";
+``python -m benchmarks.profile_hotpath`` for the in-process breakdown).
 
 ``rbac`` and ``sessions`` are optional: without them that layer is left out.
 """

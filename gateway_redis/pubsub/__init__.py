@@ -27,6 +27,15 @@
 The message format, for other publishers and subscribers, is
 :mod:`gateway_redis.pubsub.envelope`. Patterns are for trusted, fixed strings only: never
 build a PSUBSCRIBE pattern from user input.
+
+Modules: :mod:`~gateway_redis.pubsub.hub` (:class:`PubSubHub`),
+:mod:`~gateway_redis.pubsub.subscription` (:class:`Subscription`, :class:`Message`,
+:class:`PubSubStats`) and :mod:`~gateway_redis.pubsub.envelope` (the wire format); private:
+``_registry`` (which subscriptions are wanted and confirmed, classic and sharded alike),
+``_supervisor`` (keeping one subscriber connection alive), ``_classic`` and ``_sharded``
+(the two kinds of subscriber connection), ``_routing`` (sharded channels to nodes, following
+slot moves), ``_sentinel`` (the ``+switch-master`` watch) and ``_connection`` (the builder of
+every connection the package opens).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Server-side sessions in Redis: :class:`SessionStore` and the :class:`Session` it returns.
 
+Applications use the client's one store, ``client.sessions`` (set up once with
+``client.configure_sessions(...)``).
+
 - :mod:`~gateway_redis.sessions.store`: the store, its key layout and its guarantees;
 - :mod:`~gateway_redis.sessions.events`: the change events the store publishes on its
   client's invalidation bus (typed shapes, their parser, the ID digest they carry);
-- ``_codec``: the stored form: session IDs, slot tags, metadata encoding and the
-  :class:`Session` value decoded from a stored hash (no Redis calls);
-- ``_scripts``: the Lua scripts every write runs;
-- ``_cluster``: the single-key steps used on Redis Cluster, with their invariants.
+- :mod:`~gateway_redis.sessions.codec`: the stored form: session IDs, slot tags, metadata
+  encoding and the :class:`Session` value decoded from a stored hash (no Redis calls);
+- :mod:`~gateway_redis.sessions.scripts`: the Lua every operation runs;
+- ``_cluster`` (private): the single-key steps used on Redis Cluster, with their invariants.
 
 :func:`slot_tag` is the hash tag of a user's session keys (the first 12 characters of each
 of the user's session IDs), for tools that need to know which slot holds them.

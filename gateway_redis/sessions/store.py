@@ -77,11 +77,11 @@ _CHUNK = 256  # sessions per script call, so one call never blocks Redis for lon
 class SessionStore:
     """Sessions in Redis with absolute and optional idle expiry, safe under concurrency.
 
-    ``default_ttl`` (seconds or timedelta, default 24 h as in the Go service) is the
-    absolute lifetime of a new session. ``idle_timeout`` (seconds or timedelta, default
-    None = no idle limit) ends a session that has not been :meth:`touch`-ed for that long;
-    it is applied when sessions are read, so changing it affects existing sessions. Both
-    are capped at 400 days (``ValueError``).
+    ``default_ttl`` (seconds or timedelta, default 24 h) is the absolute lifetime of a new
+    session. ``idle_timeout`` (seconds or timedelta, default None = no idle limit) ends a
+    session that has not been :meth:`touch`-ed for that long; it is applied when sessions
+    are read, so changing it affects existing sessions. Both are capped at 400 days
+    (``ValueError``).
 
     Every call goes through :meth:`RedisClient.execute` under one deadline and raises
     :class:`~gateway_redis.RedisUnavailable` when Redis is down or does not answer.

@@ -1,5 +1,14 @@
-"""JWT: token validation (no Redis, no ASGI), the two-tier verdict cache, revocations, and
-the middleware."""
+"""JWT: token validation, the two-tier verdict cache, revocations, and the middleware.
+
+:mod:`~middleware.jwt.claims` (:class:`TokenClaims`, strict JSON),
+:mod:`~middleware.jwt.settings` (:class:`JWTSettings`, key loading, weak-secret checks),
+:mod:`~middleware.jwt.jwks` (the issuer's key set) and :mod:`~middleware.jwt.validator`
+(:class:`TokenValidator`, :class:`JWTValidator`) use neither Redis nor ASGI;
+:mod:`~middleware.jwt.revocation` (:class:`TokenRevoked` events, their parser, the
+in-memory revocation mirror), :mod:`~middleware.jwt.authenticator` (:class:`JWTAuthenticator`:
+L1, L2 and revocation; ``client=None`` for in-process only) and
+:mod:`~middleware.jwt.middleware` (:class:`JWTMiddleware`) build on them.
+"""
 
 from __future__ import annotations
 

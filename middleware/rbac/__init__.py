@@ -1,4 +1,11 @@
-"""RBAC: permission sources, their two-tier cache, and the rule-checking middleware."""
+"""RBAC: permission sources, their two-tier cache, and the rule-checking middleware.
+
+:mod:`~middleware.rbac.sources`: :class:`PermissionSource` and its implementations,
+wildcard matching; :mod:`~middleware.rbac.permissions`: :class:`PermissionCache` (L1 + L2,
+policy-versioned; ``client=None`` for in-process only);
+:mod:`~middleware.rbac.middleware`: :class:`Rule`, :class:`RBACMiddleware`,
+:class:`PermissionContext` and :func:`require_permissions`.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
-"""Server-side sessions: the store seam, the L1 manager, the per-request handle, the cookie
-and the middleware."""
+"""Server-side sessions on the ASGI side, over a session store.
+
+:mod:`~middleware.sessions.backend` (:class:`SessionBackend`: the store seam, which the
+client's one :class:`~gateway_redis.SessionStore` and in-memory twins implement),
+:mod:`~middleware.sessions.manager` (:class:`SessionManager`: the store behind an L1
+cache), :mod:`~middleware.sessions.handle` (:class:`SessionHandle`, :class:`SessionData`:
+per-request state), :mod:`~middleware.sessions.cookie` (:class:`SessionCookie`) and
+:mod:`~middleware.sessions.middleware` (:class:`SessionMiddleware`).
+"""
 
 from __future__ import annotations
 
