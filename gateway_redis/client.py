@@ -1,6 +1,6 @@
-"""The shared async Redis client: lifecycle, availability and the cache API.
-
-(Over 400 lines: it is the library's one facade; the work is done in the modules it calls.)
+"""The shared async Redis client: lifecycle, availability, the call boundary (``execute``)
+and the shared things it owns. Confirmed writes, the cache API and the pub/sub and session
+shortcuts are in :mod:`gateway_redis.commands`.
 
 One :class:`RedisClient` per process, connected in the application's lifespan and handed
 to every middleware. It owns the process's shared things, each built once on first use
@@ -15,12 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
 from gateway_redis import telemetry
-from gateway_redis._confirm import confirmed_write
 from gateway_redis._driver import (
     Backend,
     Deadline,
@@ -29,9 +28,9 @@ from gateway_redis._driver import (
     restore_retries,
 )
 from gateway_redis._translate import Outage, is_auth_error, is_outage_error, translate
+from gateway_redis.commands import Commands
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
-    CacheKeyNotFound,
     CacheUnavailable,
     ConfigurationError,
     GatewayRedisError,
@@ -39,16 +38,14 @@ from gateway_redis.errors import (
 )
 from gateway_redis.health import ClientState, HealthMonitor, HealthState, StateListener
 from gateway_redis.invalidation import InvalidationBus
-from gateway_redis.pubsub import PubSubHub, Subscription
-from gateway_redis.sessions import Session, SessionStore
-from gateway_redis.support import log_fields, ttl_milliseconds
+from gateway_redis.pubsub import PubSubHub
+from gateway_redis.sessions import SessionStore
+from gateway_redis.support import log_fields
 
 __all__ = ["ClientState", "RedisClient"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-
 _CONNECTED = ClientState.CONNECTED  # read on every call: a global, not an enum lookup
 
 
@@ -66,15 +63,7 @@ def _loop_running() -> bool:
     return True
 
 
-def _encode_value(value: bytes | str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise TypeError(f"value must be bytes or str, got {type(value).__name__}")
-
-
-class RedisClient:
+class RedisClient(Commands):
     """A Redis client for gateways: bounded pool, retries, fast failure, health state.
 
     ``config`` says where Redis is (:class:`RedisConfig`); ``logger`` defaults to this
@@ -330,103 +319,11 @@ class RedisClient:
                     self._health.check_now()  # the probe decides (cluster)
             raise translated.error from exc
 
-    async def confirmed(
-        self,
-        operation: str,
-        key: str,
-        call: Callable[[Redis], Awaitable[T]],
-        *,
-        retry: bool = True,
-    ) -> T:
-        """Run a write that protects security (logout, revocation, permission removal) and
-        confirm it: :meth:`execute`'s rules, on pinned connections.
-
-        ``call(r)`` gets a ``Redis`` bound to one connection to the primary (on Cluster:
-        the primary that owns ``key``, a full key as :meth:`key` returns; ``call`` may only
-        touch keys of that slot); its commands, pipelines and ``MULTI`` all run there. Then
-        ``ROLE`` on that connection says whether the primary has replicas now, and if it
-        has, ``WAIT 1`` on that same connection must see one acknowledge within half the
-        operation deadline or of the read timeout, whichever is shorter (a longer ``WAIT``
-        would outlast the socket), since a failover could otherwise silently undo the
-        write (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
-        when none did (the write may still have been applied on the primary), and what
-        :meth:`execute` raises.
-        """
-        config = self._config
-        wait_ms = max(1, int(min(config.operation_timeout, config.read_timeout) * 500))
-        return await self.execute(
-            operation, lambda r: confirmed_write(r, key, call, wait_ms), retry=retry
-        )
-
     def key(self, name: str) -> str:
         """``name`` with the configured key prefix."""
         if not isinstance(name, str):
             raise TypeError(f"key must be str, got {type(name).__name__}")
         return self._config.key_prefix + name
-
-    # -- cache API ---------------------------------------------------------------------
-
-    async def get(self, key: str) -> bytes:
-        """The value stored at ``key``.
-
-        Raises :class:`CacheKeyNotFound` on a miss and :class:`CacheUnavailable` (both a
-        miss and a :class:`RedisUnavailable`) when Redis cannot be reached.
-        """
-        full = self.key(key)
-        value: Any = await self.execute("get", lambda r: r.get(full), miss=True)
-        if value is None:
-            raise CacheKeyNotFound(key)
-        return value if type(value) is bytes else bytes(value)
-
-    async def set(self, key: str, value: bytes | str, ttl: float | timedelta | None = None) -> None:
-        """Store ``value`` at ``key``, expiring after ``ttl`` (seconds or timedelta).
-
-        ``ttl=None`` stores without expiry. Raises :class:`RedisUnavailable`.
-        """
-        full, data = self.key(key), _encode_value(value)
-        px = None if ttl is None else ttl_milliseconds(ttl)
-        await self.execute("set", lambda r: r.set(full, data, px=px))
-
-    async def delete(self, key: str) -> None:
-        """Remove ``key``; no error if it does not exist. Raises :class:`RedisUnavailable`."""
-        full = self.key(key)
-        await self.execute("delete", lambda r: r.delete(full))
-
-    async def exists(self, key: str) -> bool:
-        """Whether ``key`` exists. Raises :class:`RedisUnavailable`."""
-        full = self.key(key)
-        count: int = await self.execute("exists", lambda r: r.exists(full))
-        return count > 0
-
-    async def set_nx(self, key: str, value: bytes | str, ttl: float | timedelta) -> bool:
-        """Store ``value`` only if ``key`` does not exist; True if it was stored.
-
-        The TTL is required: a lock or marker without expiry outlives its owner.
-        Raises :class:`RedisUnavailable`.
-        """
-        full, data, px = self.key(key), _encode_value(value), ttl_milliseconds(ttl)
-        stored: Any = await self.execute("set_nx", lambda r: r.set(full, data, px=px, nx=True))
-        return bool(stored)
-
-    async def increment(self, key: str) -> int:
-        """Add 1 to the integer at ``key`` (created as 0) and return the new value.
-
-        Sent at most once: a lost reply is reported as :class:`RedisUnavailable`, never
-        retried into a double increment.
-        """
-        full = self.key(key)
-        value: Any = await self.execute("increment", lambda r: r.incr(full), retry=False)
-        return int(value)
-
-    async def expire(self, key: str, ttl: float | timedelta) -> bool:
-        """Set a TTL on an existing key; False if the key does not exist."""
-        full, px = self.key(key), ttl_milliseconds(ttl)
-        done: bool = await self.execute("expire", lambda r: r.pexpire(full, px))
-        return bool(done)
-
-    async def ping(self) -> None:
-        """Round-trip to Redis through the pool. Raises :class:`RedisUnavailable`."""
-        await self.execute("ping", lambda r: r.ping())
 
     # -- pub/sub (gateway_redis.pubsub) ---------------------------------------------------
 
@@ -437,26 +334,6 @@ class RedisClient:
             self._pubsub = PubSubHub(self)
             self._on_close(self._pubsub.aclose)
         return self._pubsub
-
-    async def publish(self, channel: str, message: Any) -> int:
-        """Publish ``message`` as JSON on ``channel``; returns the number of receivers.
-
-        See :meth:`gateway_redis.pubsub.PubSubHub.publish`.
-        """
-        return await self.pubsub.publish(channel, message)
-
-    async def subscribe(self, *channels: str, buffer_size: int = 100) -> Subscription:
-        """Subscribe to ``channels``; see :meth:`gateway_redis.pubsub.PubSubHub.subscribe`."""
-        return await self.pubsub.subscribe(*channels, buffer_size=buffer_size)
-
-    async def psubscribe(self, *patterns: str, buffer_size: int = 100) -> Subscription:
-        """Subscribe to glob ``patterns``; never pass user input here."""
-        return await self.pubsub.psubscribe(*patterns, buffer_size=buffer_size)
-
-    async def unsubscribe(self, *channels: str) -> None:
-        """End every subscription of this process to ``channels``, whoever made it; see
-        :meth:`gateway_redis.pubsub.PubSubHub.unsubscribe`."""
-        await self.pubsub.unsubscribe(*channels)
 
     # -- invalidation (gateway_redis.invalidation) --------------------------------------
 
@@ -514,35 +391,6 @@ class RedisClient:
                 "configure_sessions() once, before the first use of client.sessions"
             )
         return current
-
-    async def create_session(
-        self,
-        user_id: str,
-        metadata: dict[str, Any] | None = None,
-        ttl: float | timedelta | None = None,
-    ) -> str:
-        """Create a session for ``user_id``; returns its new ID (see :mod:`.sessions`)."""
-        return await self.sessions.create(user_id, metadata, ttl=ttl)
-
-    async def get_session(self, session_id: str) -> Session:
-        """The session; raises :class:`SessionNotFound`."""
-        return await self.sessions.get(session_id)
-
-    async def update_session(self, session_id: str, metadata: dict[str, Any]) -> Session:
-        """Merge ``metadata`` into the session; raises :class:`SessionNotFound`."""
-        return await self.sessions.update(session_id, metadata)
-
-    async def delete_session(self, session_id: str) -> None:
-        """Delete the session; no error if it is already gone."""
-        await self.sessions.delete(session_id)
-
-    async def get_user_sessions(self, user_id: str) -> list[Session]:
-        """Every live session of ``user_id``."""
-        return await self.sessions.get_user_sessions(user_id)
-
-    async def delete_user_sessions(self, user_id: str) -> int:
-        """Delete every session of ``user_id`` (log out everywhere); returns how many."""
-        return await self.sessions.delete_user_sessions(user_id)
 
     def __repr__(self) -> str:
         return (
