@@ -1,6 +1,6 @@
 """The shared async Redis client: lifecycle, availability, the call boundary (``execute``)
 and the shared things it owns. Confirmed writes, the cache API and the pub/sub and session
-shortcuts are in :mod:`gateway_redis.commands`.
+shortcuts are in :mod:`gateway_redis._commands`.
 
 One :class:`RedisClient` per process, connected in the application's lifespan and handed
 to every middleware. It owns the process's shared things, each built once on first use
@@ -20,6 +20,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from gateway_redis import telemetry
+from gateway_redis._commands import Commands
 from gateway_redis._driver import (
     Backend,
     Deadline,
@@ -28,7 +29,6 @@ from gateway_redis._driver import (
     restore_retries,
 )
 from gateway_redis._translate import Outage, is_auth_error, is_outage_error, translate
-from gateway_redis.commands import Commands
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheUnavailable,
