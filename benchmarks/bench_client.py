@@ -40,6 +40,7 @@ from gateway_redis.embedded import EmbeddedRedis
 from gateway_redis.sessions.codec import (
     capped_ttl_ms,
     check_user_id,
+    decode_session,
     encode_metadata,
     is_valid_id,
     slot_tag,
@@ -127,8 +128,8 @@ async def _costs(
         ("both sides, session get: the session key (SHA-256)",
          _cpu_us(lambda: store._session_key(sid))),
         ("ours only, session get: ID format check", _cpu_us(lambda: is_valid_id(sid))),
-        ("ours only, session get: reply -> `Session` (`_decode`)",
-         _cpu_us(lambda: store._decode(sid, reply))),
+        ("ours only, session get: reply -> `Session` (`decode_session`)",
+         _cpu_us(lambda: decode_session(sid, reply, store._idle_ms))),
         ("both sides, session create: new ID + both keys",
          _cpu_us(lambda: (store._session_key(new_id()), store._index_key("u1")))),
         ("ours only, session create: user id and TTL checks, metadata to JSON",
