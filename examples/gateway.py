@@ -15,7 +15,9 @@ client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`
 ``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
-``GATEWAY_COOKIE_SECURE=0``.
+``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
+size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
+of its routes are capped before parsing (:mod:`examples.bodies`).
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only

@@ -6,7 +6,8 @@
     gateway.install(app, public_paths=[..., *REALTIME_PUBLIC_PATHS])          # WS /ws
     install_realtime(app, gateway)           # the demo page and the publish route
 
-or: ``uvicorn examples.realtime:create_app --factory --ws-max-size 65536`` (the same app as
+or: ``uvicorn examples.realtime:create_app --factory`` with the flags of ``scripts/gateway``
+(``--ws-max-size 65536`` among them; README, "Production notes") (the same app as
 ``examples.gateway``).
 
 Channel policy: everyone may subscribe to ``system:broadcast``; a user to their own
