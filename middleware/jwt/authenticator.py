@@ -323,11 +323,11 @@ class JWTAuthenticator:
         ``(iss, jti)`` pair with ``expires_at`` standing for its ``exp`` (epoch seconds,
         default now + ``max_revocation_lifetime``). The revocation lasts until ``exp +
         leeway``, so a token still inside the leeway is revoked too; one past it is
-        accepted nowhere and nothing is written. This instance rejects the token at once, even if
-        Redis is down; then the denylist entry is written, confirmed by a replica when the
-        primary has one, and the event broadcast (in process-only mode: mirrored and
-        announced here only). Raises :class:`RedisUnavailable` when
-        that could not be done (``reason="unconfirmed"``: no replica acknowledged; the
+        accepted nowhere and nothing is written. This instance rejects the token at once,
+        even if Redis is down; then the denylist entry is written, confirmed by a replica
+        when the primary has one, and the event broadcast (in process-only mode: mirrored
+        and announced here only). Raises :class:`RedisUnavailable` when that could not be
+        done (``reason="unconfirmed"``: no replica acknowledged; the
         revocation then holds on this instance only), :class:`InvalidToken` for a token
         that is not valid for another reason than having expired or being revoked
         already, and ``ValueError`` for a token without ``jti``.
