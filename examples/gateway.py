@@ -15,7 +15,9 @@ client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`
 ``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
-``GATEWAY_COOKIE_SECURE=0``.
+``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
+size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
+of its routes are capped before parsing (:mod:`examples.bodies`).
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only
@@ -43,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
@@ -71,6 +74,8 @@ DEMO_USERS = {
     "alice": ("alice-password", ("admin",)),
     "bob": ("bob-password", ("user",)),
 }
+# A login body is a username and a password: anything longer is refused before parsing.
+MAX_LOGIN_BYTES = 16 * 1024
 PUBLIC_PATHS = (
     "/health", "/ready", "/auth/login", "/auth/logout", "/api/session",
     "/docs", "/docs/*", "/openapi.json",
@@ -242,12 +247,13 @@ def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
 
 
 async def _credentials(request: Request) -> tuple[str, str] | None:
+    """The username and password of a login body (JSON or form), None when absent or
+    malformed. Raises :class:`BodyTooLarge` past :data:`MAX_LOGIN_BYTES`."""
     try:
-        if request.headers.get("content-type", "").startswith("application/json"):
-            data: Any = await request.json()
-        else:
-            data = await request.form()
-    except Exception:
+        data = await form_or_json(request, MAX_LOGIN_BYTES)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, Mapping):
         return None
     username, password = data.get("username"), data.get("password")
     if isinstance(username, str) and isinstance(password, str):
@@ -281,7 +287,10 @@ def _routes(app: FastAPI) -> None:
         keys: GatewayKeys = state.keys
         if keys.signing_key is None:
             return _error(501, "not_implemented", "Tokens come from the identity provider.")
-        credentials = await _credentials(request)
+        try:
+            credentials = await _credentials(request)
+        except BodyTooLarge as exc:
+            return too_large(exc.limit)
         if credentials is None:
             return _error(400, "bad_request", "Send username and password.")
         username, password = credentials

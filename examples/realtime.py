@@ -6,7 +6,8 @@
     gateway.install(app, public_paths=[..., *REALTIME_PUBLIC_PATHS])          # WS /ws
     install_realtime(app, gateway)           # the demo page and the publish route
 
-or: ``uvicorn examples.realtime:create_app --factory --ws-max-size 65536`` (the same app as
+or: ``uvicorn examples.realtime:create_app --factory`` with the flags of ``scripts/gateway``
+(``--ws-max-size 65536`` among them; README, "Production notes") (the same app as
 ``examples.gateway``).
 
 Channel policy: everyone may subscribe to ``system:broadcast``; a user to their own
@@ -41,6 +42,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from examples.bodies import BodyTooLarge, read_body, too_large
 from gateway_redis import RedisClient, RedisUnavailable, SerializationError, Session
 from middleware import Gateway, PermissionCache, WebSocketSettings
 from middleware.errors import ServiceUnavailable
@@ -172,11 +174,10 @@ def _routes(
     )
     async def publish(channel: str, request: Request, claims: Claims) -> JSONResponse:
         """Publish the JSON body on ``channel``; answers ``{"receivers": n}``."""
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_PUBLISH_BYTES:
-                return _error(413, "too_large", f"The body exceeds {MAX_PUBLISH_BYTES} bytes.")
+        try:
+            body = await read_body(request, MAX_PUBLISH_BYTES)
+        except BodyTooLarge as exc:
+            return too_large(exc.limit)
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):

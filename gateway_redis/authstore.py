@@ -7,9 +7,11 @@ and calls these stores. Keys, values and TTLs (``<prefix>`` being the client's):
 
 * ``<prefix>jwt:<digest>``: a token's verified claims (JSON), for the TTL the caller gives
   (:class:`ClaimsStore`);
-* ``<prefix>jwt-deny:<sha256(iss NUL jti)>``: ``1`` until the token's ``exp``, and
-  ``<prefix>jwt-revocations``: a sorted set of ``[iss, jti]`` JSON members scored by
-  ``exp`` (epoch seconds), kept until its latest member expires (:class:`RevocationStore`);
+* ``<prefix>jwt-deny:<sha256(iss NUL jti)>``: ``1`` until the revocation ends (the caller
+  gives the end: the last moment the token is accepted, its ``exp`` plus the verifier's
+  leeway), and ``<prefix>jwt-revocations``: a sorted set of ``[iss, jti]`` JSON members
+  scored by that end (epoch seconds), kept until its latest member ends
+  (:class:`RevocationStore`);
 * ``<prefix>rbac:<version>:<sha256(subject)>``: a subject's permissions (sorted JSON
   list), and ``<prefix>rbac:policy-version``: an integer (:class:`PermissionStore`).
 
@@ -41,11 +43,12 @@ _VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache e
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """An active revocation: the token ``(iss, jti)`` is refused until ``exp`` (epoch s)."""
+    """An active revocation: the token ``(iss, jti)`` is refused until ``until`` (epoch
+    seconds: the end of the token's acceptance, ``exp`` plus the leeway)."""
 
     iss: str
     jti: str
-    exp: float
+    until: float
 
 
 class RevocationStore:
@@ -63,26 +66,28 @@ class RevocationStore:
         digest = hashlib.sha256(f"{iss}\0{jti}".encode("utf-8", "replace")).hexdigest()
         return self._client.key("jwt-deny:" + digest)
 
-    async def revoke(self, iss: str, jti: str, exp: float, now: float) -> None:
-        """Deny ``(iss, jti)`` until ``exp`` and list it in the index (entries expired by
-        ``now`` leave it); both writes confirmed by a replica when the primary has one.
+    async def revoke(self, iss: str, jti: str, until: float, now: float) -> None:
+        """Deny ``(iss, jti)`` until ``until`` (epoch seconds; the caller's acceptance
+        window of the token, ``exp`` + leeway, so that an instance started later still
+        refuses it) and list it in the index (entries ended by ``now`` leave it); both
+        writes confirmed by a replica when the primary has one.
 
         Raises :class:`~gateway_redis.RedisUnavailable` (``reason="unconfirmed"`` when a
         replica did not acknowledge) and :class:`~gateway_redis.CommandError`.
         """
         deny, index = self.deny_key(iss, jti), self._index
-        member, exp_ms = json.dumps([iss, jti]), int(exp * 1000)
+        member, until_ms = json.dumps([iss, jti]), int(until * 1000)
 
         async def write_deny(r: Redis) -> None:
-            await r.set(deny, b"1", pxat=exp_ms)
+            await r.set(deny, b"1", pxat=until_ms)
 
         async def write_index(r: Redis) -> None:
             # One pipeline on the pinned connection; the index's expiry only ever grows.
             pipe = r.pipeline(transaction=False)
-            pipe.zadd(index, {member: exp})
+            pipe.zadd(index, {member: until})
             pipe.zremrangebyscore(index, "-inf", now)
-            pipe.pexpireat(index, exp_ms, nx=True)
-            pipe.pexpireat(index, exp_ms, gt=True)
+            pipe.pexpireat(index, until_ms, nx=True)
+            pipe.pexpireat(index, until_ms, gt=True)
             await pipe.execute()
 
         # Two keys in two slots (Cluster): each confirmed on the node that owns it, the

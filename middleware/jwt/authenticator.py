@@ -5,23 +5,27 @@
 1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
    by the token string itself (process memory only, per authenticator, so per verifier
    configuration; hashing it twice per request was a measurable share of the hot path).
-   A hit is re-checked against the clock (``exp``/``nbf``) and the in-memory denylist; it
-   costs no Redis round trip and no await (:meth:`JWTAuthenticator.cached`).
+   A hit is re-checked against the clock and the in-memory denylist; it costs no Redis
+   round trip and no await (:meth:`JWTAuthenticator.cached`).
 2. L2 (Redis): ``<prefix>jwt:<digest>``, the digest being ``SHA-256(validator fingerprint +
    token)`` (no token ever appears in a key name), holds the claims JSON for
-   ``min(l2_ttl, exp - now)``. A hit is re-checked against the clock and the Redis denylist.
-   A corrupt value is a miss.
+   ``min(l2_ttl, exp + leeway - now)``. A hit is re-checked against the clock and the Redis
+   denylist. A corrupt value is a miss.
 3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
    for ``negative_ttl`` seconds; a validator outage (:class:`ValidatorUnavailable`) and
    Redis errors are never cached.
 
+A token is accepted from ``nbf - leeway`` until ``exp + leeway`` (its *acceptance window*;
+``leeway`` is the validator's, see :class:`JWTAuthenticator`): both cache tiers serve and
+keep a verdict within that window only, and a revocation lasts exactly as long.
+
 Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
-valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until the token's ``exp``, and
-``<prefix>jwt-revocations`` (a sorted set scored by ``exp``) lets each instance reload the
-active list whenever the client's invalidation bus resyncs. Every instance mirrors active
-revocations in memory until their ``exp``, so a known-revoked token stays rejected while
-Redis is down. A revocation is broadcast on the bus (namespace ``jwt``) as a
-:class:`~middleware.jwt.revocation.TokenRevoked` event
+valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until ``exp + leeway``, and
+``<prefix>jwt-revocations`` (a sorted set scored by that end) lets each instance reload the
+active list whenever the client's invalidation bus resyncs, including one started after
+``exp``. Every instance mirrors active revocations in memory until ``exp + leeway``, so a
+known-revoked token stays rejected while Redis is down. A revocation is broadcast on the
+bus (namespace ``jwt``) as a :class:`~middleware.jwt.revocation.TokenRevoked` event
 (:mod:`middleware.jwt.revocation`); other components follow revocations through
 :meth:`JWTAuthenticator.on_revoked`.
 
@@ -33,19 +37,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from gateway_redis.authstore import ClaimsStore, RevocationStore
 from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
-from gateway_redis.localcache import Stamp
 from gateway_redis.support import log_fields
 from middleware._local import Invalidation, LocalInvalidation
 from middleware.errors import InvalidToken
+from middleware.jwt._verdict import Authentication, AuthenticationPin, Verified
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.revocation import RevocationMirror, TokenRevoked, parse_revoke_event
 from middleware.jwt.validator import TokenValidator
@@ -56,45 +58,7 @@ _log = logging.getLogger(__name__)
 _NS = "jwt"
 # Verdicts that may change with time or key rotation are not worth remembering.
 _UNCACHEABLE_REASONS = frozenset({"not_yet_valid", "unknown_kid"})
-
-
-@dataclass(frozen=True, slots=True)
-class Authentication:
-    """The outcome of :meth:`JWTAuthenticator.authenticate`.
-
-    ``source`` is ``"l1"``, ``"l2"`` or ``"validator"``. ``degraded`` is True when Redis
-    could not be asked, so revocation was checked against the in-memory mirror only.
-    """
-
-    claims: TokenClaims
-    source: str
-    degraded: bool
-
-
-class _Verified:
-    """An L1 entry: the claims with their ready-made L1 result and what a hit re-checks."""
-
-    __slots__ = ("exp", "nbf", "result", "revocation")
-
-    def __init__(self, claims: TokenClaims) -> None:
-        self.result = Authentication(claims, "l1", False)
-        self.exp: float = claims.exp
-        self.nbf: float = claims.nbf if claims.nbf is not None else -math.inf
-        self.revocation = (claims.iss, claims.jti) if claims.jti is not None else None
-
-
-class AuthenticationPin:
-    """An L1 answer of :meth:`JWTAuthenticator.pin`, for a caller that remembers it across
-    requests: ``result`` may be served again while :meth:`JWTAuthenticator.is_current`
-    says so. Immutable; holds no per-request state."""
-
-    __slots__ = ("_current", "_entry", "_stamp", "result")
-
-    def __init__(self, entry: _Verified, stamp: Stamp, current: Callable[[Stamp], bool]) -> None:
-        self.result = entry.result
-        self._entry = entry
-        self._stamp = stamp
-        self._current = current  # the L1 cache's is_current, bound once
+_MAX_LEEWAY = 60.0  # JWTSettings' bound
 
 
 def _check_seconds(name: str, value: float) -> float:
@@ -111,11 +75,19 @@ class JWTAuthenticator:
     out is an error, so that no deployment silently loses cross-instance revocation) means
     in process only: no L2 and no denylist in Redis; revocations are mirrored here and
     reach this authenticator's :meth:`on_revoked` callbacks only. ``l1_ttl`` / ``l2_ttl``
-    (seconds) cap how long verified claims are cached (never past ``exp``); ``negative_ttl``
-    is how long a rejected token is remembered in L1; ``*_maxsize`` bound the caches.
-    ``max_token_bytes`` rejects longer tokens before hashing. ``max_revocation_lifetime``
-    (seconds) is how long a revocation given as ``(iss, jti)`` without ``expires_at`` lasts.
-    All arguments are validated (``ValueError``). Holds no per-request state.
+    (seconds) cap how long verified claims are cached (never past ``exp + leeway``);
+    ``negative_ttl`` is how long a rejected token is remembered in L1; ``*_maxsize`` bound
+    the caches. ``max_token_bytes`` rejects longer tokens before hashing.
+    ``max_revocation_lifetime`` (seconds) is how long a revocation given as ``(iss, jti)``
+    without ``expires_at`` lasts.
+
+    ``leeway`` (seconds, 0..60) is how long past ``exp`` (and before ``nbf``) the validator
+    still accepts a token; None takes the validator's ``leeway`` attribute
+    (:class:`~middleware.JWTValidator` has one: its settings' leeway), 0 when it has none.
+    Caches and revocations cover exactly that window, so a validator with a leeway of its
+    own and no ``leeway`` attribute needs it given here. Instances sharing one Redis must
+    use the same leeway (they share the denylist). All arguments are validated
+    (``ValueError``). Holds no per-request state.
     """
 
     def __init__(
@@ -130,10 +102,20 @@ class JWTAuthenticator:
         negative_maxsize: int = 1_000,
         max_token_bytes: int = 8192,
         max_revocation_lifetime: float = 86_400.0,
+        leeway: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if type(max_token_bytes) is not int or max_token_bytes < 1:
             raise ValueError("max_token_bytes must be a positive int")
+        if leeway is None:
+            leeway = getattr(validator, "leeway", 0.0)
+        if (
+            isinstance(leeway, bool)
+            or not isinstance(leeway, (int, float))
+            or not 0 <= leeway <= _MAX_LEEWAY
+        ):
+            raise ValueError(f"leeway must be a number of seconds in [0, {_MAX_LEEWAY}]")
+        self._leeway = float(leeway)
         self._validator = validator
         self._client = client
         bus: Invalidation = client.invalidation if client is not None else LocalInvalidation()
@@ -167,6 +149,12 @@ class JWTAuthenticator:
         return self._validator
 
     @property
+    def leeway(self) -> float:
+        """Seconds past ``exp`` (and before ``nbf``) a token is still accepted, cached and
+        kept revoked."""
+        return self._leeway
+
+    @property
     def client(self) -> RedisClient | None:
         """The Redis client of L2 and the denylist; None in process-only mode."""
         return self._client
@@ -176,17 +164,17 @@ class JWTAuthenticator:
     def cached(self, token: str) -> Authentication | None:
         """The L1 result for ``token`` when L1 holds it and it is still good now, else None.
 
-        Synchronous (no Redis, no await): the hot path of a warm request. ``exp`` and
-        ``nbf`` are re-checked against the clock and the revocation mirror is consulted on
+        Synchronous (no Redis, no await): the hot path of a warm request. The acceptance
+        window is re-checked against the clock and the revocation mirror is consulted on
         every hit. None means "ask :meth:`authenticate`", which also reports why a token is
         refused; the L1 cache is empty and bypassed while the invalidation bus is out of
         sync, so a None is also what every lookup gets then.
         """
-        entry: _Verified | None = self._l1.get(token)
+        entry: Verified | None = self._l1.get(token)
         if entry is None:
             return None
         now = self._clock()
-        if entry.exp <= now or entry.nbf > now:
+        if entry.until <= now or entry.since > now:
             return None
         if self._revoked and entry.revocation in self._revoked:
             return None
@@ -197,7 +185,7 @@ class JWTAuthenticator:
         came from, or None. Synchronous, no Redis."""
         if self.cached(token) is None:
             return None
-        entry: _Verified | None = self._l1.get(token)
+        entry: Verified | None = self._l1.get(token)
         stamp = self._l1.stamp(token)
         if entry is None or stamp is None:
             return None
@@ -206,13 +194,13 @@ class JWTAuthenticator:
     def is_current(self, pin: AuthenticationPin) -> bool:
         """Whether ``pin.result`` is still good now: its L1 entry is still the live one (no
         revocation, invalidation, eviction or flush since), within its TTL, and the token
-        is within ``nbf``..``exp`` and not revoked. Synchronous: one dict lookup, two clock
-        reads."""
+        is within its acceptance window (the same one :meth:`cached` checks) and not
+        revoked. Synchronous: one dict lookup, two clock reads."""
         if not pin._current(pin._stamp):
             return False
         entry = pin._entry
         now = self._clock()
-        if now >= entry.exp or now < entry.nbf:
+        if entry.until <= now or entry.since > now:
             return False
         return not (self._revoked and entry.revocation in self._revoked)
 
@@ -227,11 +215,11 @@ class JWTAuthenticator:
         if len(token) > self._max_bytes:
             raise InvalidToken("too_large")
         now = self._clock()
-        entry: _Verified | None = self._l1.get(token)
+        entry: Verified | None = self._l1.get(token)
         if entry is not None:
             if self._revoked and entry.revocation in self._revoked:
                 raise InvalidToken("revoked")
-            if entry.exp > now and entry.nbf <= now:
+            if entry.until > now and entry.since <= now:
                 return entry.result
         reason: str | None = self._negative.get(token)
         if reason is not None:
@@ -244,9 +232,9 @@ class JWTAuthenticator:
             if exc.reason not in _UNCACHEABLE_REASONS:
                 self._negative.set(token, exc.reason)
             raise
-        claims = result.claims
-        if not result.degraded and (claims.nbf is None or claims.nbf <= now):
-            self._l1.set(token, _Verified(claims), ttl=claims.exp - now, generation=generation)
+        verified = Verified(result.claims, self._leeway)
+        if not result.degraded and verified.since <= now < verified.until:
+            self._l1.set(token, verified, ttl=verified.until - now, generation=generation)
         return result
 
     def is_revoked(self, claims: TokenClaims) -> bool:
@@ -283,7 +271,8 @@ class JWTAuthenticator:
                     extra=log_fields("jwt", "jwt_cache_corrupt"),
                 )
             else:
-                if cached.exp > now and (cached.nbf is None or cached.nbf <= now):
+                leeway = self._leeway
+                if cached.exp + leeway > now and (cached.nbf is None or cached.nbf - leeway <= now):
                     claims = cached
         source = "l2" if claims is not None else "validator"
         if claims is None:
@@ -300,7 +289,7 @@ class JWTAuthenticator:
     ) -> bool:
         """Ask Redis whether ``claims`` is revoked (and store it in L2 under the digest
         ``store_at``); True if Redis failed."""
-        ttl_ms = int((min(self._l2_ttl, claims.exp - self._clock())) * 1000)
+        ttl_ms = int(min(self._l2_ttl, claims.exp + self._leeway - self._clock()) * 1000)
         deny = (claims.iss, claims.jti) if claims.jti is not None else None
         store = (
             (store_at, claims.to_json(), ttl_ms) if store_at is not None and ttl_ms > 0 else None
@@ -328,15 +317,17 @@ class JWTAuthenticator:
     async def revoke(
         self, target: str | TokenClaims | tuple[str, str], *, expires_at: float | None = None
     ) -> None:
-        """Revoke a token on every instance until it expires.
+        """Revoke a token on every instance for as long as it is accepted.
 
         ``target`` is the token itself, its verified :class:`TokenClaims`, or an
-        ``(iss, jti)`` pair (lasting until ``expires_at``, epoch seconds, default now +
-        ``max_revocation_lifetime``). This instance rejects the token at once, even if
-        Redis is down; then the denylist entry is written, confirmed by a replica when the
-        primary has one, and the event broadcast (in process-only mode: mirrored and
-        announced here only). Raises :class:`RedisUnavailable` when
-        that could not be done (``reason="unconfirmed"``: no replica acknowledged; the
+        ``(iss, jti)`` pair with ``expires_at`` standing for its ``exp`` (epoch seconds,
+        default now + ``max_revocation_lifetime``). The revocation lasts until ``exp +
+        leeway``, so a token still inside the leeway is revoked too; one past it is
+        accepted nowhere and nothing is written. This instance rejects the token at once,
+        even if Redis is down; then the denylist entry is written, confirmed by a replica
+        when the primary has one, and the event broadcast (in process-only mode: mirrored
+        and announced here only). Raises :class:`RedisUnavailable` when that could not be
+        done (``reason="unconfirmed"``: no replica acknowledged; the
         revocation then holds on this instance only), :class:`InvalidToken` for a token
         that is not valid for another reason than having expired or being revoked
         already, and ``ValueError`` for a token without ``jti``.
@@ -358,11 +349,11 @@ class JWTAuthenticator:
             if not isinstance(iss, str) or not isinstance(jti, str) or not iss or not jti:
                 raise ValueError("revoke((iss, jti)) needs two non-empty strings")
             exp = float(expires_at) if expires_at is not None else now + self._max_revocation
-        if exp <= now:
+        if exp + self._leeway <= now:
             return
         self._remember(iss, jti, exp)  # applies here even when the write below fails
         if self._denylist is not None:
-            await self._denylist.revoke(iss, jti, exp, now)
+            await self._denylist.revoke(iss, jti, exp + self._leeway, now)
         event: TokenRevoked = {"op": "revoke", "iss": iss, "jti": jti, "exp": exp}
         await self._bus.publish(_NS, event)
 
@@ -379,8 +370,12 @@ class JWTAuthenticator:
         return self._bus.on_event(_NS, on_event)
 
     def _remember(self, iss: str, jti: str, exp: float) -> None:
-        """Mirror a revocation and drop any L1 entry it concerns."""
-        pair = self._mirror.add(iss, jti, exp)
+        """Mirror a revocation of a token expiring at ``exp`` until the end of its
+        acceptance (``exp + leeway``) and drop any L1 entry it concerns."""
+        self._remember_until(iss, jti, exp + self._leeway)
+
+    def _remember_until(self, iss: str, jti: str, until: float) -> None:
+        pair = self._mirror.add(iss, jti, until)
         self._l1.discard_where(lambda _k, entry: entry.revocation == pair)
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
@@ -393,5 +388,6 @@ class JWTAuthenticator:
         revocation from Redis into the mirror."""
         if self._denylist is None:
             return
+        # The index holds each revocation's end already (exp + the writer's leeway).
         for revocation in await self._denylist.active(self._clock()):
-            self._remember(revocation.iss, revocation.jti, revocation.exp)
+            self._remember_until(revocation.iss, revocation.jti, revocation.until)

@@ -1,7 +1,8 @@
 """Token revocations in process: the bus event that announces one and the mirror that
 remembers them.
 
-A revocation is by (``iss``, ``jti``) until the token's ``exp``. It is broadcast on the
+A revocation is by (``iss``, ``jti``) until the token's ``exp`` plus the verifier's leeway
+(the end of the time the token is accepted). It is broadcast on the
 invalidation channel (namespace ``jwt``) as a :class:`TokenRevoked` event, read by
 :func:`parse_revoke_event` only. Every :class:`~middleware.JWTAuthenticator` keeps a
 :class:`RevocationMirror` of the revocations it has heard of, so that a known-revoked
@@ -17,8 +18,9 @@ __all__ = ["RevocationMirror", "TokenRevoked", "parse_revoke_event"]
 
 
 class TokenRevoked(TypedDict):
-    """The bus event of a revocation: tokens with this ``iss`` and ``jti`` are revoked
-    until ``exp`` (epoch seconds). Wire shape: ``{"op": "revoke", "iss", "jti", "exp"}``."""
+    """The bus event of a revocation: tokens with this ``iss`` and ``jti`` are revoked;
+    ``exp`` (epoch seconds) is the token's, and each instance keeps the revocation until
+    ``exp`` plus its leeway. Wire shape: ``{"op": "revoke", "iss", "jti", "exp"}``."""
 
     op: Literal["revoke"]
     iss: str
@@ -39,7 +41,8 @@ def parse_revoke_event(event: Mapping[str, Any]) -> TokenRevoked | None:
 
 class RevocationMirror:
     """The revocations one instance knows of: ``entries`` maps ``(iss, jti)`` to the epoch
-    second the revocation ends, in process memory.
+    second the revocation ends (the token's ``exp`` plus the leeway: the caller adds it), in
+    process memory.
 
     ``entries`` is one dict for the mirror's lifetime (pruned in place), so a hot path may
     hold it and test ``pair in entries`` without a method call. Expired entries are pruned
@@ -54,13 +57,13 @@ class RevocationMirror:
         self._clock = clock
         self._prune_at = 1024
 
-    def add(self, iss: str, jti: str, exp: float) -> tuple[str, str]:
-        """Remember that ``(iss, jti)`` is revoked until ``exp`` (a later ``exp`` wins);
+    def add(self, iss: str, jti: str, until: float) -> tuple[str, str]:
+        """Remember that ``(iss, jti)`` is revoked until ``until`` (a later end wins);
         returns the pair."""
         pair = (iss, jti)
         entries = self.entries
-        if entries.get(pair, 0.0) < exp:
-            entries[pair] = exp
+        if entries.get(pair, 0.0) < until:
+            entries[pair] = until
         if len(entries) >= self._prune_at:
             now = self._clock()
             for key in [k for k, until in entries.items() if until <= now]:

@@ -116,6 +116,12 @@ class JWTValidator:
         """SHA-256 hex over the verifier configuration (not the secret itself)."""
         return self._settings.fingerprint
 
+    @property
+    def leeway(self) -> float:
+        """Seconds past ``exp`` (and before ``nbf``) a token is still accepted (the
+        settings'); :class:`~middleware.JWTAuthenticator` caches and revokes for as long."""
+        return float(self._settings.leeway)
+
     async def validate(self, token: str) -> TokenClaims:
         """Verify `token` and return its claims.
 

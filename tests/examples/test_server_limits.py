@@ -1,0 +1,58 @@
+"""Black box: the example gateway under the uvicorn flags ``scripts/gateway`` gives it
+(issue 13, item 4): request headers are bounded and X-Forwarded-For from loopback is not
+trusted unless ``FORWARDED_ALLOW_IPS`` says so."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import httpx
+import pytest
+
+from gateway_redis.embedded import EmbeddedRedis
+from tests.examples.conftest import gateway_env
+from tests.processes import ROOT, uvicorn_process
+
+
+def script_flags() -> list[str]:
+    """The uvicorn flags of ``scripts/gateway`` without FORWARDED_ALLOW_IPS."""
+    script = (ROOT / "scripts" / "gateway").read_text()
+    limits = re.search(r"^LIMITS=\((.*)\)$", script, re.MULTILINE)
+    proxy = re.search(r"^else\n  PROXY=\((.*)\)$", script, re.MULTILINE)
+    assert limits is not None
+    assert proxy is not None
+    return shlex.split(limits.group(1)) + shlex.split(proxy.group(1))
+
+
+def test_the_script_bounds_headers_and_ignores_forwarded_for(
+    redis_server: EmbeddedRedis,
+) -> None:
+    flags = script_flags()
+    assert "--ws-max-size" in flags
+    assert flags[flags.index("--ws-max-size") + 1] == "65536"
+    env = gateway_env(redis_server.url, GATEWAY_LOGIN_LIMIT="1")
+    with (
+        uvicorn_process(["examples.gateway:app", *flags], env) as (port, _),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+    ):
+        assert http.get("/health", headers={"cookie": "a=" + "x" * 8000}).status_code == 200
+        # A 1 MiB header is refused (400, or the connection is closed on it).
+        try:
+            huge = http.get("/health", headers={"cookie": "a=" + "x" * (1 << 20)})
+        except httpx.TransportError:
+            pass
+        else:
+            assert huge.status_code >= 400
+        # X-Forwarded-For from loopback is not a client address: the throttle counts both
+        # attempts against 127.0.0.1 and refuses the second.
+        form = {"username": "bob", "password": "wrong"}
+        first = http.post("/auth/login", data=form, headers={"X-Forwarded-For": "10.0.0.1"})
+        assert first.status_code == 401
+        second = http.post("/auth/login", data=form, headers={"X-Forwarded-For": "10.0.0.2"})
+        assert second.status_code == 429
+
+
+@pytest.mark.parametrize("flag", ["--h11-max-incomplete-event-size", "--forwarded-allow-ips"])
+def test_the_flags_are_explained_in_the_readme(flag: str) -> None:
+    assert flag in (ROOT / "README.md").read_text()
