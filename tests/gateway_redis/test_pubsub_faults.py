@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
-from gateway_redis.pubsub import Message
+from gateway_redis.pubsub import Message, Subscription
 from tests.pubsubutil import until
 
 OPERATION_TIMEOUT = 0.5
@@ -152,6 +152,74 @@ async def test_lagging_subscriber_sees_every_gap_on_the_first_message_after_the_
     assert silent_gaps(callback)[1] == 0, "the callback path must flag every gap too"
     assert sub.gaps >= 3
     assert sub.dropped == 0
+
+
+def buffered(size: int) -> Subscription:
+    sub = Subscription(
+        size, None, channels={b"c": "c"}, patterns={}, release=lambda s: None, on_drop=lambda: None
+    )
+    sub.activate()
+    return sub
+
+
+def numbered(n: int) -> Message:
+    return Message("c", str(n), n)
+
+
+def test_the_gap_of_a_lost_connection_is_on_the_first_message_that_arrives_after_it() -> None:
+    sub = buffered(10)
+    for n in (1, 2, 3):
+        sub.deliver(numbered(n))
+    sub.connection_lost()
+    sub.connection_lost()  # a second report of the same loss is the same gap
+    for n in (7, 8):
+        sub.deliver(numbered(n))
+    assert [(m.data, m.gap_before) for m in sub.drain()] == [
+        (1, False), (2, False), (3, False), (7, True), (8, False)
+    ]  # fmt: skip
+    assert sub.gaps == 1
+
+
+def test_an_overflow_over_a_flagged_message_keeps_one_gap_on_the_oldest_kept() -> None:
+    sub = buffered(2)
+    sub.deliver(numbered(1))
+    sub.connection_lost()
+    sub.deliver(numbered(5))  # flagged: 2-4 were lost with the connection
+    sub.deliver(numbered(6))  # drops 1
+    sub.deliver(numbered(7))  # drops 5, the flagged one: the gap moves to 6
+    assert [(m.data, m.gap_before) for m in sub.drain()] == [(6, True), (7, False)]
+    assert sub.dropped == 2
+
+
+def test_take_gap_reports_a_lost_connection_and_clears_the_flags() -> None:
+    sub = buffered(10)
+    sub.deliver(numbered(1))
+    sub.connection_lost()
+    assert sub.take_gap()  # nothing arrived yet: the consumer resyncs at once
+    sub.deliver(numbered(5))
+    assert not sub.take_gap()
+    sub.connection_lost()
+    sub.deliver(numbered(9))  # flagged in the buffer, then the consumer resyncs at once
+    assert sub.take_gap()
+    assert [m.gap_before for m in sub.drain()] == [False, False, False]
+
+
+def test_a_callback_subscription_gets_the_gap_on_the_next_message() -> None:
+    got: list[tuple[int, bool]] = []
+    sub = Subscription(
+        10,
+        lambda m: got.append((m.data, m.gap_before)),
+        channels={b"c": "c"},
+        patterns={},
+        release=lambda s: None,
+        on_drop=lambda: None,
+    )
+    sub.activate()
+    sub.deliver(numbered(1))
+    sub.connection_lost()
+    sub.deliver(numbered(4))
+    sub.deliver(numbered(5))
+    assert got == [(1, False), (4, True), (5, False)]
 
 
 # -- every public call answers within operation_timeout ---------------------------------------
