@@ -42,19 +42,22 @@ class Numbered:
         self.last = 0  # the last number Redis accepted
         self._attempted = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        # A flag, not cancel(): a cancelled publish may be swallowed by the driver.
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._stopping = True
+        await asyncio.wait_for(self._task, 5)
         await self._redis.aclose()
 
     async def _run(self) -> None:
-        for _ in range(20_000):  # bounded: about 10 s at most
+        for _ in range(20_000):  # bounded: about 20 s at most
+            if self._stopping:
+                return
             self._attempted += 1
             try:
                 await self._redis.publish(self._channel, str(self._attempted))
