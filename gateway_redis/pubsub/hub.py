@@ -89,7 +89,7 @@ class PubSubHub:
         self._router: Router[Subscription] = Router(client, settings)
         self._warned_patterns: set[str] = set()
         self._switch = SwitchWatch(client, self._on_switch) if config.mode == "sentinel" else None
-        self._subscribe_timeout = config.dial_timeout + config.operation_timeout
+        self._subscribe_timeout = config.operation_timeout  # every call's one deadline
         self._subs: set[Subscription] = set()  # open and not released
         self._on_reconnected: list[ReconnectListener] = []
         self._on_disconnected: list[ReconnectListener] = []
@@ -155,16 +155,17 @@ class PubSubHub:
         ``buffer_size`` (messages, >= 1) bounds its buffer. With ``on_message`` it is a
         callback subscription instead (see :class:`Subscription`): no buffer, no queueing,
         the callback runs in the reader for every message, one call per message however
-        many channels the subscription has. Raises :class:`RedisUnavailable`
-        at once when Redis is known to be unreachable (the hub's last connection attempt
-        failed, or the client is down before the hub ever connected). While the hub is
-        merely reconnecting after a drop the subscription is registered and confirmed on
-        the new connection; if that takes longer than ``dial_timeout + operation_timeout``
-        it raises ``RedisUnavailable(reason="timeout")``. Sharded channels are subscribed
-        on their node's connection (raises at once while that node is known unreachable);
-        one Redis refuses for good (ACL ``NOPERM``, or a server without sharded pub/sub)
-        raises ``RedisUnavailable(reason="misconfigured")``. Raises :class:`TypeError` /
-        :class:`ValueError` for bad names (empty, over 1 KiB, reserved) or sizes.
+        many channels the subscription has. Raises :class:`RedisUnavailable` at once when
+        Redis is known to be unreachable (the hub's last connection attempt failed, or the
+        client is down before the hub ever connected). While the hub is merely reconnecting
+        after a drop the subscription is registered and confirmed on the new connection.
+        Redis not confirming within ``operation_timeout`` (a frozen or unreachable server,
+        the deadline of every call) raises ``RedisUnavailable(reason="timeout")``. Sharded
+        channels are subscribed on their node's connection (raises at once while that node
+        is known unreachable); one Redis refuses for good (ACL ``NOPERM``, or a server
+        without sharded pub/sub) raises ``RedisUnavailable(reason="misconfigured")``.
+        Raises :class:`TypeError` / :class:`ValueError` for bad names (empty, over 1 KiB,
+        reserved) or sizes.
         """
         names = envelope.check_names(channels, "channel")
         if on_message is not None and not callable(on_message):

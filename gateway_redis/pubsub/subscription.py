@@ -40,8 +40,10 @@ class Message:
     JSON inside it); ``data`` is the decoded JSON, or None when the payload is not JSON.
     ``trace_context`` holds the W3C ``traceparent``/``tracestate`` headers carried by the
     envelope (pass it to ``opentelemetry.propagate.extract``), else None. ``gap_before`` is
-    True on the first message a subscription gets after messages may have been lost
-    (buffer overflow or reconnect). The format is :mod:`gateway_redis.pubsub.envelope`.
+    True when messages may have been lost just before this one: after a lost connection,
+    on the first message that arrived once it was subscribed again (messages buffered
+    before the loss keep False); after a buffer overflow, on the oldest message kept. The
+    format is :mod:`gateway_redis.pubsub.envelope`.
     """
 
     channel: str
@@ -86,7 +88,9 @@ class Subscription:
 
     Iterate with ``async for``; use ``async with`` or :meth:`close` so the hub can
     unsubscribe. When the buffer (``buffer_size`` messages) is full the oldest message is
-    dropped, ``dropped`` grows and the next message has ``gap_before=True``. Iteration
+    dropped, ``dropped`` grows and the next message has ``gap_before=True``. When a
+    connection serving it is lost, the first message to arrive after the loss has
+    ``gap_before=True``, however many older messages wait in the buffer. Iteration
     stops after :meth:`close` or when :meth:`PubSubHub.unsubscribe` took its last channel;
     it raises :class:`SubscriptionClosed` (``reason="closed"`` when the hub closed,
     ``"failed"`` when it broke) after the buffered messages are consumed.
@@ -122,7 +126,9 @@ class Subscription:
         self._patterns = patterns
         self._end: End | None = None
         self._active = False  # subscribe() returned: a later reconnect is a gap for it
-        self._gap = False
+        self._gap = False  # overflow: the oldest buffered message follows a gap
+        self._gap_next = False  # lost connection: the next message to arrive follows a gap
+        self._flagged = 0  # buffered messages carrying gap_before
         self._gaps = 0
         self._dropped = 0
         self._unreported = 0
@@ -161,10 +167,17 @@ class Subscription:
     def take_gap(self) -> bool:
         """True if messages may have been lost since the last message taken; clears the flag.
 
-        For consumers that want to resync at once rather than on the next message (which
-        then has ``gap_before=False``).
+        For consumers that want to resync at once rather than on the message after the gap
+        (which then has ``gap_before=False``, as has every message buffered now).
         """
-        gap, self._gap = self._gap, False
+        gap = self._gap or self._gap_next or self._flagged > 0
+        self._gap = self._gap_next = False
+        if self._flagged:  # rare: a consumer resyncing after a reconnect
+            self._flagged = 0
+            self._buffer = deque(
+                dataclasses.replace(m, gap_before=False) if m.gap_before else m
+                for m in self._buffer
+            )
         return gap
 
     def drain(self) -> list[Message]:
@@ -236,9 +249,11 @@ class Subscription:
         self._active = True
 
     def connection_lost(self) -> None:
-        """A connection serving it was lost: if active, the next message has a gap."""
-        if self._active:
-            self._mark_gap()
+        """A connection serving it was lost: if active, the next message to arrive (not the
+        next one taken from the buffer, which came before the loss) has a gap."""
+        if self._active and not self._gap_next:
+            self._gap_next = True
+            self._gaps += 1
 
     def end(self, how: End) -> None:
         """End it (idempotent; :attr:`End.CLOSED` wins over an earlier end and discards
@@ -260,11 +275,11 @@ class Subscription:
 
     def deliver(self, message: Message) -> None:
         """Buffer ``message`` (dropping the oldest when full) or run the callback with it."""
+        if self._gap_next:
+            self._gap_next = False
+            message = dataclasses.replace(message, gap_before=True)
         callback = self._callback
         if callback is not None:
-            if self._gap:
-                self._gap = False
-                message = dataclasses.replace(message, gap_before=True)
             try:
                 callback(message)
             except Exception:  # a subscriber can never break the reader
@@ -274,8 +289,11 @@ class Subscription:
                     extra=log_fields("pubsub", "pubsub_callback_failed"),
                 )
             return
+        if message.gap_before:
+            self._flagged += 1
         if len(self._buffer) >= self._size:
-            self._buffer.popleft()
+            if self._buffer.popleft().gap_before:
+                self._flagged -= 1  # its gap merges into the overflow's
             self._dropped += 1
             self._unreported += 1
             self._on_drop()
@@ -299,9 +317,11 @@ class Subscription:
 
     def _take(self) -> Message:
         message = self._buffer.popleft()
-        if self._gap:
-            self._gap = False
+        if message.gap_before:
+            self._flagged -= 1
+        elif self._gap:
             message = dataclasses.replace(message, gap_before=True)
+        self._gap = False
         return message
 
     def _mark_gap(self) -> None:
