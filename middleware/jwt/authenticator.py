@@ -12,8 +12,8 @@
    ``min(l2_ttl, exp - now)``. A hit is re-checked against the clock and the Redis denylist.
    A corrupt value is a miss.
 3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
-   for ``negative_ttl`` seconds; a validator outage (:class:`ValidatorUnavailable`) and
-   Redis errors are never cached.
+   (keyed by the digest) for ``negative_ttl`` seconds; a validator outage
+   (:class:`ValidatorUnavailable`) and Redis errors are never cached.
 
 Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
 valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until the token's ``exp``, and
@@ -113,8 +113,9 @@ class JWTAuthenticator:
     reach this authenticator's :meth:`on_revoked` callbacks only. ``l1_ttl`` / ``l2_ttl``
     (seconds) cap how long verified claims are cached (never past ``exp``); ``negative_ttl``
     is how long a rejected token is remembered in L1; ``*_maxsize`` bound the caches.
-    ``max_token_bytes`` rejects longer tokens before hashing. ``max_revocation_lifetime``
-    (seconds) is how long a revocation given as ``(iss, jti)`` without ``expires_at`` lasts.
+    ``max_token_bytes`` rejects longer tokens before any lookup or hashing.
+    ``max_revocation_lifetime`` (seconds) is how long a revocation given as ``(iss, jti)``
+    without ``expires_at`` lasts.
     All arguments are validated (``ValueError``). Holds no per-request state.
     """
 
@@ -182,6 +183,8 @@ class JWTAuthenticator:
         refused; the L1 cache is empty and bypassed while the invalidation bus is out of
         sync, so a None is also what every lookup gets then.
         """
+        if len(token) > self._max_bytes:  # never valid: not even looked up
+            return None
         entry: _Verified | None = self._l1.get(token)
         if entry is None:
             return None
@@ -233,16 +236,18 @@ class JWTAuthenticator:
                 raise InvalidToken("revoked")
             if entry.exp > now and entry.nbf <= now:
                 return entry.result
-        reason: str | None = self._negative.get(token)
+        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
+        # Keyed by the digest: a flood of distinct bad tokens costs 64 characters an entry,
+        # not up to max_token_bytes.
+        reason: str | None = self._negative.get(digest)
         if reason is not None:
             raise InvalidToken(reason)
         generation = self._l1.generation
-        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
         try:
             result = await self._resolve(token, digest, now)
         except InvalidToken as exc:
             if exc.reason not in _UNCACHEABLE_REASONS:
-                self._negative.set(token, exc.reason)
+                self._negative.set(digest, exc.reason)
             raise
         claims = result.claims
         if not result.degraded and (claims.nbf is None or claims.nbf <= now):
