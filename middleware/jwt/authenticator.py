@@ -3,8 +3,7 @@
 :class:`JWTAuthenticator` wraps any :class:`~middleware.jwt.TokenValidator`:
 
 1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
-   by the token string itself (process memory only, per authenticator, so per verifier
-   configuration; hashing it twice per request was a measurable share of the hot path).
+   by the token itself (process memory only, per authenticator: no hash on the hot path).
    A hit is re-checked against the clock (``exp``/``nbf``) and the in-memory denylist; it
    costs no Redis round trip and no await (:meth:`JWTAuthenticator.cached`).
 2. L2 (Redis): ``<prefix>jwt:<digest>``, the digest being ``SHA-256(validator fingerprint +
@@ -237,8 +236,7 @@ class JWTAuthenticator:
             if entry.exp > now and entry.nbf <= now:
                 return entry.result
         digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
-        # Keyed by the digest: a flood of distinct bad tokens costs 64 characters an entry,
-        # not up to max_token_bytes.
+        # By digest: a bad token costs 64 characters in memory, not up to max_token_bytes.
         reason: str | None = self._negative.get(digest)
         if reason is not None:
             raise InvalidToken(reason)
