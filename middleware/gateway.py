@@ -20,15 +20,15 @@ refusal, an L1 miss, WebSocket handshakes) goes through the chain, so its answer
 and metrics are the separate middleware's.
 
 A warm request is served from a *ticket* remembered by its exact ``Authorization`` and
-``Cookie`` header values (bounded, in process memory only): the pins of the verified claims
-(:meth:`JWTAuthenticator.pin`), the permissions (:meth:`PermissionCache.pin`) and the
-session (:meth:`SessionManager.pin`). A ticket is used only while each component says its
-pin is current (its L1 entry is still the live one and in date: any revocation, policy
-change, invalidation, eviction or flush ends it, and the bus flushes L1 whenever it is out
-of sync; ``exp``/``nbf``, the session's expiry and next touch), checked on every request;
-else it is rebuilt from L1 or the request goes to the chain. A ticket's hits do not move
-its entries up in their caches' LRU order (entries expire within their TTL anyway, 30-60 s
-by default).
+``Cookie`` header values (bounded in entries and bytes, in process memory only): the pins of
+the verified claims (:meth:`JWTAuthenticator.pin`), the permissions
+(:meth:`PermissionCache.pin`) and the session (:meth:`SessionManager.pin`). A ticket is used
+only while each component says its pin is current (its L1 entry is still the live one and in
+date: any revocation, policy change, invalidation, eviction or flush ends it, and the bus
+flushes L1 whenever it is out of sync; ``exp``/``nbf``, the session's expiry and next
+touch), checked on every request; else it is rebuilt from L1 or the request goes to the
+chain. A ticket's hits do not move its entries up in their caches' LRU order (entries expire
+within their TTL anyway, 30-60 s by default).
 
 It serves a warm request with less CPU than the three separate layers; for the measured
 ratio see the hot-path benchmark (``benchmarks/results/report.md``, "1. Gateway hot path";
@@ -48,7 +48,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import telemetry
-from middleware import _memo
+from middleware._memo import Memo
 from middleware.errors import ServiceUnavailable
 from middleware.jwt.authenticator import AuthenticationPin
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
@@ -138,8 +138,10 @@ class GatewayMiddleware:
         self._chain = inner
         # A session header named like one the fast path reads itself: leave it to the chain.
         self._fast = self._session_header not in (b"authorization", b"cookie")
-        # (Authorization, Cookie) header values -> _Ticket; bounded like the parse memos.
-        self._tickets: dict[tuple[bytes, bytes | None], _Ticket] = {}
+        # (Authorization, Cookie) header values -> _Ticket; bounded like the parse memos (a
+        # ticket is only ever built for a verified token); the hot path reads the dict.
+        self._ticket_memo: Memo[tuple[bytes, bytes | None], _Ticket] = Memo(budget=_TICKET_BUDGET)
+        self._tickets = self._ticket_memo.entries
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._fast:
@@ -179,10 +181,8 @@ class GatewayMiddleware:
                 self._tickets.pop(key, None)
                 await self._chain(scope, receive, send)
                 return
-            if len(authorization) + len(cookie or b"") <= _memo.MAX_KEY:
-                if len(self._tickets) >= _memo.MAX_ENTRIES:
-                    self._tickets.clear()
-                self._tickets[key] = ticket
+            size = len(authorization) + len(cookie or b"")
+            self._ticket_memo.remember(key, ticket, size, _TICKET_SIZE)
         claims = ticket.result.claims
 
         rbac = self._rbac
@@ -278,6 +278,12 @@ class GatewayMiddleware:
                     return None
                 ticket.session = session_pin
         return ticket
+
+
+# About what a ticket's own objects take (its pins' entries belong to the caches), and how
+# many bytes of tickets (keys included) are kept at most.
+_TICKET_SIZE = 512
+_TICKET_BUDGET = 2 << 20
 
 
 def _never(pin: object) -> bool:

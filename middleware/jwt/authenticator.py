@@ -3,17 +3,16 @@
 :class:`JWTAuthenticator` wraps any :class:`~middleware.jwt.TokenValidator`:
 
 1. L1 (:class:`~gateway_redis.localcache.LocalCache`, bounded, TTL): verified claims keyed
-   by the token string itself (process memory only, per authenticator, so per verifier
-   configuration; hashing it twice per request was a measurable share of the hot path).
-   A hit is re-checked against the clock and the in-memory denylist; it costs no Redis
-   round trip and no await (:meth:`JWTAuthenticator.cached`).
+   by the token itself (process memory only, per authenticator: no hash on the hot path).
+   A hit is re-checked against the clock (``exp``/``nbf``) and the in-memory denylist; it
+   costs no Redis round trip and no await (:meth:`JWTAuthenticator.cached`).
 2. L2 (Redis): ``<prefix>jwt:<digest>``, the digest being ``SHA-256(validator fingerprint +
    token)`` (no token ever appears in a key name), holds the claims JSON for
    ``min(l2_ttl, exp + leeway - now)``. A hit is re-checked against the clock and the Redis
    denylist. A corrupt value is a miss.
 3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
-   for ``negative_ttl`` seconds; a validator outage (:class:`ValidatorUnavailable`) and
-   Redis errors are never cached.
+   (keyed by the digest) for ``negative_ttl`` seconds; a validator outage
+   (:class:`ValidatorUnavailable`) and Redis errors are never cached.
 
 A token is accepted from ``nbf - leeway`` until ``exp + leeway`` (its *acceptance window*;
 ``leeway`` is the validator's, see :class:`JWTAuthenticator`): both cache tiers serve and
@@ -77,7 +76,7 @@ class JWTAuthenticator:
     reach this authenticator's :meth:`on_revoked` callbacks only. ``l1_ttl`` / ``l2_ttl``
     (seconds) cap how long verified claims are cached (never past ``exp + leeway``);
     ``negative_ttl`` is how long a rejected token is remembered in L1; ``*_maxsize`` bound
-    the caches. ``max_token_bytes`` rejects longer tokens before hashing.
+    the caches. ``max_token_bytes`` rejects longer tokens before any lookup or hashing.
     ``max_revocation_lifetime`` (seconds) is how long a revocation given as ``(iss, jti)``
     without ``expires_at`` lasts.
 
@@ -170,6 +169,8 @@ class JWTAuthenticator:
         refused; the L1 cache is empty and bypassed while the invalidation bus is out of
         sync, so a None is also what every lookup gets then.
         """
+        if len(token) > self._max_bytes:  # never valid: not even looked up
+            return None
         entry: Verified | None = self._l1.get(token)
         if entry is None:
             return None
@@ -221,16 +222,17 @@ class JWTAuthenticator:
                 raise InvalidToken("revoked")
             if entry.until > now and entry.since <= now:
                 return entry.result
-        reason: str | None = self._negative.get(token)
+        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
+        # By digest: a bad token costs 64 characters in memory, not up to max_token_bytes.
+        reason: str | None = self._negative.get(digest)
         if reason is not None:
             raise InvalidToken(reason)
         generation = self._l1.generation
-        digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
         try:
             result = await self._resolve(token, digest, now)
         except InvalidToken as exc:
             if exc.reason not in _UNCACHEABLE_REASONS:
-                self._negative.set(token, exc.reason)
+                self._negative.set(digest, exc.reason)
             raise
         verified = Verified(result.claims, self._leeway)
         if not result.degraded and verified.since <= now < verified.until:

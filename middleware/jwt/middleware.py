@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import telemetry
 from gateway_redis.support import log_fields
-from middleware._memo import remember
+from middleware._memo import Memo
 from middleware._paths import PathSet, route_path
 from middleware.errors import (
     ErrorHandler,
@@ -87,7 +87,7 @@ class GatewayUser(BaseUser):
 
 
 def _extract(
-    scope: Scope, cookie_name: str | None, subprotocol: bool, tokens: dict[bytes, str]
+    scope: Scope, cookie_name: str | None, subprotocol: bool, tokens: Memo[bytes, str]
 ) -> tuple[str | None, bool]:
     """``(token, from_subprotocol)``; raises :class:`NotAuthenticated` for ambiguous input.
 
@@ -106,14 +106,14 @@ def _extract(
         elif name == b"cookie" and cookie_name is not None:
             cookies.append(value)
     if authorization is not None:
-        token = tokens.get(authorization)
+        token = tokens.entries.get(authorization)
         if token is not None:
             return token, False
         token = bearer_token(authorization)
         if token is not None:
             if not token:
                 raise NotAuthenticated("malformed")
-            remember(tokens, authorization, token)
+            tokens.remember(authorization, token, len(authorization), len(token))
             return token, False
     if protocols and scope["type"] == "websocket":
         offered = [p.strip() for v in protocols for p in v.decode("latin-1").split(",")]
@@ -170,7 +170,9 @@ class JWTMiddleware:
         self._cookie = cookie_name
         self._subprotocol = bool(websocket_subprotocol)
         self._on_error = on_error
-        self._tokens: dict[bytes, str] = {}  # Authorization value -> token (a pure parse)
+        # Authorization value -> token (a pure parse); bounded in entries and bytes.
+        self._tokens: Memo[bytes, str] = Memo()
+        self._token_entries = self._tokens.entries  # read by bearer() on the fused hot path
 
     @property
     def authenticator(self) -> JWTAuthenticator:
@@ -180,13 +182,12 @@ class JWTMiddleware:
     def bearer(self, authorization: bytes) -> str | None:
         """The token of one ``Authorization`` header value (memoized: a pure parse); None
         when it is not a ``Bearer`` value or the token is empty."""
-        tokens = self._tokens
-        token = tokens.get(authorization)
+        token = self._token_entries.get(authorization)
         if token is None:
             token = bearer_token(authorization)
             if not token:
                 return None
-            remember(tokens, authorization, token)
+            self._tokens.remember(authorization, token, len(authorization), len(token))
         return token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,11 +18,12 @@ permission source that cannot answer gets 503. A Redis outage is never a 403: th
 asked directly. Per-route requirements: :func:`require_permissions` for Starlette endpoints,
 :class:`middleware.fastapi.RequirePermissions` for FastAPI.
 
-The rules a (method, path) needs are memoized (bounded). Permissions found in L1 (or given
-synchronously by an in-process source such as :class:`StaticRolePermissions`) are checked
-with no await and no span: ``gateway.rbac.cache.result`` (``l1`` or ``uncached``) goes on
-the current (server) span. Asking the cache's L2 or the source gets a
-``gateway.rbac authorize`` span.
+The rules a (method, path) needs are memoized, bounded in entries and bytes; a path longer
+than 2,048 characters is matched against the rules every time, never remembered.
+Permissions found in L1 (or given synchronously by an in-process source such as
+:class:`StaticRolePermissions`) are checked with no await and no span:
+``gateway.rbac.cache.result`` (``l1`` or ``uncached``) goes on the current (server) span.
+Asking the cache's L2 or the source gets a ``gateway.rbac authorize`` span.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway_redis import telemetry
+from middleware._memo import Memo
 from middleware._paths import PathPattern, route_path
 from middleware.errors import (
     ErrorHandler,
@@ -162,8 +164,12 @@ class RBACMiddleware:
         self._rules = tuple(rules)
         self._deny_unmatched = bool(deny_unmatched)
         self._on_error = on_error
-        # (method, path) -> required permissions (empty: no rule matched); bounded.
-        self._requirements: dict[tuple[str, str], tuple[str, ...]] = {}
+        # (method, path) -> required permissions (empty: no rule matched). Paths come from
+        # clients: bounded in entries and bytes; the hot path reads the dict.
+        self._requirement_memo: Memo[tuple[str, str], tuple[str, ...]] = Memo(
+            max_key=_MAX_MEMO_PATH, max_entries=_MEMO_SIZE
+        )
+        self._requirements = self._requirement_memo.entries
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -241,12 +247,12 @@ class RBACMiddleware:
             if rule.matches(method, path):
                 required.extend(rule.permissions)
         found = tuple(dict.fromkeys(required))
-        if len(self._requirements) >= _MEMO_SIZE:
-            self._requirements.clear()  # paths come from clients: never grow without bound
-        self._requirements[key] = found
+        # The method counts too: some servers accept any token there.
+        self._requirement_memo.remember(key, found, len(method) + len(path))
         return found
 
 
+_MAX_MEMO_PATH = 2048  # characters of method and path: longer requests are not memoized
 _MEMO_SIZE = 2048
 _L1_LOOKUP = telemetry.lookup_tally("rbac", "l1")
 _L1_SPAN_ATTRS = {ATTR_RBAC_RESULT: "l1"}

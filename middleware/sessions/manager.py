@@ -10,8 +10,10 @@ bus, and the manager only listens (:meth:`SessionStore.on_change
 every instance. L1 entries never outlive the session's absolute or idle expiry.
 
 L1 is keyed by the digest of the session ID (:func:`gateway_redis.sessions.id_digest`),
-as the events are; a bounded memo of ID -> digest (in process memory only) spares the hash
-on every warm request.
+as the events are; a memo of ID -> digest (in process memory only, bounded in entries and
+bytes) spares the hash on every warm request. An ID that is not of the shape the store
+issues (:func:`~gateway_redis.sessions.codec.is_valid_id`) is never remembered, looked up
+in L1 or sent to the store: it is a session that does not exist.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from typing import Any
 
 from gateway_redis import telemetry
 from gateway_redis.client import RedisClient
+from gateway_redis.errors import SessionNotFound
 from gateway_redis.localcache import Stamp
 from gateway_redis.sessions import Session, SessionEvent, SessionEventHandler, id_digest
+from gateway_redis.sessions.codec import ID_LENGTH, is_valid_id
+from middleware._memo import Memo
 from middleware.sessions.backend import SessionBackend
 
 __all__ = ["SessionEntry", "SessionManager", "SessionPin"]
@@ -113,8 +118,8 @@ class SessionManager:
             raise ValueError("give exactly one of client= and store=")
         self._store = backend
         self._l1 = backend.local_cache("session", maxsize=maxsize, ttl=l1_ttl)
-        self._digests: dict[str, str] = {}
-        self._digests_max = maxsize
+        self._digest_memo: Memo[str, str] = Memo(max_key=ID_LENGTH, max_entries=maxsize)
+        self._digests = self._digest_memo.entries  # read directly on the hot path
         self._clock = clock
         backend.on_change(self._on_event)
 
@@ -143,7 +148,10 @@ class SessionManager:
     def entry(self, session_id: str, touch_interval: float = math.inf) -> SessionEntry | None:
         """Like :meth:`cached`, but the L1 entry itself (the session and its metadata as a
         plain dict when flat). Synchronous, no Redis, counts nothing."""
-        entry: SessionEntry | None = self._l1.get(self._key(session_id))
+        digest = self._digests.get(session_id) or self._key(session_id)
+        if digest is None:  # malformed: no such session
+            return None
+        entry: SessionEntry | None = self._l1.get(digest)
         if entry is None:
             return None
         now = self._clock()
@@ -156,7 +164,8 @@ class SessionManager:
         entry = self.entry(session_id, touch_interval)
         if entry is None:
             return None
-        stamp = self._l1.stamp(self._key(session_id))
+        digest = self._key(session_id)
+        stamp = self._l1.stamp(digest) if digest is not None else None
         if stamp is None:
             return None
         until = min(entry.ends_at, entry.last + touch_interval, entry.idle_touch_at)
@@ -169,8 +178,11 @@ class SessionManager:
         return pin._current(pin._stamp) and self._clock() < pin._until
 
     async def get(self, session_id: str) -> Session:
-        """The live session, from L1 or Redis (a read; does not touch it)."""
+        """The live session, from L1 or Redis (a read; does not touch it). Raises
+        :class:`~gateway_redis.SessionNotFound` for a malformed ID without asking the store."""
         digest = self._key(session_id)
+        if digest is None:
+            raise SessionNotFound("session not found")
         entry: SessionEntry | None = self._l1.get(digest)
         if entry is not None and entry.ends_at > self._clock():
             _L1.value += 1
@@ -239,14 +251,15 @@ class SessionManager:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _key(self, session_id: str) -> str:
-        """The digest of ``session_id`` (memoized: a warm request hashes nothing)."""
+    def _key(self, session_id: str) -> str | None:
+        """The digest of ``session_id`` (memoized: a warm request hashes nothing), or None
+        when it is malformed (never hashed nor remembered: it may be megabytes long)."""
         digest = self._digests.get(session_id)
         if digest is None:
+            if not is_valid_id(session_id):
+                return None
             digest = id_digest(session_id)
-            if len(self._digests) >= self._digests_max:
-                self._digests.clear()
-            self._digests[session_id] = digest
+            self._digest_memo.remember(session_id, digest, len(session_id), len(digest))
         return digest
 
     def _remember(self, digest: str, session: Session, generation: int) -> None:

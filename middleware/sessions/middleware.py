@@ -52,8 +52,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
+from gateway_redis.sessions.codec import is_valid_id
 from gateway_redis.support import log_fields
-from middleware._memo import remember
+from middleware._memo import Memo
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.scope import SESSION_KEY
@@ -120,7 +121,10 @@ class SessionMiddleware:
         self._header = header_name.lower().encode("latin-1") if header_name else None
         self._header_name = header_name
         self._cookie_name = cookie.name if cookie is not None else None
-        self._ids: dict[bytes, str] = {}  # Cookie header value -> session ID (a pure parse)
+        # Cookie header value -> session ID (a pure parse; well-formed IDs only), bounded in
+        # entries and bytes; the hot path reads the dict.
+        self._id_memo: Memo[bytes, str] = Memo()
+        self._ids = self._id_memo.entries
         # Cookie headers without this substring cannot hold the session cookie.
         self._cookie_marker = (
             self._cookie_name.encode("latin-1") + b"=" if self._cookie_name is not None else None
@@ -272,7 +276,7 @@ class SessionMiddleware:
         """The session ID from one ``Cookie`` header in the usual shape: our cookie once, at
         the start or after ``;``/``; ``, its value URL-safe characters and ``.`` up to ``;``
         or the end. None when the header is not that simple (:meth:`_parse_cookies` then
-        decides). Memoized by the header value (a pure parse)."""
+        decides). Memoized by the header value (a pure parse) when the ID is well formed."""
         found = self._ids.get(value)
         if found is not None:
             return found
@@ -295,7 +299,8 @@ class SessionMiddleware:
         if not raw or raw.translate(None, _URL_SAFE) or value.find(marker, begin) >= 0:
             return None
         found = raw.decode("ascii")
-        remember(self._ids, value, found)
+        if is_valid_id(found):  # else never remembered; the manager refuses it unasked
+            self._id_memo.remember(value, found, len(value), len(found))
         return found
 
     def _parse_cookies(self, scope: Scope) -> str | None:

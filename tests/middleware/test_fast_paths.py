@@ -90,7 +90,7 @@ async def test_cookie_shortcut_agrees_with_the_full_parse(
 
 async def test_parse_memos_stay_bounded(sessions: SessionManager, authenticator: Any) -> None:
     middleware = SessionMiddleware(_app, sessions=sessions, cookie=SessionCookie())
-    tokens: dict[bytes, str] = {}
+    tokens: _memo.Memo[bytes, str] = _memo.Memo()
     for i in range(3 * _memo.MAX_ENTRIES):
         sid = f"{SID[:-6]}{i:06d}"
         assert (
@@ -108,7 +108,7 @@ async def test_parse_memos_stay_bounded(sessions: SessionManager, authenticator:
 
 
 def test_bearer_parse_edge_cases() -> None:
-    tokens: dict[bytes, str] = {}
+    tokens: _memo.Memo[bytes, str] = _memo.Memo()
 
     def token(*values: bytes) -> Any:
         scope = {"type": "http", "headers": [(b"authorization", v) for v in values]}
