@@ -5,17 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookies import SimpleCookie
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message
 
 from gateway_redis import RedisClient, RedisConfig
@@ -26,75 +20,11 @@ from middleware import (
     SessionCookie,
     SessionManager,
     SessionMiddleware,
-    get_session,
-    get_session_handle,
 )
+from tests.middleware.sessionapp import build, cookie_of
 
 HttpFactory = Callable[[ASGIApp], httpx.AsyncClient]
 Hooks = dict[str, Callable[[], Awaitable[None]]]
-
-
-async def login(request: Request) -> JSONResponse:
-    body = await request.json()
-    session = await get_session_handle(request).create(body["user"], {"name": body["user"]})
-    return JSONResponse({"user": session.user_id})
-
-
-async def logout(request: Request) -> JSONResponse:
-    await get_session_handle(request).delete()
-    return JSONResponse({"ok": True})
-
-
-async def rotate(request: Request) -> JSONResponse:
-    request.session["elevated"] = True
-    await get_session_handle(request).regenerate()
-    return JSONResponse({"ok": True})
-
-
-async def show(request: Request) -> JSONResponse:
-    session = get_session(request)
-    return JSONResponse(
-        {
-            "data": dict(request.session),
-            "user": session.user_id if session else None,
-            "last": session.last_accessed_at.timestamp() if session else None,
-        }
-    )
-
-
-async def write(request: Request) -> JSONResponse:
-    for key, value in (await request.json()).items():
-        if value is None:
-            request.session.pop(key, None)
-        else:
-            request.session[key] = value
-    hook = request.app.state.hooks.get("write")
-    if hook is not None:
-        await hook()
-    return JSONResponse({"data": dict(request.session)})
-
-
-async def append(request: Request) -> JSONResponse:
-    request.session.setdefault("cart", [])
-    request.session["cart"].append(request.query_params["item"])  # nested change
-    return JSONResponse({"cart": request.session["cart"]})
-
-
-def build(manager: SessionManager, **options: Any) -> Starlette:
-    app = Starlette(
-        routes=[
-            Route("/login", login, methods=["POST"]),
-            Route("/logout", logout, methods=["POST"]),
-            Route("/rotate", rotate, methods=["POST"]),
-            Route("/show", show),
-            Route("/open/show", show),
-            Route("/write", write, methods=["POST"]),
-            Route("/append", append, methods=["POST"]),
-        ],
-        middleware=[Middleware(SessionMiddleware, sessions=manager, **options)],
-    )
-    app.state.hooks = {}
-    return app
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -102,13 +32,6 @@ async def _until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
-
-
-def cookie_of(response: httpx.Response) -> SimpleCookie:
-    jar: SimpleCookie = SimpleCookie()
-    for header in response.headers.get_list("set-cookie"):
-        jar.load(header)
-    return jar
 
 
 @pytest.fixture

@@ -4,88 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from http.cookies import SimpleCookie
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gateway_redis import SessionNotFound
-from middleware import SessionManager, SessionMiddleware, get_session, get_session_handle
+from middleware import SessionManager
+from tests.middleware.sessionapp import build, cookie_of
 from tests.twins import ManualClock, MemorySessionStore
 
 HttpFactory = Callable[[ASGIApp], httpx.AsyncClient]
 COOKIE = "__Host-session"
 ID_SHAPE = re.compile(r"[0-9a-f]{12}\.[A-Za-z0-9_-]{43}")
-
-
-async def login(request: Request) -> JSONResponse:
-    body = await request.json()
-    session = await get_session_handle(request).create(body["user"], {"name": body["user"]})
-    return JSONResponse({"user": session.user_id})
-
-
-async def logout(request: Request) -> JSONResponse:
-    await get_session_handle(request).delete()
-    return JSONResponse({"ok": True})
-
-
-async def rotate(request: Request) -> JSONResponse:
-    request.session["elevated"] = True
-    await get_session_handle(request).regenerate()
-    return JSONResponse({"ok": True})
-
-
-async def show(request: Request) -> JSONResponse:
-    session = get_session(request)
-    return JSONResponse(
-        {
-            "data": dict(request.session),
-            "user": session.user_id if session else None,
-            "last": session.last_accessed_at.timestamp() if session else None,
-        }
-    )
-
-
-async def write(request: Request) -> JSONResponse:
-    for key, value in (await request.json()).items():
-        if value is None:
-            request.session.pop(key, None)
-        else:
-            request.session[key] = value
-    hook: Callable[[], Awaitable[None]] | None = request.app.state.hooks.get("write")
-    if hook is not None:
-        await hook()
-    return JSONResponse({"data": dict(request.session)})
-
-
-def build(manager: SessionManager, **options: Any) -> Starlette:
-    app = Starlette(
-        routes=[
-            Route("/login", login, methods=["POST"]),
-            Route("/logout", logout, methods=["POST"]),
-            Route("/rotate", rotate, methods=["POST"]),
-            Route("/show", show),
-            Route("/write", write, methods=["POST"]),
-        ],
-        middleware=[Middleware(SessionMiddleware, sessions=manager, **options)],
-    )
-    app.state.hooks = {}
-    return app
-
-
-def cookie_of(response: httpx.Response) -> SimpleCookie:
-    jar: SimpleCookie = SimpleCookie()
-    for header in response.headers.get_list("set-cookie"):
-        jar.load(header)
-    return jar
 
 
 async def test_login_issues_a_secure_host_cookie_holding_a_store_issued_id(
