@@ -26,7 +26,7 @@ and this package on redis-py. Everything below is re-exported at the top level.
 from __future__ import annotations
 
 from gateway_redis.authstore import ClaimsStore, PermissionStore, Revocation, RevocationStore
-from gateway_redis.client import ClientState, RedisClient
+from gateway_redis.client import ClientState, RedisClient, WindowHits
 from gateway_redis.config import (
     PoolLimits,
     RedisConfig,
@@ -114,6 +114,7 @@ __all__ = [
     "Timeouts",
     "Topology",
     "UserSessionsDropped",
+    "WindowHits",
     "id_digest",
     "parse_duration",
     "parse_session_event",

@@ -8,12 +8,13 @@ commands and the pub/sub and session shortcuts, each one call through the client
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway_redis._confirm import confirmed_write
 from gateway_redis.errors import CacheKeyNotFound
-from gateway_redis.support import ttl_milliseconds
+from gateway_redis.support import check_seconds, ttl_milliseconds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -22,9 +23,37 @@ if TYPE_CHECKING:
     from gateway_redis.pubsub import PubSubHub, Subscription
     from gateway_redis.sessions import Session, SessionStore
 
-__all__ = ["Commands"]
+__all__ = ["Commands", "WindowHits"]
 
 T = TypeVar("T")
+
+# One round trip, atomic: add the weight (a give-back never goes below 0 nor creates the
+# key), start the window on the first hit (and on a key left without expiry), and return
+# [count, milliseconds left in the window].
+_HIT = """
+local left = redis.call('PTTL', KEYS[1])
+local weight = tonumber(ARGV[2])
+if weight < 0 then
+  if left == -2 then return {0, 0} end
+  local current = tonumber(redis.call('GET', KEYS[1]))
+  weight = -math.min(-weight, current)
+end
+local count = redis.call('INCRBY', KEYS[1], weight)
+if left < 0 then
+  left = tonumber(ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], left)
+end
+return {count, left}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowHits:
+    """What :meth:`Commands.hit` counted: ``count`` hits in the current window, which ends
+    in ``reset_after`` seconds."""
+
+    count: int
+    reset_after: float
 
 
 def _encode_value(value: bytes | str) -> bytes:
@@ -148,6 +177,27 @@ class Commands:
         full = self.key(key)
         value: Any = await self.execute("increment", lambda r: r.incr(full), retry=False)
         return int(value)
+
+    async def hit(self, key: str, window: float | timedelta, *, weight: int = 1) -> WindowHits:
+        """Count ``weight`` hits at ``key`` in a fixed window of ``window`` (seconds or
+        timedelta) that starts with the key's first hit; returns the window's count and
+        the time left in it. The building block of rate limits and login throttles.
+
+        One atomic round trip (a Lua script: the count and its expiry are set together, so
+        concurrent callers each see a distinct count and a crash cannot leave a counter
+        that never expires); count first, then decide, then do the work. A negative
+        ``weight`` gives hits back (never below 0, never starting a window). Sent at most
+        once (a lost reply is :class:`RedisUnavailable`, never a double count). Raises
+        ``ValueError`` for a bad ``weight``, :class:`RedisUnavailable` and
+        :class:`~gateway_redis.CommandError` (the key holds something else).
+        """
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight == 0:
+            raise ValueError(f"weight must be a non-zero int, got {weight!r}")
+        full, px = self.key(key), max(1, round(check_seconds("window", window) * 1000))
+        reply: Any = await self.execute(
+            "hit", lambda r: r.eval(_HIT, 1, full, px, weight), retry=False
+        )
+        return WindowHits(int(reply[0]), max(0, int(reply[1])) / 1000)
 
     async def expire(self, key: str, ttl: float | timedelta) -> bool:
         """Set a TTL on an existing key; False if the key does not exist."""

@@ -20,7 +20,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from gateway_redis import telemetry
-from gateway_redis._commands import Commands
+from gateway_redis._commands import Commands, WindowHits
 from gateway_redis._driver import (
     Backend,
     Deadline,
@@ -42,7 +42,7 @@ from gateway_redis.pubsub import PubSubHub
 from gateway_redis.sessions import SessionStore
 from gateway_redis.support import log_fields
 
-__all__ = ["ClientState", "RedisClient"]
+__all__ = ["ClientState", "RedisClient", "WindowHits"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)

@@ -14,6 +14,9 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   layer with the same behaviour. It serves a warm request with less CPU than the three
   separate layers; for the measured ratio see the hot-path benchmark
   (``benchmarks/results/report.md``, "1. Gateway hot path").
+- :mod:`~middleware.csrf`: :class:`CSRFMiddleware` (origin checks and a session-bound
+  token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
+  :class:`TrustedProxies` (the client address behind trusted reverse proxies).
 - :mod:`~middleware.errors` (the error tree and the client answers),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from middleware.app import Gateway
 from middleware.appsettings import SessionSettings, WebSocketSettings
+from middleware.csrf import CSRFMiddleware, CSRFSettings, csrf_token
 from middleware.errors import (
     ErrorAnswer,
     ErrorHandler,
@@ -43,6 +47,7 @@ from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
+from middleware.proxies import TrustedProxies
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import (
@@ -74,6 +79,8 @@ from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal,
 
 __all__ = [
     "Authentication",
+    "CSRFMiddleware",
+    "CSRFSettings",
     "CallablePermissions",
     "ChannelPolicy",
     "ChannelRule",
@@ -111,11 +118,13 @@ __all__ = [
     "TokenClaims",
     "TokenRevoked",
     "TokenValidator",
+    "TrustedProxies",
     "ValidatorUnavailable",
     "WebSocketBridge",
     "WebSocketLimits",
     "WebSocketSettings",
     "WebSocketStats",
+    "csrf_token",
     "default_error_response",
     "error_answer",
     "get_claims",

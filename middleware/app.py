@@ -42,6 +42,7 @@ from starlette.routing import WebSocketRoute
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
 from middleware.appsettings import SessionSettings, WebSocketSettings, path_patterns
+from middleware.csrf import CSRFMiddleware, CSRFSettings
 from middleware.errors import ErrorHandler, default_error_response
 from middleware.gateway import GatewayMiddleware
 from middleware.jwt.authenticator import JWTAuthenticator
@@ -57,6 +58,8 @@ from middleware.websocket.bridge import WebSocketBridge
 from middleware.websocket.channels import ChannelPolicy
 
 __all__ = ["Gateway"]
+
+DEFAULT_CSRF = CSRFSettings()  # frozen: one shared default is safe
 
 
 class Gateway:
@@ -216,6 +219,7 @@ class Gateway:
         on_error: ErrorHandler = default_error_response,
         fused: bool = True,
         websocket_path: str | None = "/ws",
+        csrf: CSRFSettings | None = DEFAULT_CSRF,
     ) -> None:
         """Add the middleware and the WebSocket endpoint to ``app`` (Starlette or FastAPI).
 
@@ -230,7 +234,12 @@ class Gateway:
         layer's error responses. With a bridge, its endpoint is served at
         ``websocket_path`` (None: not routed, mount :attr:`bridge` yourself), public to the
         JWT layer without being listed: the bridge authenticates its handshakes itself
-        (token or session cookie; none is a 1008 close).
+        (token or session cookie; none is a 1008 close). ``csrf`` (on by default; None:
+        off) adds :class:`CSRFMiddleware` innermost whenever a cookie carries credentials
+        (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
+        those with the session cookie need the session's token (:func:`csrf_token`);
+        requests with a bearer ``Authorization`` header are exempt (see
+        :mod:`middleware.csrf`).
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.
@@ -249,6 +258,8 @@ class Gateway:
             not isinstance(websocket_path, str) or not websocket_path.startswith("/")
         ):
             raise ValueError(f"websocket_path must start with '/', got {websocket_path!r}")
+        if csrf is not None and not isinstance(csrf, CSRFSettings):
+            raise ValueError("csrf must be CSRFSettings or None")
         route = websocket_path if self._bridge is not None else None
         if route is not None and route not in public:
             public = (*public, route)
@@ -282,6 +293,14 @@ class Gateway:
                 required_paths=settings.required_paths,
                 optional_paths=settings.optional_paths,
                 on_error=on_error,
+            )
+        cookies = [token_cookie] if token_cookie else []
+        if self._sessions is not None and settings is not None and settings.cookie is not None:
+            cookies.append(cast("str", settings.cookie.name))
+        if csrf is not None and cookies:
+            # Innermost (added first): it reads the session the session layer loaded.
+            app.add_middleware(
+                CSRFMiddleware, settings=csrf, cookie_names=cookies, on_error=on_error
             )
         if fused:
             app.add_middleware(
