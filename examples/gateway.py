@@ -9,10 +9,20 @@ Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a 
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
 ``GATEWAY_JWT_ISSUER``, ``GATEWAY_JWT_AUDIENCE`` and ``GATEWAY_JWT_LEEWAY`` (seconds, 0-60,
 default 0). ``/auth/login`` signs with the secret or ``GATEWAY_JWT_PRIVATE_KEY`` (path to a
-PEM); with only a public key it answers 501. Failed logins are throttled per (username,
-client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`` failures
-(default 5) within ``GATEWAY_LOGIN_WINDOW`` seconds (default 60) the pair gets 429 with
-``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
+PEM); with only a public key it answers 501. Login attempts are counted in Redis, shared
+by every instance, before the password is checked (:mod:`examples.throttle`): past
+``GATEWAY_LOGIN_LIMIT`` attempts (default 5) per (username, client address) within
+``GATEWAY_LOGIN_WINDOW`` seconds (default 60; a success clears it), or past
+``GATEWAY_LOGIN_ACCOUNT_LIMIT`` attempts (default 20) per username from any address within
+``GATEWAY_LOGIN_ACCOUNT_WINDOW`` seconds (default 300), login answers 429 with
+``Retry-After``. The client address is the TCP peer unless it is in
+``GATEWAY_TRUSTED_PROXIES`` (comma-separated networks, default none); then it is read from
+``X-Forwarded-For`` (or ``Forwarded`` with ``GATEWAY_TRUSTED_PROXY_HEADER=forwarded``) by
+:class:`~middleware.TrustedProxies`. CSRF (:mod:`middleware.csrf`, on): unsafe requests
+from other sites get 403 (``GATEWAY_CSRF_ALLOWED_ORIGINS``, comma-separated, adds allowed
+origins); those that carry the session cookie and no bearer token need the session's token
+in ``X-CSRF-Token`` (``csrf_token`` in the login and ``/api/session`` answers); login
+itself gets the origin check only. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
 ``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
@@ -37,7 +47,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +62,7 @@ from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis, find_server_binary
 from middleware import (
+    CSRFSettings,
     Gateway,
     JWTAuthenticator,
     JWTSettings,
@@ -59,6 +70,8 @@ from middleware import (
     ServiceUnavailable,
     SessionCookie,
     SessionSettings,
+    TrustedProxies,
+    csrf_token,
     get_claims_or_none,
 )
 from middleware.fastapi import Claims, RequirePermissions, SessionHandleDep
@@ -189,6 +202,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         gateway.client,
         limit=_int_env(env, "GATEWAY_LOGIN_LIMIT", 5, 1, 1000),
         window=_int_env(env, "GATEWAY_LOGIN_WINDOW", 60, 1, 86400),
+        account_limit=_int_env(env, "GATEWAY_LOGIN_ACCOUNT_LIMIT", 20, 1, 100000),
+        account_window=_int_env(env, "GATEWAY_LOGIN_ACCOUNT_WINDOW", 300, 1, 86400),
+    )
+    proxies = _trusted_proxies(env)
+    csrf = CSRFSettings(
+        allowed_origins=_list_env(env, "GATEWAY_CSRF_ALLOWED_ORIGINS"),
+        token_exempt_paths=("/auth/login",),  # no session yet: the origin check only
     )
 
     @contextlib.asynccontextmanager
@@ -216,10 +236,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     state.bridge = gateway.bridge
     state.keys = keys
     state.throttle = throttle
+    state.proxies = proxies
     gateway.install(
         app,
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
         rules=[Rule("/api/admin/**", "admin:read")],
+        csrf=csrf,
     )  # and WS /ws
     if tracing:
         # Outermost, so the HTTP server span is the parent of the library's spans.
@@ -240,6 +262,25 @@ def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ValueError(f"{name} must be {low}..{high}, got {value}")
     return value
+
+
+def _list_env(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
+    raw = (env.get("GATEWAY_TRUSTED_PROXY_HEADER") or "x-forwarded-for").strip().lower()
+    if raw not in ("x-forwarded-for", "forwarded"):
+        raise ValueError(
+            f"GATEWAY_TRUSTED_PROXY_HEADER must be x-forwarded-for or forwarded, got {raw!r}"
+        )
+    header: Literal["x-forwarded-for", "forwarded"] = (
+        "forwarded" if raw == "forwarded" else "x-forwarded-for"
+    )
+    try:
+        return TrustedProxies(_list_env(env, "GATEWAY_TRUSTED_PROXIES"), header=header)
+    except ValueError as exc:
+        raise ValueError(f"GATEWAY_TRUSTED_PROXIES: {exc}") from None
 
 
 def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
@@ -295,21 +336,19 @@ def _routes(app: FastAPI) -> None:
             return _error(400, "bad_request", "Send username and password.")
         username, password = credentials
         throttle: LoginThrottle = state.throttle
-        address = request.client.host if request.client is not None else "unknown"
-        try:
-            wait = await throttle.retry_after(username, address)
+        address = state.proxies.client_address(request) or "unknown"
+        try:  # counted before the password is checked: concurrent guesses each count
+            wait = await throttle.attempt(username, address)
         except RedisUnavailable:
             raise ServiceUnavailable("login_throttle_unavailable") from None
         if wait is not None:
             return _error(
-                429, "too_many_attempts", "Too many failed logins; try later.",
+                429, "too_many_attempts", "Too many login attempts; try later.",
                 **{"Retry-After": str(wait)},
             )  # fmt: skip
         user = DEMO_USERS.get(username)
         expected = user[0] if user is not None else secrets.token_hex(16)
         if not hmac.compare_digest(password.encode(), expected.encode()) or user is None:
-            with contextlib.suppress(RedisUnavailable):
-                await throttle.failed(username, address)
             return _error(
                 401,
                 "invalid_credentials",
@@ -322,10 +361,9 @@ def _routes(app: FastAPI) -> None:
         metadata = {"username": username, "roles": list(user[1]), "jti": claims["jti"],
                     "token_exp": claims["exp"], "login_at": claims["iat"]}  # fmt: skip
         await handle.create(username, metadata)
-        return JSONResponse(
-            {"access_token": token, "token_type": "bearer", "expires_in": keys.ttl},
-            headers={"Cache-Control": "no-store"},
-        )
+        body = {"access_token": token, "token_type": "bearer", "expires_in": keys.ttl,
+                "csrf_token": csrf_token(request)}  # fmt: skip
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     @app.post("/auth/logout")
     async def logout(request: Request, handle: SessionHandleDep) -> dict[str, str]:
@@ -358,8 +396,11 @@ def _routes(app: FastAPI) -> None:
         return {"sub": claims.sub, "admin": True}
 
     @app.get("/api/session", response_model=None)
-    async def session_info(handle: SessionHandleDep) -> dict[str, Any] | JSONResponse:
-        """The session's metadata (the cookie is enough); 401 without a session."""
+    async def session_info(
+        request: Request, handle: SessionHandleDep
+    ) -> dict[str, Any] | JSONResponse:
+        """The session's metadata and CSRF token (the cookie is enough); 401 without a
+        session."""
         session = handle.session
         if session is None:
             return _error(
@@ -372,6 +413,7 @@ def _routes(app: FastAPI) -> None:
             "last_accessed_at": session.last_accessed_at.isoformat(),
             "expires_at": session.expires_at.isoformat(),
             "metadata": dict(session.metadata),
+            "csrf_token": csrf_token(request),
         }
 
 

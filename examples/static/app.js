@@ -18,6 +18,7 @@
     4408: "idle timeout",
   };
   let token = null; // kept in memory only; after a reload the session cookie is used
+  let csrf = null; // the session's CSRF token: sent with every unsafe request (X-CSRF-Token)
   let socket = null;
   let nextId = 1;
   const subscribed = new Set();
@@ -146,7 +147,9 @@
       log("error", `login failed (${response.status})`);
       return;
     }
-    token = (await response.json()).access_token;
+    const body = await response.json();
+    token = body.access_token;
+    csrf = body.csrf_token;
     if (socket) socket.close(1000);
     socket = null;
     setUser(username);
@@ -158,8 +161,15 @@
 
   async function logout() {
     const headers = token ? { Authorization: `Bearer ${token}` } : {};
-    await fetch("/auth/logout", { method: "POST", headers, credentials: "same-origin" });
+    if (csrf) headers["X-CSRF-Token"] = csrf;
+    const response = await fetch("/auth/logout", {
+      method: "POST",
+      headers,
+      credentials: "same-origin",
+    });
+    if (!response.ok) log("error", `logout failed (${response.status})`);
     token = null;
+    csrf = null;
     setUser(null);
     log("info", "logged out");
   }
@@ -169,6 +179,7 @@
     const response = await fetch("/api/session", { credentials: "same-origin" });
     if (!response.ok) return;
     const session = await response.json();
+    csrf = session.csrf_token;
     setUser(session.user_id);
     log("info", `session of ${session.user_id} restored`);
     connect();
