@@ -9,23 +9,13 @@ Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a 
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
 ``GATEWAY_JWT_ISSUER``, ``GATEWAY_JWT_AUDIENCE`` and ``GATEWAY_JWT_LEEWAY`` (seconds, 0-60,
 default 0). ``/auth/login`` signs with the secret or ``GATEWAY_JWT_PRIVATE_KEY`` (path to a
-PEM); with only a public key it answers 501. Login attempts are counted in Redis, shared
-by every instance, before the password is checked (:mod:`examples.throttle`): past
-``GATEWAY_LOGIN_LIMIT`` attempts (default 5) per (username, client address) within
-``GATEWAY_LOGIN_WINDOW`` seconds (default 60; a success clears it), or past
-``GATEWAY_LOGIN_ACCOUNT_LIMIT`` attempts (default 20) per username from any address within
-``GATEWAY_LOGIN_ACCOUNT_WINDOW`` seconds (default 300), login answers 429 with
-``Retry-After``. The client address is the TCP peer unless it is in
-``GATEWAY_TRUSTED_PROXIES`` (comma-separated networks, default none); then it is read from
-``X-Forwarded-For`` (or ``Forwarded`` with ``GATEWAY_TRUSTED_PROXY_HEADER=forwarded``) by
-:class:`~middleware.TrustedProxies`. CSRF (:mod:`middleware.csrf`, on): unsafe requests
-from other sites get 403 (``GATEWAY_CSRF_ALLOWED_ORIGINS``, comma-separated, adds allowed
-origins); those that carry the session cookie and no bearer token need the session's token
-in ``X-CSRF-Token`` (``csrf_token`` in the login and ``/api/session`` answers); login
-itself gets the origin check only. ``GATEWAY_JWT_TTL`` sets the token lifetime
-(seconds, default 900). With no key at all a random secret is made up for this process (a
-warning says so; tokens then die with it). Cookies are ``Secure`` unless
-``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
+PEM); with only a public key it answers 501. Login attempts are throttled per (username,
+client address) and per username, the client address is taken from trusted proxies only,
+and unsafe requests are checked against CSRF: :mod:`examples.guards` (``GATEWAY_LOGIN_*``,
+``GATEWAY_TRUSTED_PROXIES``, ``GATEWAY_CSRF_ALLOWED_ORIGINS``). ``GATEWAY_JWT_TTL`` sets
+the token lifetime (seconds, default 900). With no key at all a random secret is made up
+for this process (a warning says so; tokens then die with it). Cookies are ``Secure``
+unless ``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
 size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
 of its routes are capped before parsing (:mod:`examples.bodies`).
 
@@ -34,7 +24,7 @@ Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its mi
 ``/api/session`` and ``/auth/*`` answer 503, other routes carry on without a session), JWT
 (public: health, readiness, login, logout, ``/api/session``, the docs, the demo page; ``/ws``
 authenticates itself), RBAC (``/api/admin/**`` needs ``admin:read``; roles from the token's
-``roles`` claim). Real-time messaging: :mod:`examples.realtime`.
+``roles`` claim), CSRF (:mod:`middleware.csrf`). Real-time messaging: :mod:`examples.realtime`.
 """
 
 from __future__ import annotations
@@ -47,7 +37,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -56,13 +46,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from examples.bodies import BodyTooLarge, form_or_json, too_large
+from examples.guards import LoginGuards
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
 from gateway_redis import RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis, find_server_binary
 from middleware import (
-    CSRFSettings,
     Gateway,
     JWTAuthenticator,
     JWTSettings,
@@ -70,7 +60,6 @@ from middleware import (
     ServiceUnavailable,
     SessionCookie,
     SessionSettings,
-    TrustedProxies,
     csrf_token,
     get_claims_or_none,
 )
@@ -198,18 +187,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         ),
         websocket=realtime_settings(env, ROLES),
     )
-    throttle = LoginThrottle(
-        gateway.client,
-        limit=_int_env(env, "GATEWAY_LOGIN_LIMIT", 5, 1, 1000),
-        window=_int_env(env, "GATEWAY_LOGIN_WINDOW", 60, 1, 86400),
-        account_limit=_int_env(env, "GATEWAY_LOGIN_ACCOUNT_LIMIT", 20, 1, 100000),
-        account_window=_int_env(env, "GATEWAY_LOGIN_ACCOUNT_WINDOW", 300, 1, 86400),
-    )
-    proxies = _trusted_proxies(env)
-    csrf = CSRFSettings(
-        allowed_origins=_list_env(env, "GATEWAY_CSRF_ALLOWED_ORIGINS"),
-        token_exempt_paths=("/auth/login",),  # no session yet: the origin check only
-    )
+    guards = LoginGuards.from_env(env, gateway.client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -235,13 +213,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     state.sessions = gateway.sessions
     state.bridge = gateway.bridge
     state.keys = keys
-    state.throttle = throttle
-    state.proxies = proxies
+    state.throttle = guards.throttle
+    state.proxies = guards.proxies
     gateway.install(
         app,
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
         rules=[Rule("/api/admin/**", "admin:read")],
-        csrf=csrf,
+        csrf=guards.csrf,
     )  # and WS /ws
     if tracing:
         # Outermost, so the HTTP server span is the parent of the library's spans.
@@ -251,36 +229,6 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
     return app
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {low}..{high}, got {value}")
-    return value
-
-
-def _list_env(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
-
-
-def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
-    raw = (env.get("GATEWAY_TRUSTED_PROXY_HEADER") or "x-forwarded-for").strip().lower()
-    if raw not in ("x-forwarded-for", "forwarded"):
-        raise ValueError(
-            f"GATEWAY_TRUSTED_PROXY_HEADER must be x-forwarded-for or forwarded, got {raw!r}"
-        )
-    header: Literal["x-forwarded-for", "forwarded"] = (
-        "forwarded" if raw == "forwarded" else "x-forwarded-for"
-    )
-    try:
-        return TrustedProxies(_list_env(env, "GATEWAY_TRUSTED_PROXIES"), header=header)
-    except ValueError as exc:
-        raise ValueError(f"GATEWAY_TRUSTED_PROXIES: {exc}") from None
 
 
 def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
