@@ -50,10 +50,10 @@ from middleware.errors import ErrorHandler, PermissionDenied, default_error_resp
 from middleware.scope import SESSION_KEY, get_session_handle
 from middleware.sessions.cookie import TOKEN_CHARS
 
-__all__ = ["CSRF_SESSION_KEY", "CSRFMiddleware", "CSRFSettings", "csrf_token"]
+# CSRF_SESSION_KEY (by its module path) is the session metadata field holding the token.
+__all__ = ["CSRFMiddleware", "CSRFSettings", "csrf_token"]
 
 CSRF_SESSION_KEY = "csrf_token"
-"""The session metadata field that holds the session's CSRF token."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_TOKEN = 128  # a longer header value is refused before comparing

@@ -25,6 +25,7 @@ from gateway_redis.embedded import EmbeddedRedis
 from middleware import (
     ChannelPolicy,
     ChannelRule,
+    CSRFMiddleware,
     Gateway,
     GatewayMiddleware,
     JWTMiddleware,
@@ -257,7 +258,14 @@ async def test_install_adds_only_the_configured_layers(client: RedisClient) -> N
     app = Starlette()
     gateway.install(app, fused=False)
     layers = [m.cls for m in app.user_middleware]
-    assert layers == [SessionMiddleware, JWTMiddleware, RBACMiddleware]
+    # CSRF is on by default where a cookie carries credentials, innermost (after sessions).
+    assert layers == [SessionMiddleware, JWTMiddleware, RBACMiddleware, CSRFMiddleware]
+    assert app.user_middleware[-1].kwargs["cookie_names"] == ["__Host-session"]
+    off = Starlette()
+    Gateway(client, jwt=SETTINGS, sessions=cookie_only).install(off, csrf=None)
+    assert [m.cls for m in off.user_middleware] == [GatewayMiddleware]
+    with pytest.raises(ValueError, match="csrf must be"):
+        Gateway(client, jwt=SETTINGS, sessions=cookie_only).install(Starlette(), csrf={})  # type: ignore[arg-type]
     assert [r.path for r in app.routes] == []  # no channel policy: no WebSocket endpoint
     jwt_only = Gateway(client, jwt=SETTINGS)
     assert jwt_only.permissions is None
