@@ -60,6 +60,7 @@ from middleware import (
     ServiceUnavailable,
     SessionCookie,
     SessionSettings,
+    csrf_fields,
     csrf_token,
     get_claims_or_none,
 )
@@ -307,7 +308,8 @@ def _routes(app: FastAPI) -> None:
             await throttle.succeeded(username, address)
         token, claims = keys.issue(username, user[1])
         metadata = {"username": username, "roles": list(user[1]), "jti": claims["jti"],
-                    "token_exp": claims["exp"], "login_at": claims["iat"]}  # fmt: skip
+                    "token_exp": claims["exp"], "login_at": claims["iat"],
+                    **csrf_fields()}  # fmt: skip
         await handle.create(username, metadata)
         body = {"access_token": token, "token_type": "bearer", "expires_in": keys.ttl,
                 "csrf_token": csrf_token(request)}  # fmt: skip

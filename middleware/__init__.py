@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from middleware.app import Gateway
 from middleware.appsettings import SessionSettings, WebSocketSettings
-from middleware.csrf import CSRFMiddleware, CSRFSettings, csrf_token
+from middleware.csrf import CSRFMiddleware, CSRFSettings, csrf_fields, csrf_token
 from middleware.errors import (
     ErrorAnswer,
     ErrorHandler,
@@ -124,6 +124,7 @@ __all__ = [
     "WebSocketLimits",
     "WebSocketSettings",
     "WebSocketStats",
+    "csrf_fields",
     "csrf_token",
     "default_error_response",
     "error_answer",

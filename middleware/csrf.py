@@ -15,8 +15,9 @@ A browser attaches cookies to requests that other sites make it send (a form pos
 2. **A session-bound token** (synchronizer token pattern) when the request carries the
    session cookie and a session was found: the header ``X-CSRF-Token`` must equal the token
    stored in the session (:data:`CSRF_SESSION_KEY` of its metadata), compared in constant
-   time. :func:`csrf_token` makes and returns it; send it to the page (a response field) and
-   have the page send it back. A new session (login) gets a new token. Routes in
+   time. :func:`csrf_token` returns it (made when missing; :func:`csrf_fields` makes one to
+   store with a new session at login); send it to the page (a response field) and have the
+   page send it back. A new session (login) gets a new token. Routes in
    ``token_exempt_paths`` (a login route) get only the first check.
 
 Requests with ``Authorization: Bearer ...`` skip both: a browser never attaches a bearer
@@ -51,7 +52,7 @@ from middleware.scope import SESSION_KEY, get_session_handle
 from middleware.sessions.cookie import TOKEN_CHARS
 
 # CSRF_SESSION_KEY (by its module path) is the session metadata field holding the token.
-__all__ = ["CSRFMiddleware", "CSRFSettings", "csrf_token"]
+__all__ = ["CSRFMiddleware", "CSRFSettings", "csrf_fields", "csrf_token"]
 
 CSRF_SESSION_KEY = "csrf_token"
 
@@ -109,6 +110,13 @@ class CSRFSettings:
         object.__setattr__(self, "token_exempt_paths", paths)
 
 
+def csrf_fields() -> dict[str, str]:
+    """A new CSRF token as session metadata: merge it into the metadata of
+    ``handle.create(...)`` at login, so the token is stored with the new session (no second
+    write); :func:`csrf_token` then returns it."""
+    return {CSRF_SESSION_KEY: secrets.token_urlsafe(32)}
+
+
 def csrf_token(conn: HTTPConnection | Scope) -> str:
     """The CSRF token of the request's session, made (and saved with the session, before
     the response starts) when it has none yet. Hand it to the page that sends unsafe
@@ -119,7 +127,7 @@ def csrf_token(conn: HTTPConnection | Scope) -> str:
         raise LookupError("there is no session: a CSRF token belongs to one")
     token = handle.data.get(CSRF_SESSION_KEY)
     if not isinstance(token, str) or not token:
-        token = secrets.token_urlsafe(32)
+        token = csrf_fields()[CSRF_SESSION_KEY]
         handle.data[CSRF_SESSION_KEY] = token
     return token
 

@@ -19,6 +19,7 @@ from middleware import (
     CSRFSettings,
     SessionManager,
     SessionMiddleware,
+    csrf_fields,
     csrf_token,
     get_session_handle,
 )
@@ -29,7 +30,8 @@ EVIL = "https://evil.example"
 
 
 async def login(request: Request) -> JSONResponse:
-    await get_session_handle(request).create("alice", {"name": "alice"})
+    metadata = {"name": "alice", **(csrf_fields() if "stored" in request.query_params else {})}
+    await get_session_handle(request).create("alice", metadata)
     return JSONResponse({"csrf_token": csrf_token(request)})
 
 
@@ -159,6 +161,18 @@ async def test_the_token_is_stored_in_the_session_and_renewed_with_it(
         old = {"X-CSRF-Token": first}
         assert (await http.post("/change", headers=old)).status_code == 403
         assert (await http.post("/change", headers={"X-CSRF-Token": second})).status_code == 200
+
+
+async def test_a_token_made_with_the_session_is_the_sessions_token(
+    sessions: SessionManager,
+) -> None:
+    async with client(build(sessions)) as http:
+        r = await http.post("/login?stored", headers={"Sec-Fetch-Site": "same-origin"})
+        value = r.json()["csrf_token"]
+        stored = await sessions.get(http.cookies["__Host-session"])
+        assert stored is not None
+        assert stored.metadata[CSRF_SESSION_KEY] == value
+        assert (await http.post("/change", headers={"X-CSRF-Token": value})).status_code == 200
 
 
 async def test_without_a_session_there_is_no_token(sessions: SessionManager) -> None:
