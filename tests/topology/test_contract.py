@@ -78,6 +78,15 @@ async def test_cache_operations(topo_client: RedisClient) -> None:
     assert sorted(results) == list(range(1, 201))
 
 
+async def test_window_hits_count_atomically(topo_client: RedisClient) -> None:
+    keys = [f"hits:{n}" for n in range(8)]  # spread over slots on Cluster
+    results = await asyncio.gather(*(topo_client.hit(k, 60) for k in keys for _ in range(25)))
+    for key in keys:
+        assert (await topo_client.hit(key, 60)).count == 26
+    assert all(0 < r.reset_after <= 60 for r in results)
+    assert (await topo_client.hit(keys[0], 60, weight=-30)).count == 0
+
+
 async def test_ttl_expiry(topo_client: RedisClient) -> None:
     await topo_client.set("short", "x", ttl=0.2)
     await asyncio.sleep(0.4)
