@@ -40,7 +40,9 @@ Close codes:
 ====  ==========================================================================
 1000  normal closure
 1001  the server is shutting down (:meth:`WebSocketBridge.aclose`); uvicorn's own
-      shutdown closes open sockets with 1012 before the lifespan ends
+      shutdown would close open sockets with 1012 before the lifespan ends, so
+      :meth:`Gateway.lifespan <middleware.Gateway.lifespan>` closes the bridge on
+      SIGTERM/SIGINT before uvicorn hears it
 1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
       too many sockets for the user) or persistent flooding after ``rate_limited``
 1009  a frame over ``max_message_bytes``
