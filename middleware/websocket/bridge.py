@@ -126,7 +126,9 @@ class WebSocketBridge:
     (the :class:`~middleware.sessions.SessionManager` on the same client) delivers session
     ends the same way; sessions are re-checked in ``client.sessions``. Without them only
     expiry closes sockets. ``permissions`` resolves token principals' permissions (else
-    the RBAC middleware's context, else none); ``session_permissions`` those of
+    the RBAC middleware's context, else none) and, through its ``on_change``, makes live
+    subscriptions follow permission changes (without it, those of the handshake's RBAC
+    context stay as they were at the handshake); ``session_permissions`` those of
     cookie-session principals (else none). ``allowed_origins`` are other origins allowed
     to connect; ``origin_check`` ``"always"`` checks every browser handshake, ``"cookie"``
     only cookie-authenticated ones (a bearer token cannot be ridden cross-site).
