@@ -199,6 +199,10 @@ class PermissionCache:
         _RESULT["l2" if granted is not None else "miss"].value += 1
         if granted is None:
             granted = await self._ask(claims)
+            if self._l1.generation != generation:
+                # Invalidated while the source answered: this answer may predate it, and
+                # written to L2 it would outlive the invalidation. Serve it, share nothing.
+                return granted
             data = json.dumps(sorted(granted))
             try:
                 await store.put(version, subject, data, self._ttl_ms)

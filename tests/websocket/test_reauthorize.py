@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,11 +51,17 @@ class Directory:
     def __init__(self) -> None:
         self.grants: dict[str, set[str]] = {}
         self.down = False
+        self.gate: asyncio.Event | None = None  # set: answers wait for it (a slow source)
+        self.entered = asyncio.Event()
 
     async def lookup(self, subject: str) -> set[str]:
         if self.down:
             raise ConnectionError("the directory is down")
-        return set(self.grants.get(subject, ()))
+        granted = set(self.grants.get(subject, ()))  # read now, answered later
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        return granted
 
 
 async def _room_of_session(session: Any) -> set[str]:
@@ -212,3 +219,29 @@ async def test_a_sessions_changed_data_re_authorizes_its_sockets(
         await gw_a.client.publish("rooms:red", {"n": 1})
         assert (await next_message(erin))["data"] == {"n": 1}
         await erin.close()
+
+
+async def test_a_subscribe_authorized_while_permissions_changed_is_checked_again(
+    redis_config: RedisConfig,
+) -> None:
+    directory = Directory()
+    directory.grants = {"carol": {"rooms:blue:join"}}
+    async with instance(redis_config, directory) as (gateway, composed):
+        assert composed.permissions is not None
+        carol = await gateway.connect(mint("carol"))
+        directory.gate = gate = asyncio.Event()
+        await carol.send(json.dumps({"type": "subscribe", "channels": ["rooms:blue"], "id": 1}))
+        await asyncio.wait_for(directory.entered.wait(), 5)  # authorizing, with old grants
+        directory.grants = {}
+        await composed.permissions.invalidate("carol")  # nothing subscribed yet to re-check
+        await asyncio.sleep(0.2)
+        directory.gate = None
+        gate.set()  # the stale answer arrives: subscribed, then taken away again
+        assert await request(carol, {"type": "ping", "id": 2}) == {
+            "type": "subscribed",
+            "channels": ["rooms:blue"],
+            "id": 1,
+        }
+        frame = await unsubscribed(carol)
+        assert frame == {"type": "unsubscribed", "channels": ["rooms:blue"], "reason": "forbidden"}
+        await carol.close()
