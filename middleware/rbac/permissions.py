@@ -100,6 +100,7 @@ class PermissionCache:
         # then lives here only, known from the start.
         self._store = PermissionStore(client) if client is not None else None
         self._version: int | None = None if client is not None else 0
+        self._invalidations = 0  # subject invalidations heard (an L2 write must not race one)
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_version)
 
@@ -171,6 +172,7 @@ class PermissionCache:
             _L1_HIT.value += 1
             return hit[1]
         generation = self._l1.generation
+        invalidations = self._invalidations
         store = self._store
         if store is None:  # in process only: the source, remembered in L1
             _RESULT["miss"].value += 1
@@ -199,7 +201,7 @@ class PermissionCache:
         _RESULT["l2" if granted is not None else "miss"].value += 1
         if granted is None:
             granted = await self._ask(claims)
-            if self._l1.generation != generation:
+            if self._invalidations != invalidations:
                 # Invalidated while the source answered: this answer may predate it, and
                 # written to L2 it would outlive the invalidation. Serve it, share nothing.
                 return granted
@@ -225,6 +227,7 @@ class PermissionCache:
         if not isinstance(subject, str):
             raise TypeError("subject must be a string")
         self._l1.delete(subject)
+        self._invalidations += 1
         # Removing permissions protects security: confirmed by a replica when there is one.
         if self._store is not None:
             await self._store.remove(await self._store.version(), subject)
@@ -302,4 +305,5 @@ class PermissionCache:
         if op == "version" and isinstance(event.get("version"), int):
             self._set_version(event["version"])
         elif op == "subject" and isinstance(event.get("subject"), str):
+            self._invalidations += 1
             self._l1.delete(event["subject"])
