@@ -24,6 +24,9 @@ Lifecycle (:meth:`Gateway.lifespan`, one per Gateway): start the client (which s
 invalidation bus) and the pub/sub hub's liveness check; on the way out close the bridge
 (1001 to every socket) while Redis is still there, then the client if the Gateway created
 it (which closes the bus). A client passed in is the caller's to close (STYLE rule 4).
+Under uvicorn, whose shutdown closes open WebSockets with 1012 before the lifespan ends,
+the lifespan also chains a SIGTERM/SIGINT handler in front of uvicorn's that closes the
+bridge (1001) first and then hands the signal over (:mod:`middleware._signals`).
 
 The Gateway is optional: every component it builds keeps its public constructor, for
 applications that need another arrangement.
@@ -41,6 +44,7 @@ from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
+from middleware._signals import SignalDrain
 from middleware.appsettings import SessionSettings, WebSocketSettings, path_patterns
 from middleware.csrf import CSRFMiddleware, CSRFSettings
 from middleware.errors import ErrorHandler, default_error_response
@@ -180,7 +184,10 @@ class Gateway:
 
         Starts the client (an unreachable Redis does not fail it: the gateway starts
         degraded), the pub/sub hub's liveness check (readiness follows a lost or frozen
-        server within about 2 s); the client starts its invalidation bus. On exit, even
+        server within about 2 s); the client starts its invalidation bus. Under uvicorn
+        (its signal handlers in place, main thread) SIGTERM/SIGINT first close the bridge's
+        sockets with 1001 (at most ``close_timeout`` + 1 s), then reach uvicorn, whose
+        graceful shutdown follows; with other servers nothing is installed. On exit, even
         after a failed start: the bridge (open sockets get 1001), then the client if the
         Gateway created it. Raises ``RuntimeError`` when entered a second time (the components do
         not restart), and what :meth:`RedisClient.connect` raises (``ConfigurationError``
@@ -189,11 +196,20 @@ class Gateway:
         if self._lifespan_used:
             raise RuntimeError("a Gateway runs one lifespan")
         self._lifespan_used = True
+        drain: SignalDrain | None = None
         try:
             await self._client.connect()
             self._client.pubsub.start()
+            if self._bridge is not None:
+                # Under uvicorn: 1001 to every socket before uvicorn closes them with 1012.
+                timeout = self._bridge.limits.close_timeout + 1.0
+                drain = SignalDrain(self._bridge.aclose, timeout=timeout)
+                drain.install()
             yield
         finally:
+            if drain is not None:
+                drain.uninstall()
+                await drain.wait()
             await self._stop()
 
     async def _stop(self) -> None:

@@ -7,8 +7,9 @@ subject, such as a database lookup): L1 in process, then L2 in Redis at
 TTL (default 60 s: an invalidation sent over pub/sub can be lost). The policy version lives
 in Redis (``<prefix>rbac:policy-version``), is mirrored in memory and re-read whenever the
 invalidation bus resyncs; :meth:`PermissionCache.bump_policy_version` and
-:meth:`PermissionCache.invalidate` take effect on every instance through the bus. When
-Redis is down the source is asked directly, every time.
+:meth:`PermissionCache.invalidate` take effect on every instance through the bus, and
+:meth:`PermissionCache.on_change` tells other components (the WebSocket bridge re-checks
+live subscriptions). When Redis is down the source is asked directly, every time.
 
 Built with ``client=None`` the cache works in this process only: L1 and a policy version
 held in memory (starting at 0), no L2, and invalidations reach this process only
@@ -99,6 +100,7 @@ class PermissionCache:
         # then lives here only, known from the start.
         self._store = PermissionStore(client) if client is not None else None
         self._version: int | None = None if client is not None else 0
+        self._invalidations = 0  # subject invalidations heard (an L2 write must not race one)
         bus.on_event(_NS, self._on_event)
         bus.on_resync(self._reload_version)
 
@@ -170,6 +172,7 @@ class PermissionCache:
             _L1_HIT.value += 1
             return hit[1]
         generation = self._l1.generation
+        invalidations = self._invalidations
         store = self._store
         if store is None:  # in process only: the source, remembered in L1
             _RESULT["miss"].value += 1
@@ -198,6 +201,10 @@ class PermissionCache:
         _RESULT["l2" if granted is not None else "miss"].value += 1
         if granted is None:
             granted = await self._ask(claims)
+            if self._invalidations != invalidations:
+                # Invalidated while the source answered: this answer may predate it, and
+                # written to L2 it would outlive the invalidation. Serve it, share nothing.
+                return granted
             data = json.dumps(sorted(granted))
             try:
                 await store.put(version, subject, data, self._ttl_ms)
@@ -220,10 +227,31 @@ class PermissionCache:
         if not isinstance(subject, str):
             raise TypeError("subject must be a string")
         self._l1.delete(subject)
+        self._invalidations += 1
         # Removing permissions protects security: confirmed by a replica when there is one.
         if self._store is not None:
             await self._store.remove(await self._store.version(), subject)
         await self._bus.publish(_NS, {"op": "subject", "subject": subject})
+
+    def on_change(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call ``callback(subject)`` for each :meth:`invalidate` made on any instance (this
+        one's at once), and ``callback(None)`` for each policy version bump (everyone's
+        permissions may have changed), after this cache has applied it. Runs on the event
+        loop and must not block. Events lost while the bus was out of sync are not replayed:
+        a component that mirrors permissions also registers a resync hook on the bus.
+        Returns a function that removes the callback (idempotent).
+        """
+        if not callable(callback):
+            raise ValueError("callback must be callable")
+
+        def on_event(event: Mapping[str, Any]) -> None:
+            op = event.get("op")
+            if op == "version" and isinstance(event.get("version"), int):
+                callback(None)
+            elif op == "subject" and isinstance(event.get("subject"), str):
+                callback(event["subject"])
+
+        return self._bus.on_event(_NS, on_event)
 
     async def bump_policy_version(self) -> int:
         """Start a new policy version: every cached permission set on every instance is
@@ -277,4 +305,5 @@ class PermissionCache:
         if op == "version" and isinstance(event.get("version"), int):
             self._set_version(event["version"])
         elif op == "subject" and isinstance(event.get("subject"), str):
+            self._invalidations += 1
             self._l1.delete(event["subject"])

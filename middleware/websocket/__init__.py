@@ -1,11 +1,13 @@
 """The WebSocket bridge: Redis pub/sub channels to browsers, behind a channel policy.
 
-:mod:`~middleware.websocket.bridge` (:class:`WebSocketBridge`, its limits and stats) and
+:mod:`~middleware.websocket.bridge` (:class:`WebSocketBridge`),
+:mod:`~middleware.websocket.limits` (its limits and stats) and
 :mod:`~middleware.websocket.channels` (:class:`ChannelPolicy`, :class:`ChannelRule`,
 principals); private: ``_auth`` (handshake checks), ``_connection`` (one socket's outbox,
 writer and reader), ``_fanout`` (one hub subscription per channel), ``_protocol`` (the JSON
-frames), ``_registry`` (open sockets and what ends them) and ``_requests`` (what each client
-frame does).
+frames), ``_reauthorize`` (live subscriptions re-checked when permissions change),
+``_registry`` (open sockets and what ends them) and ``_requests`` (what each client frame
+does).
 """
 
 from __future__ import annotations

@@ -95,13 +95,17 @@ class Fanout:
 
     async def unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
         """Remove ``conn`` from ``names`` (unknown names are ignored); queued messages of
-        those channels are discarded."""
+        those channels are discarded. ``conn`` gets no message of any of them once this is
+        called (every channel is detached before the first await)."""
+        detached = []
         for name in names:
             entry = conn.channels.pop(name, None)
             if entry is None:
                 continue
             entry.sockets.discard(conn)
             conn.forget_channel(name)
+            detached.append(entry)
+        for entry in detached:
             await self._release(entry)
 
     async def release_all(self, conn: Connection) -> None:

@@ -6,8 +6,9 @@ moment they arrive: a token revocation (:meth:`JWTAuthenticator.on_revoked
 everywhere" (:meth:`SessionStore.on_change <gateway_redis.sessions.SessionStore.on_change>`,
 ``drop_user``, by user digest) with 4403. A ``drop`` of
 a session is also sent for mere updates, so the session is looked up first and the socket
-closed (4403) only when it is gone. When the bus resyncs (events may have been lost) every
-token is checked against the reloaded revocation mirror and every session looked up.
+closed (4403) only when it is gone (``on_session_data`` hears of changed data: the bridge
+re-authorizes). When the bus resyncs (events may have been lost) every token is checked
+against the reloaded revocation mirror and every session looked up.
 Housekeeping (twice a second) closes sockets whose token or session expired, sends server
 pings and enforces the idle timeout.
 """
@@ -59,10 +60,16 @@ class Registry:
         self._sessions: dict[str, set[Connection]] = {}
         self._recheck: set[Connection] = set()
         self._recheck_wake = asyncio.Event()
+        # Called with a session socket whose session data changed (permissions may follow).
+        self.on_session_data: Callable[[Connection], None] | None = None
 
     def count(self, user: str) -> int:
         """Open sockets of the user with this digest."""
         return len(self._users.get(user, ()))
+
+    def of_user(self, user: str) -> list[Connection]:
+        """Open sockets of the user with this digest."""
+        return list(self._users.get(user, ()))
 
     def add(self, conn: Connection) -> None:
         """Index an accepted (or accepting) socket."""
@@ -141,10 +148,11 @@ class Registry:
 
     async def _recheck_one(self, conn: Connection) -> None:
         identity = conn.identity
-        if identity.session is None:
+        previous = identity.session
+        if previous is None:
             return
         try:
-            session = await self.store.get(identity.session.id)
+            session = await self.store.get(previous.id)
         except SessionNotFound:
             conn.close(CloseCode.SESSION_ENDED, "session ended")
             return
@@ -156,6 +164,8 @@ class Registry:
             )
             return
         identity.session = session
+        if self.on_session_data is not None and session.metadata != previous.metadata:
+            self.on_session_data(conn)  # what session_permissions derive from may differ
         identity.expires_at = session.expires_at.timestamp()
         idle = session.idle_expires_at
         identity.idle_check_at = idle.timestamp() if idle is not None else None

@@ -61,6 +61,7 @@ async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.R
         limit = bridge.limits.max_channels
         _error(conn, "limit_exceeded", f"At most {limit} channels per connection.", request)
         return
+    generation = bridge._reauth.generation
     try:
         for name in new:
             if not await policy.allows(conn.principal, "subscribe", name):
@@ -79,6 +80,8 @@ async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.R
         return
     # No await since the subscription took effect: "subscribed" precedes every message.
     conn.push_control(proto.reply_frame("subscribed", request.id, channels=list(names)))
+    if new and bridge._reauth.generation != generation:
+        bridge._reauth.queue(conn)  # permissions changed while these were authorized
 
 
 async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:

@@ -21,6 +21,8 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "ping", "id": 4}          {"type": "pong"} (answers a server ping)
     server: {"type": "subscribed", "channels": [...], "id": 1}
             {"type": "unsubscribed", "channels": [...], "id": 2}
+            {"type": "unsubscribed", "channels": [...], "reason": "forbidden"}
+                                               unasked: permissions were withdrawn
             {"type": "published", "id": 3}     {"type": "pong", "id": 4}
             {"type": "message", "channel": "a", "data": ...}
             {"type": "resync", "channels": [...]}   messages may have been missed
@@ -38,7 +40,9 @@ Close codes:
 ====  ==========================================================================
 1000  normal closure
 1001  the server is shutting down (:meth:`WebSocketBridge.aclose`); uvicorn's own
-      shutdown closes open sockets with 1012 before the lifespan ends
+      shutdown would close open sockets with 1012 before the lifespan ends, so
+      :meth:`Gateway.lifespan <middleware.Gateway.lifespan>` closes the bridge on
+      SIGTERM/SIGINT before uvicorn hears it
 1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
       too many sockets for the user) or persistent flooding after ``rate_limited``
 1009  a frame over ``max_message_bytes``
@@ -49,6 +53,17 @@ Close codes:
 4403  the session ended: logout, session deleted or expired, "log out everywhere"
 4408  idle timeout: nothing received, server pings unanswered
 ====  ==========================================================================
+
+Permissions are re-checked while sockets live: after :meth:`PermissionCache.invalidate
+<middleware.PermissionCache.invalidate>` (that subject's sockets), a policy version bump or
+an invalidation-bus resync (every socket), made on any instance, and when a cookie
+session's data changes (with ``session_permissions``), every channel a socket holds is
+authorized again; those no longer allowed are unsubscribed and the client gets an
+``unsubscribed`` frame without ``id`` and with ``"reason": "forbidden"`` (the only reason
+so far; clients should treat an unknown reason the same way). The socket stays open. While
+the permissions cannot be known (the source is down) subscriptions are kept and checked
+again every second: an outage is not a denial. Re-checks run in one task, in batches,
+coalescing events that arrive meanwhile.
 
 A refused handshake is a ``websocket.close`` before ``websocket.accept``, so nothing is
 ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
@@ -62,7 +77,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import trace
@@ -78,9 +92,11 @@ from middleware.websocket._auth import SessionPermissions
 from middleware.websocket._connection import Connection, Identity, send_close_before_accept
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
+from middleware.websocket._reauthorize import Reauthorizer
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
+from middleware.websocket.limits import WebSocketLimits, WebSocketStats
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
@@ -100,76 +116,6 @@ _log = logging.getLogger(__name__)
 _COMPONENT = "websocket"
 
 
-@dataclass(frozen=True, slots=True)
-class WebSocketLimits:
-    """Bounds of one bridge. Sizes in bytes, times in seconds, rates per second.
-
-    ``max_message_bytes`` caps a client frame (close 1009); also give the server the same
-    limit (``uvicorn --ws-max-size``). ``queue_size`` bounds each socket's outbox
-    (messages); ``overflow`` is ``"drop_oldest"`` (then ``resync``) or ``"close"`` (1013).
-    ``rate``/``burst`` are a token bucket for client frames; after ``abuse_threshold``
-    strikes (decaying by one per second) the socket is closed with 1008.
-    ``max_connections_per_user`` is per process. ``max_channels`` per socket.
-    ``batch_max_bytes`` bounds one ``batch`` frame. After ``ping_interval`` seconds without
-    a frame from the client the server sends ``{"type":"ping"}``; after ``idle_timeout`` it
-    closes with 4408 (None disables either). ``close_timeout`` is how long a close may wait
-    for a peer that stopped reading. Raises ``ValueError`` for bad values.
-    """
-
-    max_message_bytes: int = 64 * 1024
-    queue_size: int = 100
-    overflow: Literal["drop_oldest", "close"] = "drop_oldest"
-    rate: float = 30.0
-    burst: int = 60
-    abuse_threshold: int = 30
-    max_connections_per_user: int = 32
-    max_channels: int = 100
-    batch_max_bytes: int = 256 * 1024
-    ping_interval: float | None = 30.0
-    idle_timeout: float | None = 90.0
-    close_timeout: float = 1.0
-
-    def __post_init__(self) -> None:
-        ints = {
-            "max_message_bytes": (256, 2**30),
-            "queue_size": (1, 1_000_000),
-            "burst": (1, 1_000_000),
-            "abuse_threshold": (1, 1_000_000),
-            "max_connections_per_user": (1, 10_000_000),
-            "max_channels": (1, 100_000),
-            "batch_max_bytes": (1024, 2**30),
-        }
-        for name, (low, high) in ints.items():
-            value = getattr(self, name)
-            if type(value) is not int or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-        if self.overflow not in ("drop_oldest", "close"):
-            raise ValueError("overflow must be 'drop_oldest' or 'close'")
-        _seconds("rate", self.rate)
-        _seconds("close_timeout", self.close_timeout)
-        for name in ("ping_interval", "idle_timeout"):
-            if getattr(self, name) is not None:
-                _seconds(name, getattr(self, name))
-        ping, idle = self.ping_interval, self.idle_timeout
-        if ping is not None and idle is not None and idle <= ping:
-            raise ValueError("idle_timeout must be longer than ping_interval")
-
-
-def _seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketStats:
-    """A snapshot: open sockets, channels, frames queued, messages dropped (ever)."""
-
-    connections: int
-    channels: int
-    queued: int
-    dropped: int
-
-
 class WebSocketBridge:
     """A pure ASGI WebSocket endpoint bridging Redis pub/sub channels to clients.
 
@@ -180,7 +126,9 @@ class WebSocketBridge:
     (the :class:`~middleware.sessions.SessionManager` on the same client) delivers session
     ends the same way; sessions are re-checked in ``client.sessions``. Without them only
     expiry closes sockets. ``permissions`` resolves token principals' permissions (else
-    the RBAC middleware's context, else none); ``session_permissions`` those of
+    the RBAC middleware's context, else none) and, through its ``on_change``, makes live
+    subscriptions follow permission changes (without it, those of the handshake's RBAC
+    context stay as they were at the handshake); ``session_permissions`` those of
     cookie-session principals (else none). ``allowed_origins`` are other origins allowed
     to connect; ``origin_check`` ``"always"`` checks every browser handshake, ``"cookie"``
     only cookie-authenticated ones (a bearer token cannot be ridden cross-site).
@@ -242,6 +190,18 @@ class WebSocketBridge:
             self._removers.append(sessions.on_change(registry.on_session_change))
         if authenticator is not None or sessions is not None:
             self._removers.append(bus.on_resync(registry.on_bus_resync))
+        # Permissions taken away (on any instance) end the subscriptions they allowed.
+        self._reauth = reauth = Reauthorizer(
+            policy=self.policy,
+            conns=lambda: registry.conns,
+            of_user=registry.of_user,
+            unsubscribe=self._fanout.unsubscribe,
+        )
+        registry.on_session_data = self._session_data_changed
+        if permissions is not None:
+            self._removers.append(permissions.on_change(reauth.subject_changed))
+        if permissions is not None or session_permissions is not None:
+            self._removers.append(bus.on_resync(reauth.on_resync))
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -317,6 +277,13 @@ class WebSocketBridge:
         assert identity.session is not None
         return auth.SessionPrincipal(identity.session, self._session_permissions)
 
+    def _session_data_changed(self, conn: Connection) -> None:
+        session = conn.identity.session
+        if session is not None and conn.identity.claims is None:
+            conn.principal = auth.SessionPrincipal(session, self._session_permissions)
+            if self._session_permissions is not None:
+                self._reauth.queue(conn)
+
     async def _handle(self, conn: Connection, text: str) -> None:
         await handle_request(self, conn, text)
 
@@ -325,6 +292,7 @@ class WebSocketBridge:
     async def _forget(self, conn: Connection, *, accepted: bool = True) -> None:
         if not self._registry.remove(conn):
             return
+        self._reauth.forget(conn)
         self._dropped_closed += conn.dropped
         if accepted:
             self._metrics.ws_connections.add(-1)
@@ -352,6 +320,7 @@ class WebSocketBridge:
                 loop.create_task(
                     self._registry.recheck_sessions(), name="gateway-ws-session-check"
                 ),
+                loop.create_task(self._reauth.run(), name="gateway-ws-permission-check"),
             ]
 
     # -- lifecycle --------------------------------------------------------------------------
