@@ -83,9 +83,7 @@ def locate(obj: griffe.Object, target: str, collection: griffe.ModulesCollection
         return None
 
 
-def rewrite(
-    obj: griffe.Object, collection: griffe.ModulesCollection, shown: dict[str, str]
-) -> str:
+def rewrite(obj: griffe.Object, collection: griffe.ModulesCollection, shown: dict[str, str]) -> str:
     assert obj.docstring is not None
 
     def replace(match: re.Match[str]) -> str:
