@@ -6,12 +6,16 @@ connection failed or timed out, except inside :class:`no_retry` (or between
 lost reply would apply twice are sent at most once. The switch is a ``ContextVar`` because
 the caller (the client) and the reader (:class:`GatewayRetry`, called by redis-py deep inside a
 command) never call each other; this module is the only one that touches it.
+
+Health probes have a policy of their own (:func:`probe_until_conclusive`): they decide
+whether Redis is down, so a single broken connection must not be their verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
@@ -20,7 +24,7 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from gateway_redis._translate import is_auth_error, is_refused
+from gateway_redis._translate import is_auth_error, is_connection_lost, is_refused
 from gateway_redis.config import RedisConfig
 
 __all__ = [
@@ -28,11 +32,19 @@ __all__ = [
     "command_retry",
     "disable_retries",
     "no_retry",
+    "probe_until_conclusive",
     "restore_retries",
     "retries_disabled",
 ]
 
 T = TypeVar("T")
+
+# A probe that meets only broken connections (reset, closed mid-reply) tries again on a
+# fresh connection for this long before it reports Redis down: long enough that a network
+# resetting a quarter of all replies never fails it (~20 attempts on loopback), short
+# enough that a proxy in front of a dead server is still noticed well within 100 ms.
+_PROBE_PATIENCE = 0.05
+_PROBE_PAUSE = 0.001
 
 # Set while a call must not be retried (INCR, PUBLISH: a lost reply would apply them twice).
 _NO_RETRY: ContextVar[bool] = ContextVar("gateway_redis_no_retry", default=False)
@@ -137,3 +149,25 @@ def command_retry(config: RedisConfig) -> GatewayRetry:
         config.retry_attempts,
         supported_errors=(rexc.ConnectionError, rexc.TimeoutError),
     )
+
+
+async def probe_until_conclusive(
+    attempt: Callable[[], Awaitable[T]], *, patience: float = _PROBE_PATIENCE
+) -> T:
+    """``await attempt()``; while it fails with a broken connection (:func:`is_connection_lost`),
+    again (it must reconnect), for up to ``patience`` seconds and at least three attempts.
+
+    Any other failure (refused, timeout, refused credentials, an error reply) is conclusive
+    and raised at once, as is the last broken connection when patience runs out. The
+    caller bounds the whole with its own deadline.
+    """
+    give_up = time.monotonic() + patience
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await attempt()
+        except Exception as error:
+            if not is_connection_lost(error) or (attempts >= 3 and time.monotonic() >= give_up):
+                raise
+        await asyncio.sleep(_PROBE_PAUSE)
