@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 from redis import exceptions as rexc
 
 from gateway_redis import CacheKeyNotFound, HealthState, RedisClient, RedisConfig, RedisUnavailable
@@ -60,6 +61,8 @@ async def _traffic(client: RedisClient, prefix: str, stop: float) -> dict[str, l
                     await client.increment(f"{prefix}n{w}")
             except RedisUnavailable as exc:
                 outcome[f"{kind} failed"].append(exc)
+                if kind == "incr":
+                    outcome["incr failed by worker"].append(w)
             except CacheKeyNotFound:
                 outcome[f"{kind} ok"].append(None)
             else:
@@ -71,7 +74,7 @@ async def _traffic(client: RedisClient, prefix: str, stop: float) -> dict[str, l
 
 
 async def test_reset_connections_fail_only_their_own_calls(
-    redis_server: EmbeddedRedis, proxies: LossyProxies
+    redis_server: EmbeddedRedis, redis_admin: redis.Redis, proxies: LossyProxies
 ) -> None:
     host, port = await proxies.add(("127.0.0.1", redis_server.port))
     changes: list[HealthState] = []
@@ -82,6 +85,7 @@ async def test_reset_connections_fail_only_their_own_calls(
         outcome = await _traffic(c, "reset:", time.perf_counter() + 30.0)
         proxies.reset_replies(0.0, seed=0)
         in_use = c.pool_in_use
+    failed_incr = collections.Counter(outcome.pop("incr failed by worker", []))
     failures = [e for k, v in outcome.items() if k.endswith("failed") for e in v]
     calls = sum(len(v) for v in outcome.values())
     collateral = [e for e in failures if not _own_connection_cut(e)]  # type: ignore[arg-type]
@@ -97,13 +101,19 @@ async def test_reset_connections_fail_only_their_own_calls(
     assert proxies.resets > calls // 10, "the proxy should have reset many replies"
     assert not collateral, f"{len(collateral)} calls failed for others' broken connections"
     assert changes == [], "Redis was healthy: the client should never have gone down"
-    # Every failure is its own connection cut, so there cannot be more than resets.
-    assert len(failures) <= proxies.resets
-    # Idempotent calls are retried on a fresh connection: most of them get through.
-    for kind in ("get", "set"):
-        assert len(outcome[f"{kind} ok"]) > 0.9 * (
-            len(outcome[f"{kind} ok"]) + len(outcome[f"{kind} failed"])
-        )
+    # A failed GET/SET was retried on fresh connections and cut on every one of its
+    # 1 + retry_attempts attempts (each attempt that fails here is a reset: nothing times
+    # out or is refused); an INCR was cut once and never sent again.
+    attempts = 1 + RedisConfig().retry_attempts
+    idempotent_failed = len(outcome["get failed"]) + len(outcome["set failed"])
+    assert attempts * idempotent_failed + len(outcome["incr failed"]) <= proxies.resets
+    # At most once: each worker's counter has every INCR that succeeded and at most the
+    # ones that failed (their reply was cut, the server may have run them), never more.
+    for w in range(_WORKERS):
+        raw = redis_admin.get(f"{RedisConfig().key_prefix}reset:n{w}")
+        value = int(raw) if raw is not None else 0
+        ok = sum(1 for i in range(_ROUNDS) if i % 5 == 4) - failed_incr[w]
+        assert ok <= value <= ok + failed_incr[w]
 
 
 @pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "proxy"])
