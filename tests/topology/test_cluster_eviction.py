@@ -41,7 +41,7 @@ async def test_every_primary_is_checked(
     async with RedisClient(config, logger=logging.getLogger(_LOGGER)) as c:
         assert c.eviction_unsafe is False
         assert c.backend.cluster is not None
-        primaries = sorted(n.port for n in c.backend.cluster.get_primaries())
+        primaries = sorted(int(n.port) for n in c.backend.cluster.get_primaries())
         assert len(primaries) == 3
         port = primaries[-1]
         _set_policy(port, "volatile-lru")
