@@ -67,7 +67,7 @@ async def _traffic(client: RedisClient, prefix: str, stop: float) -> dict[str, l
                 outcome[f"{kind} ok"].append(None)
             else:
                 outcome[f"{kind} ok"].append(None)
-            await asyncio.sleep(0.005)  # paced like request traffic, not a tight loop
+            await asyncio.sleep(0.02)  # paced like request traffic, not a tight loop
 
     await asyncio.gather(*(worker(w) for w in range(_WORKERS)))
     return outcome
