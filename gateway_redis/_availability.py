@@ -105,3 +105,9 @@ class Availability:
 
     async def _warm(self) -> None:
         await self._backend.warm(self._config.min_idle_conns)
+
+    def _connection_lost(self) -> bool:
+        # A command connection broke and is being retried: probe at once; retrying goes
+        # on while Redis is believed available.
+        self._health.check_now(urgent=True)
+        return self._health.available

@@ -109,6 +109,7 @@ class RedisClient(Commands, Availability):
         self._eviction = EvictionWatch(self._logger)
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
+        self._backend.set_lost_observer(self._connection_lost)
         self._health.add_listener(
             lambda state, _reason: metrics.state_changes.add(
                 1, {"gateway.redis.state": state.value}

@@ -32,6 +32,7 @@ from gateway_redis._driver.deadlines import Deadline
 from gateway_redis._driver.pool import GatewayPool, GatewaySentinelPool, PoolExhausted
 from gateway_redis._driver.retry import (
     GatewayRetry,
+    LostConnectionHook,
     disable_retries,
     no_retry,
     probe_until_conclusive,
@@ -51,6 +52,7 @@ __all__ = [
     "GatewayPool",
     "GatewayRetry",
     "GatewaySentinelPool",
+    "LostConnectionHook",
     "NodeHealth",
     "NodeUnreachable",
     "PoolBackend",

@@ -27,7 +27,7 @@ from gateway_redis._driver.connections import (
     sentinel_connection,
 )
 from gateway_redis._driver.deadlines import Deadline
-from gateway_redis._driver.retry import probe_until_conclusive
+from gateway_redis._driver.retry import GatewayRetry, probe_until_conclusive
 from gateway_redis._translate import Outage
 from gateway_redis.config import RedisConfig
 
@@ -91,6 +91,11 @@ class Backend(Protocol):
 
     def set_wait_observer(self, observer: Callable[[float], None]) -> None:
         """Report each call's wait for a connection or slot (seconds) to ``observer``."""
+
+    def set_lost_observer(self, observer: Callable[[], bool]) -> None:
+        """Tell ``observer()`` at once when a command connection breaks (reset, closed
+        mid-reply) and it is retried; its answer False (Redis is down) ends the retries.
+        Cluster: not used (redis-py's cluster client retries on its own)."""
 
     async def warm(self, count: int) -> None:
         """Open connections until ``count`` are idle (cluster: discover the nodes)."""
@@ -193,6 +198,12 @@ class PoolBackend:
     def set_wait_observer(self, observer: Callable[[float], None]) -> None:
         """Report pool wait times (seconds) to ``observer``."""
         self.pool.wait_observer = observer
+
+    def set_lost_observer(self, observer: Callable[[], bool]) -> None:
+        """Hand ``observer`` to the pool's retry policy (shared by every connection)."""
+        retry = self.pool.connection_kwargs.get("retry")
+        if isinstance(retry, GatewayRetry):
+            retry.on_lost.callback = observer
 
     async def warm(self, count: int) -> None:
         """Open connections until ``count`` are idle."""

@@ -190,6 +190,9 @@ class ClusterBackend:
         """Report waits for a call slot (seconds) to ``observer``."""
         self._wait_observer = observer
 
+    def set_lost_observer(self, observer: Callable[[], bool]) -> None:
+        """Not used: redis-py's cluster client retries with a loop of its own."""
+
     async def warm(self, count: int) -> None:
         """Discover the nodes and slots (connections open lazily, per node)."""
         await self.cluster.initialize()

@@ -7,15 +7,17 @@ test_connection_resets.py and test_eviction_policy.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import logging
 import time
 
 import pytest
 from redis import exceptions as rexc
+from redis.backoff import NoBackoff
 
 from gateway_redis import RedisUnavailable
-from gateway_redis._driver import probe_until_conclusive
+from gateway_redis._driver import GatewayRetry, no_retry, probe_until_conclusive
 from gateway_redis._eviction import EvictionWatch, policy_of, unsafe_policy
 from gateway_redis._translate import Outage, is_connection_lost, translate
 from gateway_redis.health import HealthMonitor, HealthState
@@ -122,6 +124,73 @@ async def test_probe_gives_up_on_broken_connections_after_its_patience() -> None
     took = time.monotonic() - started
     assert calls >= 3
     assert 0.05 <= took < 1.0
+
+
+# -- retries of a call whose connection broke -------------------------------------------
+
+
+class _Flaky:
+    """Fails with a broken connection ``breaks`` times, then answers."""
+
+    def __init__(self, breaks: int) -> None:
+        self.breaks = breaks
+        self.attempts = 0
+
+    async def __call__(self) -> str:
+        self.attempts += 1
+        if self.attempts <= self.breaks:
+            raise rexc.ConnectionError("Connection closed by server.")
+        return "ok"
+
+
+async def _noop(_error: BaseException) -> None:
+    return None
+
+
+async def test_broken_connections_are_retried_past_the_budget_within_patience() -> None:
+    do = _Flaky(breaks=6)
+    retry = GatewayRetry(NoBackoff(), 2, lost_patience=1.0)
+    assert await retry.call_with_retry(do, _noop) == "ok"
+    assert do.attempts == 7
+    # Without patience: the budget (1 + 2 attempts) only.
+    do = _Flaky(breaks=6)
+    with pytest.raises(rexc.ConnectionError):
+        await GatewayRetry(NoBackoff(), 2).call_with_retry(do, _noop)
+    assert do.attempts == 3
+
+
+async def test_patience_ends() -> None:
+    do = _Flaky(breaks=10**6)
+    started = time.monotonic()
+    with pytest.raises(rexc.ConnectionError):
+        await GatewayRetry(NoBackoff(), 2, lost_patience=0.05).call_with_retry(do, _noop)
+    assert 0.05 <= time.monotonic() - started < 1.0
+
+
+async def test_at_most_once_calls_are_never_retried_whatever_the_patience() -> None:
+    do = _Flaky(breaks=1)
+    retry = GatewayRetry(NoBackoff(), 2, lost_patience=1.0)
+    with no_retry(), pytest.raises(rexc.ConnectionError):
+        await retry.call_with_retry(do, _noop)
+    assert do.attempts == 1
+
+
+async def test_a_broken_connection_is_reported_and_retries_stop_once_redis_is_down() -> None:
+    retry = GatewayRetry(NoBackoff(), 2, lost_patience=1.0)
+    copied = copy.deepcopy(retry)  # what redis-py does for every connection
+    assert copied.on_lost is retry.on_lost  # one hook for every copy
+    reports: list[int] = []
+
+    def report() -> bool:
+        reports.append(1)
+        return len(reports) < 2
+
+    retry.on_lost.callback = report
+    do = _Flaky(breaks=5)
+    with pytest.raises(rexc.ConnectionError):
+        await copied.call_with_retry(do, _noop)
+    assert do.attempts == 2  # the second report answered "down": no third attempt
+    assert len(reports) == 2
 
 
 # -- the monitor -----------------------------------------------------------------------
