@@ -3,9 +3,9 @@
 Through a proxy that resets a quarter of the server's replies in the middle while Redis
 itself is healthy, the only calls that fail are those whose own connection was cut and
 that could not be sent again (at-most-once commands, or idempotent ones cut on every
-attempt of their retry budget): none fails fast as ``down`` because another connection
-broke. A SIGKILL of the server is still noticed within 100 ms while calls run, directly
-and through the proxy.
+attempt of their retry budget and for the 0.25 s they may go on retrying a broken
+connection): none fails fast as ``down`` because another connection broke. A SIGKILL of
+the server is still noticed within 100 ms while calls run, directly and through the proxy.
 """
 
 from __future__ import annotations
@@ -98,11 +98,11 @@ async def test_reset_connections_fail_only_their_own_calls(
     )
     assert calls == _WORKERS * _ROUNDS
     assert in_use == 0, "a connection was not given back to the pool"
-    assert proxies.resets > calls // 10, "the proxy should have reset many replies"
     assert not collateral, f"{len(collateral)} calls failed for others' broken connections"
     assert changes == [], "Redis was healthy: the client should never have gone down"
+    assert proxies.resets > calls // 10, "the proxy should have reset many replies"
     # A failed GET/SET was retried on fresh connections and cut on every one of its
-    # 1 + retry_attempts attempts (each attempt that fails here is a reset: nothing times
+    # attempts, at least 1 + retry_attempts (each attempt that fails here is a reset: nothing times
     # out or is refused); an INCR was cut once and never sent again.
     attempts = 1 + RedisConfig().retry_attempts
     idempotent_failed = len(outcome["get failed"]) + len(outcome["set failed"])
