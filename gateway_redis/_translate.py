@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
+import socket
 from typing import NamedTuple
 
 from redis import exceptions as rexc
@@ -25,6 +27,7 @@ __all__ = [
     "Outage",
     "Translated",
     "is_auth_error",
+    "is_connection_lost",
     "is_outage_error",
     "is_refused",
     "is_wrong_type",
@@ -54,7 +57,11 @@ class Outage(enum.Enum):
     CREDENTIALS = "credentials"
     """Redis refused our credentials (``misconfigured``)."""
     UNREACHABLE = "unreachable"
-    """A connection failed, a socket timed out, or the cluster reported trouble."""
+    """Nothing listens (connection refused), a socket timed out, or the cluster reported
+    trouble: evidence enough that Redis is unavailable."""
+    LOST = "lost"
+    """An open connection broke (reset, closed mid-reply): that connection, or the server;
+    only a probe can tell (:func:`is_connection_lost`)."""
 
 
 class Translated(NamedTuple):
@@ -77,7 +84,8 @@ def translate(exc: Exception, operation: str, *, miss: bool, deadline: float) ->
     * an exhausted pool -> ``RedisUnavailable(reason="pool_exhausted")``, no outage;
     * the deadline passed -> ``reason="timeout"``, :attr:`Outage.DEADLINE`;
     * credentials refused -> ``reason="misconfigured"``, :attr:`Outage.CREDENTIALS`;
-    * unreachable, socket timeout, cluster down -> ``"down"``/``"timeout"``,
+    * a broken connection -> ``"down"``, :attr:`Outage.LOST`;
+    * refused, socket timeout, cluster down -> ``"down"``/``"timeout"``,
       :attr:`Outage.UNREACHABLE`;
     * any other error reply -> :class:`CommandError` (Redis is fine).
     """
@@ -101,9 +109,8 @@ def translate(exc: Exception, operation: str, *, miss: bool, deadline: float) ->
     if is_outage_error(exc):
         detail = f"{type(exc).__name__}: {exc}"
         reason = "timeout" if isinstance(exc, rexc.TimeoutError) else "down"
-        return Translated(
-            unavailable(f"{operation}: {detail}", reason=reason), Outage.UNREACHABLE, detail
-        )
+        outage = Outage.LOST if is_connection_lost(exc) else Outage.UNREACHABLE
+        return Translated(unavailable(f"{operation}: {detail}", reason=reason), outage, detail)
     if isinstance(exc, rexc.ResponseError):
         return Translated(CommandError(f"{operation}: {exc}"), Outage.NONE, "")
     return None
@@ -121,6 +128,45 @@ def is_refused(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# Errors that reached no server at all: nothing listens, no route, no such host.
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+)
+# Connection errors that are a verdict of the server, not a broken connection.
+_SERVER_VERDICTS = (
+    rexc.AuthenticationError,
+    rexc.AuthorizationError,
+    rexc.BusyLoadingError,
+    rexc.MaxConnectionsError,
+)
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """True when an open connection broke (reset by the peer, closed in the middle of a
+    reply, a broken pipe): the failure of one connection, which a healthy server behind a
+    flaky network or middlebox also produces, so not by itself evidence of an outage.
+
+    False for timeouts, a refused connection or another failure to reach the host (see
+    :func:`is_refused`), refused credentials, ``LOADING`` and an exhausted pool.
+    """
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError, rexc.TimeoutError)):
+        return False
+    if not isinstance(error, (rexc.ConnectionError, OSError, EOFError)):
+        return False
+    if isinstance(error, _SERVER_VERDICTS) or is_auth_error(error):
+        return False
+    seen: BaseException | None = error
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, (TimeoutError, socket.gaierror)) or (
+            isinstance(seen, OSError) and seen.errno in _UNREACHABLE_ERRNOS
+        ):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 def is_auth_error(error: BaseException) -> bool:

@@ -20,15 +20,22 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from gateway_redis import telemetry
+from gateway_redis._availability import Availability
 from gateway_redis._commands import Commands, WindowHits
 from gateway_redis._driver import (
-    Backend,
     Deadline,
     disable_retries,
     make_backend,
     restore_retries,
 )
-from gateway_redis._translate import Outage, is_auth_error, is_outage_error, translate
+from gateway_redis._eviction import EvictionWatch
+from gateway_redis._translate import (
+    Outage,
+    is_auth_error,
+    is_connection_lost,
+    is_outage_error,
+    translate,
+)
 from gateway_redis.config import RedisConfig
 from gateway_redis.errors import (
     CacheUnavailable,
@@ -36,7 +43,7 @@ from gateway_redis.errors import (
     GatewayRedisError,
     RedisUnavailable,
 )
-from gateway_redis.health import ClientState, HealthMonitor, HealthState, StateListener
+from gateway_redis.health import ClientState, HealthMonitor
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.pubsub import PubSubHub
 from gateway_redis.sessions import SessionStore
@@ -63,7 +70,7 @@ def _loop_running() -> bool:
     return True
 
 
-class RedisClient(Commands):
+class RedisClient(Commands, Availability):
     """A Redis client for gateways: bounded pool, retries, fast failure, health state.
 
     ``config`` says where Redis is (:class:`RedisConfig`); ``logger`` defaults to this
@@ -91,6 +98,7 @@ class RedisClient(Commands):
             interval=self._config.health_check_interval,
             probe_interval=self._config.probe_interval,
             is_misconfigured=is_auth_error,
+            is_inconclusive=is_connection_lost,
             logger=self._logger,
             on_recover=self._on_recover,
         )
@@ -98,8 +106,10 @@ class RedisClient(Commands):
         self._pubsub: PubSubHub | None = None
         self._invalidation: InvalidationBus | None = None
         self._sessions: SessionStore | None = None
+        self._eviction = EvictionWatch(self._logger)
         metrics = telemetry.instruments()
         self._backend.set_wait_observer(metrics.pool_wait.record)
+        self._backend.set_lost_observer(self._connection_lost)
         self._health.add_listener(
             lambda state, _reason: metrics.state_changes.add(
                 1, {"gateway.redis.state": state.value}
@@ -109,6 +119,11 @@ class RedisClient(Commands):
         telemetry.register_gauge_source("available", self, _available_gauge)
         telemetry.register_gauge_source(
             "pool_in_use", self, lambda c: None if c._state is ClientState.CLOSED else c.pool_in_use
+        )
+        telemetry.register_gauge_source(
+            "eviction_unsafe",
+            self,
+            lambda c: None if c._state is ClientState.CLOSED else c._eviction.gauge(),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -187,72 +202,6 @@ class RedisClient(Commands):
         """Components built on this client register their ``aclose`` here."""
         self._closers.append(closer)
 
-    # -- availability ----------------------------------------------------------------
-
-    @property
-    def available(self) -> bool:
-        """True when Redis is believed reachable and calls go through."""
-        return self._state is ClientState.CONNECTED and self._health.available
-
-    @property
-    def health(self) -> HealthState:
-        """``up``, ``down`` or ``misconfigured``."""
-        return self._health.state
-
-    @property
-    def health_reason(self) -> str:
-        """Why the health state is what it is; never contains secrets."""
-        return self._health.reason
-
-    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
-        """Call ``listener(state, reason)`` on each change of availability.
-
-        Returns a function that removes the listener. Listeners run on the event loop and
-        must not block; an exception in one is logged and ignored.
-        """
-        return self._health.add_listener(listener)
-
-    @property
-    def backend(self) -> Backend:
-        """The driver-facing side (pool, cluster, lone connections); internal use."""
-        return self._backend
-
-    @property
-    def monitor(self) -> HealthMonitor:
-        """The availability state machine (for components that feed it)."""
-        return self._health
-
-    @property
-    def pool_in_use(self) -> int:
-        """Pooled connections currently lent out."""
-        return self._backend.in_use
-
-    @property
-    def pool_idle(self) -> int:
-        """Open pooled connections waiting for work."""
-        return self._backend.idle
-
-    async def _probe(self) -> None:
-        # Cluster: a node that stopped answering fails only the calls routed to it; probe
-        # often until it answers again.
-        self._health.probe_often(await self._backend.probe())
-        if self._health.available and self._backend.idle + self._backend.in_use < (
-            self._config.min_idle_conns
-        ):
-            async with Deadline(self._config.operation_timeout):
-                await self._warm()
-
-    async def _on_recover(self) -> None:
-        # Idle connections may point at a server that has since restarted: drop them and
-        # open fresh ones (cluster: reload the slot map), so the first calls after
-        # recovery do not trip over them.
-        async with Deadline(self._config.operation_timeout):
-            await self._backend.drop_idle()
-            await self._warm()
-
-    async def _warm(self) -> None:
-        await self._backend.warm(self._config.min_idle_conns)
-
     # -- where calls go out (redis-py errors are translated by gateway_redis._translate)
 
     def _unavailable(self, miss: bool, message: str, reason: str) -> RedisUnavailable:
@@ -303,6 +252,8 @@ class RedisClient(Commands):
                 timer.end(exc)  # raises TimeoutError when the deadline has passed
                 raise
             timer.end(None)
+            if self._health.judging:  # a broken connection is being judged: Redis answers
+                self._health.answered()
             return result
         except GatewayRedisError:
             raise
@@ -315,8 +266,8 @@ class RedisClient(Commands):
             if translated.outage is not Outage.NONE:
                 if self._backend.call_failed(translated.outage):
                     self._health.report_failure(exc, translated.detail)
-                else:
-                    self._health.check_now()  # the probe decides (cluster)
+                else:  # the probe decides (a broken connection; cluster)
+                    self._health.check_now(translated.outage is Outage.LOST)
             raise translated.error from exc
 
     def key(self, name: str) -> str:

@@ -7,6 +7,16 @@ second until Redis answers) and ``misconfigured`` (Redis answers but refuses our
 credentials; probed slowly, never in a storm). Every change of state is logged once and
 handed to listeners.
 
+A call that failed for want of Redis switches the state to ``down`` at once when the
+failure itself is evidence (nothing listens, no reply in time). A broken connection (reset,
+closed mid-reply) is not: a flaky network or middlebox breaks one connection of a healthy
+server. Such a call asks for an immediate probe (:meth:`HealthMonitor.check_now` with
+``urgent=True``), and only a failing probe marks Redis down; a server that was killed
+refuses the probe's reconnect, so it is still noticed within milliseconds. A probe that
+itself meets only broken connections is not believed when calls got their replies after
+the failure it judges (:meth:`HealthMonitor.answered`): the server answers, the network
+between is flaky.
+
 In cluster mode a failed call does not switch the state itself: it asks for a probe
 (:meth:`HealthMonitor.check_now`), and the probe (``CLUSTER INFO`` on a node) decides, so
 one node that stops answering fails only the calls routed to it; while such a node is
@@ -28,8 +38,10 @@ from gateway_redis.support import cancel_and_wait, describe_error, log_fields
 __all__ = ["ClientState", "HealthMonitor", "HealthState", "StateListener"]
 
 # While up, probes asked for by check_now() (failing calls in cluster mode can ask in a
-# storm) start at least this many seconds apart.
+# storm) start at least this many seconds apart; urgent ones (a broken connection: is the
+# server gone?) at least _MIN_URGENT_GAP apart.
 _MIN_PROBE_GAP = 0.1
+_MIN_URGENT_GAP = 0.01
 
 
 class ClientState(enum.Enum):
@@ -59,7 +71,8 @@ class HealthMonitor:
 
     ``probe`` raises when Redis is not usable: an exception for which ``is_misconfigured``
     returns True (refused credentials) moves the state to ``misconfigured``, any other to
-    ``down``.
+    ``down``, except one for which ``is_inconclusive`` returns True (a broken connection)
+    when calls got replies since the failure being judged.
     """
 
     def __init__(
@@ -69,6 +82,7 @@ class HealthMonitor:
         interval: float,
         probe_interval: float,
         is_misconfigured: Callable[[BaseException], bool],
+        is_inconclusive: Callable[[BaseException], bool] = lambda _error: False,
         logger: logging.Logger,
         on_recover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -76,6 +90,7 @@ class HealthMonitor:
         self._interval = interval
         self._probe_interval = probe_interval
         self._is_misconfigured = is_misconfigured
+        self._is_inconclusive = is_inconclusive
         self._logger = logger
         self._on_recover = on_recover
         self._state = HealthState.UP
@@ -88,6 +103,11 @@ class HealthMonitor:
         self._closed = False
         self._last_probe = 0.0
         self._often = False
+        self._urgent = False
+        self._answered = False
+        self.judging = False
+        """True while a broken connection awaits the probe's verdict (the client then
+        calls :meth:`answered` after each call that got its reply)."""
 
     @property
     def state(self) -> HealthState:
@@ -151,9 +171,19 @@ class HealthMonitor:
         watching that is not an outage: a cluster node that stopped answering)."""
         self._often = on
 
-    def check_now(self) -> None:
-        """Run a probe as soon as possible (while up: at most every 0.1 s)."""
+    def check_now(self, urgent: bool = False) -> None:
+        """Run a probe as soon as possible (while up: at most every 0.1 s, or every 0.01 s
+        when ``urgent``). A request that comes while a probe runs gets a probe of its own
+        after it (that one may have started before the failure it must judge)."""
+        if urgent:
+            if not self.judging:
+                self._answered = False
+            self._urgent = self.judging = True
         self._wake.set()
+
+    def answered(self) -> None:
+        """A call got its reply while :attr:`judging`: Redis itself answers."""
+        self._answered = True
 
     def _set(self, state: HealthState, reason: str) -> None:
         if state is self._state:
@@ -193,9 +223,11 @@ class HealthMonitor:
         while not self._closed:
             if self._state is HealthState.UP:
                 await self._wait(self._probe_interval if self._often else self._interval)
-                gap = self._last_probe + _MIN_PROBE_GAP - time.monotonic()
+                gap = _MIN_URGENT_GAP if self._urgent else _MIN_PROBE_GAP
+                gap += self._last_probe - time.monotonic()
                 if gap > 0:
                     await asyncio.sleep(gap)
+                self._urgent = False
             elif self._state is HealthState.MISCONFIGURED:
                 # Slow down: a refused password answered once a second is no storm, but
                 # there is nothing to gain from asking faster.
@@ -210,8 +242,13 @@ class HealthMonitor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.report_failure(exc, describe_error(exc))
+                if not (self._answered and self._is_inconclusive(exc)):
+                    self.report_failure(exc, describe_error(exc))
                 continue
+            finally:
+                self.judging = self._urgent  # another failure came meanwhile
+                if not self.judging:
+                    self._answered = False
             if self._state is not HealthState.UP:
                 if self._down_votes:
                     continue

@@ -175,6 +175,13 @@ class _Instruments:
             unit="1",
             description="1 when Redis is available to the client, else 0",
         )
+        meter.create_observable_gauge(
+            "gateway.redis.eviction_unsafe",
+            callbacks=[self._observe("eviction_unsafe")],
+            unit="1",
+            description="1 when Redis may evict the library's keys (maxmemory-policy "
+            "allkeys-* or volatile-*), 0 when it may not; absent until the policy was read",
+        )
         meter.create_observable_up_down_counter(
             "gateway.redis.pool.in_use",
             callbacks=[self._observe("pool_in_use")],
@@ -222,7 +229,7 @@ def register_gauge_source(
     """Report ``getter(owner)`` for the gauge ``name`` for as long as ``owner`` lives
     (nothing while it returns None).
 
-    ``name`` is ``available`` or ``pool_in_use``.
+    ``name`` is ``available``, ``eviction_unsafe`` or ``pool_in_use``.
     """
     instruments()
     _GAUGE_SOURCES.setdefault(name, []).append((weakref.ref(owner), getter, dict(attributes)))

@@ -3,6 +3,10 @@
 The server runs the command; the proxy swallows its reply and closes the client's
 connection, which is what a network failure at the worst moment looks like to the
 client. Tests use it to prove that non-idempotent commands are sent at most once.
+
+:meth:`LossyProxies.reset_replies` turns on a second fault: a seeded fraction of the
+server's replies is cut in the middle, and the client's connection is reset (RST) there,
+while Redis itself stays healthy (a flaky network or middlebox).
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import random
+import socket
+import struct
 
 
 def _command_names(chunk: bytes) -> list[str]:
@@ -20,6 +27,15 @@ def _command_names(chunk: bytes) -> list[str]:
         if len(lines) > 2 and lines[1].startswith(b"$"):
             names.append(lines[2].decode(errors="replace").upper())
     return names
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close the connection with a RST (SO_LINGER 0) instead of a FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class LossyProxies:
@@ -37,6 +53,17 @@ class LossyProxies:
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
         self._ports: dict[tuple[str, int], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reset_fraction = 0.0
+        self._random = random.Random(0)
+        self.resets = 0
+        """Connections reset in the middle of a reply (see :meth:`reset_replies`)."""
+
+    def reset_replies(self, fraction: float, *, seed: int) -> None:
+        """From now on, cut ``fraction`` of the server's replies (each chunk the proxy reads
+        from a server, decided by a ``random.Random(seed)``) after their first half, and
+        reset the client's connection there. ``fraction=0`` turns it off."""
+        self._reset_fraction = fraction
+        self._random = random.Random(seed)
 
     def lose(self, *names: str) -> None:
         """Lose the reply to the next occurrence of each of ``names``."""
@@ -85,6 +112,12 @@ class LossyProxies:
         async def downstream() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
+                    if self._reset_fraction and self._random.random() < self._reset_fraction:
+                        self.resets += 1
+                        writer.write(data[: max(1, len(data) // 2)])
+                        _reset(writer)
+                        up_writer.close()
+                        return
                     writer.write(data)
                     await writer.drain()
             writer.close()

@@ -3,7 +3,8 @@
 :mod:`.deadlines` (the time limit of every call), :mod:`.retry` (the retry policy and the
 at-most-once switch), :mod:`.pool` (the capped blocking pools), :mod:`.connections` (how
 every connection is configured), :mod:`.cluster` (node health, the ASK fix, the cluster
-probe) and :mod:`.backend` (the Redis side of one client, per topology). redis-py's errors
+probe), :mod:`.backend` (the Redis side of one client: standalone and Sentinel) and
+:mod:`.cluster_backend` (the same on Cluster). redis-py's errors
 are classified and translated in :mod:`gateway_redis._translate`. Private: the rest of the
 library speaks only our own types.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 from gateway_redis._driver.backend import (
     Backend,
-    ClusterBackend,
     PoolBackend,
     make_backend,
     open_probe_connection,
@@ -26,13 +26,16 @@ from gateway_redis._driver.cluster import (
     NodeUnreachable,
     probe_cluster,
 )
+from gateway_redis._driver.cluster_backend import ClusterBackend
 from gateway_redis._driver.connections import lone_connection_kwargs
 from gateway_redis._driver.deadlines import Deadline
 from gateway_redis._driver.pool import GatewayPool, GatewaySentinelPool, PoolExhausted
 from gateway_redis._driver.retry import (
     GatewayRetry,
+    LostConnectionHook,
     disable_retries,
     no_retry,
+    probe_until_conclusive,
     restore_retries,
     retries_disabled,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "GatewayPool",
     "GatewayRetry",
     "GatewaySentinelPool",
+    "LostConnectionHook",
     "NodeHealth",
     "NodeUnreachable",
     "PoolBackend",
@@ -61,6 +65,7 @@ __all__ = [
     "no_retry",
     "open_probe_connection",
     "probe_cluster",
+    "probe_until_conclusive",
     "restore_retries",
     "retries_disabled",
 ]
