@@ -125,16 +125,27 @@ class ClusterBackend:
 
     async def read_info(self, section: str) -> dict[str, Any]:
         """``INFO section`` of every primary (all at once, within the probe timeout), by
-        node name; a node's error reply stands in place of its answer."""
+        node name, each on a connection of its own that is closed afterwards (a primary
+        that does not answer leaves nothing open in the cluster client's pools); a node's
+        error reply stands in place of its answer. Primaries marked unreachable are left
+        out: the probe deals with them."""
+        timeout = self._probe_timeout
 
         async def ask(node: ClusterNode) -> Any:
+            conn = seed_connection(self.config, **probe_connection_kwargs(timeout))
+            conn.pin((node.host, int(node.port)))
             try:
-                return await self.cluster.execute_command("INFO", section, target_nodes=node)
+                await conn.connect()
+                await conn.send_command("INFO", section)
+                return await conn.read_response()
             except rexc.ResponseError as exc:
                 return exc
+            finally:
+                await conn.disconnect(nowait=True)
 
-        primaries = self.cluster.get_primaries()
-        async with Deadline(self._probe_timeout):
+        unreachable = self.nodes.unreachable
+        primaries = [n for n in self.cluster.get_primaries() if n.name not in unreachable]
+        async with Deadline(timeout):
             replies = await asyncio.gather(*(ask(node) for node in primaries))
         return {node.name: reply for node, reply in zip(primaries, replies, strict=True)}
 
