@@ -40,6 +40,7 @@ from gateway_redis.health import ClientState, HealthMonitor, HealthState, StateL
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.pubsub import PubSubHub
 from gateway_redis.sessions import SessionStore
+from gateway_redis.sessions.store import MAX_PER_USER
 from gateway_redis.support import log_fields
 
 __all__ = ["ClientState", "RedisClient"]
@@ -360,8 +361,9 @@ class RedisClient(Commands):
 
     @property
     def sessions(self) -> SessionStore:
-        """The client's session store (24 h default TTL, no idle timeout, unless set by
-        :meth:`configure_sessions` before first use); built on first use."""
+        """The client's session store (24 h default TTL, no idle timeout, at most 100
+        sessions per user, unless set by :meth:`configure_sessions` before first use);
+        built on first use."""
         if self._sessions is None:
             self._sessions = SessionStore(self)
         return self._sessions
@@ -371,6 +373,7 @@ class RedisClient(Commands):
         *,
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
+        max_per_user: int = MAX_PER_USER,
     ) -> SessionStore:
         """Build the client's one session store with these settings and return it (see
         :class:`~gateway_redis.sessions.SessionStore` for their meaning).
@@ -380,12 +383,15 @@ class RedisClient(Commands):
         store. Raises ``ValueError`` for invalid settings, and
         :class:`ConfigurationError` when the store already exists with other settings.
         """
-        store = SessionStore(self, default_ttl=default_ttl, idle_timeout=idle_timeout)
+        store = SessionStore(
+            self, default_ttl=default_ttl, idle_timeout=idle_timeout, max_per_user=max_per_user
+        )
         current = self._sessions
         if current is None:
             self._sessions = store
             return store
-        if (current.default_ttl, current.idle_timeout) != (store.default_ttl, store.idle_timeout):
+        settings = (store.default_ttl, store.idle_timeout, store.max_per_user)
+        if (current.default_ttl, current.idle_timeout, current.max_per_user) != settings:
             raise ConfigurationError(
                 "the session store is already in use with other settings; call "
                 "configure_sessions() once, before the first use of client.sessions"
