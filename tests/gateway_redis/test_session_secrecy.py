@@ -25,8 +25,9 @@ from gateway_redis.sessions import SessionEvent, SessionStore, id_digest, slot_t
 # ---------------------------------------------------------------- helpers
 
 
-def everything_stored(admin: redis.Redis) -> Iterator[bytes]:
+def everything_stored(sync_admin: redis.Redis) -> Iterator[bytes]:
     """Every key name, and every value, member, field and score text in the database."""
+    admin: Any = sync_admin  # redis-py's sync replies are typed as bytes | str
     for key in admin.scan_iter("*"):
         yield key
         kind = admin.type(key).decode()
@@ -57,7 +58,7 @@ class Monitor:
     STOP = "monitor-stop-marker"
 
     def __init__(self, admin: redis.Redis) -> None:
-        self._admin = admin
+        self._admin: Any = admin
         self.commands: list[str] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
