@@ -39,8 +39,7 @@ from gateway_redis.errors import (
 from gateway_redis.health import ClientState, HealthMonitor, HealthState, StateListener
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.pubsub import PubSubHub
-from gateway_redis.sessions import SessionStore
-from gateway_redis.sessions.store import MAX_PER_USER
+from gateway_redis.sessions.store import MAX_PER_USER, SessionStore
 from gateway_redis.support import log_fields
 
 __all__ = ["ClientState", "RedisClient"]
@@ -361,9 +360,8 @@ class RedisClient(Commands):
 
     @property
     def sessions(self) -> SessionStore:
-        """The client's session store (24 h default TTL, no idle timeout, at most 100
-        sessions per user, unless set by :meth:`configure_sessions` before first use);
-        built on first use."""
+        """The client's session store (24 h default TTL, no idle timeout, 100 sessions per
+        user, unless set by :meth:`configure_sessions` before first use); built on first use."""
         if self._sessions is None:
             self._sessions = SessionStore(self)
         return self._sessions
@@ -386,17 +384,14 @@ class RedisClient(Commands):
         store = SessionStore(
             self, default_ttl=default_ttl, idle_timeout=idle_timeout, max_per_user=max_per_user
         )
-        current = self._sessions
-        if current is None:
+        if self._sessions is None:
             self._sessions = store
-            return store
-        settings = (store.default_ttl, store.idle_timeout, store.max_per_user)
-        if (current.default_ttl, current.idle_timeout, current.max_per_user) != settings:
+        elif self._sessions.settings != store.settings:
             raise ConfigurationError(
                 "the session store is already in use with other settings; call "
                 "configure_sessions() once, before the first use of client.sessions"
             )
-        return current
+        return self._sessions
 
     def __repr__(self) -> str:
         return (

@@ -159,6 +159,11 @@ class SessionStore:
         """The most sessions one user can have; a new one ends the oldest."""
         return self._cap
 
+    @property
+    def settings(self) -> tuple[float, float | None, int]:
+        """``(default_ttl, idle_timeout, max_per_user)``, to compare two stores' settings."""
+        return self.default_ttl, self.idle_timeout, self._cap
+
     def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
         """Call ``handler(event)`` for each session event (:mod:`.events`) published by
         any instance's store on this client's channel, this one's included (at once, before
