@@ -22,6 +22,7 @@ from starlette.types import Message
 
 from gateway_redis import ClientState, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.sessions import SessionStore
 from middleware import (
     ChannelPolicy,
     ChannelRule,
@@ -271,6 +272,13 @@ async def test_install_adds_only_the_configured_layers(client: RedisClient) -> N
     assert spec.kwargs["sessions"] is None
 
 
+async def test_session_settings_reach_the_clients_store(client: RedisClient) -> None:
+    settings = SessionSettings(default_ttl=600, idle_timeout=60, max_per_user=7)
+    Gateway(client, jwt=SETTINGS, sessions=settings)
+    assert client.sessions.settings == (600, 60, 7)
+    assert SessionSettings().max_per_user == SessionStore(client).max_per_user == 100
+
+
 BAD_ARGUMENTS: list[tuple[Any, str]] = [
     (lambda c: Gateway("redis://x", jwt=SETTINGS), "RedisClient or a RedisConfig"),
     (lambda c: Gateway(c, jwt="secret"), "JWTSettings or a TokenValidator"),
@@ -279,6 +287,8 @@ BAD_ARGUMENTS: list[tuple[Any, str]] = [
     (lambda c: Gateway(c, jwt=SETTINGS, sessions={"ttl": 1}), "SessionSettings"),
     (lambda c: Gateway(c, jwt=SETTINGS, websocket="*"), "ChannelPolicy"),
     (lambda c: SessionSettings(default_ttl=0), "default_ttl"),
+    (lambda c: SessionSettings(max_per_user=0), "max_per_user"),
+    (lambda c: SessionSettings(max_per_user=True), "max_per_user"),
     (lambda c: SessionSettings(cookie=None), "cookie, a header_name or both"),
     (lambda c: SessionSettings(required_paths="/auth/*"), "not one string"),
     (lambda c: SessionSettings(on_unavailable="ignore"), "on_unavailable"),
