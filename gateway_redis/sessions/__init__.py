@@ -6,9 +6,12 @@ Applications use the client's one store, ``client.sessions`` (set up once with
 - :mod:`~gateway_redis.sessions.store`: the store, its key layout and its guarantees;
 - :mod:`~gateway_redis.sessions.events`: the change events the store publishes on its
   client's invalidation bus (typed shapes, their parser, the ID digest they carry);
-- :mod:`~gateway_redis.sessions.codec`: the stored form: session IDs, slot tags, metadata
-  encoding and the :class:`Session` value decoded from a stored hash (no Redis calls);
+- :mod:`~gateway_redis.sessions.codec`: the stored form: session IDs, index members, slot
+  tags, metadata encoding and the :class:`Session` value decoded from a stored hash (no
+  Redis calls);
 - :mod:`~gateway_redis.sessions.scripts`: the Lua every operation runs;
+- ``_index`` (private): a user's index, its members (digests, never IDs) and the
+  multi-session load and delete;
 - ``_cluster`` (private): the single-key steps used on Redis Cluster, with their invariants.
 
 :func:`slot_tag` is the hash tag of a user's session index, for tools that need to know

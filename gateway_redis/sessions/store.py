@@ -24,8 +24,11 @@ that passes its keys as ``KEYS`` (one exception, see ``create`` in
 (``TIME``), so instances with skewed clocks agree.
 
 A user has at most ``max_per_user`` sessions: a create that goes over ends the user's
-sessions that expire soonest (with one lifetime for all, the oldest) in the same script
-(on Cluster: before the create returns; see below), publishing their change events.
+sessions that expire soonest (with one lifetime for all, the oldest, to the millisecond;
+never the new one) in the same script (on Cluster: before the create returns; see
+below), publishing their change events. The index entries of sessions that already
+ended count until the index is next pruned, so the cap may end a session early, never
+late.
 
 A session and its user's index are in different hash slots (the session's is random).
 Outside Cluster every operation is one script, atomic over both.
@@ -194,7 +197,7 @@ class SessionStore:
         :class:`~gateway_redis.RedisUnavailable`. A user's sessions over
         :attr:`max_per_user` end (see the class docstring). On Redis Cluster the hash and
         the index entry are written one after the other (see the module docstring), so
-        logins keep working while the user's slot migrates; the same holds for every
+        logins keep working while a slot migrates; the same holds for every
         method here.
         """
         user_id = check_user_id(user_id)
