@@ -21,6 +21,7 @@ import redis
 
 from gateway_redis import RedisClient, SessionNotFound
 from gateway_redis.sessions import SessionEvent, SessionStore, id_digest, slot_tag
+from gateway_redis.sessions.codec import index_member
 
 # ---------------------------------------------------------------- helpers
 
@@ -131,6 +132,23 @@ async def test_listed_sessions_carry_the_digest_of_their_id(client: RedisClient)
     assert listed.digest == id_digest(mine) == (await client.get_session(mine)).digest
     assert listed.id == ""
     assert listed.metadata["here"] is True
+
+
+async def test_raw_ids_left_by_0_1_0_leave_the_index_at_its_first_read(
+    client: RedisClient, redis_admin: redis.Redis
+) -> None:
+    admin: Any = redis_admin  # redis-py's sync replies are typed loosely
+    kept, ended = await client.create_session("alice"), await client.create_session("alice")
+    (index,) = admin.scan_iter("gw:user-sessions:*")
+    for session_id in (kept, ended):  # as 0.1.0 wrote them: the raw ID as the member
+        score = admin.zscore(index, index_member(session_id))
+        admin.zrem(index, index_member(session_id))
+        admin.zadd(index, {session_id: score})
+    await client.delete_session(ended)
+    listed = await client.get_user_sessions("alice")
+    assert [s.digest for s in listed] == [id_digest(kept)]
+    assert [m.decode() for m in admin.zrange(index, 0, -1)] == [index_member(kept)]
+    assert await client.delete_user_sessions("alice") == 1
 
 
 # ---------------------------------------------------------------- IDs do not name their user
