@@ -244,7 +244,9 @@ async def test_the_cap_counts_per_user_and_defaults_to_100(client: RedisClient) 
 
 async def test_a_short_lived_new_session_is_never_the_one_ended(client: RedisClient) -> None:
     store = client.configure_sessions(max_per_user=2)
-    a, b = await store.create("alice", ttl=600), await store.create("alice", ttl=600)
+    a = await store.create("alice", ttl=600)
+    await asyncio.sleep(0.002)  # age is known to the millisecond
+    b = await store.create("alice", ttl=600)
     brief = await store.create("alice", ttl=5)  # expires first, but it is the new one
     assert await _live(client, [a, b, brief]) == [b, brief]
 
