@@ -59,9 +59,15 @@ end
 local function over_cap(idx, new, cap)
   local excess, out = redis.call('ZCARD', idx) - cap, {}
   if excess <= 0 then return out end
-  for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+  -- the soonest-ending entries, one more in case the new one is among them; all of them
+  -- when 0.1.0's raw IDs are in the way
+  for _, stop in ipairs({excess, -1}) do
+    out = {}
+    for _, m in ipairs(redis.call('ZRANGE', idx, 0, stop)) do
+      if #out >= excess then break end
+      if m ~= new and string.match(m, '^%x+:%x+$') then out[#out + 1] = m end
+    end
     if #out >= excess then break end
-    if m ~= new and string.match(m, '^%x+:%x+$') then out[#out + 1] = m end
   end
   return out
 end
