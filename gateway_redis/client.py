@@ -372,25 +372,23 @@ class RedisClient(Commands):
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
         max_per_user: int = MAX_PER_USER,
+        tag_key: str | bytes | None = None,
     ) -> SessionStore:
-        """Build the client's one session store with these settings and return it (see
-        :class:`~gateway_redis.sessions.SessionStore` for their meaning).
-
-        Call it once, before anything uses :attr:`sessions` (typically right after
-        building the client). Calling it again with the same settings returns the same
-        store. Raises ``ValueError`` for invalid settings, and
-        :class:`ConfigurationError` when the store already exists with other settings.
-        """
+        """Build the client's one session store (see :class:`~gateway_redis.sessions.SessionStore`)
+        before anything uses :attr:`sessions`; the same settings again return it, others
+        raise :class:`ConfigurationError` (bad values: ``ValueError``)."""
         store = SessionStore(
-            self, default_ttl=default_ttl, idle_timeout=idle_timeout, max_per_user=max_per_user
+            self,
+            default_ttl=default_ttl,
+            idle_timeout=idle_timeout,
+            tag_key=tag_key,
+            max_per_user=max_per_user,
         )
         if self._sessions is None:
             self._sessions = store
         elif self._sessions.settings != store.settings:
-            raise ConfigurationError(
-                "the session store is already in use with other settings; call "
-                "configure_sessions() once, before the first use of client.sessions"
-            )
+            once = "call configure_sessions() once, before the first use of client.sessions"
+            raise ConfigurationError(f"the session store exists with other settings; {once}")
         return self._sessions
 
     def __repr__(self) -> str:

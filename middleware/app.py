@@ -122,6 +122,7 @@ class Gateway:
             default_ttl=settings.default_ttl,
             idle_timeout=settings.idle_timeout,
             max_per_user=settings.max_per_user,
+            tag_key=settings.tag_key,
         )
         return SessionManager(client=self._client)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway_redis.sessions.codec import as_text, index_member
+from gateway_redis.sessions.codec import as_text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -47,9 +47,9 @@ class SingleKeySteps:
     """The Cluster versions of the :class:`~gateway_redis.sessions.SessionStore` steps that
     touch a session and its user's index.
 
-    ``session_key(member)`` (an index member, :func:`~.codec.index_member`) and
-    ``index_key(user_id)`` name the keys, ``idle_ms`` is the store's idle timeout (0: none),
-    ``cap`` its sessions per user and ``scripts`` its Lua scripts.
+    ``session_key(member)`` (an index member), ``index_key(user_id)`` name the keys and
+    ``member(session_id)`` the index entries; ``idle_ms`` is the store's idle timeout (0:
+    none), ``cap`` its sessions per user and ``scripts`` its Lua scripts.
     """
 
     def __init__(
@@ -58,12 +58,14 @@ class SingleKeySteps:
         *,
         session_key: Callable[[str], str],
         index_key: Callable[[str], str],
+        member: Callable[[str], str],
         idle_ms: int,
         cap: int,
     ) -> None:
         self._call = scripts.call
         self._session_key = session_key
         self._index_key = index_key
+        self._member = member
         self._idle_ms = idle_ms
         self._cap = cap
 
@@ -111,16 +113,21 @@ class SingleKeySteps:
         return deleted, int(await r.zcard(index))
 
     async def regenerate(
-        self, r: Redis, old_id: str, new_id: str, user_of: Callable[[str, Any], str]
+        self,
+        r: Redis,
+        old_id: str,
+        new_id: Callable[[str], str],
+        user_of: Callable[[str, Any], str],
     ) -> Any:
-        """Take the old session (read and delete), write it under the new ID, then swap
-        the index entries. ``user_of(id, [now, hash])`` is the session's user id (raises
-        when the record is corrupt). Returns ``[now, hash, expiry]`` or None."""
-        old, new = index_member(old_id), index_member(new_id)
+        """Take the old session (read and delete), write it under ``new_id(user_id)``, then
+        swap the index entries. ``user_of(id, [now, hash])`` is the session's user id
+        (raises when the record is corrupt). Returns ``[now, hash, expiry]`` or None."""
+        old = self._member(old_id)
         taken = await self._call("take", [self._session_key(old)], [self._idle_ms])(r)
         if taken is None:
             return None
         user_id = user_of(old_id, taken)  # corrupt: gone, and not found
+        new = self._member(new_id(user_id))
         new_key = self._session_key(new)
         restored = await self._call("restore", [new_key], [self._idle_ms, *taken[1]])(r)
         if restored is None:

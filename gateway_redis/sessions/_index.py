@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway_redis.sessions._cluster import SingleKeySteps
-from gateway_redis.sessions.codec import as_text, parse_member, sha256_hex, slot_tag
+from gateway_redis.sessions.codec import as_text, parse_member, sha256_hex
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from gateway_redis.client import RedisClient
     from gateway_redis.sessions.scripts import Scripts
+    from gateway_redis.sessions.tags import TagScheme
 
 __all__ = ["UserIndex", "digests"]
 
@@ -33,13 +34,17 @@ _CHUNK = 256  # sessions per script call, so one call never blocks Redis for lon
 class UserIndex:
     """Key names and multi-session steps of one session store on ``client``.
 
-    ``idle_ms`` is the store's idle timeout (0: none), ``cap`` its sessions per user.
+    ``tags`` says which slot each key is in, ``idle_ms`` is the store's idle timeout (0:
+    none), ``cap`` its sessions per user.
     :attr:`steps` are the single-key steps the store runs on Redis Cluster (None
     elsewhere); :meth:`load` and :meth:`delete` use them there by themselves.
     """
 
-    def __init__(self, client: RedisClient, scripts: Scripts, *, idle_ms: int, cap: int) -> None:
+    def __init__(
+        self, client: RedisClient, scripts: Scripts, tags: TagScheme, *, idle_ms: int, cap: int
+    ) -> None:
         self._client = client
+        self._tags = tags
         self._call = scripts.call
         self._idle_ms = idle_ms
         self.steps: SingleKeySteps | None = None
@@ -48,13 +53,18 @@ class UserIndex:
                 scripts,
                 session_key=self.key_of,
                 index_key=self.index_key,
+                member=self.member,
                 idle_ms=idle_ms,
                 cap=cap,
             )
 
     def session_key(self, session_id: str) -> str:
         """The key of the session ``session_id`` (a well-formed ID)."""
-        return self._client.key(f"session:{{{session_id[:12]}}}:{sha256_hex(session_id)}")
+        return self.key_of(self.member(session_id))
+
+    def member(self, session_id: str) -> str:
+        """How the user's index names ``session_id``: ``<key tag>:<sha256(session_id)>``."""
+        return f"{self._tags.key_tag(session_id)}:{sha256_hex(session_id)}"
 
     def key_of(self, member: str) -> str:
         """The key of the session an index ``member`` names (as :meth:`members` returns
@@ -67,7 +77,8 @@ class UserIndex:
         return self._client.key("session:")
 
     def index_key(self, user_id: str) -> str:
-        return self._client.key(f"user-sessions:{{{slot_tag(user_id)}}}:{sha256_hex(user_id)}")
+        tag = self._tags.user_tag(user_id)
+        return self._client.key(f"user-sessions:{{{tag}}}:{sha256_hex(user_id)}")
 
     async def members(self, r: Redis, index: str) -> list[str]:
         """The members of ``index``; malformed ones are removed, 0.1.0's raw IDs replaced

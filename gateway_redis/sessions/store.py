@@ -1,9 +1,8 @@
 """The session store, :class:`SessionStore`: one Redis hash per session plus a per-user
 index, kept atomic by Lua.
 
-Key layout (``<p>`` is the client's key prefix, ``<tag>`` the 12 random hex digits that
-open the session's ID, ``<utag>`` :func:`~.codec.slot_tag` of the user id, ``sha256(x)``
-a hex digest)::
+Key layout (``<p>`` is the client's key prefix, ``<tag>`` a session's key tag and
+``<utag>`` its user's, :mod:`~gateway_redis.sessions.tags`; ``sha256(x)`` a hex digest)::
 
     <p>session:{<tag>}:<sha256(session_id)>        hash: user_id, created_at,
                                                     last_accessed_at, expires_at (ms since
@@ -12,30 +11,25 @@ a hex digest)::
                                                     per session, score = absolute expiry
                                                     (ms); TTL = the latest expiry
 
-A session ID is ``<tag>.<43 url-safe characters>`` (256 random bits); the tag is random
-too, so an ID says nothing about its user and two sessions of one user share nothing that
-could link them (no key to configure, keep secret or rotate). Redis holds no session ID:
-key names and index members carry digests (``<tag>`` is in both, and grants nothing), so
-reading Redis, a replica, a backup or ``MONITOR`` gives no session away; the store
-returns listed sessions with their ID's digest only (:class:`~.codec.Session`). User ids
-never appear in key names or logs. Every script is fixed Lua (never built from input)
-that passes its keys as ``KEYS`` (one exception, see ``create`` in
-:mod:`~gateway_redis.sessions.scripts`); times come from the Redis server's clock
-(``TIME``), so instances with skewed clocks agree.
+A session ID is ``<12 hex digits>.<43 url-safe characters>`` (256 random bits). Without
+``tag_key`` the 12 digits are random and are the key's tag; with it, ``<tag>`` = ``<utag>``
+(a user's keys share a slot) shows in the ID masked: either way an ID says nothing about
+its user, and two IDs of one user share nothing. Redis holds no session ID: key names and
+index members carry digests, so reading Redis, a replica, a backup or ``MONITOR`` gives
+no session away; listed sessions carry only their ID's digest (:class:`~.codec.Session`).
+User ids never appear in key names or logs. Every script is fixed Lua (never built from
+input) that passes its keys as ``KEYS`` (one exception: ``create`` in
+:mod:`~gateway_redis.sessions.scripts`); times come from the Redis server's clock.
 
 A user has at most ``max_per_user`` sessions: a create that goes over ends the user's
 sessions that expire soonest (with one lifetime for all, the oldest, to the millisecond;
-never the new one) in the same script (on Cluster: before the create returns; see
-below), publishing their change events. The index entries of sessions that already
-ended count until the index is next pruned, so the cap may end a session early, never
-late.
-
-A session and its user's index are in different hash slots (the session's is random).
-Outside Cluster every operation is one script, atomic over both.
+never the new one) in the same script (on Cluster: before the create returns), publishing
+their change events. Index entries of sessions that already ended count until the index
+is next pruned: the cap may end a session early, never late.
 
 On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
-listing, "log out everywhere") run as single-key steps instead, which need no shared slot
-and keep working while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how
+listing, "log out everywhere") run as single-key steps, which need no shared slot and
+keep working while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how
 and which invariants the steps keep. The Lua scripts are in
 :mod:`gateway_redis.sessions.scripts`, the index in ``_index``.
 
@@ -65,7 +59,6 @@ from gateway_redis.sessions.codec import (
     check_user_id,
     decode_session,
     encode_metadata,
-    index_member,
     is_valid_id,
     new_id,
 )
@@ -78,6 +71,7 @@ from gateway_redis.sessions.events import (
     user_sessions_dropped,
 )
 from gateway_redis.sessions.scripts import Scripts
+from gateway_redis.sessions.tags import TagScheme, check_tag_key
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -103,7 +97,10 @@ class SessionStore:
     (``ValueError``). ``max_per_user`` (default :data:`MAX_PER_USER`, 1 to 100,000) caps
     a user's sessions: creating one more ends those that expire soonest (the oldest, when
     they share a lifetime), atomically with the create, and publishes their change events
-    (open WebSockets of those sessions close as after a logout).
+    (open WebSockets of those sessions close as after a logout). ``tag_key`` (str or bytes,
+    at least 32 bytes, the same on every instance; default None) keeps each user's keys in
+    one hash slot while IDs still share nothing; changing it logs everyone out
+    (:mod:`~gateway_redis.sessions.tags`).
 
     Every call goes through :meth:`RedisClient.execute` under one deadline and raises
     :class:`~gateway_redis.RedisUnavailable` when Redis is down or does not answer.
@@ -125,6 +122,7 @@ class SessionStore:
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
         max_per_user: int = MAX_PER_USER,
+        tag_key: str | bytes | None = None,
     ) -> None:
         self._client = client
         self._ttl_ms = capped_ttl_ms("default_ttl", default_ttl)
@@ -138,7 +136,10 @@ class SessionStore:
         self._cap = max_per_user
         scripts = Scripts()
         self._call = scripts.call
-        self._index = UserIndex(client, scripts, idle_ms=self._idle_ms, cap=max_per_user)
+        self._tags = TagScheme(check_tag_key("tag_key", tag_key))
+        self._index = UserIndex(
+            client, scripts, self._tags, idle_ms=self._idle_ms, cap=max_per_user
+        )
         # Redis Cluster: one key per command (see the module docstring).
         self._steps = self._index.steps
 
@@ -163,9 +164,10 @@ class SessionStore:
         return self._cap
 
     @property
-    def settings(self) -> tuple[float, float | None, int]:
-        """``(default_ttl, idle_timeout, max_per_user)``, to compare two stores' settings."""
-        return self.default_ttl, self.idle_timeout, self._cap
+    def settings(self) -> tuple[float, float | None, int, str | None]:
+        """``(default_ttl, idle_timeout, max_per_user, a fingerprint of tag_key or None)``,
+        to compare two stores' settings (the key itself is never shown)."""
+        return self.default_ttl, self.idle_timeout, self._cap, self._tags.fingerprint
 
     def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
         """Call ``handler(event)`` for each session event (:mod:`.events`) published by
@@ -203,8 +205,8 @@ class SessionStore:
         user_id = check_user_id(user_id)
         pairs, _ = encode_metadata({} if metadata is None else metadata)
         ttl_ms = self._ttl_ms if ttl is None else capped_ttl_ms("ttl", ttl)
-        session_id = new_id()
-        member, index = index_member(session_id), self._index.index_key(user_id)
+        session_id = self._tags.new_id(user_id)
+        member, index = self._index.member(session_id), self._index.index_key(user_id)
         steps = self._steps
         if steps is not None:
 
@@ -281,7 +283,8 @@ class SessionStore:
             if user_id is None:
                 await r.delete(key)  # missing, or corrupt: there is no index entry to trust
                 return
-            await self._index.delete(r, self._index.index_key(user_id), [index_member(session_id)])
+            members = [self._index.member(session_id)]
+            await self._index.delete(r, self._index.index_key(user_id), members)
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.confirmed("session.delete", key, call)
@@ -342,23 +345,27 @@ class SessionStore:
         :class:`~gateway_redis.RedisUnavailable`.
         """
         old_key = self._checked_key(session_id)
-        new = new_id()
-        new_key = self._index.session_key(new)
+        draw, made = new_id(), [""]  # one draw: a retried call makes the same new ID
+
+        def new_for(user_id: str) -> str:
+            made[0] = self._tags.new_id(user_id, draw)
+            return made[0]
 
         async def call(r: Redis) -> Any:
             if self._steps is not None:
-                return await self._steps.regenerate(r, session_id, new, self._user_of)
+                return await self._steps.regenerate(r, session_id, new_for, self._user_of)
             user_id = decode_session(
                 session_id, await self._call("get", [old_key])(r), self._idle_ms
             ).user_id
-            keys = [old_key, new_key, self._index.index_key(user_id)]
-            args: list[str | int] = [index_member(session_id), index_member(new), user_id]
-            args.append(self._idle_ms)
+            new, index = new_for(user_id), self._index.index_key(user_id)
+            keys = [old_key, self._index.session_key(new), index]
+            args: list[str | int] = [self._index.member(session_id), self._index.member(new)]
+            args += [user_id, self._idle_ms]
             return await self._call("regenerate", keys, args)(r)
 
-        decode_session(new, await self._run("session.regenerate", call), self._idle_ms)
+        decode_session(made[0], await self._run("session.regenerate", call), self._idle_ms)
         await publish(self._client.invalidation, session_dropped(session_id), critical=True)
-        return new
+        return made[0]
 
     # -- internals ------------------------------------------------------------------------
 
