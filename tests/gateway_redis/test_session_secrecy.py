@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from gateway_redis import RedisClient, SessionNotFound
 from gateway_redis.sessions import SessionEvent, SessionStore, id_digest, slot_tag
@@ -258,3 +259,59 @@ def test_configure_sessions_validates_the_cap(client: RedisClient) -> None:
     store: Any = client.configure_sessions(max_per_user=7)
     assert isinstance(store, SessionStore)
     assert store.max_per_user == 7
+
+
+# ---------------------------------------------------------------- keyed tags (tag_key)
+
+KEY = b"0123456789abcdef0123456789abcdef-session-tags"
+
+
+async def test_keyed_tags_keep_a_users_keys_in_one_slot_and_ids_unlinkable(
+    client: RedisClient, redis_admin: redis.Redis
+) -> None:
+    store = client.configure_sessions(tag_key=KEY, max_per_user=5)
+    ids = [await store.create("alice", {"n": i}) for i in range(4)]
+    ids[0] = await store.regenerate(ids[0])
+    await store.update(ids[1], {"m": 1})
+    assert len({i[:12] for i in ids}) == len(ids)  # no shared visible tag
+    unkeyed = {slot_tag("alice"), hashlib.sha256(b"alice").hexdigest()[:12]}
+    assert not {i[:12] for i in ids} & unkeyed
+    keys = [k.decode() for k in redis_admin.scan_iter("gw:*")]
+    assert len(keys) == 5  # four sessions and the index
+    assert len({key_slot(k.encode()) for k in keys}) == 1  # all of alice's in one slot
+    tags = {k[k.index("{") + 1 : k.index("}")] for k in keys}
+    assert len(tags) == 1
+    assert not tags & ({i[:12] for i in ids} | unkeyed)  # the ID shows the tag masked
+    for session_id in ids:
+        for secret in secrets_of(session_id):
+            assert not [s for s in everything_stored(redis_admin) if secret in s]
+    listed = await store.get_user_sessions("alice")
+    assert {s.digest for s in listed} == {id_digest(i) for i in ids}
+    bob = await store.create("bob")
+    assert await store.delete_user_sessions("alice") == 4
+    (bobs,) = {key_slot(k) for k in redis_admin.scan_iter("gw:*")}  # bob's two keys
+    assert bobs != key_slot(keys[0].encode())
+    assert (await store.get(bob)).user_id == "bob"
+
+
+async def test_the_tag_needs_the_key_and_another_key_is_a_cut_over(
+    client: RedisClient,
+) -> None:
+    store = client.configure_sessions(tag_key=KEY)
+    other = SessionStore(client, tag_key=KEY[::-1])
+    session_id = await store.create("alice")
+    assert (await store.get(session_id)).user_id == "alice"
+    with pytest.raises(SessionNotFound):  # IDs made under another key do not resolve
+        await other.get(session_id)
+    assert await other.get_user_sessions("alice") == []  # nor does the user's index
+    again = SessionStore(client, tag_key=KEY.decode())  # the same key as str
+    assert (await again.get(session_id)).user_id == "alice"
+    assert again.settings == store.settings != other.settings
+    assert KEY.decode() not in repr(store.settings)
+
+
+def test_the_tag_key_is_validated(client: RedisClient) -> None:
+    for bad, match in ((b"short", "at least 32 bytes"), (42, "str or bytes"), ("é" * 15, "32")):
+        with pytest.raises(ValueError, match=f"tag_key must.*{match}") as raised:
+            SessionStore(client, tag_key=bad)  # type: ignore[arg-type]
+        assert str(bad) not in str(raised.value)
