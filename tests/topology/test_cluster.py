@@ -126,6 +126,31 @@ async def test_a_users_sessions_spread_over_slots_and_user_wide_operations_hold(
             await store.get(renamed)
 
 
+async def test_with_a_tag_key_a_users_keys_share_one_slot_and_user_wide_operations_hold(
+    cluster: ClusterTopology,
+) -> None:
+    async with RedisClient(_config(cluster)) as c:
+        store = c.configure_sessions(tag_key="cluster-test-key-" * 2, max_per_user=3)
+        ids = []
+        for _ in range(5):
+            ids.append(await store.create("alice", {"k": 1}))
+            await asyncio.sleep(0.002)  # age is known to the millisecond
+        ids[4] = await store.regenerate(ids[4])
+        assert len({i[:12] for i in ids}) == 5
+        slots = set()
+        for node in primaries(cluster):
+            with redis.Redis(port=node.port) as r:
+                slots |= {key_slot(k) for k in r.scan_iter("*")}
+        assert len(slots) == 1  # three sessions and the index, on one node, in one slot
+        listed = await store.get_user_sessions("alice")
+        assert {s.digest for s in listed} == {id_digest(i) for i in ids[2:]}
+        await store.update(ids[3], {"n": 2})
+        assert await store.delete_user_sessions("alice") == 3
+        for session_id in ids:
+            with pytest.raises(SessionNotFound):
+                await store.get(session_id)
+
+
 async def test_pubsub_across_nodes(cluster: ClusterTopology) -> None:
     async with (
         RedisClient(_config(cluster)) as a,
