@@ -80,7 +80,8 @@ def new_id() -> str:
 
 
 def index_member(session_id: str) -> str:
-    """How a user's index names ``session_id``: ``<tag>:<sha256(session_id)>``, enough to
+    """How a user's index names ``session_id`` when the ID's first 12 characters are its
+    key's tag (random tags, and 0.1.0's IDs): ``<tag>:<sha256(session_id)>``, enough to
     find the session's key, never the ID itself (which grants the session)."""
     return f"{session_id[:12]}:{sha256_hex(session_id)}"
 
