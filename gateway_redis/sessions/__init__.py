@@ -17,8 +17,8 @@ Applications use the client's one store, ``client.sessions`` (set up once with
 - ``_cluster`` (private): the single-key steps used on Redis Cluster, with their invariants.
 
 :func:`slot_tag` is the hash tag of a user's session index without ``tag_key``, for tools
-that need to know which slot holds it (session IDs carry a random tag of their own). The default cap on one
-user's sessions is :data:`~gateway_redis.sessions.store.MAX_PER_USER`.
+that need to know which slot holds it (session IDs carry a random tag of their own). The
+default cap on one user's sessions is :data:`~gateway_redis.sessions.store.MAX_PER_USER`.
 """
 
 from __future__ import annotations

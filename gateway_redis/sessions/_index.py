@@ -3,9 +3,9 @@ delete of the sessions it lists (private: the store's multi-session steps).
 
 An index member is ``<tag>:<sha256(session ID)>``, ``<tag>`` the hash tag of the session's
 key (:mod:`~.tags`): it names the key, ``<p>session:{<tag>}:<sha256(session ID)>``, and
-nothing that grants the session. Indexes written by 0.1.0 hold raw session IDs; those are still understood,
-and replaced by their member form whenever the index is read (listing, "log out
-everywhere"), so the raw IDs leave Redis at the first read or at their expiry.
+nothing that grants the session. Indexes written by 0.1.0 hold raw session IDs; those are
+still understood, and replaced by their member form whenever the index is read (listing,
+"log out everywhere"), so the raw IDs leave Redis at the first read or at their expiry.
 """
 
 from __future__ import annotations
