@@ -1,9 +1,9 @@
 """Resharding a live Redis Cluster under traffic: MOVED, ASK and TRYAGAIN never reach callers.
 
 A hash slot holding cache keys and a session (its hash and its user's index, put in that
-slot by the test: session IDs carry random tags) moves from one primary to another while workers run a steady
-stream of cache get/set and session get/update/list through :class:`RedisClient`. Two
-ways:
+slot by the test: session IDs carry random tags) moves from one primary to another while
+workers run a steady stream of cache get/set and session get/update/list through
+:class:`RedisClient`. Two ways:
 
 * by hand (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE in batches with pauses, SETSLOT
   NODE), so the ASK window is long enough for every kind of operation to hit it, and a
