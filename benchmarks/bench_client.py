@@ -25,7 +25,6 @@ reply, undecoded.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import statistics
 import time
 import timeit
@@ -42,8 +41,9 @@ from gateway_redis.sessions.codec import (
     check_user_id,
     decode_session,
     encode_metadata,
+    index_member,
     is_valid_id,
-    slot_tag,
+    new_id,
 )
 from gateway_redis.sessions.scripts import LIBRARY, SCRIPTS
 
@@ -119,19 +119,18 @@ async def _nothing(r: object) -> None:
 async def _costs(
     costs: Costs, ours: RedisClient, store: SessionStore, sid: str, get: AsyncScript
 ) -> None:
-    key = store._session_key(sid)
+    key = store._index.session_key(sid)
     reply = await ours.execute("get", lambda r: get([key], client=r))
-    new_id = lambda: f"{slot_tag('u1')}.{secrets.token_urlsafe(32)}"  # noqa: E731
     costs.rows += [
         ("ours only, every call: `RedisClient.execute` (state checks, deadline)",
          await _async_cpu_us(lambda: ours.execute("x", _nothing))),
         ("both sides, session get: the session key (SHA-256)",
-         _cpu_us(lambda: store._session_key(sid))),
+         _cpu_us(lambda: store._index.session_key(sid))),
         ("ours only, session get: ID format check", _cpu_us(lambda: is_valid_id(sid))),
         ("ours only, session get: reply -> `Session` (`decode_session`)",
          _cpu_us(lambda: decode_session(sid, reply, store._idle_ms))),
         ("both sides, session create: new ID + both keys",
-         _cpu_us(lambda: (store._session_key(new_id()), store._index_key("u1")))),
+         _cpu_us(lambda: (store._index.session_key(new_id()), store._index.index_key("u1")))),
         ("ours only, session create: user id and TTL checks, metadata to JSON",
          _cpu_us(lambda: (
              check_user_id("u1"), encode_metadata({"n": 1}), capped_ttl_ms("ttl", 60)))),
@@ -167,16 +166,18 @@ async def run(
 
             def raw_session_get(r: aioredis.Redis) -> Op:
                 def op(i: int) -> Awaitable[object]:
-                    return scripts["get"]([store._session_key(sid)], client=r)
+                    return scripts["get"]([store._index.session_key(sid)], client=r)
 
                 return op
 
             def raw_session_create(r: aioredis.Redis) -> Op:
                 def op(i: int) -> Awaitable[object]:
                     user = f"u{i % 64}"
-                    new_id = f"{slot_tag(user)}.{secrets.token_urlsafe(32)}"
-                    keys = [store._session_key(new_id), store._index_key(user)]
-                    args = [new_id, user, 60_000, store._idle_ms, "m:n", "1"]
+                    sid = new_id()
+                    keys = [store._index.session_key(sid), store._index.index_key(user)]
+                    limits: list[str | int] = [60_000, store._idle_ms, 100]
+                    tail = [store._index.session_prefix, "m:n", "1"]
+                    args = [index_member(sid), user, *limits, *tail]
                     return scripts["create"](keys, args, client=r)
 
                 return op

@@ -3,7 +3,10 @@
 Redis comes from ``RedisConfig.from_env()`` (``REDIS_URL``, ``REDIS_HOST``,
 ``REDIS_SENTINELS`` or ``REDIS_CLUSTER_NODES``...); with none of them set, an embedded
 Redis-compatible server is started for the life of the app (``GATEWAY_REDIS_SERVER``: the
-path of the binary to run, default: found on ``PATH``).
+path of the binary to run, default: found on ``PATH``). ``GATEWAY_SESSION_KEY`` (at least 32
+bytes, the same on every instance) keeps each user's sessions in one hash slot (keyed tags:
+:mod:`gateway_redis.sessions.tags`; changing it logs everyone out); unset, session IDs
+carry random tags. Either way an ID names no user and Redis stores no ID.
 
 Tokens: ``GATEWAY_JWT_SECRET`` (HS256) or ``GATEWAY_JWT_PUBLIC_KEY`` (path to a PEM; RS256,
 ES256...) verify them, with ``GATEWAY_JWT_ALGORITHMS`` (comma-separated),
@@ -182,6 +185,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         sessions=SessionSettings(
             default_ttl=12 * 3600,
             idle_timeout=3600,
+            tag_key=env.get("GATEWAY_SESSION_KEY") or None,
             cookie=SessionCookie(secure=secure),
             on_unavailable="anonymous",
             required_paths=("/api/session", "/auth/*"),

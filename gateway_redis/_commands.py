@@ -255,7 +255,7 @@ class Commands:
         await self.sessions.delete(session_id)
 
     async def get_user_sessions(self, user_id: str) -> list[Session]:
-        """Every live session of ``user_id``."""
+        """Every live session of ``user_id``, known by its ID's ``digest`` (``id`` is "")."""
         return await self.sessions.get_user_sessions(user_id)
 
     async def delete_user_sessions(self, user_id: str) -> int:

@@ -46,7 +46,7 @@ from gateway_redis.errors import (
 from gateway_redis.health import ClientState, HealthMonitor
 from gateway_redis.invalidation import InvalidationBus
 from gateway_redis.pubsub import PubSubHub
-from gateway_redis.sessions import SessionStore
+from gateway_redis.sessions.store import MAX_PER_USER, SessionStore
 from gateway_redis.support import log_fields
 
 __all__ = ["ClientState", "RedisClient", "WindowHits"]
@@ -311,8 +311,8 @@ class RedisClient(Commands, Availability):
 
     @property
     def sessions(self) -> SessionStore:
-        """The client's session store (24 h default TTL, no idle timeout, unless set by
-        :meth:`configure_sessions` before first use); built on first use."""
+        """The client's session store (24 h default TTL, no idle timeout, 100 sessions per
+        user, unless set by :meth:`configure_sessions` before first use); built on first use."""
         if self._sessions is None:
             self._sessions = SessionStore(self)
         return self._sessions
@@ -322,26 +322,25 @@ class RedisClient(Commands, Availability):
         *,
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
+        max_per_user: int = MAX_PER_USER,
+        tag_key: str | bytes | None = None,
     ) -> SessionStore:
-        """Build the client's one session store with these settings and return it (see
-        :class:`~gateway_redis.sessions.SessionStore` for their meaning).
-
-        Call it once, before anything uses :attr:`sessions` (typically right after
-        building the client). Calling it again with the same settings returns the same
-        store. Raises ``ValueError`` for invalid settings, and
-        :class:`ConfigurationError` when the store already exists with other settings.
-        """
-        store = SessionStore(self, default_ttl=default_ttl, idle_timeout=idle_timeout)
-        current = self._sessions
-        if current is None:
+        """Build the client's one session store (see :class:`~gateway_redis.sessions.SessionStore`)
+        before anything uses :attr:`sessions`; the same settings again return it, others
+        raise :class:`ConfigurationError` (bad values: ``ValueError``)."""
+        store = SessionStore(
+            self,
+            default_ttl=default_ttl,
+            idle_timeout=idle_timeout,
+            tag_key=tag_key,
+            max_per_user=max_per_user,
+        )
+        if self._sessions is None:
             self._sessions = store
-            return store
-        if (current.default_ttl, current.idle_timeout) != (store.default_ttl, store.idle_timeout):
-            raise ConfigurationError(
-                "the session store is already in use with other settings; call "
-                "configure_sessions() once, before the first use of client.sessions"
-            )
-        return current
+        elif self._sessions.settings != store.settings:
+            once = "call configure_sessions() once, before the first use of client.sessions"
+            raise ConfigurationError(f"the session store exists with other settings; {once}")
+        return self._sessions
 
     def __repr__(self) -> str:
         return (

@@ -123,10 +123,13 @@ class Gateway:
         return PermissionCache(source, client=self._client)
 
     def _build_sessions(self, settings: SessionSettings) -> SessionManager:
-        # The client's one store, with these lifetimes (ConfigurationError when the client's
+        # The client's one store, with these settings (ConfigurationError when the client's
         # store was already set up with others).
         self._client.configure_sessions(
-            default_ttl=settings.default_ttl, idle_timeout=settings.idle_timeout
+            default_ttl=settings.default_ttl,
+            idle_timeout=settings.idle_timeout,
+            max_per_user=settings.max_per_user,
+            tag_key=settings.tag_key,
         )
         return SessionManager(client=self._client)
 

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway_redis.sessions.store import MAX_PER_USER
+from gateway_redis.sessions.tags import check_tag_key
 from middleware._paths import PathSet
 from middleware.sessions.cookie import TOKEN_CHARS, SessionCookie
 from middleware.sessions.middleware import DEFAULT_COOKIE
@@ -42,8 +44,13 @@ class SessionSettings:
 
     ``default_ttl`` (seconds, default 24 h) is a new session's absolute lifetime;
     ``idle_timeout`` (seconds, None = no idle limit) ends a session not touched for that
-    long. ``cookie`` (None for header-only) and ``header_name`` say where session IDs
-    travel (at least one). ``refresh_interval`` (seconds) bounds how often a session is
+    long. ``max_per_user`` (default 100, at most 100,000) caps one user's sessions: a login
+    beyond it ends that user's oldest session (its sockets close with 4403). ``tag_key``
+    (str or bytes, at least 32 bytes, shared by every instance; default None: random tags)
+    keeps a user's session keys in one hash slot (see :mod:`gateway_redis.sessions.tags`;
+    changing it logs everyone out); it never shows in ``repr``. ``cookie``
+    (None for header-only) and ``header_name`` say where session IDs travel (at least
+    one). ``refresh_interval`` (seconds) bounds how often a session is
     touched. ``on_unavailable`` (``"error"``: 503, or ``"anonymous"``) is what requests with
     a session ID get while Redis is down; ``required_paths`` always get ``"error"``,
     ``optional_paths`` always ``"anonymous"`` (exact or ``/prefix/*``). See
@@ -52,6 +59,8 @@ class SessionSettings:
 
     default_ttl: float = 86400.0
     idle_timeout: float | None = None
+    max_per_user: int = MAX_PER_USER
+    tag_key: str | bytes | None = field(default=None, repr=False)
     cookie: SessionCookie | None = DEFAULT_COOKIE
     header_name: str | None = None
     refresh_interval: float = 60.0
@@ -63,6 +72,10 @@ class SessionSettings:
         _seconds("default_ttl", self.default_ttl)
         _seconds("idle_timeout", self.idle_timeout, optional=True)
         _seconds("refresh_interval", self.refresh_interval)
+        cap = self.max_per_user
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 100_000:
+            raise ValueError(f"max_per_user must be an int from 1 to 100000, got {cap!r}")
+        check_tag_key("tag_key", self.tag_key)
         if self.refresh_interval > 86400:
             raise ValueError("refresh_interval must be at most 86400 seconds")
         if self.cookie is not None and not isinstance(self.cookie, SessionCookie):

@@ -2,9 +2,10 @@
 
 - :class:`MemorySessionStore` implements :class:`middleware.sessions.SessionBackend` with
   the semantics the middleware relies on from :class:`gateway_redis.sessions.SessionStore`:
-  IDs of the same shape (slot tag of the user, then 256 random bits), absolute and idle
-  expiry, merging updates that never resurrect a session, delete, regenerate, "log out
-  everywhere", and the same change events delivered to ``on_change`` handlers at once.
+  IDs of the same shape (a random tag, then 256 random bits), absolute and idle expiry,
+  merging updates that never resurrect a session, delete, regenerate, "log out
+  everywhere", the per-user cap (a create over ``max_per_user`` ends the sessions that
+  expire soonest), and the same change events delivered to ``on_change`` handlers at once.
   ``down = True`` makes every call raise :class:`~gateway_redis.RedisUnavailable`.
 - :class:`MemoryValidator` implements :class:`middleware.TokenValidator`: it knows the
   tokens it issued (:meth:`MemoryValidator.issue`) and raises :class:`InvalidToken` for
@@ -36,8 +37,8 @@ from gateway_redis.sessions import (
     SessionEvent,
     SessionEventHandler,
     id_digest,
-    slot_tag,
 )
+from gateway_redis.sessions.codec import new_id
 from gateway_redis.support import check_seconds
 from middleware import InvalidToken, TokenClaims
 from middleware.jwt.claims import build_claims
@@ -112,8 +113,14 @@ class MemorySessionStore:
         *,
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
+        max_per_user: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(max_per_user, bool) or not isinstance(max_per_user, int):
+            raise ValueError("max_per_user must be an int from 1 to 100000")
+        if not 1 <= max_per_user <= 100_000:
+            raise ValueError("max_per_user must be an int from 1 to 100000")
+        self._cap = max_per_user
         self._ttl_ms = round(_seconds("default_ttl", default_ttl) * 1000)
         self._idle_ms = (
             0 if idle_timeout is None else round(_seconds("idle_timeout", idle_timeout) * 1000)
@@ -140,8 +147,18 @@ class MemorySessionStore:
         written, _ = _encode({} if metadata is None else metadata)
         ttl_ms = self._ttl_ms if ttl is None else round(_seconds("ttl", ttl) * 1000)
         now = self._now_ms()
-        session_id = f"{slot_tag(user_id)}.{secrets.token_urlsafe(32)}"
+        session_id = new_id()
         self._records[session_id] = _Record(user_id, now, now, now + ttl_ms, written)
+        mine = [
+            (r.expires_ms, i)
+            for i, r in self._records.items()
+            if r.user_id == user_id and i != session_id and self._is_live(r, now)
+        ]
+        over = sorted(mine)[: max(0, len(mine) + 1 - self._cap)]
+        for _, ended in over:
+            del self._records[ended]
+        if over:
+            self._emit({"op": "drop", "ids": [id_digest(i) for _, i in over]})
         return session_id
 
     async def get(self, session_id: str) -> Session:
@@ -176,11 +193,11 @@ class MemorySessionStore:
         self._enter("regenerate")
         record = self._live(session_id)
         del self._records[session_id]
-        new_id = f"{session_id[:12]}.{secrets.token_urlsafe(32)}"
+        fresh = new_id()
         record.last_ms = self._now_ms()
-        self._records[new_id] = record
+        self._records[fresh] = record
         self._emit({"op": "drop", "ids": [id_digest(session_id)]})
-        return new_id
+        return fresh
 
     async def delete_user_sessions(self, user_id: str) -> int:
         self._enter("delete_user_sessions")

@@ -15,7 +15,10 @@ client follows. The steps keep three invariants:
   index (delete removes the hash first, then the entry);
 * a deleted session is never written again (update and touch check it in the same
   script), and regenerate's old ID stops working (read and deleted in one script)
-  before the new one exists.
+  before the new one exists;
+* at most ``cap`` sessions per user once a create returns: the index entry is added and
+  the entries over the cap are chosen in one script; their sessions are deleted, then
+  their entries (so a failure in between leaves them listed, never live and unlisted).
 
 A call that fails between steps leaves at worst a hash whose ID nobody was given
 (unusable, gone at its TTL), a stale index entry (pruned), or after regenerate no
@@ -30,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway_redis.sessions.codec import as_text
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -42,8 +47,9 @@ class SingleKeySteps:
     """The Cluster versions of the :class:`~gateway_redis.sessions.SessionStore` steps that
     touch a session and its user's index.
 
-    ``session_key(id)`` and ``index_key(user_id)`` name the keys, ``idle_ms`` is the
-    store's idle timeout (0: none) and ``scripts`` the store's Lua scripts.
+    ``session_key(member)`` (an index member), ``index_key(user_id)`` name the keys and
+    ``member(session_id)`` the index entries; ``idle_ms`` is the store's idle timeout (0:
+    none), ``cap`` its sessions per user and ``scripts`` its Lua scripts.
     """
 
     def __init__(
@@ -52,30 +58,39 @@ class SingleKeySteps:
         *,
         session_key: Callable[[str], str],
         index_key: Callable[[str], str],
+        member: Callable[[str], str],
         idle_ms: int,
+        cap: int,
     ) -> None:
         self._call = scripts.call
         self._session_key = session_key
         self._index_key = index_key
+        self._member = member
         self._idle_ms = idle_ms
+        self._cap = cap
 
     async def create(
         self,
         r: Redis,
-        session_id: str,
+        member: str,
         user_id: str,
         ttl_ms: int,
         pairs: list[str],
-    ) -> None:
-        """Write the session's hash, then its index entry."""
-        key, index = self._session_key(session_id), self._index_key(user_id)
+    ) -> list[str]:
+        """Write the session's hash, then its index entry; end the user's sessions over
+        the cap. Returns the index members of the sessions ended."""
+        key, index = self._session_key(member), self._index_key(user_id)
         args: list[str | int] = [user_id, ttl_ms, self._idle_ms, *pairs]
         expires = await self._call("create_hash", [key], args)(r)
-        await self._call("index_add", [index], [session_id, int(expires)])(r)
+        index_args: list[str | int] = [member, int(expires), self._cap]
+        over = [as_text(m) for m in await self._call("index_add", [index], index_args)(r)]
+        if over:
+            await self.delete(r, index, over)
+        return over
 
     async def load(self, r: Redis, index: str, ids: list[str]) -> list[tuple[str, Any]]:
-        """``(id, [now, hash])`` for the live sessions among ``ids``, one at a time; the
-        others leave ``index``."""
+        """``(member, [now, hash])`` for the live sessions among the index members
+        ``ids``, one at a time; the others leave ``index``."""
         found: list[tuple[str, Any]] = []
         dead = []
         for i in ids:
@@ -98,19 +113,26 @@ class SingleKeySteps:
         return deleted, int(await r.zcard(index))
 
     async def regenerate(
-        self, r: Redis, old_id: str, new_id: str, user_of: Callable[[str, Any], str]
+        self,
+        r: Redis,
+        old_id: str,
+        new_id: Callable[[str], str],
+        user_of: Callable[[str, Any], str],
     ) -> Any:
-        """Take the old session (read and delete), write it under the new ID, then swap
-        the index entries. ``user_of(id, [now, hash])`` is the session's user id (raises
-        when the record is corrupt). Returns ``[now, hash, expiry]`` or None."""
-        taken = await self._call("take", [self._session_key(old_id)], [self._idle_ms])(r)
+        """Take the old session (read and delete), write it under ``new_id(user_id)``, then
+        swap the index entries. ``user_of(id, [now, hash])`` is the session's user id
+        (raises when the record is corrupt). Returns ``[now, hash, expiry]`` or None."""
+        old = self._member(old_id)
+        taken = await self._call("take", [self._session_key(old)], [self._idle_ms])(r)
         if taken is None:
             return None
         user_id = user_of(old_id, taken)  # corrupt: gone, and not found
-        new_key = self._session_key(new_id)
+        new = self._member(new_id(user_id))
+        new_key = self._session_key(new)
         restored = await self._call("restore", [new_key], [self._idle_ms, *taken[1]])(r)
         if restored is None:
             return None
-        index_args: list[str | int] = [new_id, int(restored[2]), old_id]
+        # A swap: the count is unchanged, nothing goes over the cap.
+        index_args: list[str | int] = [new, int(restored[2]), self._cap, old]
         await self._call("index_add", [self._index_key(user_id)], index_args)(r)
         return restored

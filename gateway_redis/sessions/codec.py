@@ -1,5 +1,5 @@
-"""The stored form of a session: IDs, slot tags, metadata encoding, and the
-:class:`Session` value decoded from a stored hash.
+"""The stored form of a session: IDs, index members, slot tags, metadata encoding, and
+the :class:`Session` value decoded from a stored hash.
 
 Nothing here talks to Redis. :mod:`gateway_redis.sessions.store` describes the key layout.
 Public (by module path, not re-exported) so that tools, other services and the benchmarks
@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,8 +32,11 @@ __all__ = [
     "decode_json",
     "decode_session",
     "encode_metadata",
+    "index_member",
     "is_valid_id",
     "ms_to_datetime",
+    "new_id",
+    "parse_member",
     "sha256_hex",
     "slot_tag",
 ]
@@ -41,6 +45,7 @@ _log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TAG_DOMAIN = b"gateway-redis/session-slot-tag/v1\x00"
 ID_RE = re.compile(r"[0-9a-f]{12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+MEMBER_RE = re.compile(r"[0-9a-f]{12}:[0-9a-f]{64}")
 ID_LENGTH = 56
 # Browsers cap cookie lifetimes at 400 days; a longer session cannot be carried anyway.
 MAX_TTL_MS = 400 * 86_400_000
@@ -59,8 +64,37 @@ def sha256_hex(text: str) -> str:
 
 
 def slot_tag(user_id: str) -> str:
-    """The 12 hex digits that tag ``user_id``'s keys and open each of its session IDs."""
+    """The 12 hex digits that tag ``user_id``'s session index key (its hash slot on
+    Cluster). Session IDs do not carry it: each has its own random tag."""
     return hashlib.sha256(TAG_DOMAIN + user_id.encode()).hexdigest()[:12]
+
+
+def new_id() -> str:
+    """A new session ID: ``<12 random hex digits>.<43 url-safe characters>``.
+
+    The first part is the hash tag of the session's key (its slot on Cluster); it is
+    random, so it says nothing about the user and two sessions of one user share nothing.
+    The second part carries 256 random bits.
+    """
+    return f"{secrets.token_hex(6)}.{secrets.token_urlsafe(32)}"
+
+
+def index_member(session_id: str) -> str:
+    """How a user's index names ``session_id`` when the ID's first 12 characters are its
+    key's tag (random tags, and 0.1.0's IDs): ``<tag>:<sha256(session_id)>``, enough to
+    find the session's key, never the ID itself (which grants the session)."""
+    return f"{session_id[:12]}:{sha256_hex(session_id)}"
+
+
+def parse_member(member: str) -> str | None:
+    """``member`` of a user's index as :func:`index_member` writes it, or None when it is
+    malformed. A raw session ID (as 0.1.0 wrote them) is
+    returned converted, so that the caller can replace it."""
+    if MEMBER_RE.fullmatch(member):
+        return member
+    if is_valid_id(member):
+        return index_member(member)
+    return None
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -130,6 +164,13 @@ class Session:
     the store's idle timeout; None without one): it ends at the earlier of the two.
     ``metadata`` is a read-only mapping of JSON values. The ID and metadata stay out of
     ``repr`` (the ID is a bearer credential; logs must not carry it).
+
+    ``digest`` is the SHA-256 hex digest of the ID (as session events carry it:
+    :func:`~gateway_redis.sessions.id_digest`), filled in from ``id`` when not given.
+    Sessions listed by :meth:`SessionStore.get_user_sessions
+    <gateway_redis.sessions.SessionStore.get_user_sessions>` have an empty ``id`` and only
+    the digest: the store keeps no session IDs (an ID grants its session), so compare
+    ``digest`` with ``id_digest(the ID you hold)``.
     """
 
     id: str = field(repr=False)
@@ -139,12 +180,18 @@ class Session:
     last_accessed_at: datetime
     expires_at: datetime
     idle_expires_at: datetime | None = None
+    digest: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.digest and self.id:
+            object.__setattr__(self, "digest", sha256_hex(self.id))
 
 
-def decode_session(session_id: str, reply: Any, idle_ms: int) -> Session:
+def decode_session(session_id: str, reply: Any, idle_ms: int, digest: str = "") -> Session:
     """Build a :class:`Session` from a script's ``[now_ms, flat HGETALL]`` reply.
 
-    ``idle_ms`` is the store's idle timeout (0: none). Raises
+    ``idle_ms`` is the store's idle timeout (0: none). A session known only by the
+    ``digest`` of its ID (listed from an index) has ``session_id`` "". Raises
     :class:`~gateway_redis.SessionNotFound` for a missing, expired or corrupt session (a
     corrupt one is logged, without its ID).
     """
@@ -158,14 +205,12 @@ def decode_session(session_id: str, reply: Any, idle_ms: int) -> Session:
             int(fields[f]) for f in ("created_at", "last_accessed_at", "expires_at")
         )
         metadata = {k[2:]: decode_json(v) for k, v in fields.items() if k.startswith("m:")}
-        if slot_tag(user_id) != session_id[:12]:
-            raise ValueError("user id does not match the session ID's slot tag")
     except SessionNotFound:
         raise
     except (KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
         _log.warning(
             "corrupt session record %s: %s",
-            sha256_hex(session_id)[:8],
+            (digest or sha256_hex(session_id))[:8],
             type(exc).__name__,
             extra=log_fields("sessions", "session_corrupt", type(exc).__name__),
         )
@@ -181,4 +226,5 @@ def decode_session(session_id: str, reply: Any, idle_ms: int) -> Session:
         last_accessed_at=ms_to_datetime(last),
         expires_at=ms_to_datetime(expires),
         idle_expires_at=None if idle_until is None else ms_to_datetime(idle_until),
+        digest=digest,
     )

@@ -8,7 +8,8 @@ namespace ``session``) after each change that may leave a cached copy wrong; L1 
 :meth:`SessionStore.on_change <gateway_redis.sessions.SessionStore.on_change>`. Wire shapes
 (JSON objects; the bus adds ``ns`` and ``src``)::
 
-    {"op": "drop", "ids": [<digest of a session ID>, ...]}   updated, deleted, or the old
+    {"op": "drop", "ids": [<digest of a session ID>, ...]}   updated, deleted, ended by
+                                                              the per-user cap, or the old
                                                               ID of a regenerated session
     {"op": "drop_user", "user": "<digest of a user ID>"}     every session of the user ended
 
@@ -39,6 +40,7 @@ __all__ = [
     "parse_session_event",
     "publish",
     "session_dropped",
+    "sessions_dropped",
     "subscribe",
     "user_sessions_dropped",
 ]
@@ -79,6 +81,12 @@ def id_digest(value: str) -> str:
 def session_dropped(session_id: str) -> SessionDropped:
     """The event for a changed or ended session."""
     return {"op": "drop", "ids": [id_digest(session_id)]}
+
+
+def sessions_dropped(digests: list[str]) -> SessionDropped:
+    """The event for sessions known by :func:`id_digest` of their IDs (ended by the
+    per-user cap: the store keeps no raw IDs)."""
+    return {"op": "drop", "ids": list(digests)}
 
 
 def user_sessions_dropped(user_id: str) -> UserSessionsDropped:

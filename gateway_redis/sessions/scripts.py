@@ -54,16 +54,46 @@ local function index_add(idx, id, exp, now)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', idx, num(tonumber(top[2]) - now))
 end
+-- members of idx beyond the first cap, soonest expiry first, never new (the one just
+-- added); members not in the '<tag>:<digest>' form (0.1.0's raw IDs) are not counted
+local function over_cap(idx, new, cap)
+  local excess, out = redis.call('ZCARD', idx) - cap, {}
+  if excess <= 0 then return out end
+  -- the soonest-ending entries, one more in case the new one is among them; all of them
+  -- when 0.1.0's raw IDs are in the way
+  for _, stop in ipairs({excess, -1}) do
+    out = {}
+    for _, m in ipairs(redis.call('ZRANGE', idx, 0, stop)) do
+      if #out >= excess then break end
+      if m ~= new and string.match(m, '^%x+:%x+$') then out[#out + 1] = m end
+    end
+    if #out >= excess then break end
+  end
+  return out
+end
 """
 
 # Scripts that return {now, hash} give nil when the session is not live, and then write
 # nothing: a save racing a logout cannot resurrect the session.
 SCRIPTS = {
-    # KEYS: session, index. ARGV: id, user_id, ttl_ms, idle_ms, (m:name, json)*.
+    # KEYS: session, index. ARGV: index member, user_id, ttl_ms, idle_ms, cap, the session
+    # key prefix, (m:name, json)*. Then ends the user's sessions over the cap, soonest
+    # expiry first (never the new one): the only keys a script names that are not in KEYS
+    # (derived from the index, which only this script knows at once; never on Cluster,
+    # where "create_hash" and "index_add" run instead). Returns the ended sessions' digests.
     # A retry after a lost reply rewrites the same fields: harmless.
     "create": """
-local now, exp = write_session(KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), 5)
+local now, exp = write_session(KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), 7)
 index_add(KEYS[2], ARGV[1], exp, now)
+local ended = {}
+for _, m in ipairs(over_cap(KEYS[2], ARGV[1], tonumber(ARGV[5]))) do
+  local tag, digest = string.match(m, '^(%x+):(%x+)$')
+  if redis.call('DEL', ARGV[6] .. '{' .. tag .. '}:' .. digest) == 1 then
+    ended[#ended + 1] = digest
+  end
+  redis.call('ZREM', KEYS[2], m)
+end
+return ended
 """,
     # -- Redis Cluster: single-key steps (see the module docstring) --
     # KEYS: session. ARGV: user_id, ttl_ms, idle_ms, (m:name, json)*. Returns the expiry.
@@ -71,10 +101,13 @@ index_add(KEYS[2], ARGV[1], exp, now)
 local _, exp = write_session(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 4)
 return exp
 """,
-    # KEYS: index. ARGV: id, expiry (ms), optionally an id to remove (regenerate)
+    # KEYS: index. ARGV: member, expiry (ms), cap, optionally a member to remove
+    # (regenerate). Returns the members over the cap (left in the index: the caller ends
+    # their sessions, then removes them, so no live session is ever outside the index).
     "index_add": """
-if ARGV[3] then redis.call('ZREM', KEYS[1], ARGV[3]) end
+if ARGV[4] then redis.call('ZREM', KEYS[1], ARGV[4]) end
 index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+return over_cap(KEYS[1], ARGV[1], tonumber(ARGV[3]))
 """,
     # KEYS: session. ARGV: idle_ms. Returns {now, hash or {} when not live}.
     "load": """
@@ -122,8 +155,8 @@ redis.call('HSET', KEYS[1], 'last_accessed_at', num(now))
 expire(KEYS[1], exp, now, idle)
 return {now, redis.call('HGETALL', KEYS[1])}
 """,
-    # KEYS: index, session keys. ARGV: the sessions' IDs. Returns {deleted, left in index}.
-    # IDs are never reused, so deleting an ID read from the index a moment ago is safe.
+    # KEYS: index, session keys. ARGV: the sessions' index members. Returns {deleted, left
+    # in index}. IDs are never reused, so deleting one read from the index is safe.
     "delete": """
 local deleted = 0
 for i = 1, #ARGV do
@@ -132,7 +165,7 @@ for i = 1, #ARGV do
 end
 return {deleted, redis.call('ZCARD', KEYS[1])}
 """,
-    # KEYS: index, session keys. ARGV: idle_ms, IDs (ARGV[i] names KEYS[i]).
+    # KEYS: index, session keys. ARGV: idle_ms, index members (ARGV[i] names KEYS[i]).
     # Returns {now, hash or {} for each}; prunes dead sessions from the index.
     "load_many": """
 local now, idle = now_ms(), tonumber(ARGV[1])
@@ -144,7 +177,7 @@ for i = 2, #KEYS do
 end
 return out
 """,
-    # KEYS: old session, new session, index. ARGV: old id, new id, user_id, idle_ms
+    # KEYS: old session, new session, index. ARGV: old member, new member, user_id, idle_ms
     "regenerate": """
 local now, idle = now_ms(), tonumber(ARGV[4])
 local exp = live_until(KEYS[1], now, idle)

@@ -1,26 +1,37 @@
 """The session store, :class:`SessionStore`: one Redis hash per session plus a per-user
 index, kept atomic by Lua.
 
-Key layout (``<p>`` is the client's key prefix, ``<tag>`` 12 hex digits derived from the
-user id, ``sha256(x)`` a hex digest)::
+Key layout (``<p>`` is the client's key prefix, ``<tag>`` a session's key tag and
+``<utag>`` its user's, :mod:`~gateway_redis.sessions.tags`; ``sha256(x)`` a hex digest)::
 
-    <p>session:{<tag>}:<sha256(session_id)>     hash: user_id, created_at,
-                                                 last_accessed_at, expires_at (ms since
-                                                 the epoch) and m:<name> = JSON value
-    <p>user-sessions:{<tag>}:<sha256(user_id)>  sorted set: session IDs, score = absolute
-                                                 expiry (ms); TTL = the latest expiry
+    <p>session:{<tag>}:<sha256(session_id)>        hash: user_id, created_at,
+                                                    last_accessed_at, expires_at (ms since
+                                                    the epoch) and m:<name> = JSON value
+    <p>user-sessions:{<utag>}:<sha256(user_id)>    sorted set: <tag>:<sha256(session_id)>
+                                                    per session, score = absolute expiry
+                                                    (ms); TTL = the latest expiry
 
-A session ID is ``<tag>.<43 url-safe characters>`` (256 random bits). The tag is in the
-ID so that a lookup by ID alone can name the hash slot of both keys: on Redis Cluster the
-session and its user's index always share a slot, so every multi-key script stays atomic.
-Raw session IDs and user ids never appear in key names or logs. Every write is a fixed
-Lua script (never built from input) that passes all its keys as ``KEYS``; times come from
-the Redis server's clock (``TIME``), so instances with skewed clocks agree.
+A session ID is ``<12 hex digits>.<43 url-safe characters>`` (256 random bits). Without
+``tag_key`` the 12 digits are random and are the key's tag; with it, ``<tag>`` = ``<utag>``
+(a user's keys share a slot) shows in the ID masked: either way an ID says nothing about
+its user, and two IDs of one user share nothing. Redis holds no session ID: key names and
+index members carry digests, so reading Redis, a replica, a backup or ``MONITOR`` gives
+no session away; listed sessions carry only their ID's digest (:class:`~.codec.Session`).
+User ids never appear in key names or logs. Every script is fixed Lua (never built from
+input) that passes its keys as ``KEYS`` (one exception: ``create`` in
+:mod:`~gateway_redis.sessions.scripts`); times come from the Redis server's clock.
+
+A user has at most ``max_per_user`` sessions: a create that goes over ends the user's
+sessions that expire soonest (with one lifetime for all, the oldest, to the millisecond;
+never the new one) in the same script (on Cluster: before the create returns), publishing
+their change events. Index entries of sessions that already ended count until the index
+is next pruned: the cap may end a session early, never late.
 
 On Redis Cluster the operations that touch more than one key (create, regenerate, delete,
-listing, "log out everywhere") run as single-key steps instead, so that they keep working
-while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how and which
-invariants the steps keep. The Lua scripts are in :mod:`gateway_redis.sessions.scripts`.
+listing, "log out everywhere") run as single-key steps, which need no shared slot and
+keep working while a slot migrates; :mod:`gateway_redis.sessions._cluster` says how
+and which invariants the steps keep. The Lua scripts are in
+:mod:`gateway_redis.sessions.scripts`, the index in ``_index``.
 
 After each change that may leave a cached copy wrong (update, delete, regenerate, log out
 everywhere) the store publishes a session event on its client's invalidation bus
@@ -31,8 +42,7 @@ everywhere) the store publishes a session event on its client's invalidation bus
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +51,7 @@ from redis import exceptions as rexc
 from gateway_redis._translate import is_wrong_type
 from gateway_redis.errors import CommandError, SessionNotFound
 from gateway_redis.localcache import LocalCache
-from gateway_redis.sessions._cluster import SingleKeySteps
+from gateway_redis.sessions._index import UserIndex, digests
 from gateway_redis.sessions.codec import (
     Session,
     as_text,
@@ -50,17 +60,18 @@ from gateway_redis.sessions.codec import (
     decode_session,
     encode_metadata,
     is_valid_id,
-    sha256_hex,
-    slot_tag,
+    new_id,
 )
 from gateway_redis.sessions.events import (
     SessionEventHandler,
     publish,
     session_dropped,
+    sessions_dropped,
     subscribe,
     user_sessions_dropped,
 )
 from gateway_redis.sessions.scripts import Scripts
+from gateway_redis.sessions.tags import TagScheme, check_tag_key
 from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
@@ -68,10 +79,12 @@ if TYPE_CHECKING:
 
     from gateway_redis.client import RedisClient
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["MAX_PER_USER", "Session", "SessionStore"]
 
 _log = logging.getLogger(__name__)
-_CHUNK = 256  # sessions per script call, so one call never blocks Redis for long
+MAX_PER_USER = 100
+"""The default cap on sessions per user (:class:`SessionStore` ``max_per_user``)."""
+_CAP_LIMIT = 100_000
 
 
 class SessionStore:
@@ -81,7 +94,13 @@ class SessionStore:
     session. ``idle_timeout`` (seconds or timedelta, default None = no idle limit) ends a
     session that has not been :meth:`touch`-ed for that long; it is applied when sessions
     are read, so changing it affects existing sessions. Both are capped at 400 days
-    (``ValueError``).
+    (``ValueError``). ``max_per_user`` (default :data:`MAX_PER_USER`, 1 to 100,000) caps
+    a user's sessions: creating one more ends those that expire soonest (the oldest, when
+    they share a lifetime), atomically with the create, and publishes their change events
+    (open WebSockets of those sessions close as after a logout). ``tag_key`` (str or bytes,
+    at least 32 bytes, the same on every instance; default None) keeps each user's keys in
+    one hash slot while IDs still share nothing; changing it logs everyone out
+    (:mod:`~gateway_redis.sessions.tags`).
 
     Every call goes through :meth:`RedisClient.execute` under one deadline and raises
     :class:`~gateway_redis.RedisUnavailable` when Redis is down or does not answer.
@@ -102,21 +121,27 @@ class SessionStore:
         *,
         default_ttl: float | timedelta = 86400,
         idle_timeout: float | timedelta | None = None,
+        max_per_user: int = MAX_PER_USER,
+        tag_key: str | bytes | None = None,
     ) -> None:
         self._client = client
         self._ttl_ms = capped_ttl_ms("default_ttl", default_ttl)
         self._idle_ms = 0 if idle_timeout is None else capped_ttl_ms("idle_timeout", idle_timeout)
-        self._scripts = Scripts()
-        self._call = self._scripts.call
+        if (
+            isinstance(max_per_user, bool)
+            or not isinstance(max_per_user, int)
+            or not 1 <= max_per_user <= _CAP_LIMIT
+        ):
+            raise ValueError(f"max_per_user must be an int from 1 to 100000, got {max_per_user!r}")
+        self._cap = max_per_user
+        scripts = Scripts()
+        self._call = scripts.call
+        self._tags = TagScheme(check_tag_key("tag_key", tag_key))
+        self._index = UserIndex(
+            client, scripts, self._tags, idle_ms=self._idle_ms, cap=max_per_user
+        )
         # Redis Cluster: one key per command (see the module docstring).
-        self._steps: SingleKeySteps | None = None
-        if client.config.mode == "cluster":
-            self._steps = SingleKeySteps(
-                self._scripts,
-                session_key=self._session_key,
-                index_key=self._index_key,
-                idle_ms=self._idle_ms,
-            )
+        self._steps = self._index.steps
 
     @property
     def client(self) -> RedisClient:
@@ -132,6 +157,17 @@ class SessionStore:
     def idle_timeout(self) -> float | None:
         """The idle timeout, seconds, or None (no idle limit)."""
         return self._idle_ms / 1000 if self._idle_ms else None
+
+    @property
+    def max_per_user(self) -> int:
+        """The most sessions one user can have; a new one ends the oldest."""
+        return self._cap
+
+    @property
+    def settings(self) -> tuple[float, float | None, int, str | None]:
+        """``(default_ttl, idle_timeout, max_per_user, a fingerprint of tag_key or None)``,
+        to compare two stores' settings (the key itself is never shown)."""
+        return self.default_ttl, self.idle_timeout, self._cap, self._tags.fingerprint
 
     def on_change(self, handler: SessionEventHandler) -> Callable[[], None]:
         """Call ``handler(event)`` for each session event (:mod:`.events`) published by
@@ -160,26 +196,33 @@ class SessionStore:
         out. ``ttl`` (seconds or timedelta, > 0, at most 400 days) overrides the default
         absolute lifetime. Raises ``TypeError``/``ValueError`` (including
         :class:`~gateway_redis.SerializationError`) before any Redis call, and
-        :class:`~gateway_redis.RedisUnavailable`. On Redis Cluster the hash and the index
-        entry are written one after the other (see the module docstring), so logins keep
-        working while the user's slot migrates; the same holds for every method here.
+        :class:`~gateway_redis.RedisUnavailable`. A user's sessions over
+        :attr:`max_per_user` end (see the class docstring). On Redis Cluster the hash and
+        the index entry are written one after the other (see the module docstring), so
+        logins keep working while a slot migrates; the same holds for every
+        method here.
         """
         user_id = check_user_id(user_id)
         pairs, _ = encode_metadata({} if metadata is None else metadata)
         ttl_ms = self._ttl_ms if ttl is None else capped_ttl_ms("ttl", ttl)
-        tag = slot_tag(user_id)
-        session_id = f"{tag}.{secrets.token_urlsafe(32)}"
+        session_id = self._tags.new_id(user_id)
+        member, index = self._index.member(session_id), self._index.index_key(user_id)
         steps = self._steps
         if steps is not None:
 
-            async def call(r: Redis) -> None:
-                await steps.create(r, session_id, user_id, ttl_ms, pairs)
+            async def call(r: Redis) -> list[str]:
+                return digests(await steps.create(r, member, user_id, ttl_ms, pairs))
 
-            await self._client.execute("session.create", call)
-            return session_id
-        key, index = self._session_key(session_id), self._index_key(user_id)
-        args: list[str | int] = [session_id, user_id, ttl_ms, self._idle_ms, *pairs]
-        await self._client.execute("session.create", self._call("create", [key, index], args))
+            ended = await self._client.execute("session.create", call)
+        else:
+            key, prefix = self._index.key_of(member), self._index.session_prefix
+            args: list[str | int] = [member, user_id, ttl_ms, self._idle_ms, self._cap, prefix]
+            reply = await self._client.execute(
+                "session.create", self._call("create", [key, index], [*args, *pairs])
+            )
+            ended = [as_text(d) for d in reply]
+        if ended:  # ended by the cap: like a logout, their sockets and copies must go
+            await publish(self._client.invalidation, sessions_dropped(ended), critical=True)
         return session_id
 
     async def get(self, session_id: str) -> Session:
@@ -229,7 +272,7 @@ class SessionStore:
         """
         if not is_valid_id(session_id):
             return
-        key = self._session_key(session_id)
+        key = self._index.session_key(session_id)
 
         async def call(r: Redis) -> None:
             try:
@@ -237,10 +280,11 @@ class SessionStore:
                 user_id = as_text(raw) if raw is not None else None
             except (rexc.ResponseError, UnicodeDecodeError):  # not a hash / not UTF-8
                 user_id = None
-            if user_id is None or slot_tag(user_id) != session_id[:12]:
+            if user_id is None:
                 await r.delete(key)  # missing, or corrupt: there is no index entry to trust
                 return
-            await self._delete(r, self._index_key(user_id), [session_id])
+            members = [self._index.member(session_id)]
+            await self._index.delete(r, self._index.index_key(user_id), members)
 
         # Logout protects security: confirmed by a replica when there is one (DESIGN).
         await self._client.confirmed("session.delete", key, call)
@@ -249,19 +293,21 @@ class SessionStore:
     async def get_user_sessions(self, user_id: str) -> list[Session]:
         """Every live session of ``user_id``, soonest absolute expiry first.
 
-        Expired, deleted and corrupt entries are pruned from the index as it is read.
-        Raises ``TypeError``/``ValueError`` for a bad ``user_id`` and
+        The store keeps no session IDs, so these sessions have an empty ``id``: each has
+        its ID's ``digest`` (compare it with :func:`~gateway_redis.sessions.id_digest` of an
+        ID you hold). Expired, deleted and corrupt entries are pruned from the index as it
+        is read. Raises ``TypeError``/``ValueError`` for a bad ``user_id`` and
         :class:`~gateway_redis.RedisUnavailable`.
         """
-        index = self._index_key(check_user_id(user_id))
+        index = self._index.index_key(check_user_id(user_id))
 
         async def call(r: Redis) -> list[tuple[str, Any]]:
-            return await self._load(r, index, await self._members(r, index, user_id))
+            return await self._index.load(r, index, await self._index.members(r, index))
 
         sessions = []
-        for session_id, reply in await self._client.execute("session.get_user_sessions", call):
+        for member, reply in await self._client.execute("session.get_user_sessions", call):
             try:
-                sessions.append(decode_session(session_id, reply, self._idle_ms))
+                sessions.append(decode_session("", reply, self._idle_ms, member[13:]))
             except SessionNotFound:
                 continue
         return sessions
@@ -274,12 +320,12 @@ class SessionStore:
         Raises ``TypeError``/``ValueError`` for a bad ``user_id`` and
         :class:`~gateway_redis.RedisUnavailable`.
         """
-        index = self._index_key(check_user_id(user_id))
+        index = self._index.index_key(check_user_id(user_id))
 
         async def call(r: Redis) -> int:
             deleted = 0
             for _ in range(3):
-                n, left = await self._delete(r, index, await self._members(r, index, user_id))
+                n, left = await self._index.delete(r, index, await self._index.members(r, index))
                 deleted += n
                 if not left:
                     break
@@ -294,91 +340,42 @@ class SessionStore:
 
         User, metadata, ``created_at`` and absolute expiry carry over; the access time is
         set to now. The old ID stops working in the same atomic step (on Cluster: before
-        the new one exists; a failure in between ends the session). Raises
-        :class:`~gateway_redis.SessionNotFound` and :class:`~gateway_redis.RedisUnavailable`.
+        the new one exists; a failure in between ends the session). The new ID shares
+        nothing with the old one. Raises :class:`~gateway_redis.SessionNotFound` and
+        :class:`~gateway_redis.RedisUnavailable`.
         """
         old_key = self._checked_key(session_id)
-        new_id = f"{session_id[:12]}.{secrets.token_urlsafe(32)}"
-        new_key = self._session_key(new_id)
+        draw, made = new_id(), [""]  # one draw: a retried call makes the same new ID
+
+        def new_for(user_id: str) -> str:
+            made[0] = self._tags.new_id(user_id, draw)
+            return made[0]
 
         async def call(r: Redis) -> Any:
             if self._steps is not None:
-                return await self._steps.regenerate(r, session_id, new_id, self._user_of)
+                return await self._steps.regenerate(r, session_id, new_for, self._user_of)
             user_id = decode_session(
                 session_id, await self._call("get", [old_key])(r), self._idle_ms
             ).user_id
-            keys = [old_key, new_key, self._index_key(user_id)]
-            return await self._call(
-                "regenerate", keys, [session_id, new_id, user_id, self._idle_ms]
-            )(r)
+            new, index = new_for(user_id), self._index.index_key(user_id)
+            keys = [old_key, self._index.session_key(new), index]
+            args: list[str | int] = [self._index.member(session_id), self._index.member(new)]
+            args += [user_id, self._idle_ms]
+            return await self._call("regenerate", keys, args)(r)
 
-        decode_session(new_id, await self._run("session.regenerate", call), self._idle_ms)
+        decode_session(made[0], await self._run("session.regenerate", call), self._idle_ms)
         await publish(self._client.invalidation, session_dropped(session_id), critical=True)
-        return new_id
+        return made[0]
 
     # -- internals ------------------------------------------------------------------------
-
-    def _session_key(self, session_id: str) -> str:
-        return self._client.key(f"session:{{{session_id[:12]}}}:{sha256_hex(session_id)}")
-
-    def _index_key(self, user_id: str) -> str:
-        return self._client.key(f"user-sessions:{{{slot_tag(user_id)}}}:{sha256_hex(user_id)}")
 
     def _checked_key(self, session_id: str) -> str:
         if not is_valid_id(session_id):
             raise SessionNotFound("session not found")
-        return self._session_key(session_id)
-
-    def _chunks(self, index: str, ids: list[str]) -> Iterator[tuple[list[str], list[str]]]:
-        """``(ids, [index, *their session keys])`` in chunks of :data:`_CHUNK`."""
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            yield chunk, [index, *(self._session_key(i) for i in chunk)]
-
-    async def _load(self, r: Redis, index: str, ids: list[str]) -> list[tuple[str, Any]]:
-        """``(id, [now, hash])`` for the live sessions among ``ids``; the others leave
-        ``index``."""
-        if self._steps is not None:
-            return await self._steps.load(r, index, ids)
-        found: list[tuple[str, Any]] = []
-        for chunk, keys in self._chunks(index, ids):
-            now, *hashes = await self._call("load_many", keys, [self._idle_ms, *chunk])(r)
-            found += [(i, [now, h]) for i, h in zip(chunk, hashes, strict=True) if h]
-        return found
-
-    async def _delete(self, r: Redis, index: str, ids: list[str]) -> tuple[int, int]:
-        """Delete the sessions ``ids`` and their entries in ``index``; returns (sessions
-        that existed, entries left in the index). Nothing to delete: ``(0, 0)``."""
-        if not ids:
-            return 0, 0
-        if self._steps is not None:
-            return await self._steps.delete(r, index, ids)
-        deleted = left = 0
-        for chunk, keys in self._chunks(index, ids):
-            n, left = await self._call("delete", keys, chunk)(r)
-            deleted += int(n)
-        return deleted, int(left)
+        return self._index.session_key(session_id)
 
     def _user_of(self, session_id: str, reply: Any) -> str:
         return decode_session(session_id, reply, self._idle_ms).user_id
-
-    async def _members(self, r: Redis, index: str, user_id: str) -> list[str]:
-        """The IDs in ``index``; entries that cannot belong to ``user_id`` are removed."""
-        tag, ids, bad = slot_tag(user_id), list[str](), list[Any]()
-        for raw in await r.zrange(index, 0, -1):
-            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-            if is_valid_id(text) and text[:12] == tag:
-                ids.append(text)
-            else:
-                bad.append(raw)  # written by someone else: it names no session of ours
-        if bad:
-            _log.warning(
-                "dropping %d malformed entries from a session index",
-                len(bad),
-                extra=log_fields("sessions", "session_index_pruned", "malformed", entries=len(bad)),
-            )
-            await r.zrem(index, *bad)
-        return ids
 
     async def _run(self, operation: str, call: Callable[[Redis], Awaitable[Any]]) -> Any:
         """``client.execute`` for scripts that return ``{now, hash}`` or nil (not found)."""

@@ -22,6 +22,7 @@ from starlette.types import Message
 
 from gateway_redis import ClientState, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.sessions import SessionStore
 from middleware import (
     ChannelPolicy,
     ChannelRule,
@@ -279,6 +280,25 @@ async def test_install_adds_only_the_configured_layers(client: RedisClient) -> N
     assert spec.kwargs["sessions"] is None
 
 
+def settings_of(settings: SessionSettings) -> dict[str, Any]:
+    names = ("default_ttl", "idle_timeout", "max_per_user", "tag_key")
+    return {name: getattr(settings, name) for name in names}
+
+
+async def test_session_settings_reach_the_clients_store(client: RedisClient) -> None:
+    key = "k3y-" * 8
+    settings = SessionSettings(default_ttl=600, idle_timeout=60, max_per_user=7, tag_key=key)
+    assert key not in repr(settings)
+    Gateway(client, jwt=SETTINGS, sessions=settings)
+    assert client.sessions.settings[:3] == (600, 60, 7)
+    assert client.sessions.settings == SessionStore(client, **settings_of(settings)).settings
+    assert (
+        client.sessions.settings
+        != SessionStore(client, default_ttl=600, idle_timeout=60, max_per_user=7).settings
+    )  # no key
+    assert SessionSettings().max_per_user == SessionStore(client).max_per_user == 100
+
+
 BAD_ARGUMENTS: list[tuple[Any, str]] = [
     (lambda c: Gateway("redis://x", jwt=SETTINGS), "RedisClient or a RedisConfig"),
     (lambda c: Gateway(c, jwt="secret"), "JWTSettings or a TokenValidator"),
@@ -287,6 +307,10 @@ BAD_ARGUMENTS: list[tuple[Any, str]] = [
     (lambda c: Gateway(c, jwt=SETTINGS, sessions={"ttl": 1}), "SessionSettings"),
     (lambda c: Gateway(c, jwt=SETTINGS, websocket="*"), "ChannelPolicy"),
     (lambda c: SessionSettings(default_ttl=0), "default_ttl"),
+    (lambda c: SessionSettings(max_per_user=0), "max_per_user"),
+    (lambda c: SessionSettings(max_per_user=True), "max_per_user"),
+    (lambda c: SessionSettings(tag_key="short"), "tag_key must be at least 32 bytes"),
+    (lambda c: SessionSettings(tag_key=32), "tag_key must be str or bytes"),
     (lambda c: SessionSettings(cookie=None), "cookie, a header_name or both"),
     (lambda c: SessionSettings(required_paths="/auth/*"), "not one string"),
     (lambda c: SessionSettings(on_unavailable="ignore"), "on_unavailable"),

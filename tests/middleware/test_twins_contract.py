@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import partial
+from typing import Any
 
 import pytest
 
@@ -33,12 +35,13 @@ def events(backend: SessionBackend) -> list[SessionEvent]:
     return heard
 
 
-async def test_ids_carry_the_users_slot_tag_and_256_random_bits(backend: SessionBackend) -> None:
+async def test_ids_carry_a_random_tag_and_256_random_bits(backend: SessionBackend) -> None:
     first = await backend.create("alice")
     second = await backend.create("alice")
     assert ID_SHAPE.fullmatch(first)
-    assert first[:12] == second[:12] == slot_tag("alice")
-    assert first != second
+    assert ID_SHAPE.fullmatch(second)
+    assert first[:12] != second[:12]  # nothing links two sessions of one user
+    assert slot_tag("alice") not in (first[:12], second[:12])
 
 
 async def test_a_new_session_holds_its_user_metadata_and_times(backend: SessionBackend) -> None:
@@ -93,7 +96,7 @@ async def test_regenerate_moves_the_session_and_retires_the_old_id(
     old = await backend.create("alice", {"n": 1})
     new = await backend.regenerate(old)
     assert new != old
-    assert new[:12] == old[:12]
+    assert new[:12] != old[:12]  # nothing links the new ID to the old
     session = await backend.get(new)
     assert (session.user_id, dict(session.metadata)) == ("alice", {"n": 1})
     with pytest.raises(SessionNotFound):
@@ -166,3 +169,36 @@ async def test_a_session_ends_when_idle_and_touching_keeps_it_alive(
     assert (await backend.get(kept)).user_id == "alice"
     with pytest.raises(SessionNotFound):
         await backend.get(idle)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_create_over_the_cap_ends_the_users_oldest_sessions_and_announces_it(
+    kind: str, client: RedisClient, bus: InvalidationBus
+) -> None:
+    backend: SessionBackend = (
+        MemorySessionStore(max_per_user=3)
+        if kind == "memory"
+        else SessionStore(client, max_per_user=3)
+    )
+    heard: list[SessionEvent] = []
+    backend.on_change(heard.append)
+    first, second, third = [await backend.create("alice", ttl=60 + i) for i in range(3)]
+    other = await backend.create("bob")
+    assert heard == []
+    fourth = await backend.create("alice", ttl=70)
+    assert heard == [{"op": "drop", "ids": [id_digest(first)]}]
+    with pytest.raises(SessionNotFound):
+        await backend.get(first)
+    for session_id in (second, third, fourth, other):
+        await backend.get(session_id)
+    assert await backend.delete_user_sessions("alice") == 3
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("cap", [0, -1, 100_001, True, 2.0])
+async def test_the_cap_is_validated(
+    kind: str, cap: Any, client: RedisClient, bus: InvalidationBus
+) -> None:
+    build = MemorySessionStore if kind == "memory" else partial(SessionStore, client)
+    with pytest.raises(ValueError, match="max_per_user"):
+        build(max_per_user=cap)

@@ -16,7 +16,8 @@ import redis
 from redis.crc import key_slot
 
 from gateway_redis import HealthState, RedisClient, RedisConfig, RedisUnavailable, SessionNotFound
-from tests.topologies import ClusterTopology, cluster_topology
+from gateway_redis.sessions import SessionEvent, id_digest
+from tests.topologies import ClusterTopology, cluster_topology, primaries
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,79 @@ async def test_sessions_stay_atomic_on_cluster(cluster: ClusterTopology) -> None
             await c.get_session(sid)
         assert await c.delete_user_sessions("user4") == 1
         assert await c.get_user_sessions("user4") == []
+
+
+async def test_a_users_sessions_spread_over_slots_and_user_wide_operations_hold(
+    cluster: ClusterTopology,
+) -> None:
+    """IDs carry random tags, so one user's sessions live in many slots and their index in
+    another: the cap, listing and "log out everywhere" still hold (single-key steps), and
+    no node stores a session ID."""
+    async with RedisClient(_config(cluster)) as c:
+        store = c.configure_sessions(max_per_user=5)
+        heard: list[SessionEvent] = []
+        store.on_change(heard.append)
+        first = []
+        for _ in range(8):
+            first.append(await store.create("alice"))
+            await asyncio.sleep(0.002)  # age is known to the millisecond
+        owners = {cluster.primary_for_slot(key_slot(i[:12].encode())).port for i in first}
+        assert len(owners) > 1  # 8 random slots on one node of three: p = 1/3**7
+        assert heard == [{"op": "drop", "ids": [id_digest(i)]} for i in first[:3]]
+        listed = await store.get_user_sessions("alice")
+        assert [s.digest for s in listed] == [id_digest(i) for i in first[3:]]
+        many = await asyncio.gather(*(store.create("alice") for _ in range(20)))
+        live = []
+        for session_id in [*first, *many]:
+            with contextlib.suppress(SessionNotFound):
+                await store.get(session_id)
+                live.append(session_id)
+        assert len(live) == 5
+        assert not set(first) & set(live)
+        renamed = await store.regenerate(live[0])
+        await store.update(renamed, {"n": 1})
+        assert len(await store.get_user_sessions("alice")) == 5
+        stored = b""
+        for node in primaries(cluster):
+            with redis.Redis(port=node.port) as r:
+                for key in r.scan_iter("*"):
+                    stored += key
+                    if r.type(key) == b"zset":
+                        stored += b"".join(r.zrange(key, 0, -1))
+                    elif r.type(key) == b"hash":
+                        stored += b"".join(k + v for k, v in r.hgetall(key).items())
+        assert b"user-sessions" in stored
+        for session_id in [*first, *many, renamed]:
+            assert session_id.split(".")[1].encode() not in stored
+        assert await store.delete_user_sessions("alice") == 5
+        assert await store.get_user_sessions("alice") == []
+        with pytest.raises(SessionNotFound):
+            await store.get(renamed)
+
+
+async def test_with_a_tag_key_a_users_keys_share_one_slot_and_user_wide_operations_hold(
+    cluster: ClusterTopology,
+) -> None:
+    async with RedisClient(_config(cluster)) as c:
+        store = c.configure_sessions(tag_key="cluster-test-key-" * 2, max_per_user=3)
+        ids = []
+        for _ in range(5):
+            ids.append(await store.create("alice", {"k": 1}))
+            await asyncio.sleep(0.002)  # age is known to the millisecond
+        ids[4] = await store.regenerate(ids[4])
+        assert len({i[:12] for i in ids}) == 5
+        slots = set()
+        for node in primaries(cluster):
+            with redis.Redis(port=node.port) as r:
+                slots |= {key_slot(k) for k in r.scan_iter("*")}
+        assert len(slots) == 1  # three sessions and the index, on one node, in one slot
+        listed = await store.get_user_sessions("alice")
+        assert {s.digest for s in listed} == {id_digest(i) for i in ids[2:]}
+        await store.update(ids[3], {"n": 2})
+        assert await store.delete_user_sessions("alice") == 3
+        for session_id in ids:
+            with pytest.raises(SessionNotFound):
+                await store.get(session_id)
 
 
 async def test_pubsub_across_nodes(cluster: ClusterTopology) -> None:

@@ -21,6 +21,7 @@ from gateway_redis import (
     SessionNotFound,
 )
 from gateway_redis.embedded import EmbeddedRedis, find_server_binary
+from gateway_redis.sessions import id_digest
 from tests.topologies import MASTER, ClusterTopology, SentinelTopology
 
 pytestmark = pytest.mark.slow
@@ -101,7 +102,8 @@ async def test_sessions(topo_client: RedisClient) -> None:
     assert session.user_id == "alice"
     assert all(session.metadata[f"k{i}"] == i for i in range(100))
     other = await c.create_session("alice", {})
-    assert {s.id for s in await c.get_user_sessions("alice")} == {sid, other}
+    listed = await c.get_user_sessions("alice")
+    assert {s.digest for s in listed} == {id_digest(sid), id_digest(other)}
     for _ in range(20):
         victim = await c.create_session("bob", {})
         await asyncio.gather(

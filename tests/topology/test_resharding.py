@@ -1,9 +1,9 @@
 """Resharding a live Redis Cluster under traffic: MOVED, ASK and TRYAGAIN never reach callers.
 
-A hash slot holding cache keys and a session (its hash and its user's index, which share
-the slot through hash tags) moves from one primary to another while workers run a steady
-stream of cache get/set and session get/update/list through :class:`RedisClient`. Two
-ways:
+A hash slot holding cache keys and a session (its hash and its user's index, put in that
+slot by the test: session IDs carry random tags) moves from one primary to another while
+workers run a steady stream of cache get/set and session get/update/list through
+:class:`RedisClient`. Two ways:
 
 * by hand (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE in batches with pauses, SETSLOT
   NODE), so the ASK window is long enough for every kind of operation to hit it, and a
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import secrets
 import subprocess
 import time
 from collections import Counter
@@ -40,7 +41,10 @@ from redis.crc import key_slot
 
 from gateway_redis import RedisClient, RedisConfig, SessionNotFound
 from gateway_redis.embedded import find_server_binary
+from gateway_redis.sessions import id_digest
 from gateway_redis.sessions import slot_tag as session_tag
+from gateway_redis.sessions.codec import encode_metadata, index_member
+from gateway_redis.sessions.scripts import Scripts
 from tests.topologies import (
     ClusterTopology,
     begin_migration,
@@ -63,6 +67,31 @@ def _session_key(c: RedisClient, session_id: str) -> str:
     """Where the session store keeps ``session_id`` (the layout in gateway_redis.sessions)."""
     digest = hashlib.sha256(session_id.encode()).hexdigest()
     return c.key(f"session:{{{session_id[:12]}}}:{digest}")
+
+
+async def _session_in_slot(c: RedisClient, user: str, slot: int, metadata: dict[str, Any]) -> str:
+    """A session of ``user`` whose key is in ``slot``.
+
+    Session IDs carry a random tag, so the store cannot be asked for one in a given slot:
+    this writes it as the store's Cluster create does (the public scripts), with a tag
+    chosen for the slot.
+    """
+    i = 0
+    while key_slot(f"{i:012x}".encode()) != slot:
+        i += 1
+    session_id = f"{i:012x}.{secrets.token_urlsafe(32)}"
+    pairs, _ = encode_metadata(metadata)
+    index = c.key(f"user-sessions:{{{session_tag(user)}}}:{id_digest(user)}")
+    scripts = Scripts()
+
+    async def create(r: Any) -> None:
+        args: list[str | int] = [user, 86_400_000, 0, *pairs]
+        expires = await scripts.call("create_hash", [_session_key(c, session_id)], args)(r)
+        index_args: list[str | int] = [index_member(session_id), int(expires), 100]
+        await scripts.call("index_add", [index], index_args)(r)
+
+    await c.execute("test.session_in_slot", create)
+    return session_id
 
 
 def _user_in_slot(slot: int) -> str:
@@ -115,9 +144,13 @@ class Traffic:
                 self.last_session[i] = n
             if i == 0:  # a multi-key script: the index and every session hash
                 ok, sessions = await self._op("session.list", c.get_user_sessions(self.user))
-                if ok and sid not in {s.id for s in sessions}:
+                if ok and id_digest(sid) not in {s.digest for s in sessions}:
                     self.errors.append(("session.list", "the session is missing"))
             await asyncio.sleep(0.002)
+
+
+def digests(*session_ids: str) -> set[str]:
+    return {id_digest(i) for i in session_ids}
 
 
 async def _close_leaked_connections() -> int:
@@ -174,7 +207,7 @@ async def _move_under_traffic(
                     for j in range(start, min(start + 100, FILLER))
                 )
             )
-        session_id = await c.create_session(user, {"role": "viewer"})
+        session_id = await _session_in_slot(c, user, slot, {"role": "viewer"})
         assert key_slot(session_id[:12].encode()) == slot  # the session shares the slot
 
         source = cluster.primary_for_slot(slot)
@@ -231,7 +264,7 @@ async def _move_under_traffic(
         assert session.metadata["role"] == "viewer"
         for i, n in traffic.last_session.items():
             assert session.metadata[f"w{i}"] == n
-        assert [s.id for s in await c.get_user_sessions(user)] == [session_id]
+        assert [s.digest for s in await c.get_user_sessions(user)] == [id_digest(session_id)]
         assert await c.get(f"{{{tag}}}:fill{FILLER - 1}") == b"x" * 100
         with redis.Redis(port=target.port) as r:
             assert r.execute_command("CLUSTER COUNTKEYSINSLOT", slot) >= FILLER + 2
@@ -307,10 +340,10 @@ async def test_login_while_the_users_slot_migrates(cluster: ClusterTopology) -> 
                 finally:
                     tryagain = sum(error_stats(p).get("TRYAGAIN", 0) for p in ports) - tries
                     print(f"\nlogin during migration: TRYAGAIN replied {tryagain} times")
-                assert {s.id for s in await c.get_user_sessions(user)} == {first, second}
+                assert {s.digest for s in await c.get_user_sessions(user)} == digests(first, second)
             finally:
                 await asyncio.to_thread(finish_migration, cluster, slot, source.port, target.port)
-            assert {s.id for s in await c.get_user_sessions(user)} == {first, second}
+            assert {s.digest for s in await c.get_user_sessions(user)} == digests(first, second)
     finally:
         leaked = await _close_leaked_connections()
     assert leaked == 0
@@ -327,8 +360,8 @@ async def test_every_session_operation_while_the_users_keys_are_split(
     config = RedisConfig(cluster_nodes=cluster.addresses[:3], key_prefix="split:")
     try:
         async with RedisClient(config) as c:
-            a = await c.create_session(user, {"n": "a"})
-            b = await c.create_session(user, {"n": "b"})
+            a = await _session_in_slot(c, user, slot, {"n": "a"})
+            b = await _session_in_slot(c, user, slot, {"n": "b"})
             source = cluster.primary_for_slot(slot)
             target = next(p for p in primaries(cluster) if p.port != source.port)
             await asyncio.to_thread(begin_migration, cluster, slot, target.port)
@@ -336,15 +369,15 @@ async def test_every_session_operation_while_the_users_keys_are_split(
                 await asyncio.to_thread(move_keys, source.port, target.port, [_session_key(c, a)])
                 ports = (source.port, target.port)
                 tries = sum(error_stats(p).get("TRYAGAIN", 0) for p in ports)
-                new = await c.create_session(user, {"n": "new"})  # created on the target
-                assert {s.id for s in await c.get_user_sessions(user)} == {a, b, new}
+                new = await c.create_session(user, {"n": "new"})  # in a random slot
+                assert {s.digest for s in await c.get_user_sessions(user)} == digests(a, b, new)
                 assert dict((await c.update_session(a, {"x": 1})).metadata) == {"n": "a", "x": 1}
                 b2 = await c.sessions.regenerate(b)
                 with pytest.raises(SessionNotFound):
                     await c.get_session(b)
                 assert (await c.get_session(b2)).metadata["n"] == "b"
                 await c.delete_session(a)
-                assert {s.id for s in await c.get_user_sessions(user)} == {b2, new}
+                assert {s.digest for s in await c.get_user_sessions(user)} == digests(b2, new)
                 assert await c.delete_user_sessions(user) == 2
                 assert await c.get_user_sessions(user) == []
                 tryagain = sum(error_stats(p).get("TRYAGAIN", 0) for p in ports) - tries
