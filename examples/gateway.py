@@ -15,7 +15,11 @@ client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`
 ``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
-``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
+``GATEWAY_COOKIE_SECURE=0``. ``GATEWAY_CACHE_KEY`` (at least 32 bytes, the same on every
+instance, as secret as the JWT secret) seals the verified tokens cached in Redis (L2);
+without it L2 is not used for tokens (a warning says so at startup). ``POST
+/auth/logout-all`` (with a token) logs its subject out everywhere: sessions deleted, every
+token issued so far refused on every instance. Run it with the uvicorn flags of ``scripts/gateway`` (header
 size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
 of its routes are capped before parsing (:mod:`examples.bodies`).
 
@@ -120,6 +124,7 @@ class GatewayKeys:
             issuer=env.get("GATEWAY_JWT_ISSUER") or "https://gateway.example",
             audience=env.get("GATEWAY_JWT_AUDIENCE") or "gateway-api",
             leeway=float(env.get("GATEWAY_JWT_LEEWAY") or 0),
+            cache_key=env.get("GATEWAY_CACHE_KEY") or None,
         )
         self.signing_key = signing
         self.algorithm = self.settings.algorithms[0]
@@ -346,6 +351,19 @@ def _routes(app: FastAPI) -> None:
             raise ServiceUnavailable("revocation_unavailable") from None
         await handle.delete()  # raises ServiceUnavailable (-> 503) during an outage
         return {"status": "logged_out"}
+
+    @app.post("/auth/logout-all")
+    async def logout_all(claims: Claims) -> dict[str, Any]:
+        """Log out everywhere: every session of the token's subject is deleted and every
+        token of it issued up to now is refused on every instance (its sockets close)."""
+        authenticator: JWTAuthenticator = state.authenticator
+        try:
+            await authenticator.revoke_subject(claims.sub)
+            ended = await state.sessions.delete_user_sessions(claims.sub)
+        except RedisUnavailable:
+            # Cut off on this instance already; the client should retry to reach the others.
+            raise ServiceUnavailable("revocation_unavailable") from None
+        return {"status": "logged_out_everywhere", "sessions": ended}
 
     @app.get("/api/me")
     async def me(claims: Claims) -> dict[str, Any]:
