@@ -19,9 +19,10 @@ warning says so; tokens then die with it). Cookies are ``Secure`` unless
 instance, as secret as the JWT secret) seals the verified tokens cached in Redis (L2);
 without it L2 is not used for tokens (a warning says so at startup). ``POST
 /auth/logout-all`` (with a token) logs its subject out everywhere: sessions deleted, every
-token issued so far refused on every instance. Run it with the uvicorn flags of ``scripts/gateway`` (header
-size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
-of its routes are capped before parsing (:mod:`examples.bodies`).
+token issued so far refused on every instance. Run it with the uvicorn flags of
+``scripts/gateway`` (header size, WebSocket message size, proxy headers: README,
+"Production notes"); request bodies of its routes are capped before parsing
+(:mod:`examples.bodies`).
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only

@@ -39,6 +39,7 @@ from middleware.errors import (
 from middleware.gateway import GatewayMiddleware
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
+from middleware.jwt.cutoff import SubjectRevoked, parse_subject_event
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
@@ -108,6 +109,7 @@ __all__ = [
     "SessionSettings",
     "StaticPrincipal",
     "StaticRolePermissions",
+    "SubjectRevoked",
     "TokenClaims",
     "TokenRevoked",
     "TokenValidator",
@@ -124,6 +126,7 @@ __all__ = [
     "get_session",
     "get_session_handle",
     "parse_revoke_event",
+    "parse_subject_event",
     "permission_granted",
     "require_permissions",
 ]

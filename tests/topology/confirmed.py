@@ -132,9 +132,7 @@ async def subject_cutoff(client: RedisClient, bus: InvalidationBus) -> Prepared:
             await authenticator.authenticate(token)
         assert refused.value.reason == "revoked"
 
-    return Prepared(
-        lambda: authenticator.revoke_subject(sub), [index], False, still_cut_off_here
-    )
+    return Prepared(lambda: authenticator.revoke_subject(sub), [index], False, still_cut_off_here)
 
 
 async def permission_removal(client: RedisClient, bus: InvalidationBus) -> Prepared:

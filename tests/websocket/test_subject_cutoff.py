@@ -23,8 +23,8 @@ async def status(gateway: Gateway, path: str, token: str, method: str = "GET") -
 
 
 async def after_second_of(cutoff: float) -> None:
-    while int(time.time()) <= cutoff:  # iat has whole-second resolution
-        await asyncio.sleep(0.05)
+    # iat has whole-second resolution: the next token must be issued in a later second.
+    await asyncio.sleep(max(0.0, int(cutoff) + 1 - time.time()) + 0.01)
 
 
 async def test_a_cut_off_closes_and_refuses_the_subjects_tokens_on_every_instance(
