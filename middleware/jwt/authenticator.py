@@ -17,11 +17,9 @@
 
 A token is accepted from ``nbf - leeway`` until ``exp + leeway`` (its *acceptance window*;
 ``leeway`` is the validator's, see :class:`JWTAuthenticator`): both cache tiers serve and
-keep a verdict within that window only, and a revocation lasts exactly as long.
-
-A verdict remembers the JWKS ``kid`` that verified its token: when a refetch of the key
-set no longer lists it, this instance drops such L1 entries and stops serving such L2
-entries (each instance at its own next refetch, see :mod:`middleware.jwt.jwks`).
+keep a verdict within that window only, and a revocation lasts exactly as long. A verdict
+remembers the JWKS ``kid`` that verified it: once a refetch no longer lists the kid,
+neither tier serves it (each instance at its own refetch: :mod:`middleware.jwt.jwks`).
 
 Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
 valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until ``exp + leeway``, and
@@ -31,10 +29,8 @@ active list whenever the client's invalidation bus resyncs, including one starte
 known-revoked token stays rejected while Redis is down. A revocation is broadcast on the
 bus (namespace ``jwt``) as a :class:`~middleware.jwt.revocation.TokenRevoked` event
 (:mod:`middleware.jwt.revocation`); other components follow revocations through
-:meth:`JWTAuthenticator.on_revoked`. :meth:`JWTAuthenticator.revoke_subject` refuses every
-token of a subject issued up to now ("log out everywhere", :mod:`middleware.jwt.cutoff`),
-on every instance, the same way; :meth:`JWTAuthenticator.on_subject_revoked` follows
-those. The writing, mirroring and announcing of both is :mod:`middleware.jwt.revoker`.
+:meth:`JWTAuthenticator.on_revoked`. :meth:`JWTAuthenticator.revoke_subject` cuts off a
+subject's tokens issued so far, the same way (:mod:`middleware.jwt.revoker`).
 
 With ``client=None`` it works in this process only (L1, the negative cache, the mirror;
 no L2, no Redis denylist; see :mod:`middleware._local`): for unit tests and tools.
@@ -75,6 +71,12 @@ def _check_seconds(name: str, value: float) -> float:
     return float(value)
 
 
+def _lifetime(validator: TokenValidator, given: float | None) -> float:
+    if given is None and isinstance(validator, JWTValidator):
+        given = validator.settings.max_token_lifetime
+    return _check_seconds("max_token_lifetime", given if given is not None else 86_400.0)
+
+
 class JWTAuthenticator:
     """Validates tokens through L1, L2 and ``validator``; revokes them on every instance.
 
@@ -87,11 +89,11 @@ class JWTAuthenticator:
     ``negative_ttl`` is how long a rejected token is remembered in L1; ``*_maxsize`` bound
     the caches. ``max_token_bytes`` rejects longer tokens before any lookup or hashing.
     ``max_revocation_lifetime`` (seconds) is how long a revocation given as ``(iss, jti)``
-    without ``expires_at`` lasts. ``max_token_lifetime`` (seconds, default a day) is the
-    longest ``exp - iat`` of the tokens the issuer mints: a subject cut-off lasts that
-    plus the leeway. ``cache_key`` (str or bytes, at least 32 bytes, the same on every
-    instance) seals L2 entries; None takes a :class:`~middleware.JWTValidator`'s
-    ``settings.cache_key``; with none, L2 is not used for tokens (logged once here).
+    without ``expires_at`` lasts. ``max_token_lifetime`` (seconds: the longest ``exp -
+    iat`` of the issuer's tokens; a subject cut-off lasts that plus the leeway) and
+    ``cache_key`` (str or bytes, at least 32 bytes, the same on every instance: it seals L2
+    entries) default to a :class:`~middleware.JWTValidator`'s settings (else a day, and
+    none); without a cache key, L2 is not used for tokens (logged once here).
 
     ``leeway`` (seconds, 0..60) is how long past ``exp`` (and before ``nbf``) the validator
     still accepts a token; None takes the validator's ``leeway`` attribute
@@ -114,7 +116,7 @@ class JWTAuthenticator:
         negative_maxsize: int = 1_000,
         max_token_bytes: int = 8192,
         max_revocation_lifetime: float = 86_400.0,
-        max_token_lifetime: float = 86_400.0,
+        max_token_lifetime: float | None = None,
         cache_key: str | bytes | None = None,
         leeway: float | None = None,
         clock: Callable[[], float] = time.time,
@@ -151,7 +153,7 @@ class JWTAuthenticator:
             bus,
             self._l1,
             leeway=self._leeway,
-            max_token_lifetime=_check_seconds("max_token_lifetime", max_token_lifetime),
+            max_token_lifetime=_lifetime(validator, max_token_lifetime),
             clock=clock,
         )
         # The same dicts for life: read on the hot path.
@@ -274,8 +276,7 @@ class JWTAuthenticator:
         return result
 
     def is_revoked(self, claims: TokenClaims) -> bool:
-        """Whether this instance knows ``claims`` to be revoked, by its ``(iss, jti)`` or
-        by a cut-off of its subject (no Redis call)."""
+        """Whether this instance knows ``claims`` revoked or cut off (no Redis call)."""
         return self._revoker.refuses(claims)
 
     async def _resolve(
@@ -307,8 +308,8 @@ class JWTAuthenticator:
     async def _check_denylist(
         self, claims_store: ClaimsStore, claims: TokenClaims, store_at: str | None, kid: str | None
     ) -> bool:
-        """Ask Redis whether ``claims`` is revoked (and store it, sealed, in L2 under the
-        digest ``store_at``); True if Redis failed."""
+        """Ask Redis whether ``claims`` is revoked (and seal it into L2 at ``store_at``);
+        True if Redis failed."""
         ttl_ms = int(min(self._l2_ttl, claims.exp + self._leeway - self._clock()) * 1000)
         deny = (claims.iss, claims.jti) if claims.jti is not None else None
         store = None

@@ -159,8 +159,15 @@ class JWTSettings:
     it shares one value with `aud`. `leeway` (0..60) applies to `exp`, `nbf` and `iat`.
     `jwks_refresh_interval` is how long a fetched key set is used before it is refetched;
     `jwks_min_refresh_interval` is the least time between two fetches (an unknown `kid`
-    cannot force more); `jwks_timeout` bounds one fetch. Raises `ValueError` on anything
-    unsafe or inconsistent. The key is never shown by `repr`.
+    cannot force more); `jwks_timeout` bounds one fetch. `cache_key` (str or bytes, at
+    least 32 bytes, the same on every instance, kept as secret as the other secrets)
+    authenticates the verdicts :class:`~middleware.JWTAuthenticator` caches in Redis (L2,
+    an HMAC per entry); without it L2 is not used for tokens. `max_token_lifetime` (1 s ..
+    366 days, default a day) is the longest ``exp - iat`` of the tokens the issuer mints: a
+    subject cut-off (:meth:`JWTAuthenticator.revoke_subject
+    <middleware.JWTAuthenticator.revoke_subject>`) lasts that plus the leeway, so it must
+    not be shorter than the real lifetime (it is not enforced on tokens). Raises
+    `ValueError` on anything unsafe or inconsistent. Neither key is shown by `repr`.
     """
 
     algorithms: tuple[str, ...]
@@ -175,6 +182,7 @@ class JWTSettings:
     jwks_min_refresh_interval: float = 10.0
     jwks_timeout: float = 1.0
     cache_key: str | bytes | None = field(default=None, repr=False)
+    max_token_lifetime: float = 86_400.0
     _verify_key: Any = field(init=False, repr=False, compare=False, hash=False, default=None)
     _fingerprint: str = field(init=False, repr=False, compare=False, hash=False, default="")
 
@@ -216,6 +224,7 @@ class JWTSettings:
             self.jwks_refresh_interval,
         )
         _check_number("jwks_timeout", self.jwks_timeout, 0.01, 30)
+        _check_number("max_token_lifetime", self.max_token_lifetime, 1, 366 * 86_400)
 
         if self.cache_key is not None:
             cache_key = check_cache_key(self.cache_key)

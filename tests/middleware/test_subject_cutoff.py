@@ -159,3 +159,32 @@ def test_the_cut_off_mirror_is_bounded_and_ignores_bad_events() -> None:
         {"op": "revoke", "sub": "a", "cutoff": 1.0, "until": 2.0},
     ):
         assert parse_subject_event(event) is None
+
+
+async def test_a_cut_off_lasts_the_longest_token_lifetime_plus_the_leeway() -> None:
+    settings = JWTSettings(
+        algorithms=("HS256",),
+        key=SECRET,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        leeway=30,
+        max_token_lifetime=600,
+    )
+    auth = JWTAuthenticator(JWTValidator(settings), client=None)
+    seen: list[Any] = []
+    auth.on_subject_revoked(seen.append)
+    cutoff = await auth.revoke_subject("frank")
+    assert seen[0]["until"] == pytest.approx(cutoff + 600 + 30)
+    given = JWTAuthenticator(JWTValidator(settings), client=None, max_token_lifetime=60)
+    given.on_subject_revoked(seen.append)
+    cutoff = await given.revoke_subject("frank")
+    assert seen[1]["until"] == pytest.approx(cutoff + 60 + 30)
+    for bad in (0, -1, 400 * 86_400, float("nan"), True):
+        with pytest.raises(ValueError, match="max_token_lifetime"):
+            JWTSettings(
+                algorithms=("HS256",),
+                key=SECRET,
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                max_token_lifetime=bad,
+            )
