@@ -38,7 +38,7 @@ from middleware.jwt.validator import JWTValidator, TokenValidator
 
 __all__ = ["SealedVerdicts", "header_kid"]
 
-_log = logging.getLogger("middleware.jwt.authenticator")
+_log = logging.getLogger(__name__)
 _MAGIC = b"gr1:"
 _CONTEXT = b"gateway-redis/jwt-l2\0"
 _MAC_HEX = 64

@@ -145,7 +145,7 @@ async def test_a_forged_l2_entry_for_an_rs256_jwks_token_is_not_trusted(
         b"gr1:" + b"0" * 64 + b':"k1"\n' + claims,  # a made-up seal
         sealed_genuine,  # a genuine entry moved to another token's key
     ]
-    caplog.set_level(logging.WARNING, logger="middleware.jwt.authenticator")
+    caplog.set_level(logging.WARNING, logger="middleware.jwt")
     other = await instance(client, validator)
     for value in values:
         redis_admin.set(l2_key(validator, forged), value, px=60_000)
@@ -174,7 +174,7 @@ async def test_without_a_cache_key_l2_is_not_used_for_tokens(
     validator = JWTValidator(
         JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
     )
-    caplog.set_level(logging.WARNING, logger="middleware.jwt.authenticator")
+    caplog.set_level(logging.WARNING, logger="middleware.jwt")
     auth = await instance(client, validator)
     warnings = [r for r in caplog.records if "cache_key" in r.getMessage()]
     assert len(warnings) == 1
