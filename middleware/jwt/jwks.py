@@ -100,6 +100,17 @@ class JWKSKeys:
                 raise ValidatorUnavailable("JWKS endpoint unavailable")
             raise InvalidToken("unknown_kid")
 
+    async def refresh_if_stale(self) -> None:
+        """Refetch the key set when it is older than ``jwks_refresh_interval`` (within the
+        same limits as :meth:`get`); a failure keeps the keys in use."""
+        if self._fresh(time.monotonic()):
+            return
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._retry_backoff if self._failed else self._min_interval
+            if not self._fresh(now) and now - self._attempted_at >= wait:
+                await self._refresh()
+
     async def _refresh(self) -> None:
         self._attempted_at = time.monotonic()
         try:

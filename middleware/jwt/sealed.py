@@ -16,7 +16,9 @@ request. Without a cache key L2 is not used for tokens at all (L1 still is).
 
 A verdict of a token verified with a JWKS key remembers the key's ``kid``; it is served
 only while the key set this instance uses still lists that kid (``key_known``), so a key
-the issuer removed stops being honoured from L2 at this instance's next JWKS refetch.
+the issuer removed stops being honoured from L2 at this instance's next JWKS refetch; an
+L2 hit of such a verdict makes that refetch when it is due (an L1 hit cannot: it is
+synchronous; L1 entries go back through L2 within ``l1_ttl``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway_redis.authstore import ClaimsStore
 from gateway_redis.errors import RedisUnavailable
@@ -59,9 +61,20 @@ def header_kid(token: str) -> str | None:
 class SealedVerdicts:
     """L2 on ``store``, sealed with ``cache_key``; ``enabled`` is False (L2 unused) when
     either is None. ``key_known(kid)`` says whether a JWKS key is still listed (None: keys
-    do not rotate). ``leeway`` widens the acceptance window a hit is checked against."""
+    do not rotate) and ``refresh()`` refetches the key set when due (so that verdicts
+    served from L2 do not postpone it). ``leeway`` widens the acceptance window a hit is
+    checked against."""
 
-    __slots__ = ("_key", "_key_known", "_leeway", "_store", "enabled", "rejected", "rotating")
+    __slots__ = (
+        "_key",
+        "_key_known",
+        "_leeway",
+        "_refresh",
+        "_store",
+        "enabled",
+        "rejected",
+        "rotating",
+    )
 
     @classmethod
     def for_validator(
@@ -84,8 +97,9 @@ class SealedVerdicts:
                 extra=log_fields("jwt", "jwt_l2_disabled"),
             )
         key = check_cache_key(cache_key) if cache_key is not None else None
-        known = validator.has_key if jwks and isinstance(validator, JWTValidator) else None
-        return cls(store, key, known, leeway)
+        if jwks and isinstance(validator, JWTValidator):
+            return cls(store, key, validator.has_key, leeway, validator.refresh_keys)
+        return cls(store, key, None, leeway)
 
     def __init__(
         self,
@@ -93,11 +107,13 @@ class SealedVerdicts:
         cache_key: bytes | None,
         key_known: Callable[[str], bool] | None,
         leeway: float,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._key = cache_key
         self._key_known = key_known
         self._leeway = leeway
+        self._refresh = refresh
         self.enabled = store is not None and cache_key is not None
         self.rotating = key_known is not None  # verdicts carry the kid that verified them
         self.rejected = 0  # values that failed the check, since start
@@ -138,8 +154,11 @@ class SealedVerdicts:
             self._reject(digest)
             return None
         kid, claims = opened
-        if kid is not None and self._key_known is not None and not self._key_known(kid):
-            return None  # verified with a key the issuer no longer lists
+        if kid is not None and self._key_known is not None:
+            if self._refresh is not None:  # a hit must not postpone the JWKS refetch
+                await self._refresh()
+            if not self._key_known(kid):
+                return None  # verified with a key the issuer no longer lists
         leeway = self._leeway
         if claims.exp + leeway > now and (claims.nbf is None or claims.nbf - leeway <= now):
             return claims, kid

@@ -132,6 +132,11 @@ class JWTValidator:
         """Whether the JWKS key set in use lists `kid` (always False with a static key)."""
         return self._jwks is not None and self._jwks.has(kid)
 
+    async def refresh_keys(self) -> None:
+        """Refetch the JWKS when it is due (nothing with a static key); never raises."""
+        if self._jwks is not None:
+            await self._jwks.refresh_if_stale()
+
     def on_keys_removed(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
         """Call ``callback(kids)`` when a JWKS refetch no longer lists ``kids`` (never with a
         static key). Returns a function that removes the callback."""

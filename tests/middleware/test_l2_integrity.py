@@ -249,12 +249,29 @@ async def test_verdicts_of_a_key_removed_from_the_jwks_leave_l1_and_l2(
         assert other.cached(retired) is None
         with pytest.raises(InvalidToken, match="unknown_kid"):
             await other.authenticate(retired)
-    # A new instance serves L2 verdicts only once its key set is loaded, and then not
-    # the one of the removed key.
+    # A new instance (its key set fetched by the first L2 hit) does not serve the L2
+    # verdict of the removed key either.
     restarted = await instance(client, jwks_validator(issuer.url))
-    assert (await restarted.authenticate(kept)).source == "validator"
-    assert (await restarted.authenticate(rs256(keys[0], "k1", "frank"))).source == "validator"
-    restarted = await instance(client, restarted.validator)  # type: ignore[arg-type]
     assert (await restarted.authenticate(kept)).source == "l2"
     with pytest.raises(InvalidToken, match="unknown_kid"):
         await restarted.authenticate(retired)
+
+
+async def test_a_verdict_served_from_l2_does_not_postpone_the_jwks_refetch(
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    issuer: JWKSServer,
+    client: RedisClient,
+) -> None:
+    writer = await instance(client, jwks_validator(issuer.url))
+    retired = rs256(keys[1], "k2", "alice")
+    await writer.authenticate(retired)  # in L2 now
+    reader = JWTAuthenticator(jwks_validator(issuer.url), client=client, l1_ttl=0.2)
+    assert await client.invalidation.wait_synced(5)
+    assert (await reader.authenticate(rs256(keys[0], "k1", "bob"))).source == "validator"
+    assert (await reader.authenticate(retired)).source == "l2"
+    issuer.document = {"keys": [jwk(keys[0], "k1")]}
+    # The refetch is due and the L1 entry gone; no new token reaches the validator: the L2
+    # hit itself refetches the key set and finds k2 gone.
+    await asyncio.sleep(0.35)
+    with pytest.raises(InvalidToken, match="unknown_kid"):
+        await reader.authenticate(retired)
