@@ -15,14 +15,15 @@ client address) in Redis, shared by every instance: after ``GATEWAY_LOGIN_LIMIT`
 ``Retry-After`` until the window ends. ``GATEWAY_JWT_TTL`` sets the token lifetime
 (seconds, default 900). With no key at all a random secret is made up for this process (a
 warning says so; tokens then die with it). Cookies are ``Secure`` unless
-``GATEWAY_COOKIE_SECURE=0``. ``GATEWAY_CACHE_KEY`` (at least 32 bytes, the same on every
-instance, as secret as the JWT secret) seals the verified tokens cached in Redis (L2);
-without it L2 is not used for tokens (a warning says so at startup). ``POST
-/auth/logout-all`` (with a token) logs its subject out everywhere: sessions deleted, every
-token issued so far refused on every instance. Run it with the uvicorn flags of
-``scripts/gateway`` (header size, WebSocket message size, proxy headers: README,
-"Production notes"); request bodies of its routes are capped before parsing
-(:mod:`examples.bodies`).
+``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
+size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
+of its routes are capped before parsing (:mod:`examples.bodies`).
+
+``GATEWAY_CACHE_KEY`` (at least 32 bytes, the same on every instance, as secret as the JWT
+secret) seals the verified tokens cached in Redis (L2, ``JWTSettings.cache_key``); without
+it L2 is not used for tokens (a warning says so at startup). ``POST /auth/logout-all``
+(with a token) logs its subject out everywhere: its sessions are deleted and every token
+of it issued so far is refused on every instance (``revoke_subject``; its sockets close).
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only
