@@ -26,7 +26,8 @@ Configured only by environment (the harness sets it):
 ``BENCH_ONLY``
     (``ours``) a comma-separated subset of ``session,jwt,rbac`` (profiling only).
 ``REDIS_URL``, ``BENCH_SECRET``, ``BENCH_PUBLIC_KEY`` (PEM path), ``BENCH_ISSUER``,
-``BENCH_AUDIENCE``.
+``BENCH_AUDIENCE``, ``BENCH_CACHE_KEY`` (the L2 seal, ``JWTSettings.cache_key``; a fixed
+default: L2 is used as in a configured deployment).
 
 Every variant answers ``GET /api/data`` with the same JSON body. ``ours`` also serves
 ``/api/me`` (token only), ``/api/session`` (session cookie only; 401 without a session) and
@@ -219,6 +220,7 @@ def _ours(env: dict[str, str]) -> Starlette:
         key=env["BENCH_SECRET"],
         issuer=env["BENCH_ISSUER"],
         audience=env["BENCH_AUDIENCE"],
+        cache_key=env.get("BENCH_CACHE_KEY") or "bench-l2-seal-Xr7kQ2mV9pT4wN1zB6cJ3hL8",
     )
 
     async def grants(subject: str) -> Collection[str]:

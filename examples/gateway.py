@@ -21,6 +21,11 @@ for this process (a warning says so; tokens then die with it). Cookies are ``Sec
 unless ``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
 size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
 of its routes are capped before parsing (:mod:`examples.bodies`).
+``GATEWAY_CACHE_KEY`` (at least 32 bytes, the same on every instance, as secret as the JWT
+secret) seals the verified tokens cached in Redis (L2, ``JWTSettings.cache_key``); without
+it L2 is not used for tokens (a warning says so at startup). ``POST /auth/logout-all``
+(with a token) logs its subject out everywhere: its sessions are deleted and every token
+of it issued so far is refused on every instance (``revoke_subject``; its sockets close).
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only
@@ -126,6 +131,7 @@ class GatewayKeys:
             issuer=env.get("GATEWAY_JWT_ISSUER") or "https://gateway.example",
             audience=env.get("GATEWAY_JWT_AUDIENCE") or "gateway-api",
             leeway=float(env.get("GATEWAY_JWT_LEEWAY") or 0),
+            cache_key=env.get("GATEWAY_CACHE_KEY") or None,
         )
         self.signing_key = signing
         self.algorithm = self.settings.algorithms[0]
@@ -338,6 +344,19 @@ def _routes(app: FastAPI) -> None:
             raise ServiceUnavailable("revocation_unavailable") from None
         await handle.delete()  # raises ServiceUnavailable (-> 503) during an outage
         return {"status": "logged_out"}
+
+    @app.post("/auth/logout-all")
+    async def logout_all(claims: Claims) -> dict[str, Any]:
+        """Log out everywhere: every session of the token's subject is deleted and every
+        token of it issued up to now is refused on every instance (its sockets close)."""
+        authenticator: JWTAuthenticator = state.authenticator
+        try:
+            await authenticator.revoke_subject(claims.sub)
+            ended = await state.sessions.delete_user_sessions(claims.sub)
+        except RedisUnavailable:
+            # Cut off on this instance already; the client should retry to reach the others.
+            raise ServiceUnavailable("revocation_unavailable") from None
+        return {"status": "logged_out_everywhere", "sessions": ended}
 
     @app.get("/api/me")
     async def me(claims: Claims) -> dict[str, Any]:

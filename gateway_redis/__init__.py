@@ -25,7 +25,14 @@ and this package on redis-py. Everything below is re-exported at the top level.
 
 from __future__ import annotations
 
-from gateway_redis.authstore import ClaimsStore, PermissionStore, Revocation, RevocationStore
+from gateway_redis.authstore import (
+    ClaimsStore,
+    PermissionStore,
+    Revocation,
+    RevocationStore,
+    SubjectCutoff,
+    SubjectCutoffStore,
+)
 from gateway_redis.client import ClientState, RedisClient, WindowHits
 from gateway_redis.config import (
     PoolLimits,
@@ -108,6 +115,8 @@ __all__ = [
     "SessionStore",
     "Stamp",
     "StateListener",
+    "SubjectCutoff",
+    "SubjectCutoffStore",
     "Subscription",
     "SubscriptionClosed",
     "TLSSettings",

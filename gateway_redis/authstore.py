@@ -12,10 +12,13 @@ and calls these stores. Keys, values and TTLs (``<prefix>`` being the client's):
   leeway), and ``<prefix>jwt-revocations``: a sorted set of ``[iss, jti]`` JSON members
   scored by that end (epoch seconds), kept until its latest member ends
   (:class:`RevocationStore`);
+* ``<prefix>jwt-subject-cutoffs``: a sorted set of ``[sub, cutoff]`` JSON members (tokens
+  of ``sub`` issued at or before ``cutoff``, epoch seconds, are refused) scored by the end
+  of the cut-off, kept until its latest member ends (:class:`SubjectCutoffStore`);
 * ``<prefix>rbac:<version>:<sha256(subject)>``: a subject's permissions (sorted JSON
   list), and ``<prefix>rbac:policy-version``: an integer (:class:`PermissionStore`).
 
-Revoking a token and removing permissions are confirmed writes
+Revoking a token, cutting a subject off and removing permissions are confirmed writes
 (:meth:`RedisClient.confirmed`): they reach a replica or raise
 ``RedisUnavailable(reason="unconfirmed")``.
 """
@@ -35,7 +38,14 @@ if TYPE_CHECKING:
 
     from gateway_redis.client import RedisClient
 
-__all__ = ["ClaimsStore", "PermissionStore", "Revocation", "RevocationStore"]
+__all__ = [
+    "ClaimsStore",
+    "PermissionStore",
+    "Revocation",
+    "RevocationStore",
+    "SubjectCutoff",
+    "SubjectCutoffStore",
+]
 
 _log = logging.getLogger(__name__)
 _VERSION_TTL_MS = 400 * 86_400_000  # the version key must outlive every cache entry
@@ -112,6 +122,68 @@ class RevocationStore:
                 continue
             if isinstance(iss, str) and isinstance(jti, str):
                 found.append(Revocation(iss, jti, float(score)))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCutoff:
+    """An active cut-off: tokens of ``sub`` issued at or before ``cutoff`` are refused
+    until ``until`` (epoch seconds)."""
+
+    sub: str
+    cutoff: float
+    until: float
+
+
+class SubjectCutoffStore:
+    """The per-subject cut-offs ("log out everywhere" for tokens) on ``client``, in one
+    sorted set (every instance reloads it whole when its invalidation bus resyncs).
+
+    Holds no state besides its key name; the client stays owned by its creator.
+    """
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+        self._index = client.key("jwt-subject-cutoffs")
+
+    async def cut(self, sub: str, cutoff: float, until: float, now: float) -> None:
+        """Refuse ``sub``'s tokens issued at or before ``cutoff`` until ``until`` (epoch
+        seconds; cut-offs ended by ``now`` leave the set); confirmed by a replica when
+        the primary has one.
+
+        Raises :class:`~gateway_redis.RedisUnavailable` (``reason="unconfirmed"`` when a
+        replica did not acknowledge) and :class:`~gateway_redis.CommandError`.
+        """
+        index, member, until_ms = self._index, json.dumps([sub, cutoff]), int(until * 1000)
+
+        async def write(r: Redis) -> None:
+            # One pipeline on the pinned connection; the set's expiry only ever grows.
+            pipe = r.pipeline(transaction=False)
+            pipe.zadd(index, {member: until})
+            pipe.zremrangebyscore(index, "-inf", now)
+            pipe.pexpireat(index, until_ms, nx=True)
+            pipe.pexpireat(index, until_ms, gt=True)
+            await pipe.execute()
+
+        await self._client.confirmed("jwt.revoke_subject", index, write)
+
+    async def active(self, now: float) -> list[SubjectCutoff]:
+        """Every cut-off still in force at ``now``; malformed members are skipped.
+
+        Raises :class:`~gateway_redis.RedisUnavailable`.
+        """
+        index = self._index
+        entries: Any = await self._client.execute(
+            "jwt.subject_cutoffs", lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
+        )
+        found = []
+        for member, score in entries:
+            try:
+                sub, cutoff = json.loads(member)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(sub, str) and isinstance(cutoff, (int, float)):
+                found.append(SubjectCutoff(sub, float(cutoff), float(score)))
         return found
 
 

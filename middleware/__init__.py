@@ -43,6 +43,7 @@ from middleware.errors import (
 from middleware.gateway import GatewayMiddleware
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
+from middleware.jwt.cutoff import SubjectRevoked, parse_subject_event
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
 from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
@@ -115,6 +116,7 @@ __all__ = [
     "SessionSettings",
     "StaticPrincipal",
     "StaticRolePermissions",
+    "SubjectRevoked",
     "TokenClaims",
     "TokenRevoked",
     "TokenValidator",
@@ -134,6 +136,7 @@ __all__ = [
     "get_session",
     "get_session_handle",
     "parse_revoke_event",
+    "parse_subject_event",
     "permission_granted",
     "require_permissions",
 ]

@@ -73,10 +73,13 @@ class Gateway:
     ``redis`` is a :class:`RedisClient` (not owned: :meth:`lifespan` connects it, the
     caller closes it) or a :class:`RedisConfig` (the Gateway creates the client and closes
     it at the end of its lifespan). ``jwt`` is :class:`JWTSettings` or any
-    :class:`TokenValidator`. ``permissions`` is a :class:`PermissionSource` or a role ->
-    permissions mapping (:class:`StaticRolePermissions` over the ``roles`` claim); None: no
-    RBAC layer. ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket``
-    is :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
+    :class:`TokenValidator` (its ``cache_key`` seals the verdicts cached in Redis, and its
+    ``max_token_lifetime`` bounds subject cut-offs; a validator other than
+    :class:`JWTValidator` gets no cache key: L2 is then not used for tokens).
+    ``permissions`` is a :class:`PermissionSource` or a role -> permissions mapping
+    (:class:`StaticRolePermissions` over the ``roles`` claim); None: no RBAC layer.
+    ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket`` is
+    :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
     endpoint). Nothing is opened here: the components are built and :meth:`lifespan`
     starts them. Raises ``ValueError`` for bad arguments.
     """

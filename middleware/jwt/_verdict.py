@@ -30,16 +30,21 @@ class Authentication:
 class Verified:
     """An L1 entry: the claims with their ready-made L1 result and what a hit re-checks:
     the token is accepted from ``since`` (``nbf - leeway``) until ``until`` (``exp +
-    leeway``), epoch seconds, unless ``revocation`` (``(iss, jti)``) is revoked."""
+    leeway``), epoch seconds, unless ``revocation`` (``(iss, jti)``) is revoked or ``sub``
+    has a cut-off at or after ``iat``. ``kid`` is the JWKS key that verified the token
+    (None with a static key): the entry leaves L1 when the issuer stops listing it."""
 
-    __slots__ = ("result", "revocation", "since", "until")
+    __slots__ = ("iat", "kid", "result", "revocation", "since", "sub", "until")
 
-    def __init__(self, claims: TokenClaims, leeway: float) -> None:
+    def __init__(self, claims: TokenClaims, leeway: float, kid: str | None = None) -> None:
         self.result = Authentication(claims, "l1", False)
         # The acceptance window, precomputed: a hit compares, never adds.
         self.until: float = claims.exp + leeway
         self.since: float = claims.nbf - leeway if claims.nbf is not None else -math.inf
         self.revocation = (claims.iss, claims.jti) if claims.jti is not None else None
+        self.sub = claims.sub
+        self.iat = claims.iat
+        self.kid = kid
 
 
 class AuthenticationPin:

@@ -7,16 +7,19 @@
    A hit is re-checked against the clock (``exp``/``nbf``) and the in-memory denylist; it
    costs no Redis round trip and no await (:meth:`JWTAuthenticator.cached`).
 2. L2 (Redis): ``<prefix>jwt:<digest>``, the digest being ``SHA-256(validator fingerprint +
-   token)`` (no token ever appears in a key name), holds the claims JSON for
-   ``min(l2_ttl, exp + leeway - now)``. A hit is re-checked against the clock and the Redis
-   denylist. A corrupt value is a miss.
+   token)`` (no token ever appears in a key name), holds the claims JSON, sealed with an
+   HMAC under the shared ``cache_key`` (:mod:`middleware.jwt.sealed`), for ``min(l2_ttl,
+   exp + leeway - now)``. A hit is re-checked against the clock and the Redis denylist. A
+   corrupt or forged value is a miss. Without a ``cache_key`` L2 is not used for tokens.
 3. The validator. Verdicts on bad tokens are remembered in a small L1-only negative cache
    (keyed by the digest) for ``negative_ttl`` seconds; a validator outage
    (:class:`ValidatorUnavailable`) and Redis errors are never cached.
 
 A token is accepted from ``nbf - leeway`` until ``exp + leeway`` (its *acceptance window*;
 ``leeway`` is the validator's, see :class:`JWTAuthenticator`): both cache tiers serve and
-keep a verdict within that window only, and a revocation lasts exactly as long.
+keep a verdict within that window only, and a revocation lasts exactly as long. A verdict
+remembers the JWKS ``kid`` that verified it: once a refetch no longer lists the kid,
+neither tier serves it (each instance at its own refetch: :mod:`middleware.jwt.jwks`).
 
 Revocation is by (``iss``, ``jti``), never by token hash (an ECDSA signature has a second
 valid encoding): ``<prefix>jwt-deny:<sha256(iss, jti)>`` lives until ``exp + leeway``, and
@@ -26,7 +29,8 @@ active list whenever the client's invalidation bus resyncs, including one starte
 known-revoked token stays rejected while Redis is down. A revocation is broadcast on the
 bus (namespace ``jwt``) as a :class:`~middleware.jwt.revocation.TokenRevoked` event
 (:mod:`middleware.jwt.revocation`); other components follow revocations through
-:meth:`JWTAuthenticator.on_revoked`.
+:meth:`JWTAuthenticator.on_revoked`. :meth:`JWTAuthenticator.revoke_subject` cuts off a
+subject's tokens issued so far, the same way (:mod:`middleware.jwt.revoker`).
 
 With ``client=None`` it works in this process only (L1, the negative cache, the mirror;
 no L2, no Redis denylist; see :mod:`middleware._local`): for unit tests and tools.
@@ -37,10 +41,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-from gateway_redis.authstore import ClaimsStore, RevocationStore
+from gateway_redis.authstore import ClaimsStore
 from gateway_redis.client import RedisClient
 from gateway_redis.errors import GatewayRedisError, RedisUnavailable
 from gateway_redis.support import log_fields
@@ -48,13 +51,15 @@ from middleware._local import Invalidation, LocalInvalidation
 from middleware.errors import InvalidToken
 from middleware.jwt._verdict import Authentication, AuthenticationPin, Verified
 from middleware.jwt.claims import TokenClaims
-from middleware.jwt.revocation import RevocationMirror, TokenRevoked, parse_revoke_event
-from middleware.jwt.validator import TokenValidator
+from middleware.jwt.cutoff import SubjectRevoked
+from middleware.jwt.revocation import TokenRevoked
+from middleware.jwt.revoker import Revoker
+from middleware.jwt.sealed import SealedVerdicts, header_kid
+from middleware.jwt.validator import JWTValidator, TokenValidator
 
 __all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator"]
 
 _log = logging.getLogger(__name__)
-_NS = "jwt"
 # Verdicts that may change with time or key rotation are not worth remembering.
 _UNCACHEABLE_REASONS = frozenset({"not_yet_valid", "unknown_kid"})
 _MAX_LEEWAY = 60.0  # JWTSettings' bound
@@ -64,6 +69,12 @@ def _check_seconds(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _lifetime(validator: TokenValidator, given: float | None) -> float:
+    if given is None and isinstance(validator, JWTValidator):
+        given = validator.settings.max_token_lifetime
+    return _check_seconds("max_token_lifetime", given if given is not None else 86_400.0)
 
 
 class JWTAuthenticator:
@@ -78,7 +89,11 @@ class JWTAuthenticator:
     ``negative_ttl`` is how long a rejected token is remembered in L1; ``*_maxsize`` bound
     the caches. ``max_token_bytes`` rejects longer tokens before any lookup or hashing.
     ``max_revocation_lifetime`` (seconds) is how long a revocation given as ``(iss, jti)``
-    without ``expires_at`` lasts.
+    without ``expires_at`` lasts. ``max_token_lifetime`` (seconds: the longest ``exp -
+    iat`` of the issuer's tokens; a subject cut-off lasts that plus the leeway) and
+    ``cache_key`` (str or bytes, at least 32 bytes, the same on every instance: it seals L2
+    entries) default to a :class:`~middleware.JWTValidator`'s settings (else a day, and
+    none); without a cache key, L2 is not used for tokens (logged once here).
 
     ``leeway`` (seconds, 0..60) is how long past ``exp`` (and before ``nbf``) the validator
     still accepts a token; None takes the validator's ``leeway`` attribute
@@ -101,6 +116,8 @@ class JWTAuthenticator:
         negative_maxsize: int = 1_000,
         max_token_bytes: int = 8192,
         max_revocation_lifetime: float = 86_400.0,
+        max_token_lifetime: float | None = None,
+        cache_key: str | bytes | None = None,
         leeway: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -131,16 +148,25 @@ class JWTAuthenticator:
             maxsize=negative_maxsize,
             ttl=_check_seconds("negative_ttl", negative_ttl),
         )
-        self._mirror = RevocationMirror(clock)
-        self._revoked = self._mirror.entries  # the same dict for life: read on the hot path
+        self._revoker = revoker = Revoker(
+            client,
+            bus,
+            self._l1,
+            leeway=self._leeway,
+            max_token_lifetime=_lifetime(validator, max_token_lifetime),
+            clock=clock,
+        )
+        # The same dicts for life: read on the hot path.
+        self._revoked, self._cutoffs = revoker.revoked, revoker.cutoffs
         # None in process-only mode (client=None): the cold path checks, where it awaits.
-        self._denylist: RevocationStore | None = None
         self._claims_store: ClaimsStore | None = None
-        if client is not None:
-            self._denylist = RevocationStore(client)
-            self._claims_store = ClaimsStore(client, self._denylist)
-        bus.on_event(_NS, self._on_event)
-        bus.on_resync(self._reload_revocations)
+        if client is not None and revoker.denylist is not None:
+            self._claims_store = ClaimsStore(client, revoker.denylist)
+        self._l2 = SealedVerdicts.for_validator(
+            self._claims_store, validator, cache_key, self._leeway
+        )
+        if isinstance(validator, JWTValidator):
+            validator.on_keys_removed(self._on_keys_removed)
 
     @property
     def validator(self) -> TokenValidator:
@@ -179,6 +205,8 @@ class JWTAuthenticator:
             return None
         if self._revoked and entry.revocation in self._revoked:
             return None
+        if self._cutoffs and self._cut_off(entry):
+            return None
         return entry.result
 
     def pin(self, token: str) -> AuthenticationPin | None:
@@ -203,7 +231,13 @@ class JWTAuthenticator:
         now = self._clock()
         if entry.until <= now or entry.since > now:
             return False
+        if self._cutoffs and self._cut_off(entry):
+            return False
         return not (self._revoked and entry.revocation in self._revoked)
+
+    def _cut_off(self, entry: Verified) -> bool:
+        cutoff = self._cutoffs.get(entry.sub)
+        return cutoff is not None and entry.iat <= cutoff
 
     async def authenticate(self, token: str) -> Authentication:
         """The verified claims of ``token``, from the fastest tier that has them.
@@ -220,6 +254,8 @@ class JWTAuthenticator:
         if entry is not None:
             if self._revoked and entry.revocation in self._revoked:
                 raise InvalidToken("revoked")
+            if self._cutoffs and self._cut_off(entry):
+                raise InvalidToken("revoked")
             if entry.until > now and entry.since <= now:
                 return entry.result
         digest = hashlib.sha256(self._fingerprint + token.encode("utf-8", "replace")).hexdigest()
@@ -229,73 +265,56 @@ class JWTAuthenticator:
             raise InvalidToken(reason)
         generation = self._l1.generation
         try:
-            result = await self._resolve(token, digest, now)
+            result, kid = await self._resolve(token, digest, now)
         except InvalidToken as exc:
             if exc.reason not in _UNCACHEABLE_REASONS:
                 self._negative.set(digest, exc.reason)
             raise
-        verified = Verified(result.claims, self._leeway)
+        verified = Verified(result.claims, self._leeway, kid)
         if not result.degraded and verified.since <= now < verified.until:
             self._l1.set(token, verified, ttl=verified.until - now, generation=generation)
         return result
 
     def is_revoked(self, claims: TokenClaims) -> bool:
-        """Whether this instance knows ``claims`` to be revoked (no Redis call)."""
-        return claims.jti is not None and (claims.iss, claims.jti) in self._revoked
+        """Whether this instance knows ``claims`` revoked or cut off (no Redis call)."""
+        return self._revoker.refuses(claims)
 
-    async def _resolve(self, token: str, digest: str, now: float) -> Authentication:
+    async def _resolve(
+        self, token: str, digest: str, now: float
+    ) -> tuple[Authentication, str | None]:
+        """The result and the JWKS kid that verified the token (None: a static key)."""
         claims_store = self._claims_store
-        if claims_store is None:  # in process only: the validator and the mirror
-            verified = await self._validator.validate(token)
-            if self.is_revoked(verified):
-                raise InvalidToken("revoked")
-            return Authentication(verified, "validator", False)
         degraded = False
-        claims: TokenClaims | None = None
-        try:
-            raw = await claims_store.get(digest)
-        except RedisUnavailable:
-            raw, degraded = None, True
-        except Exception as exc:  # an odd reply (WRONGTYPE...) is a miss, never a 500
-            _log.warning(
-                "jwt cache read failed: %s",
-                type(exc).__name__,
-                extra=log_fields("jwt", "jwt_cache_read_failed", type(exc).__name__),
-            )
-            raw = None
-        if raw is not None:
+        hit = None
+        if self._l2.enabled:
             try:
-                cached = TokenClaims.from_json(raw)
-            except ValueError:
-                _log.warning(
-                    "corrupt jwt cache entry %s ignored",
-                    digest[:8],
-                    extra=log_fields("jwt", "jwt_cache_corrupt"),
-                )
-            else:
-                leeway = self._leeway
-                if cached.exp + leeway > now and (cached.nbf is None or cached.nbf - leeway <= now):
-                    claims = cached
-        source = "l2" if claims is not None else "validator"
-        if claims is None:
+                hit = await self._l2.get(digest, now)
+            except RedisUnavailable:
+                degraded = True
+        if hit is not None:
+            claims, kid = hit
+        else:
             claims = await self._validator.validate(token)
+            kid = header_kid(token) if self._l2.rotating else None
         if self.is_revoked(claims):
             raise InvalidToken("revoked")
+        if claims_store is None:  # in process only: the validator and the mirrors
+            return Authentication(claims, "validator", False), kid
         if not degraded:
-            store_at = digest if source == "validator" else None
-            degraded = await self._check_denylist(claims_store, claims, store_at)
-        return Authentication(claims, source, degraded)
+            store_at = digest if hit is None and self._l2.enabled else None
+            degraded = await self._check_denylist(claims_store, claims, store_at, kid)
+        return Authentication(claims, "l2" if hit is not None else "validator", degraded), kid
 
     async def _check_denylist(
-        self, claims_store: ClaimsStore, claims: TokenClaims, store_at: str | None
+        self, claims_store: ClaimsStore, claims: TokenClaims, store_at: str | None, kid: str | None
     ) -> bool:
-        """Ask Redis whether ``claims`` is revoked (and store it in L2 under the digest
-        ``store_at``); True if Redis failed."""
+        """Ask Redis whether ``claims`` is revoked (and seal it into L2 at ``store_at``);
+        True if Redis failed."""
         ttl_ms = int(min(self._l2_ttl, claims.exp + self._leeway - self._clock()) * 1000)
         deny = (claims.iss, claims.jti) if claims.jti is not None else None
-        store = (
-            (store_at, claims.to_json(), ttl_ms) if store_at is not None and ttl_ms > 0 else None
-        )
+        store = None
+        if store_at is not None and ttl_ms > 0:
+            store = (store_at, self._l2.seal(store_at, kid, claims), ttl_ms)
         if deny is None and store is None:
             return False
         try:
@@ -310,7 +329,7 @@ class JWTAuthenticator:
             )
             return True
         if revoked:
-            self._remember(claims.iss, str(claims.jti), float(claims.exp))
+            self._revoker.remember(claims.iss, str(claims.jti), float(claims.exp))
             raise InvalidToken("revoked")
         return False
 
@@ -353,43 +372,29 @@ class JWTAuthenticator:
             exp = float(expires_at) if expires_at is not None else now + self._max_revocation
         if exp + self._leeway <= now:
             return
-        self._remember(iss, jti, exp)  # applies here even when the write below fails
-        if self._denylist is not None:
-            await self._denylist.revoke(iss, jti, exp + self._leeway, now)
-        event: TokenRevoked = {"op": "revoke", "iss": iss, "jti": jti, "exp": exp}
-        await self._bus.publish(_NS, event)
+        await self._revoker.revoke(iss, jti, exp, now)
+
+    async def revoke_subject(self, sub: str) -> float:
+        """Refuse every token of ``sub`` issued up to now (``iat <= cutoff``; none without
+        ``iat``), on every instance, for ``max_token_lifetime`` + leeway ("log out
+        everywhere", :mod:`middleware.jwt.revoker`); returns the cut-off (epoch seconds).
+        Applied here at once, then a confirmed write and a broadcast (WebSocket bridges
+        close the subject's token sockets, 4401). Raises ``ValueError`` for an empty
+        ``sub`` or one over 1024 bytes and :class:`RedisUnavailable` (``reason=
+        "unconfirmed"``: the cut-off then holds on this instance only)."""
+        return await self._revoker.revoke_subject(sub)
 
     def on_revoked(self, callback: Callable[[TokenRevoked], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for each revocation made on any instance (this one's at
         once), after this authenticator has applied it. Runs on the event loop and must
         not block. Returns a function that removes the callback."""
+        return self._revoker.on_revoked(callback)
 
-        def on_event(event: Mapping[str, Any]) -> None:
-            revoked = parse_revoke_event(event)
-            if revoked is not None:
-                callback(revoked)
+    def on_subject_revoked(self, callback: Callable[[SubjectRevoked], None]) -> Callable[[], None]:
+        """Like :meth:`on_revoked`, for the cut-offs of :meth:`revoke_subject`."""
+        return self._revoker.on_subject_revoked(callback)
 
-        return self._bus.on_event(_NS, on_event)
-
-    def _remember(self, iss: str, jti: str, exp: float) -> None:
-        """Mirror a revocation of a token expiring at ``exp`` until the end of its
-        acceptance (``exp + leeway``) and drop any L1 entry it concerns."""
-        self._remember_until(iss, jti, exp + self._leeway)
-
-    def _remember_until(self, iss: str, jti: str, until: float) -> None:
-        pair = self._mirror.add(iss, jti, until)
-        self._l1.discard_where(lambda _k, entry: entry.revocation == pair)
-
-    def _on_event(self, event: Mapping[str, Any]) -> None:
-        revoked = parse_revoke_event(event)
-        if revoked is not None:
-            self._remember(revoked["iss"], revoked["jti"], revoked["exp"])
-
-    async def _reload_revocations(self) -> None:
-        """Resync hook (only registered on a client's bus): reload every active
-        revocation from Redis into the mirror."""
-        if self._denylist is None:
-            return
-        # The index holds each revocation's end already (exp + the writer's leeway).
-        for revocation in await self._denylist.active(self._clock()):
-            self._remember_until(revocation.iss, revocation.jti, revocation.until)
+    def _on_keys_removed(self, kids: frozenset[str]) -> None:
+        """The issuer stopped listing ``kids``: drop the L1 verdicts they verified (L2
+        ones are refused on read: :class:`SealedVerdicts` asks the validator)."""
+        self._l1.discard_where(lambda _k, entry: entry.kid in kids)

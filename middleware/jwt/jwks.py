@@ -1,4 +1,10 @@
-"""The issuer's JWKS: signing keys by ``kid``, fetched off the event loop, with refresh limits."""
+"""The issuer's JWKS: signing keys by ``kid``, fetched off the event loop, with refresh limits.
+
+A refetch that no longer lists a ``kid`` it listed before calls the :meth:`JWKSKeys.on_removed`
+callbacks with the removed kids (:class:`~middleware.JWTAuthenticator` drops the cached
+verdicts of tokens verified with them). Each instance refetches on its own schedule, so
+each stops trusting a removed key (and its cached verdicts) at its own next refetch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +58,22 @@ class JWKSKeys:
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._lock = asyncio.Lock()
+        self._removed_callbacks: list[Callable[[frozenset[str]], None]] = []
+
+    def has(self, kid: str) -> bool:
+        """Whether the key set in use lists ``kid`` (False before the first fetch)."""
+        return self._loaded and kid in self._keys
+
+    def on_removed(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call ``callback(kids)`` when a refetch no longer lists ``kids`` (on the event
+        loop, must not block). Returns a function that removes the callback."""
+        self._removed_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._removed_callbacks:
+                self._removed_callbacks.remove(callback)
+
+        return remove
 
     def _fresh(self, now: float) -> bool:
         return self._loaded and now - self._fetched_at < self._refresh_interval
@@ -77,6 +100,17 @@ class JWKSKeys:
                 raise ValidatorUnavailable("JWKS endpoint unavailable")
             raise InvalidToken("unknown_kid")
 
+    async def refresh_if_stale(self) -> None:
+        """Refetch the key set when it is older than ``jwks_refresh_interval`` (within the
+        same limits as :meth:`get`); a failure keeps the keys in use."""
+        if self._fresh(time.monotonic()):
+            return
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._retry_backoff if self._failed else self._min_interval
+            if not self._fresh(now) and now - self._attempted_at >= wait:
+                await self._refresh()
+
     async def _refresh(self) -> None:
         self._attempted_at = time.monotonic()
         try:
@@ -96,6 +130,7 @@ class JWKSKeys:
                 extra=log_fields("jwt", "jwks_fetch_failed", type(exc).__name__),
             )
             return
+        removed = frozenset(self._keys.keys() - keys.keys())
         self._keys = keys
         self._loaded = True
         self._failed = False
@@ -106,6 +141,15 @@ class JWKSKeys:
             len(keys),
             extra=log_fields("jwt", "jwks_loaded"),
         )
+        if removed:
+            logger.info(
+                "JWKS from %s no longer lists %d key(s)",
+                self._host,
+                len(removed),
+                extra=log_fields("jwt", "jwks_keys_removed"),
+            )
+            for callback in list(self._removed_callbacks):
+                callback(removed)
 
     def _parse(self, data: Any) -> dict[str, JWKSEntry]:
         raw_keys = data.get("keys") if isinstance(data, dict) else None

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-__all__ = ["PRIVATE_KEY_TYPES", "JWTSettings", "fit_key"]
+__all__ = ["PRIVATE_KEY_TYPES", "JWTSettings", "check_cache_key", "fit_key"]
 
 _DEFAULT_REQUIRED: tuple[str, ...] = ("exp", "iat", "iss", "aud", "sub")
 _ALGORITHMS: dict[str, Algorithm] = get_default_algorithms()
@@ -124,6 +124,21 @@ def _load_static_key(algorithms: tuple[str, ...], key: str | bytes) -> tuple[Any
     return public, hashlib.sha256(der).hexdigest()
 
 
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def check_cache_key(value: object) -> bytes:
+    """``value`` (the L2 cache key) as bytes; ValueError unless it is str or bytes of at
+    least 32 bytes."""
+    if not isinstance(value, (str, bytes)):
+        raise ValueError("cache_key must be str or bytes")
+    key = _as_bytes(value)
+    if len(key) < _MIN_HMAC_SECRET:
+        raise ValueError(f"cache_key must be at least {_MIN_HMAC_SECRET} bytes")
+    return key
+
+
 def _check_number(name: str, value: float, low: float, high: float) -> None:
     if (
         isinstance(value, bool)
@@ -144,8 +159,15 @@ class JWTSettings:
     it shares one value with `aud`. `leeway` (0..60) applies to `exp`, `nbf` and `iat`.
     `jwks_refresh_interval` is how long a fetched key set is used before it is refetched;
     `jwks_min_refresh_interval` is the least time between two fetches (an unknown `kid`
-    cannot force more); `jwks_timeout` bounds one fetch. Raises `ValueError` on anything
-    unsafe or inconsistent. The key is never shown by `repr`.
+    cannot force more); `jwks_timeout` bounds one fetch. `cache_key` (str or bytes, at
+    least 32 bytes, the same on every instance, kept as secret as the other secrets)
+    authenticates the verdicts :class:`~middleware.JWTAuthenticator` caches in Redis (L2,
+    an HMAC per entry); without it L2 is not used for tokens. `max_token_lifetime` (1 s ..
+    366 days, default a day) is the longest ``exp - iat`` of the tokens the issuer mints: a
+    subject cut-off (:meth:`JWTAuthenticator.revoke_subject
+    <middleware.JWTAuthenticator.revoke_subject>`) lasts that plus the leeway, so it must
+    not be shorter than the real lifetime (it is not enforced on tokens). Raises
+    `ValueError` on anything unsafe or inconsistent. Neither key is shown by `repr`.
     """
 
     algorithms: tuple[str, ...]
@@ -159,6 +181,8 @@ class JWTSettings:
     jwks_refresh_interval: float = 300.0
     jwks_min_refresh_interval: float = 10.0
     jwks_timeout: float = 1.0
+    cache_key: str | bytes | None = field(default=None, repr=False)
+    max_token_lifetime: float = 86_400.0
     _verify_key: Any = field(init=False, repr=False, compare=False, hash=False, default=None)
     _fingerprint: str = field(init=False, repr=False, compare=False, hash=False, default="")
 
@@ -200,7 +224,12 @@ class JWTSettings:
             self.jwks_refresh_interval,
         )
         _check_number("jwks_timeout", self.jwks_timeout, 0.01, 30)
+        _check_number("max_token_lifetime", self.max_token_lifetime, 1, 366 * 86_400)
 
+        if self.cache_key is not None:
+            cache_key = check_cache_key(self.cache_key)
+            if self.key is not None and cache_key == _as_bytes(self.key):
+                raise ValueError("cache_key must differ from key")
         if (self.key is None) == (self.jwks_url is None):
             raise ValueError("configure exactly one of key and jwks_url")
         if self.key is not None:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jwt
@@ -121,6 +122,27 @@ class JWTValidator:
         """Seconds past ``exp`` (and before ``nbf``) a token is still accepted (the
         settings'); :class:`~middleware.JWTAuthenticator` caches and revokes for as long."""
         return float(self._settings.leeway)
+
+    @property
+    def rotates_keys(self) -> bool:
+        """Whether keys come from a JWKS endpoint (so a ``kid`` may be removed)."""
+        return self._jwks is not None
+
+    def has_key(self, kid: str) -> bool:
+        """Whether the JWKS key set in use lists `kid` (always False with a static key)."""
+        return self._jwks is not None and self._jwks.has(kid)
+
+    async def refresh_keys(self) -> None:
+        """Refetch the JWKS when it is due (nothing with a static key); never raises."""
+        if self._jwks is not None:
+            await self._jwks.refresh_if_stale()
+
+    def on_keys_removed(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call ``callback(kids)`` when a JWKS refetch no longer lists ``kids`` (never with a
+        static key). Returns a function that removes the callback."""
+        if self._jwks is None:
+            return lambda: None
+        return self._jwks.on_removed(callback)
 
     async def validate(self, token: str) -> TokenClaims:
         """Verify `token` and return its claims.

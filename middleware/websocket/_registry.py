@@ -2,7 +2,8 @@
 
 The bridge registers every accepted socket here. Invalidation events close sockets the
 moment they arrive: a token revocation (:meth:`JWTAuthenticator.on_revoked
-<middleware.jwt.JWTAuthenticator.on_revoked>`, by ``(iss, jti)``) with 4401, a "log out
+<middleware.jwt.JWTAuthenticator.on_revoked>`, by ``(iss, jti)``) or a subject cut-off
+(:meth:`~middleware.jwt.JWTAuthenticator.on_subject_revoked`) with 4401, a "log out
 everywhere" (:meth:`SessionStore.on_change <gateway_redis.sessions.SessionStore.on_change>`,
 ``drop_user``, by user digest) with 4403. A ``drop`` of
 a session is also sent for mere updates, so the session is looked up first and the socket
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
+from gateway_redis.sessions import id_digest
 from gateway_redis.support import log_fields
 from middleware.websocket import _protocol as proto
 from middleware.websocket._protocol import CloseCode
@@ -29,6 +31,7 @@ from middleware.websocket._protocol import CloseCode
 if TYPE_CHECKING:
     from gateway_redis.sessions import SessionEvent, SessionStore
     from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.jwt.cutoff import SubjectRevoked
     from middleware.jwt.revocation import TokenRevoked
     from middleware.websocket._connection import Connection
     from middleware.websocket.bridge import WebSocketLimits
@@ -100,6 +103,13 @@ class Registry:
         """Revocation hook: a revoked token's sockets close with 4401."""
         for conn in list(self._tokens.get((event["iss"], event["jti"]), ())):
             conn.close(CloseCode.TOKEN_ENDED, "token revoked")
+
+    def on_subject_revoked(self, event: SubjectRevoked) -> None:
+        """Cut-off hook: the subject's sockets on tokens issued up to the cut-off close (4401)."""
+        for conn in list(self._users.get(id_digest(event["sub"]), ())):
+            claims = conn.identity.claims
+            if claims is not None and claims.sub == event["sub"] and claims.iat <= event["cutoff"]:
+                conn.close(CloseCode.TOKEN_ENDED, "token revoked")
 
     def on_session_change(self, event: SessionEvent) -> None:
         """Session hook: look dropped sessions up; close a user's sockets."""

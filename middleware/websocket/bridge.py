@@ -186,6 +186,7 @@ class WebSocketBridge:
         self._removers: list[Callable[[], None]] = []
         if authenticator is not None:
             self._removers.append(authenticator.on_revoked(registry.on_revoked))
+            self._removers.append(authenticator.on_subject_revoked(registry.on_subject_revoked))
         if sessions is not None:
             self._removers.append(sessions.on_change(registry.on_session_change))
         if authenticator is not None or sessions is not None:

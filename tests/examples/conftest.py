@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://issuer.example"
 AUDIENCE = "gateway-api"
 SECRET = "Vb7qP2mX9kT4rW1nZ6sY3cJ8hL5fD0gQ-gw-tests"
+CACHE_KEY = "Hn3kR8wQ1zT6vY9pM2cX5bL7fJ4sD0gA-gw-l2-seal"  # seals L2 verdicts
 
 Launcher = Callable[..., "contextlib.AbstractContextManager[str]"]
 
@@ -51,6 +52,7 @@ def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "GATEWAY_JWT_ISSUER": ISSUER,
         "GATEWAY_JWT_AUDIENCE": AUDIENCE,
+        "GATEWAY_CACHE_KEY": CACHE_KEY,
     }
     env.update(extra)
     if not any(k in env for k in ("GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_PRIVATE_KEY")):

@@ -24,6 +24,7 @@ from middleware.jwt.authenticator import JWTAuthenticator
 ISSUER = "https://issuer.test"
 AUDIENCE = "gateway"
 SECRET = "Zq8v1LmT4xR7cN2pW9sK5bY3hJ6fD0gA-mid"
+CACHE_KEY = "l2-seal-Qm4TzX8rV1nB7cK3pW6sJ9yH2fD5gA0"  # seals L2 entries (item 11)
 
 TokenFactory = Callable[..., str]
 
@@ -56,7 +57,13 @@ def make_token() -> TokenFactory:
 @pytest.fixture
 def validator() -> JWTValidator:
     return JWTValidator(
-        JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+        JWTSettings(
+            algorithms=("HS256",),
+            key=SECRET,
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            cache_key=CACHE_KEY,
+        )
     )
 
 

@@ -32,6 +32,7 @@ from middleware import (
     ValidatorUnavailable,
     get_claims,
 )
+from tests.middleware.conftest import CACHE_KEY
 
 HttpFactory = Callable[[ASGIApp], httpx.AsyncClient]
 
@@ -84,6 +85,11 @@ def build_app(authenticator: JWTAuthenticator, **options: Any) -> Starlette:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def l2_claims(raw: Any) -> TokenClaims:
+    """The claims of a sealed L2 value (``gr1:<mac>:<kid>\n<claims JSON>``)."""
+    return TokenClaims.from_json(bytes(raw).split(b"\n", 1)[1])
 
 
 def jwt_keys(admin: redis.Redis) -> list[bytes]:
@@ -150,7 +156,7 @@ async def test_verified_claims_are_cached_in_l1_and_l2_until_exp(
     [key] = jwt_keys(redis_admin)
     ttl = redis_admin.pttl(key)
     assert 0 < ttl <= 120_000
-    assert TokenClaims.from_json(redis_admin.get(key)) == first.claims  # type: ignore[arg-type]
+    assert l2_claims(redis_admin.get(key)) == first.claims
     assert (await authenticator.authenticate(token)).source == "l1"
 
 
@@ -193,7 +199,7 @@ async def test_cache_hits_recheck_exp_in_l1_and_l2(
 ) -> None:
     now = [time.time()]
     counting = Counting(validator)
-    auth = JWTAuthenticator(counting, client=client, clock=lambda: now[0])
+    auth = JWTAuthenticator(counting, client=client, clock=lambda: now[0], cache_key=CACHE_KEY)
     assert await bus.wait_synced(5)
     token = make_token(ttl=60)
     await auth.authenticate(token)
@@ -204,7 +210,7 @@ async def test_cache_hits_recheck_exp_in_l1_and_l2(
     with pytest.raises(InvalidToken, match="expired"):
         await auth.authenticate(token)
     assert counting.calls == 2  # neither L1 nor the L2 entry was served
-    fresh = JWTAuthenticator(counting, client=client, clock=lambda: now[0])
+    fresh = JWTAuthenticator(counting, client=client, clock=lambda: now[0], cache_key=CACHE_KEY)
     with pytest.raises(InvalidToken, match="expired"):
         await fresh.authenticate(token)
     assert counting.calls == 3
@@ -226,7 +232,7 @@ async def test_corrupt_l2_value_is_a_miss_not_an_error(
         fresh = JWTAuthenticator(validator, client=client)
         result = await fresh.authenticate(token)
         assert result.source == "validator"
-        assert TokenClaims.from_json(redis_admin.get(key)) == result.claims  # type: ignore[arg-type]
+        assert l2_claims(redis_admin.get(key)) == result.claims
     redis_admin.delete(key)
     redis_admin.hset(key, "x", "y")  # wrong type
     assert (await JWTAuthenticator(validator, client=client).authenticate(token)).claims.sub

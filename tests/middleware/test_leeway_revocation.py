@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from gateway_redis import RedisClient, RedisConfig
+from gateway_redis.authstore import RevocationStore
 from middleware import InvalidToken, JWTAuthenticator, JWTSettings, JWTValidator
-from tests.middleware.conftest import AUDIENCE, ISSUER, SECRET
+from tests.middleware.conftest import AUDIENCE, CACHE_KEY, ISSUER, SECRET
 
 LEEWAY = 30
 
@@ -31,7 +32,12 @@ class FakeClock:
 def leeway_validator() -> JWTValidator:
     return JWTValidator(
         JWTSettings(
-            algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE, leeway=LEEWAY
+            algorithms=("HS256",),
+            key=SECRET,
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            leeway=LEEWAY,
+            cache_key=CACHE_KEY,
         )
     )
 
@@ -61,7 +67,7 @@ async def test_logout_inside_the_leeway_revokes_the_token(
         await authenticator.authenticate(token)
     assert authenticator.cached(token) is None
     # The deny key and the index reach to exp + leeway, not to exp.
-    deny = authenticator._denylist.deny_key(claims.iss, claims.jti)  # type: ignore[union-attr]
+    deny = RevocationStore(client).deny_key(claims.iss, claims.jti)
     until_ms = (claims.exp + LEEWAY) * 1000
     assert redis_admin.pexpiretime(deny) == until_ms
     assert redis_admin.pttl(deny) > (claims.exp + LEEWAY - time.time() - 2) * 1000

@@ -1,4 +1,4 @@
-"""The four security writes, driven through public APIs, for the confirmed-write tests.
+"""The five security writes, driven through public APIs, for the confirmed-write tests.
 
 Each scenario builds its state on a :class:`RedisClient` (a session, a token, cached
 permissions), performs one security write and returns the full Redis keys that write
@@ -116,6 +116,25 @@ async def revocation(client: RedisClient, bus: InvalidationBus) -> Prepared:
     )
 
 
+async def subject_cutoff(client: RedisClient, bus: InvalidationBus) -> Prepared:
+    """``revoke_subject`` ("log out everywhere" for tokens): one sorted set, emptied first
+    so that its presence on the replica shows this write."""
+    authenticator = JWTAuthenticator(_validator(), client=client)
+    sub = f"s-{uuid.uuid4().hex[:8]}"
+    token = _token(sub)
+    await authenticator.authenticate(token)
+    index = client.key("jwt-subject-cutoffs")
+    await client.execute("test.reset", lambda r: r.delete(index))
+
+    async def still_cut_off_here() -> None:
+        assert authenticator.cached(token) is None
+        with pytest.raises(InvalidToken) as refused:
+            await authenticator.authenticate(token)
+        assert refused.value.reason == "revoked"
+
+    return Prepared(lambda: authenticator.revoke_subject(sub), [index], False, still_cut_off_here)
+
+
 async def permission_removal(client: RedisClient, bus: InvalidationBus) -> Prepared:
     async def lookup(subject: str) -> list[str]:
         return ["orders:read"]
@@ -135,4 +154,5 @@ SCENARIOS: dict[str, Callable[[RedisClient, InvalidationBus], Awaitable[Prepared
     "logout_everywhere": logout_everywhere,
     "revocation": revocation,
     "permission_removal": permission_removal,
+    "subject_cutoff": subject_cutoff,
 }

@@ -40,6 +40,7 @@ def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
         "GATEWAY_JWT_ISSUER": ISSUER,
         "GATEWAY_JWT_AUDIENCE": AUDIENCE,
         "GATEWAY_COOKIE_SECURE": "0",
+        "GATEWAY_CACHE_KEY": "Wt5nB8xK2qL7rV4mZ9cH1sJ6fD3gY0pA-ws-l2-seal",
     }
     env.update(extra)
     return env
