@@ -20,17 +20,45 @@ from gateway_redis.config import parse_duration
 PASSWORD = "Pw-4f7c1e9a-secret"  # distinctive: found nowhere else in a generated URL
 
 VARIABLES = (
-    "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_DB",
-    "REDIS_POOL_SIZE", "REDIS_MIN_IDLE_CONNS", "REDIS_DIAL_TIMEOUT", "REDIS_READ_TIMEOUT",
-    "REDIS_WRITE_TIMEOUT", "REDIS_POOL_TIMEOUT", "REDIS_OPERATION_TIMEOUT",
-    "REDIS_HEALTH_CHECK_INTERVAL", "REDIS_RETRY_ATTEMPTS", "REDIS_KEY_PREFIX",
-    "REDIS_CHANNEL_PREFIX", "REDIS_SHARDED_CHANNELS", "REDIS_TLS", "REDIS_TLS_VERIFY",
-    "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME",
-    "REDIS_SENTINEL_PASSWORD", "REDIS_CLUSTER_NODES",
-)  # fmt: skip
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_USERNAME",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+    "REDIS_POOL_SIZE",
+    "REDIS_MIN_IDLE_CONNS",
+    "REDIS_DIAL_TIMEOUT",
+    "REDIS_READ_TIMEOUT",
+    "REDIS_WRITE_TIMEOUT",
+    "REDIS_POOL_TIMEOUT",
+    "REDIS_OPERATION_TIMEOUT",
+    "REDIS_HEALTH_CHECK_INTERVAL",
+    "REDIS_RETRY_ATTEMPTS",
+    "REDIS_KEY_PREFIX",
+    "REDIS_CHANNEL_PREFIX",
+    "REDIS_SHARDED_CHANNELS",
+    "REDIS_TLS",
+    "REDIS_TLS_VERIFY",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_USERNAME",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
+)
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
-           "rediss+cluster", "http", "", "REDIS")  # fmt: skip
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+    "http",
+    "",
+    "REDIS",
+)
 URL_CHARS = string.ascii_letters + string.digits + ":/@[]%.,?#-_ +é\x00"
 
 durations = st.one_of(
@@ -69,8 +97,13 @@ urls = st.one_of(
     st.text(max_size=40),
 )
 
-env_values = st.one_of(st.text(max_size=20), durations, urls, st.from_regex(r"\A-?\d{1,6}\Z"),
-                       st.sampled_from(("true", "false", "1", "0", "yes", "", " ")))  # fmt: skip
+env_values = st.one_of(
+    st.text(max_size=20),
+    durations,
+    urls,
+    st.from_regex(r"\A-?\d{1,6}\Z"),
+    st.sampled_from(("true", "false", "1", "0", "yes", "", " ")),
+)
 
 
 def _is_password(url: str) -> bool:

@@ -72,11 +72,20 @@ class _Site:
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b""
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "https", "path": path, "raw_path": path.encode(),
-            "query_string": b"", "root_path": "", "headers": headers,
-            "client": ("127.0.0.1", 5000), "server": ("testserver", 443), "state": {},
-        }  # fmt: skip
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "https",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 443),
+            "state": {},
+        }
         sent: list[dict[str, Any]] = []
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -115,15 +124,24 @@ def site() -> Iterator[_Site]:
     s.loop.close()
 
 
-cookie_names = st.one_of(st.just(COOKIE), st.sampled_from(("session", "__host-session", " " + COOKIE,
-                         COOKIE + " ", "x")), st.text(st.characters(codec="latin-1"), max_size=8))  # fmt: skip
+cookie_names = st.one_of(
+    st.just(COOKIE),
+    st.sampled_from(("session", "__host-session", " " + COOKIE, COOKIE + " ", "x")),
+    st.text(st.characters(codec="latin-1"), max_size=8),
+)
 
 
 def _pairs(live_id: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    value = st.one_of(live_id, valid_ids, st.text(st.characters(codec="latin-1"), max_size=60),
-                      live_id.map(lambda v: f'"{v}"'), live_id.map(lambda v: v + "x"))  # fmt: skip
-    pair = st.builds(lambda n, sep, v: f"{n}{sep}{v}", cookie_names, st.sampled_from(("=", "", "==")),
-                     value)  # fmt: skip
+    value = st.one_of(
+        live_id,
+        valid_ids,
+        st.text(st.characters(codec="latin-1"), max_size=60),
+        live_id.map(lambda v: f'"{v}"'),
+        live_id.map(lambda v: v + "x"),
+    )
+    pair = st.builds(
+        lambda n, sep, v: f"{n}{sep}{v}", cookie_names, st.sampled_from(("=", "", "==")), value
+    )
     return st.lists(pair, max_size=4).flatmap(
         lambda ps: st.sampled_from((";", "; ", " ;", ",")).map(lambda sep: sep.join(ps))
     )
