@@ -118,7 +118,8 @@ class _Instance:
         self.admin = redis.Redis.from_url(server.url)
         self.wire = self.client.config.channel_prefix + self.bus.channel
         self.marks: list[int] = []
-        self.bus.on_event("fuzz-mark", lambda e: self.marks.append(e["n"]))
+        self.arrived = asyncio.Event()
+        self.bus.on_event("fuzz-mark", self._mark)
         now = int(time.time())
         self.token = jwt.encode(
             {
@@ -142,6 +143,10 @@ class _Instance:
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
+    def _mark(self, event: Any) -> None:
+        self.marks.append(event["n"])
+        self.arrived.set()
+
     async def _bus(self) -> InvalidationBus:
         return self.client.invalidation
 
@@ -160,7 +165,8 @@ class _Instance:
 
         async def marked() -> None:
             while self.count not in self.marks:
-                await asyncio.sleep(0.001)
+                self.arrived.clear()
+                await self.arrived.wait()
 
         self.run(asyncio.wait_for(marked(), 5))
 
