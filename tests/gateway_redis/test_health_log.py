@@ -5,7 +5,8 @@ password changed under the client and restored. The client's logger is captured:
 ``redis_state`` record per transition, with the documented fields (``event``,
 ``component``, ``state``, ``previous``, ``reason``), at WARNING when leaving ``up`` and
 INFO when coming back; none while the state stays (failing calls and failing probes during
-an outage must not repeat it). Fails if the log call goes or repeats.
+an outage must not repeat it); and one count per change in ``gateway.redis.state_changes``.
+Fails if the log call goes or repeats.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 
 from gateway_redis import HealthState, RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
+from tests.conftest import Telemetry
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +64,21 @@ async def _fail_calls(client: RedisClient, count: int = 5) -> None:
             await client.set("k", "v")
 
 
+def _changes(telemetry: Telemetry) -> dict[object, float]:
+    counts: dict[object, float] = {}
+    for attrs, point in telemetry.points("gateway.redis.state_changes"):
+        state = attrs.get("gateway.redis.state")
+        counts[state] = counts.get(state, 0) + point.value  # type: ignore[attr-defined]
+    return counts
+
+
 async def test_each_state_change_is_logged_once_with_its_fields(
-    fault_server: EmbeddedRedis, captured: tuple[logging.Logger, _Records]
+    fault_server: EmbeddedRedis,
+    captured: tuple[logging.Logger, _Records],
+    telemetry: Telemetry,
 ) -> None:
     logger, handler = captured
+    counted_before = _changes(telemetry)
     config = RedisConfig(
         url=fault_server.url, probe_interval=0.1, operation_timeout=0.5, read_timeout=0.4
     )
@@ -124,6 +137,11 @@ async def test_each_state_change_is_logged_once_with_its_fields(
     # A chain: each record starts where the previous one ended, and none repeats a state.
     assert all(prev != new for prev, new in got), got
     assert all(a[1] == b[0] for a, b in itertools.pairwise(got)), got
+    # ... and counted once each in gateway.redis.state_changes (the same contract row).
+    counted = _changes(telemetry)
+    for state in ("up", "down", "misconfigured"):
+        moved = counted.get(state, 0) - counted_before.get(state, 0)
+        assert moved == sum(new == state for _, new in got), (state, moved, got)
     # Exactly one record per change the listeners saw, in the same order and reasons.
     assert [(r.state, r.reason) for r in records] == [  # type: ignore[attr-defined]
         (state.value, reason) for state, reason in seen
