@@ -54,7 +54,7 @@ async def test_ws_dropped_counts_messages_a_stalled_socket_loses(
         assert gateway.app is not None
         bridge = gateway.app.state.bridge
         before = _total(telemetry, "gateway.ws.dropped")
-        stalled = await gateway.connect(mint("slow"), max_queue=1)
+        stalled = await gateway.connect(mint("slow"), max_queue=1, close_timeout=1)
         try:
             await subscribe(stalled, "system:broadcast")
             hub = gateway.app.state.redis.pubsub
