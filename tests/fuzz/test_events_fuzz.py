@@ -46,6 +46,7 @@ json_scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**80), max_value=2**80),
+    st.integers(min_value=2**1000, max_value=2**1100),  # past float range
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=10),
 )
@@ -58,11 +59,27 @@ json_values = st.recursive(
 )
 FIELDS = ("op", "iss", "jti", "exp", "ids", "user", "version", "subject", "ns", "src")
 OPS = ("revoke", "drop", "drop_user", "version", "subject", "other")
-events = st.dictionaries(
+loose_events = st.dictionaries(
     st.sampled_from(FIELDS),
     st.one_of(json_values, st.sampled_from(OPS), st.lists(json_scalars, max_size=3)),
     max_size=5,
 )
+# Events of each documented shape with one field of any value: they reach deeper.
+shaped_events = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "op": st.just("revoke"),
+            "iss": st.text(max_size=5),
+            "jti": st.text(max_size=5),
+            "exp": json_values,
+        }
+    ),
+    st.fixed_dictionaries({"op": st.just("drop"), "ids": json_values}),
+    st.fixed_dictionaries({"op": st.just("drop_user"), "user": json_values}),
+    st.fixed_dictionaries({"op": st.just("version"), "version": json_values}),
+    st.fixed_dictionaries({"op": st.just("subject"), "subject": json_values}),
+)
+events = st.one_of(loose_events, shaped_events)
 
 HUGE = 10**400  # an integer JSON number past float range: Python's json reads it exactly
 

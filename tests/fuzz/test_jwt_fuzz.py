@@ -66,6 +66,7 @@ json_scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**80), max_value=2**80),
+    st.integers(min_value=2**1000, max_value=2**1100),  # past float range
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
 )
