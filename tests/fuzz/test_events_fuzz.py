@@ -126,11 +126,13 @@ class _Instance:
         validator = JWTValidator(
             JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
         )
-        self.authenticator = JWTAuthenticator(validator, client=self.client)
+        # L1 lifetimes far past a long fuzz run: an entry that merely expired mid-example
+        # must not look like one a rejected event dropped.
+        self.authenticator = JWTAuthenticator(validator, client=self.client, l1_ttl=3600)
         self.permissions = PermissionCache(
-            MemoryPermissions({"user": {"read"}}), client=self.client
+            MemoryPermissions({"user": {"read"}}), client=self.client, ttl=3600
         )
-        self.sessions = SessionManager(client=self.client)
+        self.sessions = SessionManager(client=self.client, l1_ttl=3600)
         assert self.run(self.bus.wait_synced(5))
         self.admin = redis.Redis.from_url(server.url)
         self.wire = self.client.config.channel_prefix + self.bus.channel
@@ -144,7 +146,7 @@ class _Instance:
                 "iss": ISSUER,
                 "aud": AUDIENCE,
                 "iat": now,
-                "exp": now + 600,
+                "exp": now + 7200,
                 "jti": "alice-1",
                 "roles": ["user"],
             },
