@@ -55,6 +55,7 @@ from fastapi.responses import JSONResponse
 
 from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.guards import LoginGuards
+from examples.openapi import declare_responses
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
@@ -239,6 +240,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
+    declare_responses(  # the middleware's answers (401, 403, 503) in the OpenAPI document
+        app,
+        public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
+        permission_paths=("/api/admin", "/api/admin/**"),
+        session_paths=("/api/session", "/auth/*"),
+    )
     return app
 
 

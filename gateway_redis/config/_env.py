@@ -145,6 +145,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_CLUSTER_NODES", "cluster_nodes", _addresses(6379)),
 )
 _ADDRESS_VARIABLES = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")
+_VARIABLE_OF = {var.field: var.name for var in VARIABLES}
 
 
 def build_from_env(factory: Callable[..., T], environ: Mapping[str, str] | None) -> T:
@@ -176,7 +177,9 @@ def build_from_env(factory: Callable[..., T], environ: Mapping[str, str] | None)
     try:
         return factory(**kwargs)
     except FieldError as exc:
-        if exc.field not in source:
+        # Name the variable, not the field, so the operator knows what to fix (also when
+        # the variable is the one missing: REDIS_SENTINEL_MASTER beside REDIS_SENTINELS).
+        name = source.get(exc.field) or _VARIABLE_OF.get(exc.field)
+        if name is None:
             raise
-        # Name the variable, not the field, so the operator knows what to fix.
-        raise ConfigurationError(f"{source[exc.field]}: {exc.problem}") from None
+        raise ConfigurationError(f"{name}: {exc.problem}") from None

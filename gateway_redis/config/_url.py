@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from typing import cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway_redis.config._fields import FieldError
 from gateway_redis.errors import ConfigurationError
@@ -106,13 +106,21 @@ def check_nodes(field: str, value: object, *, default_port: int) -> tuple[tuple[
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with its password, if any, replaced by ``***``.
+
+    Everything between ``://`` and the last ``@`` counts as user info here (as the
+    Sentinel and Cluster URL parser reads it), so a password holding an unencoded ``/``,
+    ``?``, ``#`` or ``[`` stays hidden too; the user name before the first ``:`` is kept.
+    Never raises.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{hostpart}"
 
 
 def uses_tls(url: str) -> bool:
@@ -127,7 +135,10 @@ def check_url(url: str, *, username: str | None, password: str | None) -> Topolo
     :class:`FieldError` (field ``url``) for a bad scheme, address or database, and
     :class:`~gateway_redis.ConfigurationError` when the password is given twice.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # brackets around something that is no IPv6 address
+        raise FieldError("url", f"cannot be parsed: {redact_url(url)!r}") from None
     if parts.scheme not in _SCHEMES:
         raise FieldError(
             "url",
@@ -142,13 +153,13 @@ def check_url(url: str, *, username: str | None, password: str | None) -> Topolo
         raise FieldError("url", f"bad port in {redact_url(url)!r}") from None
     if parts.scheme == "unix":
         if not parts.path:
-            raise FieldError("url", f"unix:// needs a socket path, got {url!r}")
+            raise FieldError("url", f"unix:// needs a socket path, got {redact_url(url)!r}")
         return None
     if not parts.hostname:
         raise FieldError("url", f"missing host in {redact_url(url)!r}")
     path = parts.path.strip("/")
     if path and (not path.isdigit() or not 0 <= int(path) <= 15):
-        raise FieldError("url", f"database must be 0-15, got {path!r} in {redact_url(url)!r}")
+        raise FieldError("url", f"database must be 0-15 in {redact_url(url)!r}")
     if parts.password is not None and password is not None:
         raise ConfigurationError(_GIVEN_TWICE)
     return None

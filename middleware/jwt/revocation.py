@@ -11,6 +11,7 @@ token stays rejected while Redis is down (or, in process-only mode, with no Redi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
 
@@ -30,13 +31,23 @@ class TokenRevoked(TypedDict):
 
 def parse_revoke_event(event: Mapping[str, Any]) -> TokenRevoked | None:
     """``event`` (a ``jwt`` event from the bus) as a :class:`TokenRevoked`, or None when it
-    is not one this version understands (ignored)."""
+    is not one this version understands (ignored): also when ``exp`` is not a finite
+    number of seconds (a boolean, NaN, Infinity, or an integer past float range). Never
+    raises: any publisher on the Redis channel can send anything."""
     if event.get("op") != "revoke":
         return None
     iss, jti, exp = event.get("iss"), event.get("jti"), event.get("exp")
-    if isinstance(iss, str) and isinstance(jti, str) and isinstance(exp, (int, float)):
-        return {"op": "revoke", "iss": iss, "jti": jti, "exp": float(exp)}
-    return None
+    if not (isinstance(iss, str) and isinstance(jti, str)):
+        return None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    try:
+        end = float(exp)
+    except OverflowError:
+        return None
+    if not math.isfinite(end):
+        return None
+    return {"op": "revoke", "iss": iss, "jti": jti, "exp": end}
 
 
 class RevocationMirror:
