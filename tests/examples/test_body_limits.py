@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import psutil
 
-from examples.gateway import MAX_LOGIN_BYTES
+from examples.auth import MAX_LOGIN_BYTES
 from gateway_redis.embedded import EmbeddedRedis
 from tests.examples.conftest import gateway_env
 from tests.processes import uvicorn_process
