@@ -18,9 +18,9 @@ and unsafe requests are checked against CSRF: :mod:`examples.guards` (``GATEWAY_
 ``GATEWAY_TRUSTED_PROXIES``, ``GATEWAY_CSRF_ALLOWED_ORIGINS``). ``GATEWAY_JWT_TTL`` sets
 the token lifetime (seconds, default 900). With no key at all a random secret is made up
 for this process (a warning says so; tokens then die with it). Cookies are ``Secure``
-unless ``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway`` (header
-size, WebSocket message size, proxy headers: README, "Production notes"); request bodies
-of its routes are capped before parsing (:mod:`examples.bodies`).
+unless ``GATEWAY_COOKIE_SECURE=0``. Run it with the uvicorn flags of ``scripts/gateway``
+(header size, WebSocket message size, proxy headers: docs/production.md, "uvicorn flags");
+request bodies of its routes are capped before parsing (:mod:`examples.bodies`).
 ``GATEWAY_CACHE_KEY`` (at least 32 bytes, the same on every instance, as secret as the JWT
 secret) seals the verified tokens cached in Redis (L2, ``JWTSettings.cache_key``); without
 it L2 is not used for tokens (a warning says so at startup). ``POST /auth/logout-all``

@@ -7,8 +7,8 @@
     install_realtime(app, gateway)           # the demo page and the publish route
 
 or: ``uvicorn examples.realtime:create_app --factory`` with the flags of ``scripts/gateway``
-(``--ws-max-size 65536`` among them; README, "Production notes") (the same app as
-``examples.gateway``).
+(``--ws-max-size 65536`` among them; docs/production.md, "uvicorn flags"): the same app
+as ``examples.gateway``.
 
 Channel policy: everyone may subscribe to ``system:broadcast``; a user to their own
 ``notifications:{sub}``; the ``channels:publish`` permission (role ``admin``) publishes to

@@ -33,7 +33,7 @@ from tests.websocket.wsutil import (
 
 APP = ["tests.examples.shutdownapp:create_app", "--factory", "--ws-max-size", "65536",
        "--ws-per-message-deflate", "false", "--timeout-graceful-shutdown", "3"]  # fmt: skip
-# (the shutdown flag of scripts/gateway; README, "Graceful shutdown")
+# (the shutdown flag of scripts/gateway; docs/production.md, "Graceful shutdown")
 SHUTDOWN_BUDGET = 5.0  # seconds from SIGTERM to exit
 
 

@@ -2,7 +2,7 @@
 
 The example gateway (``examples.realtime.create_app``) runs under uvicorn on a real
 topology, configured by ``REDIS_SENTINELS``/``REDIS_SENTINEL_MASTER`` or
-``REDIS_CLUSTER_NODES`` as the README documents; real ``websockets`` clients subscribe
+``REDIS_CLUSTER_NODES`` as docs/production.md documents; real ``websockets`` clients subscribe
 to a channel while an independent redis-py publisher sends a numbered message every few
 milliseconds. Then the server that holds the gateway's subscriber connection is killed
 (SIGKILL). Each test asserts that
