@@ -53,11 +53,16 @@ def test_the_script_bounds_headers_and_ignores_forwarded_for(
         assert second.status_code == 429
 
 
-@pytest.mark.parametrize(
-    "flag",
-    ["--h11-max-incomplete-event-size", "--forwarded-allow-ips", "--ws-max-size",
-     "--timeout-graceful-shutdown", "--no-proxy-headers"],  # fmt: skip
-)
+EXPLAINED_FLAGS = [
+    "--h11-max-incomplete-event-size",
+    "--forwarded-allow-ips",
+    "--ws-max-size",
+    "--timeout-graceful-shutdown",
+    "--no-proxy-headers",
+]
+
+
+@pytest.mark.parametrize("flag", EXPLAINED_FLAGS)
 def test_the_flags_are_explained_in_the_production_guide(flag: str) -> None:
     production = (ROOT / "docs" / "production.md").read_text(encoding="utf-8")
     assert "\n## uvicorn flags\n" in production, "docs/production.md lost its uvicorn flags"
