@@ -54,6 +54,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from examples.bodies import BodyTooLarge, form_or_json, too_large
+from examples.cached import cached_settings, install_cached
 from examples.guards import LoginGuards
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
@@ -197,6 +198,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
             required_paths=("/api/session", "/auth/*"),
         ),
         websocket=realtime_settings(env, ROLES),
+        response_cache=cached_settings(env),
     )
     guards = LoginGuards.from_env(env, gateway.client)
 
@@ -239,6 +241,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
+    install_cached(app, gateway)  # GET /api/cached/{item}, POST .../invalidate
     return app
 
 
