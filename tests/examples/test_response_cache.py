@@ -27,16 +27,21 @@ async def test_cached_item_contract_etag_304_and_invalidation(inprocess_gateway:
     first = await http.get("/api/cached/42", headers=bob)
     assert first.status_code == 200
     body = first.json()
-    assert body["item"] == "42" and body["user"] == "bob" and isinstance(body["computed"], int)
+    assert body["item"] == "42"
+    assert body["user"] == "bob"
+    assert isinstance(body["computed"], int)
     etag = first.headers["etag"]
-    assert etag.startswith('"') and not etag.startswith("W/")
+    assert etag.startswith('"')
+    assert not etag.startswith("W/")
     control = first.headers["cache-control"]
     assert control.startswith("private, max-age=")
     assert 0 < int(control.split("=")[1]) <= 30
     again = await http.get("/api/cached/42", headers=bob)
-    assert again.json() == body and again.headers["etag"] == etag
+    assert again.json() == body
+    assert again.headers["etag"] == etag
     not_modified = await http.get("/api/cached/42", headers={**bob, "If-None-Match": etag})
-    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert not_modified.status_code == 304
+    assert not_modified.content == b""
     assert not_modified.headers["etag"] == etag
     other = await http.get("/api/cached/42", headers={**bob, "If-None-Match": '"nope"'})
     assert other.status_code == 200
@@ -46,7 +51,8 @@ async def test_cached_item_contract_etag_304_and_invalidation(inprocess_gateway:
     # invalidation: needs admin:read
     assert (await http.post("/api/cached/42/invalidate", headers=bob)).status_code == 403
     r = await http.post("/api/cached/42/invalidate", headers=alice)
-    assert r.status_code == 200 and r.json() == {"invalidated": True}
+    assert r.status_code == 200
+    assert r.json() == {"invalidated": True}
     after = await http.get("/api/cached/42", headers=bob)
     assert after.json()["computed"] > fresh.json()["computed"]
     assert after.headers["etag"] != etag
@@ -54,7 +60,7 @@ async def test_cached_item_contract_etag_304_and_invalidation(inprocess_gateway:
 
 async def test_per_user_responses_never_cross_users(inprocess_gateway: Any) -> None:
     app_a, http_a = await inprocess_gateway()
-    app_b, http_b = await inprocess_gateway()
+    _app_b, http_b = await inprocess_gateway()
     users = [f"user{i}" for i in range(25)]
     headers = {u: bearer(app_a, u) for u in users}
     wrong: list[str] = []
@@ -80,7 +86,7 @@ async def test_per_user_responses_never_cross_users(inprocess_gateway: Any) -> N
 
 async def test_invalidation_on_a_is_seen_by_b(inprocess_gateway: Any) -> None:
     app_a, http_a = await inprocess_gateway()
-    app_b, http_b = await inprocess_gateway()
+    _app_b, http_b = await inprocess_gateway()
     bob, alice = bearer(app_a, "bob"), bearer(app_a, "alice", ("admin",))
     figures = []
     for round_ in range(5):
@@ -103,7 +109,7 @@ async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instanc
     inprocess_gateway: Any,
 ) -> None:
     app_a, http_a = await inprocess_gateway()
-    app_b, http_b = await inprocess_gateway()
+    _app_b, http_b = await inprocess_gateway()
     bob = bearer(app_a, "bob")
     # warm the token on both instances (an uncached route)
     assert (await http_a.get("/api/me", headers=bob)).status_code == 200
