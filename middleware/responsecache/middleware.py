@@ -109,7 +109,8 @@ class ResponseCacheMiddleware:
         if head:
             cache.tally("bypass")
             return await self.app(scope, receive, send)
-        if skip:
+        if skip:  # no lookup; a stale entry still answers a failure (stale-if-error)
+            stale = cache.l1.get(key)
             stored, capture = await self._compute(scope, receive, send, rule, key, stale, None)
             return await self._answer(send, rule, request, stored, capture)
         future = cache.flights.lead(key)

@@ -1,0 +1,177 @@
+"""The response cache middleware on a plain Starlette app and a real Redis: public and
+private keys, HEAD, the body cap, stale-while-revalidate, stale-if-error, L2 sharing and
+tag versions, the fill lock across instances."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.authentication import SimpleUser
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway_redis import RedisClient, RedisConfig
+from middleware import CacheRule, ResponseCache, ResponseCacheMiddleware, ResponseCacheSettings
+
+
+class Identify:
+    """Sets ``scope["user"]`` from the ``X-User`` header (a stand-in for the JWT layer)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = dict(scope["headers"]).get(b"x-user")
+        if user is not None:
+            scope["user"] = SimpleUser(user.decode())
+        await self.app(scope, receive, send)
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+        self.status = 200
+        self.size = 10
+
+    async def endpoint(self, request: Request) -> Response:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("backend down")
+        user = request.scope.get("user")
+        who = user.display_name if user is not None else "-"
+        text = f"{request.url.path} {who} {self.calls} ".ljust(self.size, "x")
+        return PlainTextResponse(text, status_code=self.status)
+
+
+def rules() -> list[CacheRule]:
+    return [
+        CacheRule("/public/{id}", ttl=30, public=True, tags=["p:{id}"]),
+        CacheRule("/private/{id}", ttl=30, tags=["p:{id}"]),
+        CacheRule("/short/{id}", ttl=0.2, stale_while_revalidate=5, stale_if_error=5),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def instance(
+    config: RedisConfig, backend: Backend, **settings: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, ResponseCache]]:
+    async with RedisClient(config) as client:
+        assert await client.invalidation.wait_synced(5)
+        cache = ResponseCache(client, ResponseCacheSettings(rules(), **settings))
+        paths = ["/public/{id}", "/private/{id}", "/short/{id}", "/other"]
+        app = Starlette(routes=[Route(p, backend.endpoint) for p in paths])
+        app.add_middleware(ResponseCacheMiddleware, cache=cache)
+        app.add_middleware(Identify)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http, cache
+
+
+async def test_public_entries_are_shared_private_ones_are_per_user(
+    redis_config: RedisConfig,
+) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        a = await http.get("/public/1", headers={"x-user": "ann"})
+        b = await http.get("/public/1", headers={"x-user": "ben"})
+        assert a.text == b.text
+        assert a.headers["cache-control"].startswith("public, max-age=")
+        c = await http.get("/private/1", headers={"x-user": "ann"})
+        d = await http.get("/private/1", headers={"x-user": "ben"})
+        assert "ann" in c.text
+        assert "ben" in d.text
+        # no subject on a private rule: never cached
+        e = await http.get("/private/1")
+        f = await http.get("/private/1")
+        assert e.text != f.text
+        assert "cache-control" not in f.headers
+
+
+async def test_head_uses_the_get_entry_and_misses_go_to_the_app(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        head = await http.head("/public/2")
+        assert head.status_code == 200
+        assert "etag" not in head.headers  # a HEAD miss is not cached
+        got = await http.get("/public/2")
+        head = await http.head("/public/2")
+        assert head.headers["etag"] == got.headers["etag"]
+        assert head.content == b""
+
+
+async def test_bodies_over_max_body_are_served_not_cached(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    backend.size = 5000
+    async with instance(redis_config, backend, max_body=1000) as (http, cache):
+        a = await http.get("/public/3")
+        b = await http.get("/public/3")
+        assert len(a.content) == 5000
+        assert a.text != b.text
+        assert len(cache.l1) == 0
+
+
+async def test_l2_is_shared_and_tag_invalidation_reaches_the_other_instance(
+    redis_config: RedisConfig,
+) -> None:
+    backend = Backend()
+    async with (
+        instance(redis_config, backend) as (http_a, cache_a),
+        instance(redis_config, backend) as (http_b, _),
+    ):
+        a = await http_a.get("/public/4")
+        b = await http_b.get("/public/4")  # from L2
+        assert a.text == b.text
+        assert backend.calls == 1
+        await cache_a.invalidate_tags("p:4")
+        for _ in range(200):
+            c = await http_b.get("/public/4")
+            if c.text != a.text:
+                break
+            await asyncio.sleep(0.01)
+        assert c.text != a.text
+
+
+async def test_stale_while_revalidate_and_stale_if_error(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        first = await http.get("/short/1", headers={"x-user": "ann"})
+        await asyncio.sleep(0.3)  # stale now
+        stale = await http.get("/short/1", headers={"x-user": "ann"})
+        assert stale.text == first.text  # served stale, refreshed in the background
+        assert stale.headers["cache-control"].endswith("max-age=0")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if backend.calls == 2:
+                break
+        assert backend.calls == 2
+        refreshed = await http.get("/short/1", headers={"x-user": "ann"})
+        assert refreshed.text != first.text
+        # stale-if-error: the endpoint fails after expiry, the stale answer is served
+        await asyncio.sleep(0.3)
+        backend.fail = True
+        await asyncio.sleep(0.05)
+        answer = await http.get("/short/1", headers={"x-user": "ann", "cache-control": "no-cache"})
+        assert answer.status_code == 200
+
+
+@pytest.mark.parametrize("bad", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("nan")}])
+def test_rules_reject_bad_ttls(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        CacheRule("/x", **bad)
+
+
+def test_rules_reject_unknown_tag_fields_and_bad_vary() -> None:
+    with pytest.raises(ValueError, match="not in path"):
+        CacheRule("/x/{id}", ttl=1, tags=["x:{other}"])
+    with pytest.raises(ValueError, match="vary"):
+        CacheRule("/x", ttl=1, vary=["bad header"])
+    assert CacheRule("/o/{id}/i/{n}", ttl=1, tags=["o:{id}:{n}"]).tags_for("/o/7/i/3") == ("o:7:3",)
