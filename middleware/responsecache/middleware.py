@@ -174,7 +174,15 @@ class ResponseCacheMiddleware:
                     self._refresh(key, rule, scope, lead=False)
                     return stored, None
             token = await store.acquire(fingerprint, settings.lock_ttl)
-            if token is None:
+            if token is not None:
+                # Another instance may have stored it and released the lock between our
+                # read and our lock: read again, so that one computation is stored once.
+                stored = await store.load(fingerprint)
+                if stored is not None and stored.remaining(time.time()) > 0:
+                    cache.tally("wait")
+                    cache.remember(key, stored, generation)
+                    return stored, None
+            else:
                 if send is None:  # a background refresh: the other instance is on it
                     return None, None
                 waited = await self._poll(fingerprint)
