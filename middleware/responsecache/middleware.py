@@ -5,7 +5,7 @@ response must only reach a caller the rules already let through); ``Gateway(resp
 ...)`` does. For a ``GET``/``HEAD`` request matching a :class:`CacheRule`:
 
 1. The key: rule, path, query string, the rule's ``vary`` header values and, unless the
-   rule is public, ``(subject, RBAC policy version)``. A private rule without an
+   rule is public, ``(subject, token roles, RBAC policy version)``. A private rule without an
    authenticated subject, or while the policy version is unknown, is not cached. A request
    with ``Cache-Control: no-store`` is not cached; ``no-cache`` skips the lookup.
 2. L1: a fresh entry is served (``304`` for a matching ``If-None-Match``) with no await.
@@ -42,17 +42,21 @@ __all__ = ["ResponseCacheMiddleware"]
 _METHODS = frozenset({"GET", "HEAD"})
 
 
-def subject_of(scope: Scope) -> str | None:
-    """The authenticated subject of the request (token claims, else ``scope["user"]``)."""
+def caller_of(scope: Scope) -> tuple[str, tuple[str, ...]] | None:
+    """``(subject, roles)`` of the request's caller (token claims, else ``scope["user"]``
+    with no roles), or None when it is not authenticated. The token's roles are part of
+    the key: two tokens of one subject with different roles (which a role-based permission
+    source reads per token) never share an entry."""
     claims = scope.get(CLAIMS_KEY)
     if claims is not None:
         sub: str = claims.sub
-        return sub
+        roles: tuple[str, ...] = claims.roles
+        return sub, roles
     user = scope.get("user")
     if user is not None and getattr(user, "is_authenticated", False):
         identity = getattr(user, "identity", None)
         if isinstance(identity, str) and identity:
-            return identity
+            return identity, ()
     return None
 
 
@@ -75,13 +79,13 @@ class ResponseCacheMiddleware:
         if rule is None:
             return await self.app(scope, receive, send)
         request = RequestHeaders.read(scope["headers"], rule.vary)
-        identity: tuple[str, int] | None = None
+        identity: tuple[str, tuple[str, ...], int] | None = None
         if not rule.public:
-            sub, version = subject_of(scope), cache.policy_version()
-            if sub is None or version is None:
+            caller, version = caller_of(scope), cache.policy_version()
+            if caller is None or version is None:
                 cache.tally("bypass")
                 return await self.app(scope, receive, send)
-            identity = (sub, version)
+            identity = (caller[0], caller[1], version)
         if request.no_store:
             cache.tally("bypass")
             return await self.app(scope, receive, send)

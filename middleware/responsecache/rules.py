@@ -39,11 +39,12 @@ class CacheRule:
     with :meth:`ResponseCache.invalidate_tags`. ``vary``: request header names that select
     different responses (the response's own ``Vary`` must list no others, else it is not
     cached). ``public=True``: one entry for every caller (say so only for responses that do
-    not depend on who asks); otherwise entries are per subject and RBAC policy version, and
-    requests without an authenticated subject are not cached. ``stale_while_revalidate``:
-    seconds after expiry during which the stale response is served while one request
-    refreshes it in the background; ``stale_if_error``: seconds after expiry during which
-    it is served when recomputing fails (an exception or a 5xx). Raises ``ValueError``.
+    not depend on who asks); otherwise entries are per subject, token roles and RBAC
+    policy version, and requests without an authenticated subject are not cached.
+    ``stale_while_revalidate``: seconds after expiry during which the stale response is
+    served while one request refreshes it in the background; ``stale_if_error``: seconds
+    after expiry during which it is served when recomputing fails (an exception or a
+    5xx). Raises ``ValueError``.
     """
 
     path: str

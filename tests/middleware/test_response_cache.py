@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import RedisClient, RedisConfig
-from middleware import CacheRule, ResponseCache, ResponseCacheMiddleware, ResponseCacheSettings
+from middleware import (
+    CacheRule,
+    CallablePermissions,
+    PermissionCache,
+    ResponseCache,
+    ResponseCacheMiddleware,
+    ResponseCacheSettings,
+)
+from middleware.jwt.claims import TokenClaims
+from middleware.responsecache.middleware import caller_of
+from middleware.scope import CLAIMS_KEY
 
 
 class Identify:
@@ -175,3 +186,63 @@ def test_rules_reject_unknown_tag_fields_and_bad_vary() -> None:
     with pytest.raises(ValueError, match="vary"):
         CacheRule("/x", ttl=1, vary=["bad header"])
     assert CacheRule("/o/{id}/i/{n}", ttl=1, tags=["o:{id}:{n}"]).tags_for("/o/7/i/3") == ("o:7:3",)
+
+
+async def test_two_instances_compute_a_cold_key_once_through_the_redis_lock(
+    redis_config: RedisConfig,
+) -> None:
+    backend = Backend()
+    async with (
+        instance(redis_config, backend) as (http_a, _),
+        instance(redis_config, backend) as (http_b, _),
+    ):
+        answers = await asyncio.gather(
+            *(http.get("/public/cold") for _ in range(100) for http in (http_a, http_b))
+        )
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.text for r in answers}) == 1
+    assert backend.calls == 1
+
+
+async def test_a_policy_version_bump_never_serves_an_older_private_entry(
+    redis_config: RedisConfig,
+) -> None:
+    async def grants(subject: str) -> list[str]:
+        return ["read"]
+
+    backend = Backend()
+    async with RedisClient(redis_config) as client:
+        assert await client.invalidation.wait_synced(5)
+        permissions = PermissionCache(CallablePermissions(grants), client=client)
+        assert await client.invalidation.wait_synced(5)
+        cache = ResponseCache(client, ResponseCacheSettings(rules()), permissions=permissions)
+        app = Starlette(routes=[Route("/private/{id}", backend.endpoint)])
+        app.add_middleware(ResponseCacheMiddleware, cache=cache)
+        app.add_middleware(Identify)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            ann = {"x-user": "ann"}
+            first = await http.get("/private/9", headers=ann)
+            assert (await http.get("/private/9", headers=ann)).text == first.text
+            await permissions.bump_policy_version()
+            after = await http.get("/private/9", headers=ann)
+            assert after.text != first.text
+            assert backend.calls == 2
+
+
+def test_the_key_holds_subject_and_token_roles() -> None:
+    claims = TokenClaims.from_json(
+        json.dumps(
+            {
+                "sub": "ann",
+                "roles": ["admin"],
+                "iss": "i",
+                "aud": "a",
+                "exp": 2_000_000_000,
+                "iat": 1,
+                "jti": "j",
+            }
+        ).encode()
+    )
+    assert caller_of({CLAIMS_KEY: claims}) == ("ann", ("admin",))
+    assert caller_of({}) is None
