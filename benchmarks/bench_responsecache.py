@@ -1,4 +1,12 @@
-"""Response cache hit (L1) against bare Starlette serving a constant, in process.
+"""Response cache hit (L1) against bare Starlette serving a constant: over HTTP and in process.
+
+``--wrk`` (the figure to report): the hot-path harness (:mod:`benchmarks.bench_hotpath`,
+uvicorn + wrk, rounds alternating, same-run baseline) on three of its cases: ``bare``
+(Starlette serving a constant JSON body), ``cached`` (the warm one-layer gateway stack,
+JWT + RBAC + sessions, with a per-caller cache rule on the same route: every measured
+request is an L1 hit) and ``warm-fused`` (the same stack without the cache).
+
+Without ``--wrk``: in process.
 
 Both apps are driven by calling the ASGI app directly with a prebuilt scope (no server,
 no sockets), so the ratio compares the full per-request cost of the two apps, nothing
@@ -9,6 +17,7 @@ a private rule keyed by the subject a small stand-in layer sets in ``scope["user
 Rounds alternate the cases; the goal is ``cached / bare >= 0.9`` (median of per-round
 ratios).
 
+    PYTHONPATH=$PWD python -m benchmarks.bench_responsecache --wrk [--rounds R]
     PYTHONPATH=$PWD python -m benchmarks.bench_responsecache [--requests N] [--rounds R]
 """
 
@@ -28,6 +37,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from benchmarks import bench_hotpath
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import CacheRule, ResponseCache, ResponseCacheMiddleware, ResponseCacheSettings
@@ -126,9 +136,27 @@ async def main(requests: int, rounds: int) -> None:
         server.cleanup()
 
 
+def over_http(rounds: int) -> None:
+    """The hot-path harness on ``bare``, ``cached`` and ``warm-fused``."""
+    results = bench_hotpath.run(rounds=rounds, otel=False, only=["bare", "cached", "warm-fused"])
+    print(bench_hotpath.table(results))
+    by_key = {m.case.key: m for m in results}
+    for key in ("cached", "warm-fused"):
+        ratio = bench_hotpath.paired_ratio(by_key[key], by_key["bare"])
+        rounds_text = ", ".join(
+            f"{x.rps / y.rps:.2f}"
+            for x, y in zip(by_key[key].runs, by_key["bare"].runs, strict=False)
+        )
+        print(f"{key} / bare: {ratio:.2f} (per round: {rounds_text})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wrk", action="store_true", help="over HTTP (uvicorn + wrk)")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.rounds))
+    if args.wrk:
+        over_http(args.rounds)
+    else:
+        asyncio.run(main(args.requests, args.rounds))
