@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -131,7 +132,7 @@ class ResponseCache:
         self._l1.set(
             key,
             stored,
-            ttl=stored.ttl + stored.stale,
+            ttl=stored.remaining(time.time()) + stored.stale,  # an L2 entry has aged
             generation=generation,
             size=size + ENTRY_OVERHEAD,
         )

@@ -136,11 +136,18 @@ class Capture:
         return b"".join(self.chunks)
 
     def stored(
-        self, *, created: float, ttl: float, stale: float, versions: dict[str, str]
+        self,
+        *,
+        created: float,
+        ttl: float,
+        stale: float,
+        versions: dict[str, str],
+        vary: frozenset[bytes],
     ) -> StoredResponse | None:
         """The captured response as a :class:`StoredResponse`, or None when it must not be
         cached (incomplete, over the limit, an uncacheable status, ``Set-Cookie``,
-        ``Cache-Control: no-store`` or ``private`` from the app)."""
+        ``Cache-Control: no-store`` from the app, or a ``Vary`` naming a header outside
+        ``vary``, the lowercase names the key covers)."""
         if not self.complete or self.overflow or self.status not in CACHEABLE:
             return None
         kept: list[tuple[bytes, bytes]] = []
@@ -150,8 +157,10 @@ class Capture:
                 return None
             if lowered == b"cache-control" and (b"no-store" in value.lower()):
                 return None
-            if lowered == b"vary" and b"*" in value:
-                return None
+            if lowered == b"vary":
+                named = {v.strip().lower() for v in value.split(b",")} - {b""}
+                if not named <= vary:  # also refuses "*"
+                    return None
             if lowered not in _OWNED:
                 kept.append((lowered, value))
         body = self.body()

@@ -40,6 +40,7 @@ from middleware.scope import CLAIMS_KEY
 __all__ = ["ResponseCacheMiddleware"]
 
 _METHODS = frozenset({"GET", "HEAD"})
+_CREDENTIALS = frozenset({b"authorization", b"cookie"})
 
 
 def caller_of(scope: Scope) -> tuple[str, tuple[str, ...]] | None:
@@ -246,8 +247,12 @@ class ResponseCacheMiddleware:
         if capture.status >= 500 and _usable(stale, rule.stale_if_error):
             cache.tally("stale_error")
             return stale, None
+        # Private keys hold the caller's identity: Vary on the credentials is covered.
+        covered = frozenset(v.encode() for v in rule.vary) | (
+            _CREDENTIALS if not rule.public else frozenset()
+        )
         stored = capture.stored(
-            created=time.time(), ttl=rule.ttl, stale=rule.stale, versions=versions
+            created=time.time(), ttl=rule.ttl, stale=rule.stale, versions=versions, vary=covered
         )
         if stored is None:
             return None, capture

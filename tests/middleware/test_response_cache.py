@@ -246,3 +246,40 @@ def test_the_key_holds_subject_and_token_roles() -> None:
     )
     assert caller_of({CLAIMS_KEY: claims}) == ("ann", ("admin",))
     assert caller_of({}) is None
+
+
+async def test_vary_outside_the_rule_is_not_cached_and_listed_vary_splits_the_key(
+    redis_config: RedisConfig,
+) -> None:
+    calls = 0
+
+    async def varying(request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        lang = request.headers.get("accept-language", "-")
+        return PlainTextResponse(f"{lang} {calls}", headers={"Vary": "Accept-Language"})
+
+    async with RedisClient(redis_config) as client:
+        assert await client.invalidation.wait_synced(5)
+        settings = ResponseCacheSettings(
+            [
+                CacheRule("/listed", ttl=30, public=True, vary=["accept-language"]),
+                CacheRule("/unlisted", ttl=30, public=True),
+            ]
+        )
+        cache = ResponseCache(client, settings)
+        app = Starlette(routes=[Route("/listed", varying), Route("/unlisted", varying)])
+        app.add_middleware(ResponseCacheMiddleware, cache=cache)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            en, fr = {"accept-language": "en"}, {"accept-language": "fr"}
+            a = await http.get("/unlisted", headers=en)
+            b = await http.get("/unlisted", headers=fr)
+            assert b.text.startswith("fr")
+            assert a.text != b.text
+            c = await http.get("/listed", headers=en)
+            d = await http.get("/listed", headers=fr)
+            assert c.text.startswith("en")
+            assert d.text.startswith("fr")
+            assert (await http.get("/listed", headers=en)).text == c.text
+            assert (await http.get("/listed", headers=fr)).text == d.text
