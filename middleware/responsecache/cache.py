@@ -27,15 +27,15 @@ from middleware.responsecache.flight import Flights
 from middleware.responsecache.rules import CacheRule
 from middleware.responsecache.settings import ResponseCacheSettings
 
-__all__ = ["ENTRY_OVERHEAD", "ResponseCache"]
+__all__ = ["ATTR_RESULT", "ENTRY_OVERHEAD", "ResponseCache"]
 
 _NS = "response"
 ENTRY_OVERHEAD = 512  # bytes an L1 entry costs beyond its body and headers (about)
 _NO_RULE = object()
-_TALLY = {
-    result: telemetry.lookup_tally("response", result)
-    for result in ("l1", "l2", "miss", "wait", "stale", "stale_error", "bypass", "coalesced")
-}
+_RESULTS = ("l1", "l2", "miss", "wait", "stale", "stale_error", "bypass", "coalesced")
+_TALLY = {result: telemetry.lookup_tally("response", result) for result in _RESULTS}
+ATTR_RESULT = "gateway.response.cache.result"  # on the request's (server) span
+_SPAN_ATTRS = {result: {ATTR_RESULT: result} for result in _RESULTS}
 
 
 class ResponseCache:
@@ -101,8 +101,11 @@ class ResponseCache:
 
     @staticmethod
     def tally(result: str) -> None:
-        """Count one lookup in ``gateway.cache.lookups`` (cache ``response``)."""
+        """Count one lookup in ``gateway.cache.lookups`` (cache ``response``) and set
+        ``gateway.response.cache.result`` on the current span when tracing."""
         _TALLY[result].value += 1
+        if telemetry.tracing_enabled():
+            telemetry.annotate_current_span(_SPAN_ATTRS[result])
 
     def rule_for(self, path: str) -> CacheRule | None:
         """The first rule matching ``path`` (memoized, bounded), or None."""

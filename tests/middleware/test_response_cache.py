@@ -283,3 +283,21 @@ async def test_vary_outside_the_rule_is_not_cached_and_listed_vary_splits_the_ke
             assert d.text.startswith("fr")
             assert (await http.get("/listed", headers=en)).text == c.text
             assert (await http.get("/listed", headers=fr)).text == d.text
+
+
+async def test_lookups_are_counted_by_result(redis_config: RedisConfig, telemetry: Any) -> None:
+    def counts() -> dict[str, float]:
+        return {
+            str(attrs.get("gateway.cache.result")): point.value
+            for attrs, point in telemetry.points("gateway.cache.lookups")
+            if attrs.get("gateway.cache.name") == "response"
+        }
+
+    before = counts()
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        await http.get("/public/t1")
+        await http.get("/public/t1")
+    after = counts()
+    assert after.get("miss", 0) - before.get("miss", 0) == 1
+    assert after.get("l1", 0) - before.get("l1", 0) == 1
