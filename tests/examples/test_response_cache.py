@@ -154,3 +154,38 @@ async def test_redis_down_still_answers(
         r = await http.post("/api/cached/1/invalidate", headers=alice)
         assert r.status_code == 503
         fault_server.start()
+
+
+def test_two_uvicorn_gateways_invalidation_latency(
+    launch_gateway: Any, redis_server: EmbeddedRedis
+) -> None:
+    """Black box: two ``uvicorn examples.gateway:app`` processes; an invalidation on A is
+    seen by B well within a generous bound (the figure is printed)."""
+    a = launch_gateway(redis_server.url, GATEWAY_COOKIE_SECURE="0")
+    b = launch_gateway(redis_server.url, GATEWAY_COOKIE_SECURE="0")
+    figures = []
+    with (
+        httpx.Client(base_url=a, timeout=5) as http_a,
+        httpx.Client(base_url=b, timeout=5) as http_b,
+    ):
+        tokens = {}
+        for user in ("alice", "bob"):
+            r = http_a.post("/auth/login", json={"username": user, "password": f"{user}-password"})
+            assert r.status_code == 200, r.text
+            tokens[user] = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            http_a.cookies.clear()
+        bob, alice = tokens["bob"], tokens["alice"]
+        for round_ in range(5):
+            path = f"/api/cached/x{round_}"
+            first = http_b.get(path, headers=bob)
+            assert first.status_code == 200
+            assert first.json()["user"] == "bob"
+            assert http_b.get(path, headers=bob).json() == first.json()
+            r = http_a.post(path + "/invalidate", headers=alice)
+            assert r.status_code == 200
+            sent = time.perf_counter()
+            while http_b.get(path, headers=bob).json() == first.json():
+                assert time.perf_counter() - sent < 2.0, "invalidation not seen by B in 2 s"
+            figures.append((time.perf_counter() - sent) * 1000)
+    figures.sort()
+    print(f"two processes: invalidation seen by B after {[round(f, 1) for f in figures]} ms")

@@ -29,6 +29,7 @@ from middleware import (
     ResponseCacheSettings,
 )
 from middleware.jwt.claims import TokenClaims
+from middleware.responsecache.flight import Flights
 from middleware.responsecache.middleware import caller_of
 from middleware.scope import CLAIMS_KEY
 
@@ -301,3 +302,29 @@ async def test_lookups_are_counted_by_result(redis_config: RedisConfig, telemetr
     after = counts()
     assert after.get("miss", 0) - before.get("miss", 0) == 1
     assert after.get("l1", 0) - before.get("l1", 0) == 1
+
+
+async def test_l1_stays_within_its_byte_budget(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    backend.size = 2000
+    async with instance(redis_config, backend, l1_bytes=20_000) as (http, cache):
+        for i in range(40):
+            assert (await http.get(f"/public/b{i}")).status_code == 200
+        assert 0 < len(cache.l1) < 40
+        assert cache.l1.size_in_bytes <= 20_000
+
+
+async def test_waiters_are_bounded_and_time_out() -> None:
+    flights: Flights[str] = Flights(max_waiters=1, timeout=0.05)
+    future = flights.lead("k")
+    assert future is not None
+    assert flights.lead("k") is None
+    waiter = asyncio.ensure_future(flights.follow("k"))
+    await asyncio.sleep(0)
+    assert await flights.follow("k") == (False, None)  # over max_waiters
+    assert await waiter == (False, None)  # timed out
+    again = asyncio.ensure_future(flights.follow("k"))
+    await asyncio.sleep(0)
+    flights.finish("k", future, "done")
+    assert await again == (True, "done")
+    assert "k" not in flights
