@@ -7,7 +7,8 @@ caller's fingerprint of a cache key, a hex digest):
 * ``<prefix>rc:e:<fp>``: one response (:class:`StoredResponse`, binary), for its fresh
   lifetime plus its stale bound;
 * ``<prefix>rc:t:<sha256(tag)>``: the tag's version, a random token written by each
-  invalidation of the tag, kept for :attr:`ResponseCacheStore.max_lifetime`;
+  invalidation of the tag, kept for :attr:`ResponseCacheStore.max_lifetime` or a day,
+  whichever is longer;
 * ``<prefix>rc:l:<fp>``: the fill lock of a key (SET NX PX, a random token).
 
 Invalidation by tag, correct on Cluster and under races: each entry records the versions
@@ -17,7 +18,8 @@ versions and treats any difference as a miss. An invalidation writes a new rando
 response computed while its tag was being invalidated is never served after it. Each key
 is read and written on its own (pipelines without transactions), so entries and tags may
 live in different slots. A tag key lives at least as long as any entry can
-(``max_lifetime``), so an entry never outlives the version it recorded.
+(``max_lifetime``, and at least a day), so an entry never outlives the version that
+followed the one it recorded.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["ResponseCacheStore", "StoredResponse"]
 
 _MAGIC = b"GRC1"
+_TAG_TTL_MS = 86_400_000
 _HEADER = struct.Struct(">4sI")
 # Compare-and-delete: only the holder of the lock token releases it.
 _RELEASE = """
@@ -196,7 +199,10 @@ class ResponseCacheStore:
         keys = [self._tag(t) for t in dict.fromkeys(tags)]
         if not keys:
             return
-        px = self._max_lifetime_ms
+        # At least a day: instances of a rolling deploy may give entries longer lifetimes
+        # than this one's, and a version must outlive every entry that recorded the one
+        # before it (tag keys are few: written by invalidations only).
+        px = max(self._max_lifetime_ms, _TAG_TTL_MS)
 
         async def write(r: Redis) -> None:
             pipe = r.pipeline(transaction=False)
