@@ -131,8 +131,8 @@ class ResponseCacheStore:
     def __init__(self, client: RedisClient, *, max_lifetime: float = 86_400.0) -> None:
         if isinstance(max_lifetime, bool) or not isinstance(max_lifetime, (int, float)):
             raise ValueError(f"max_lifetime must be a number of seconds, got {max_lifetime!r}")
-        if not 0 < max_lifetime <= 30 * 86_400:
-            raise ValueError(f"max_lifetime must be in (0, 30 days], got {max_lifetime!r}")
+        if not 0 < max_lifetime <= 60 * 86_400:
+            raise ValueError(f"max_lifetime must be in (0, 60 days], got {max_lifetime!r}")
         self._client = client
         self._max_lifetime_ms = max(1, int(max_lifetime * 1000))
 

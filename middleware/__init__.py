@@ -64,6 +64,7 @@ from middleware.responsecache import (
     ResponseCache,
     ResponseCacheMiddleware,
     ResponseCacheSettings,
+    cache_response,
 )
 from middleware.scope import (
     get_claims,
@@ -138,6 +139,7 @@ __all__ = [
     "WebSocketLimits",
     "WebSocketSettings",
     "WebSocketStats",
+    "cache_response",
     "csrf_fields",
     "csrf_token",
     "default_error_response",

@@ -335,7 +335,7 @@ class Gateway:
                 on_error=on_error,
             )
         if self._response_cache is not None:  # innermost: after JWT, RBAC (and CSRF)
-            app.add_middleware(ResponseCacheMiddleware, cache=self._response_cache)
+            app.add_middleware(ResponseCacheMiddleware, cache=self._response_cache, routes=app)
         cookies = [token_cookie] if token_cookie else []
         if self._sessions is not None and settings is not None and settings.cookie is not None:
             cookies.append(cast("str", settings.cookie.name))

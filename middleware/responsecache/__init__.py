@@ -10,12 +10,20 @@ key, stale-while-revalidate and stale-if-error.
     app.add_middleware(ResponseCacheMiddleware, cache=cache)  # inside JWT and RBAC
     await cache.invalidate_tags("item:42")
 
-``Gateway(response_cache=ResponseCacheSettings(...))`` builds and installs it.
+``Gateway(response_cache=ResponseCacheSettings(...))`` builds and installs it; per route,
+mark an endpoint with :func:`cache_response` instead of writing a rule.
 """
 
 from middleware.responsecache.cache import ResponseCache
 from middleware.responsecache.middleware import ResponseCacheMiddleware
+from middleware.responsecache.routes import cache_response
 from middleware.responsecache.rules import CacheRule
 from middleware.responsecache.settings import ResponseCacheSettings
 
-__all__ = ["CacheRule", "ResponseCache", "ResponseCacheMiddleware", "ResponseCacheSettings"]
+__all__ = [
+    "CacheRule",
+    "ResponseCache",
+    "ResponseCacheMiddleware",
+    "ResponseCacheSettings",
+    "cache_response",
+]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from gateway_redis import telemetry
@@ -27,9 +27,10 @@ from middleware.responsecache.flight import Flights
 from middleware.responsecache.rules import CacheRule
 from middleware.responsecache.settings import ResponseCacheSettings
 
-__all__ = ["ATTR_RESULT", "ENTRY_OVERHEAD", "ResponseCache"]
+__all__ = ["ATTR_RESULT", "ENTRY_OVERHEAD", "MAX_LIFETIME", "ResponseCache"]
 
 _NS = "response"
+MAX_LIFETIME = 60 * 86_400.0  # a rule's longest ttl plus its longest stale bound
 ENTRY_OVERHEAD = 512  # bytes an L1 entry costs beyond its body and headers (about)
 _NO_RULE = object()
 _RESULTS = ("l1", "l2", "miss", "wait", "stale", "stale_error", "bypass", "coalesced")
@@ -63,7 +64,7 @@ class ResponseCache:
         self._permissions = permissions
         bus = client.invalidation
         self._bus = bus
-        lifetime = settings.max_lifetime
+        lifetime = MAX_LIFETIME  # each entry has its own; rules may be added later
         self._l1: LocalCache[Hashable, StoredResponse] = bus.local_cache(
             "response", maxsize=settings.l1_entries, ttl=lifetime, max_bytes=settings.l1_bytes
         )
@@ -71,6 +72,7 @@ class ResponseCache:
         self._flights: Flights[StoredResponse] = Flights(
             max_waiters=settings.max_waiters, timeout=settings.wait_timeout
         )
+        self._rule_list = list(settings.rules)
         self._rules: Memo[str, Any] = Memo(max_key=2048)
         bus.on_event(_NS, self._on_event)
 
@@ -111,9 +113,22 @@ class ResponseCache:
         """The first rule matching ``path`` (memoized, bounded), or None."""
         found = self._rules.entries.get(path, _NO_RULE)
         if found is _NO_RULE:
-            found = next((r for r in self._settings.rules if r.matches(path)), None)
+            found = next((r for r in self._rule_list if r.matches(path)), None)
             self._rules.remember(path, found, len(path))
         return found  # type: ignore[no-any-return]
+
+    @property
+    def rules(self) -> tuple[CacheRule, ...]:
+        """The rules in force: the settings' rules, then those added."""
+        return tuple(self._rule_list)
+
+    def add_rules(self, rules: Iterable[CacheRule]) -> None:
+        """Add ``rules`` after the present ones (raises ``ValueError`` for a non-rule)."""
+        added = list(rules)
+        if not all(isinstance(r, CacheRule) for r in added):
+            raise ValueError("rules must be CacheRule instances")
+        self._rule_list.extend(added)
+        self._rules.entries.clear()
 
     def policy_version(self) -> int | None:
         """The RBAC policy version in private keys (None: unknown, do not cache)."""

@@ -34,6 +34,7 @@ from gateway_redis.responsecache import StoredResponse
 from middleware._paths import route_path
 from middleware.responsecache.cache import ResponseCache
 from middleware.responsecache.http import Capture, RequestHeaders, send_stored
+from middleware.responsecache.routes import route_rules
 from middleware.responsecache.rules import CacheRule
 from middleware.scope import CLAIMS_KEY
 
@@ -62,16 +63,26 @@ def caller_of(scope: Scope) -> tuple[str, tuple[str, ...]] | None:
 
 
 class ResponseCacheMiddleware:
-    """Serves ``GET``/``HEAD`` responses from ``cache`` (see the module docstring)."""
+    """Serves ``GET``/``HEAD`` responses from ``cache`` (see the module docstring).
 
-    def __init__(self, app: ASGIApp, *, cache: ResponseCache) -> None:
+    ``routes``: the application, whose routes marked with
+    :func:`~middleware.responsecache.cache_response` become rules on the first request
+    (``Gateway.install`` passes it)."""
+
+    def __init__(self, app: ASGIApp, *, cache: ResponseCache, routes: Any = None) -> None:
         if not isinstance(cache, ResponseCache):
             raise ValueError("cache must be a ResponseCache")
+        if routes is not None and not hasattr(routes, "routes"):
+            raise ValueError("routes must be the application (with a .routes list) or None")
         self.app = app
         self.cache = cache
+        self._routes = routes  # scanned for @cache_response endpoints on the first request
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._routes is not None:
+            routes, self._routes = self._routes, None
+            self.cache.add_rules(route_rules(routes.routes))
         if scope["type"] != "http" or scope["method"] not in _METHODS:
             return await self.app(scope, receive, send)
         cache = self.cache

@@ -103,8 +103,3 @@ class ResponseCacheSettings:
         object.__setattr__(self, "lock_wait", float(lock_wait))
         object.__setattr__(self, "poll_interval", float(poll_interval))
         object.__setattr__(self, "honour_no_cache", honour_no_cache)
-
-    @property
-    def max_lifetime(self) -> float:
-        """The longest any entry lives (fresh plus stale), in seconds."""
-        return max((r.ttl + r.stale for r in self.rules), default=1.0)

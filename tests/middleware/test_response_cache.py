@@ -12,11 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.authentication import SimpleUser
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import RedisClient, RedisConfig
@@ -27,10 +28,12 @@ from middleware import (
     ResponseCache,
     ResponseCacheMiddleware,
     ResponseCacheSettings,
+    cache_response,
 )
 from middleware.jwt.claims import TokenClaims
 from middleware.responsecache.flight import Flights
 from middleware.responsecache.middleware import caller_of
+from middleware.responsecache.routes import route_rules
 from middleware.scope import CLAIMS_KEY
 
 
@@ -328,3 +331,49 @@ async def test_waiters_are_bounded_and_time_out() -> None:
     flights.finish("k", future, "done")
     assert await again == (True, "done")
     assert "k" not in flights
+
+
+async def test_cache_response_marks_routes_of_starlette_and_fastapi(
+    redis_config: RedisConfig,
+) -> None:
+    calls = 0
+
+    @cache_response(ttl=30, public=True, tags=["thing:{id}"])
+    async def thing(request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        return PlainTextResponse(f"thing {request.path_params['id']} {calls}")
+
+    api = FastAPI()
+
+    @api.get("/api/{id}")
+    @cache_response(ttl=30, public=True)
+    async def typed(id: int) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return {"id": id, "calls": calls}
+
+    async with RedisClient(redis_config) as client:
+        assert await client.invalidation.wait_synced(5)
+        cache = ResponseCache(client, ResponseCacheSettings([]))
+        app = Starlette(routes=[Route("/thing/{id:int}", thing), Mount("/fast", api)])
+        app.add_middleware(ResponseCacheMiddleware, cache=cache, routes=app)
+        fast = ResponseCache(client, ResponseCacheSettings([]))
+        api.add_middleware(ResponseCacheMiddleware, cache=fast, routes=api)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            a = await http.get("/thing/7")
+            assert (await http.get("/thing/7")).text == a.text
+            assert [r.path for r in cache.rules] == ["/thing/{id}"]
+            await cache.invalidate_tags("thing:7")
+            assert (await http.get("/thing/7")).text != a.text
+            b = await http.get("/fast/api/3")
+            assert (await http.get("/fast/api/3")).json() == b.json()
+            assert b.headers["cache-control"].startswith("public")
+    marked = cache_response(ttl=1, tags=["x:{id}"])(thing)  # checked again on the route
+    with pytest.raises(ValueError, match="not in path"):
+        route_rules([Route("/other", marked)])
+    with pytest.raises(ValueError, match="converters"):
+        route_rules([Route("/files/{p:path}", marked)])
+    with pytest.raises(ValueError, match="ttl"):
+        cache_response(ttl=0)
