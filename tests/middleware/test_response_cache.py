@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import RedisClient, RedisConfig
+from gateway_redis.embedded import EmbeddedRedis
 from middleware import (
     CacheRule,
     CallablePermissions,
@@ -377,3 +378,19 @@ async def test_cache_response_marks_routes_of_starlette_and_fastapi(
         route_rules([Route("/files/{p:path}", marked)])
     with pytest.raises(ValueError, match="ttl"):
         cache_response(ttl=0)
+
+
+async def test_redis_down_the_app_answers_one_computation_per_key_at_a_time(
+    fault_server: EmbeddedRedis,
+) -> None:
+    backend = Backend()
+    config = RedisConfig(url=fault_server.url, operation_timeout=0.5)
+    async with instance(config, backend) as (http, _):
+        fault_server.kill()
+        answers = await asyncio.gather(*(http.get("/public/down") for _ in range(50)))
+        assert {r.status_code for r in answers} == {200}
+        assert len({r.text for r in answers}) == 1
+        assert backend.calls == 1
+        later = await http.get("/public/down")  # L1 is off: the app answers again
+        assert later.status_code == 200
+        assert backend.calls == 2
