@@ -33,7 +33,7 @@ from gateway_redis.errors import GatewayRedisError
 from gateway_redis.responsecache import StoredResponse
 from middleware._paths import route_path
 from middleware.responsecache.cache import ResponseCache
-from middleware.responsecache.http import Capture, RequestHeaders, send_stored
+from middleware.responsecache.responses import Capture, RequestHeaders, send_stored
 from middleware.responsecache.routes import route_rules
 from middleware.responsecache.rules import CacheRule
 from middleware.scope import CLAIMS_KEY
