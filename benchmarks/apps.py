@@ -23,6 +23,9 @@ Configured only by environment (the harness sets it):
     ``telemetry.tracing_enabled()``; it is patched here, in the benchmark process only).
 ``BENCH_FUSED=1``
     (``ours``) the same three as one :class:`~middleware.gateway.GatewayMiddleware` layer.
+``BENCH_CACHE=1``
+    (``ours``) a per-caller response cache rule on ``/api/data``
+    (:class:`~middleware.CacheRule`, ttl one hour): warm requests are L1 hits.
 ``BENCH_ONLY``
     (``ours``) a comma-separated subset of ``session,jwt,rbac`` (profiling only).
 ``REDIS_URL``, ``BENCH_SECRET``, ``BENCH_PUBLIC_KEY`` (PEM path), ``BENCH_ISSUER``,
@@ -202,11 +205,13 @@ def _tracing(app: ASGIApp, our_spans: bool) -> ASGIApp:
 def _ours(env: dict[str, str]) -> Starlette:
     from gateway_redis import RedisClient, RedisConfig
     from middleware import (
+        CacheRule,
         CallablePermissions,
         Gateway,
         JWTMiddleware,
         JWTSettings,
         RBACMiddleware,
+        ResponseCacheSettings,
         Rule,
         SessionMiddleware,
         SessionSettings,
@@ -229,8 +234,17 @@ def _ours(env: dict[str, str]) -> Starlette:
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
     # Cookie __Host-session (Secure: the server reads it anyway).
+    cached = (
+        ResponseCacheSettings([CacheRule("/api/data", ttl=3600)])
+        if env.get("BENCH_CACHE") == "1"
+        else None
+    )
     gateway = Gateway(
-        client, jwt=settings, permissions=CallablePermissions(grants), sessions=SessionSettings()
+        client,
+        jwt=settings,
+        permissions=CallablePermissions(grants),
+        sessions=SessionSettings(),
+        response_cache=cached,
     )
     use_l1 = env.get("BENCH_L1", "on") != "off"
 

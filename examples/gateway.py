@@ -48,6 +48,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from examples.auth import ROLES, GatewayKeys, error, install_auth
+from examples.cached import cached_settings, install_cached
 from examples.guards import LoginGuards
 from examples.openapi import declare_responses
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
@@ -103,6 +104,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
             required_paths=("/api/session", "/auth/*"),
         ),
         websocket=realtime_settings(env, ROLES),
+        response_cache=cached_settings(env),
     )
     guards = LoginGuards.from_env(env, gateway.client)
 
@@ -146,6 +148,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     install_auth(app)  # POST /auth/login, /auth/logout, /auth/logout-all
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
+    install_cached(app, gateway)  # GET /api/cached/{item}, POST .../invalidate
     declare_responses(  # the middleware's answers (401, 403, 503) in the OpenAPI document
         app,
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,

@@ -16,6 +16,7 @@ and this package on redis-py. Everything below is re-exported at the top level.
   :mod:`~gateway_redis.localcache` (:class:`LocalCache`, the in-process L1).
 - :mod:`~gateway_redis.sessions`: :class:`SessionStore`, :class:`Session`, change events.
 - :mod:`~gateway_redis.authstore`: the Redis commands of the JWT and RBAC caches.
+- :mod:`~gateway_redis.responsecache`: the Redis side of the response cache.
 - Used by their module path: :mod:`~gateway_redis.support` (log fields, task ending),
   :mod:`~gateway_redis.telemetry`, :mod:`~gateway_redis.embedded` (a server for development
   and tests).
@@ -66,6 +67,7 @@ from gateway_redis.pubsub import (
     ReconnectListener,
     Subscription,
 )
+from gateway_redis.responsecache import ResponseCacheStore, StoredResponse
 from gateway_redis.sessions import (
     Session,
     SessionDropped,
@@ -101,6 +103,7 @@ __all__ = [
     "RedisClient",
     "RedisConfig",
     "RedisUnavailable",
+    "ResponseCacheStore",
     "ResyncHook",
     "RetryPolicy",
     "Revocation",
@@ -115,6 +118,7 @@ __all__ = [
     "SessionStore",
     "Stamp",
     "StateListener",
+    "StoredResponse",
     "SubjectCutoff",
     "SubjectCutoffStore",
     "Subscription",

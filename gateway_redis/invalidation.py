@@ -112,9 +112,14 @@ class InvalidationBus:
         """How many times the bus (re)gained sync; the first start counts as one."""
         return self._resyncs
 
-    def local_cache(self, name: str, *, maxsize: int, ttl: float) -> LocalCache[Any, Any]:
-        """A new :class:`LocalCache` that the bus flushes and bypasses while out of sync."""
-        cache: LocalCache[Any, Any] = LocalCache(maxsize=maxsize, ttl=ttl, name=name)
+    def local_cache(
+        self, name: str, *, maxsize: int, ttl: float, max_bytes: int | None = None
+    ) -> LocalCache[Any, Any]:
+        """A new :class:`LocalCache` that the bus flushes and bypasses while out of sync
+        (``max_bytes``: see :class:`LocalCache`)."""
+        cache: LocalCache[Any, Any] = LocalCache(
+            maxsize=maxsize, ttl=ttl, name=name, max_bytes=max_bytes
+        )
         if not self._synced:
             cache.disable()
         self._caches.append(cache)

@@ -45,12 +45,25 @@ class LocalCache(Generic[K, V]):
     ``maxsize`` (> 0) bounds the number of entries (least recently used goes first);
     ``ttl`` (seconds, > 0) is the longest any entry lives, and :meth:`set` may ask for less.
     ``timer`` is the clock (monotonic seconds). ``name`` appears in ``repr`` only.
+    ``max_bytes`` (optional, > 0) also bounds the sum of the ``size`` each :meth:`set`
+    declares (least recently used entries go first; an entry larger than ``max_bytes``
+    is not stored).
 
     Not thread-safe; meant for one event loop, where no method ever awaits. A disabled cache
     (see :meth:`disable`) misses every lookup and ignores every store.
     """
 
-    __slots__ = ("_data", "_enabled", "_generation", "_maxsize", "_timer", "_ttl", "name")
+    __slots__ = (
+        "_bytes",
+        "_data",
+        "_enabled",
+        "_generation",
+        "_max_bytes",
+        "_maxsize",
+        "_timer",
+        "_ttl",
+        "name",
+    )
 
     def __init__(
         self,
@@ -59,16 +72,21 @@ class LocalCache(Generic[K, V]):
         ttl: float = 30.0,
         timer: Callable[[], float] = time.monotonic,
         name: str = "",
+        max_bytes: int | None = None,
     ) -> None:
         if type(maxsize) is not int or maxsize <= 0:
             raise ValueError(f"maxsize must be a positive int, got {maxsize!r}")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes <= 0):
+            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
         _check_ttl("ttl", ttl)
         self._maxsize = maxsize
         self._ttl = float(ttl)
         self._timer = timer
-        # key -> (value, monotonic deadline, key); a new tuple per set(), so the tuple
-        # itself identifies one stored entry (see stamp()).
-        self._data: OrderedDict[K, tuple[V, float, K]] = OrderedDict()
+        # key -> (value, monotonic deadline, key, size); a new tuple per set(), so the
+        # tuple itself identifies one stored entry (see stamp()).
+        self._data: OrderedDict[K, tuple[V, float, K, int]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._generation = 0
         self._enabled = True
         self.name = name
@@ -77,6 +95,16 @@ class LocalCache(Generic[K, V]):
     def maxsize(self) -> int:
         """The most entries the cache holds."""
         return self._maxsize
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The most bytes (sum of declared sizes) the cache holds, or None (no bound)."""
+        return self._max_bytes
+
+    @property
+    def size_in_bytes(self) -> int:
+        """The sum of the sizes declared by the stored entries."""
+        return self._bytes
 
     @property
     def ttl(self) -> float:
@@ -119,48 +147,66 @@ class LocalCache(Generic[K, V]):
             return None
         if entry[1] <= self._timer():
             del self._data[key]
+            self._bytes -= entry[3]
             return None
         self._data.move_to_end(key)
         return entry[0]
 
     def set(
-        self, key: K, value: V, *, ttl: float | None = None, generation: int | None = None
+        self,
+        key: K,
+        value: V,
+        *,
+        ttl: float | None = None,
+        generation: int | None = None,
+        size: int = 0,
     ) -> bool:
-        """Store ``value`` for at most ``ttl`` seconds (capped at the cache's ``ttl``).
+        """Store ``value`` for at most ``ttl`` seconds (capped at the cache's ``ttl``);
+        ``size`` is what it counts against ``max_bytes``.
 
         Returns False, storing nothing, when the cache is disabled, ``ttl`` is not
-        positive (a value that is already stale) or ``generation`` is given and the cache
-        was invalidated since it was read.
+        positive (a value that is already stale), ``generation`` is given and the cache
+        was invalidated since it was read, or ``size`` is over ``max_bytes``.
         """
         if not self._enabled or (generation is not None and generation != self._generation):
             return False
         lifetime = self._ttl if ttl is None else min(ttl, self._ttl)
         if not lifetime > 0:  # also rejects NaN
             return False
+        limit = self._max_bytes
+        if limit is not None and size > limit:
+            return False
         data = self._data
-        data[key] = (value, self._timer() + lifetime, key)
+        old = data.get(key)
+        if old is not None:
+            self._bytes -= old[3]
+        data[key] = (value, self._timer() + lifetime, key, size)
+        self._bytes += size
         data.move_to_end(key)
-        while len(data) > self._maxsize:
-            data.popitem(last=False)
+        while len(data) > self._maxsize or (limit is not None and self._bytes > limit):
+            self._bytes -= data.popitem(last=False)[1][3]
         return True
 
     def delete(self, key: K) -> None:
         """Drop ``key`` if present; always counts as an invalidation."""
         self._generation += 1
-        self._data.pop(key, None)
+        entry = self._data.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[3]
 
     def discard_where(self, predicate: Callable[[K, V], bool]) -> int:
         """Drop every entry for which ``predicate(key, value)`` is true; returns how many."""
         self._generation += 1
-        doomed = [k for k, (v, _, _) in self._data.items() if predicate(k, v)]
+        doomed = [k for k, (v, _, _, _) in self._data.items() if predicate(k, v)]
         for key in doomed:
-            del self._data[key]
+            self._bytes -= self._data.pop(key)[3]
         return len(doomed)
 
     def clear(self) -> None:
         """Drop everything."""
         self._generation += 1
         self._data.clear()
+        self._bytes = 0
 
     def disable(self) -> None:
         """Flush and bypass the cache until :meth:`enable` (coherence cannot be guaranteed)."""

@@ -14,6 +14,8 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   layer with the same behaviour. It serves a warm request with less CPU than the three
   separate layers; for the measured ratio see the hot-path benchmark
   (``benchmarks/results/report.md``, "1. Gateway hot path").
+- :mod:`~middleware.responsecache`: :class:`ResponseCache` and its middleware (cached
+  ``GET``/``HEAD`` responses, tag invalidation on every instance, ``ETag``/``304``).
 - :mod:`~middleware.csrf`: :class:`CSRFMiddleware` (origin checks and a session-bound
   token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
   :class:`TrustedProxies` (the client address behind trusted reverse proxies).
@@ -57,6 +59,13 @@ from middleware.rbac.sources import (
     StaticRolePermissions,
     permission_granted,
 )
+from middleware.responsecache import (
+    CacheRule,
+    ResponseCache,
+    ResponseCacheMiddleware,
+    ResponseCacheSettings,
+    cache_response,
+)
 from middleware.scope import (
     get_claims,
     get_claims_or_none,
@@ -82,6 +91,7 @@ __all__ = [
     "Authentication",
     "CSRFMiddleware",
     "CSRFSettings",
+    "CacheRule",
     "CallablePermissions",
     "ChannelPolicy",
     "ChannelRule",
@@ -104,6 +114,9 @@ __all__ = [
     "PermissionSource",
     "Principal",
     "RBACMiddleware",
+    "ResponseCache",
+    "ResponseCacheMiddleware",
+    "ResponseCacheSettings",
     "Rule",
     "ServiceUnavailable",
     "SessionBackend",
@@ -126,6 +139,7 @@ __all__ = [
     "WebSocketLimits",
     "WebSocketSettings",
     "WebSocketStats",
+    "cache_response",
     "csrf_fields",
     "csrf_token",
     "default_error_response",

@@ -56,6 +56,7 @@ from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.rbac.middleware import RBACMiddleware, Rule
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import PermissionSource, StaticRolePermissions
+from middleware.responsecache import ResponseCache, ResponseCacheMiddleware, ResponseCacheSettings
 from middleware.sessions.manager import SessionManager
 from middleware.sessions.middleware import SessionMiddleware
 from middleware.websocket.bridge import WebSocketBridge
@@ -80,8 +81,9 @@ class Gateway:
     (:class:`StaticRolePermissions` over the ``roles`` claim); None: no RBAC layer.
     ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket`` is
     :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
-    endpoint). Nothing is opened here: the components are built and :meth:`lifespan`
-    starts them. Raises ``ValueError`` for bad arguments.
+    endpoint); ``response_cache`` is :class:`ResponseCacheSettings` (None: no response
+    cache; :attr:`response_cache` invalidates by tag). Nothing is opened here: the
+    components are built and :meth:`lifespan` starts them. Raises ``ValueError`` for bad arguments.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Gateway:
         permissions: PermissionSource | Mapping[str, Iterable[str]] | None = None,
         sessions: SessionSettings | None = None,
         websocket: WebSocketSettings | ChannelPolicy | None = None,
+        response_cache: ResponseCacheSettings | None = None,
     ) -> None:
         validator = _validator(jwt)
         source = _source(permissions)
@@ -114,6 +117,15 @@ class Gateway:
         self._permissions = self._build_permissions(source) if source is not None else None
         self._sessions = self._build_sessions(sessions) if sessions is not None else None
         self._bridge = self._build_bridge(websocket) if websocket is not None else None
+        # Response cache (issue 16): keyed by subject and this Gateway's policy version,
+        # installed innermost (after JWT and RBAC let the request through).
+        if response_cache is not None and not isinstance(response_cache, ResponseCacheSettings):
+            raise ValueError("response_cache must be ResponseCacheSettings or None")
+        self._response_cache = (
+            ResponseCache(self._client, response_cache, permissions=self._permissions)
+            if response_cache is not None
+            else None
+        )
         self._lifespan_used = False
         self._installed = False
 
@@ -174,6 +186,12 @@ class Gateway:
     def sessions(self) -> SessionManager | None:
         """The session manager, or None without session settings."""
         return self._sessions
+
+    @property
+    def response_cache(self) -> ResponseCache | None:
+        """The response cache (``await gateway.response_cache.invalidate_tags(...)``), or
+        None without ``response_cache`` settings."""
+        return self._response_cache
 
     @property
     def bridge(self) -> WebSocketBridge | None:
@@ -316,6 +334,8 @@ class Gateway:
                 optional_paths=settings.optional_paths,
                 on_error=on_error,
             )
+        if self._response_cache is not None:  # innermost: after JWT, RBAC (and CSRF)
+            app.add_middleware(ResponseCacheMiddleware, cache=self._response_cache, routes=app)
         cookies = [token_cookie] if token_cookie else []
         if self._sessions is not None and settings is not None and settings.cookie is not None:
             cookies.append(cast("str", settings.cookie.name))

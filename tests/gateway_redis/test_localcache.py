@@ -130,3 +130,22 @@ def test_a_stamp_is_current_only_while_its_entry_is_stored_and_in_date() -> None
     clock.now += 0.001
     assert not cache.is_current(stamp)
     assert cache.stamp("a") is None
+
+
+def test_max_bytes_evicts_least_recently_used_entries_by_declared_size() -> None:
+    cache: LocalCache[str, int] = LocalCache(maxsize=100, ttl=10, max_bytes=100)
+    cache.set("a", 1, size=40)
+    cache.set("b", 2, size=40)
+    assert cache.get("a") == 1  # "b" is now the least recently used
+    cache.set("c", 3, size=40)  # 120 > 100: "b" goes
+    assert cache.get("b") is None
+    assert cache.size_in_bytes == 80
+    assert not cache.set("huge", 4, size=101)  # larger than the whole budget
+    cache.set("a", 5, size=10)  # replacing an entry gives its bytes back
+    assert cache.size_in_bytes == 50
+    cache.delete("c")
+    assert cache.size_in_bytes == 10
+    cache.clear()
+    assert cache.size_in_bytes == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        LocalCache(maxsize=1, ttl=1, max_bytes=0)
