@@ -45,6 +45,9 @@ from starlette.routing import WebSocketRoute
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
 from middleware._signals import SignalDrain
+from middleware.apikeys.authenticator import APIKeyAuthenticator
+from middleware.apikeys.middleware import APIKeyMiddleware
+from middleware.apikeys.settings import APIKeySettings
 from middleware.appsettings import SessionSettings, WebSocketSettings, path_patterns
 from middleware.csrf import CSRFMiddleware, CSRFSettings
 from middleware.errors import ErrorHandler, default_error_response
@@ -80,8 +83,9 @@ class Gateway:
     (:class:`StaticRolePermissions` over the ``roles`` claim); None: no RBAC layer.
     ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket`` is
     :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
-    endpoint). Nothing is opened here: the components are built and :meth:`lifespan`
-    starts them. Raises ``ValueError`` for bad arguments.
+    endpoint). ``api_keys`` (:class:`~middleware.apikeys.APIKeySettings`; None: off) also
+    accepts API keys, in a layer run before the JWT one. Nothing is opened here: the
+    components are built and :meth:`lifespan` starts them. Raises ``ValueError`` for bad arguments.
     """
 
     def __init__(
@@ -92,7 +96,10 @@ class Gateway:
         permissions: PermissionSource | Mapping[str, Iterable[str]] | None = None,
         sessions: SessionSettings | None = None,
         websocket: WebSocketSettings | ChannelPolicy | None = None,
+        api_keys: APIKeySettings | None = None,
     ) -> None:
+        if api_keys is not None and not isinstance(api_keys, APIKeySettings):
+            raise ValueError("api_keys must be APIKeySettings or None")
         validator = _validator(jwt)
         source = _source(permissions)
         if sessions is not None and not isinstance(sessions, SessionSettings):
@@ -114,6 +121,10 @@ class Gateway:
         self._permissions = self._build_permissions(source) if source is not None else None
         self._sessions = self._build_sessions(sessions) if sessions is not None else None
         self._bridge = self._build_bridge(websocket) if websocket is not None else None
+        # API keys: their own authenticator on the same client (namespace "apikey").
+        self._api_keys = (
+            APIKeyAuthenticator(api_keys, client=self._client) if api_keys is not None else None
+        )
         self._lifespan_used = False
         self._installed = False
 
@@ -164,6 +175,11 @@ class Gateway:
     def authenticator(self) -> JWTAuthenticator:
         """The JWT authenticator (``await gateway.authenticator.revoke(claims)``)."""
         return self._authenticator
+
+    @property
+    def api_keys(self) -> APIKeyAuthenticator | None:
+        """The API-key authenticator (``await gateway.api_keys.revoke(key_id)``), or None."""
+        return self._api_keys
 
     @property
     def permissions(self) -> PermissionCache | None:
@@ -261,7 +277,9 @@ class Gateway:
         (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
         those with the session cookie need the session's token (:func:`csrf_token`);
         requests with a bearer ``Authorization`` header are exempt (see
-        :mod:`middleware.csrf`).
+        :mod:`middleware.csrf`). With ``api_keys``, :class:`APIKeyMiddleware` runs first
+        (same ``public_paths``, ``fail_closed_paths``, ``on_error``): a request with an API
+        key is authenticated there and passes the JWT layer untouched.
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.
@@ -336,6 +354,14 @@ class Gateway:
             for layer in (rbac, jwt, sessions):
                 if layer is not None:
                     app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
+        if self._api_keys is not None:  # outermost of the auth layers: runs first
+            app.add_middleware(
+                APIKeyMiddleware,
+                authenticator=self._api_keys,
+                public_paths=public,
+                fail_closed_paths=fail_closed,
+                on_error=on_error,
+            )
         bridge = self._bridge
         if route is not None and bridge is not None:
             app.router.routes.append(WebSocketRoute(route, bridge, name="gateway-websocket"))
@@ -346,6 +372,7 @@ class Gateway:
         parts += ["rbac"] if self._permissions is not None else []
         parts += ["sessions"] if self._sessions is not None else []
         parts += ["websocket"] if self._bridge is not None else []
+        parts += ["apikeys"] if self._api_keys is not None else []
         return f"<Gateway {'+'.join(parts)} client={self._client!r}>"
 
 
