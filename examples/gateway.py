@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from examples.apikeys import api_key_settings, install_apikeys
 from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.guards import LoginGuards
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
@@ -197,6 +198,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
             required_paths=("/api/session", "/auth/*"),
         ),
         websocket=realtime_settings(env, ROLES),
+        api_keys=api_key_settings(env, ROLES),  # GATEWAY_API_KEYS: examples.apikeys
     )
     guards = LoginGuards.from_env(env, gateway.client)
 
@@ -239,6 +241,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
+    install_apikeys(app, gateway)  # POST /api/admin/apikeys/{name}/revoke
     return app
 
 

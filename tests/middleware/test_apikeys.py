@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from fastapi import Depends, FastAPI
 
@@ -307,8 +308,6 @@ async def test_a_wrong_key_gets_a_bare_401_and_public_paths_stay_public(app: Fas
 
 
 async def test_a_key_and_a_bearer_token_together_are_refused(app: FastAPI) -> None:
-    import jwt as pyjwt
-
     now = int(time.time())
     token = pyjwt.encode(
         {"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}, SECRET
