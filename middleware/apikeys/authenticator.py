@@ -14,7 +14,8 @@ JWT authenticator, through the same machinery, under the namespace ``apikey``:
    (:class:`~middleware.apikeys.Presented`), at most ``lookup_timeout`` seconds. Unknown
    keys are remembered by digest for ``negative_ttl`` (bounded); a lookup that raises or
    times out is :class:`~middleware.errors.ValidatorUnavailable` (the middleware answers
-   503) and is never cached. Concurrent first requests with one key may each call it.
+   503) and is never cached. Concurrent first requests with one key share one lookup
+   (per instance).
 
 The claims of a key: ``iss`` = ``settings.issuer``, ``sub`` = the record's subject,
 ``jti`` = its ``key_id``, ``roles``/``scope`` from the record, ``aud`` empty, ``iat`` the
@@ -112,6 +113,8 @@ class APIKeyAuthenticator:
             namespace=NAMESPACE,
         )
         self._revoked = revoker.revoked  # one dict for life: read on the hot path
+        # Lookups in flight, by digest: bounded by the requests in flight.
+        self._pending: dict[str, asyncio.Future[Authentication]] = {}
         self._store: ClaimsStore | None = None
         if client is not None and revoker.denylist is not None:
             self._store = ClaimsStore(client, revoker.denylist, NAMESPACE)
@@ -170,7 +173,7 @@ class APIKeyAuthenticator:
             raise InvalidToken(reason)
         generation = self._l1.generation
         try:
-            result = await self._resolve(Presented(digest, credential), now)
+            result = await self._shared(Presented(digest, credential), now)
         except InvalidToken as exc:
             self._negative.set(digest, exc.reason)
             raise
@@ -178,6 +181,24 @@ class APIKeyAuthenticator:
         if not result.degraded and verified.until > now:
             self._l1.set(digest, verified, ttl=verified.until - now, generation=generation)
         return result
+
+    async def _shared(self, presented: Presented, now: float) -> Authentication:
+        """:meth:`_resolve`, once per digest at a time on this instance: concurrent first
+        requests with one key wait for the same lookup (shielded: a caller that goes away
+        does not cancel it for the others)."""
+        digest = presented.digest
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(presented, now))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda done: self._settle(digest, done))
+        return await asyncio.shield(pending)
+
+    def _settle(self, digest: str, done: asyncio.Future[Authentication]) -> None:
+        if self._pending.get(digest) is done:
+            del self._pending[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved here: no "never retrieved" warning if all left
 
     async def _resolve(self, presented: Presented, now: float) -> Authentication:
         degraded = False

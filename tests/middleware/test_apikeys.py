@@ -337,3 +337,19 @@ async def test_the_lookup_down_answers_503_not_500(app: FastAPI) -> None:
         assert "Retry-After" in r.headers
         app.state.lookup.down = False
         assert (await h.get("/me", headers={"X-API-Key": ALICE_KEY})).status_code == 200
+
+
+async def test_concurrent_first_requests_share_one_lookup(client: RedisClient) -> None:
+    lookup = CountingLookup()
+    lookup.delay = 0.05
+    a = APIKeyAuthenticator(settings(lookup), client=client)
+    await synced(client)
+    results = await asyncio.gather(*(a.authenticate(ALICE_KEY) for _ in range(200)))
+    assert {r.claims.sub for r in results} == {"apikey:alice"}
+    assert lookup.calls == 1
+    wrong = await asyncio.gather(
+        *(reason_of(a, "ak_live_wrong_key_000000000") for _ in range(50)),
+    )
+    assert set(wrong) == {"unknown_key"}
+    assert lookup.calls == 2
+    assert a._pending == {}
