@@ -28,7 +28,10 @@ Revocation (:meth:`APIKeyAuthenticator.revoke`) is the JWT revocation by ``(iss,
 resync), a bus event that drops the key from every instance's L1, and a Redis check on
 every L2 hit or lookup. A changed record (a new role) is published with
 :meth:`APIKeyAuthenticator.invalidate`: the L2 entry is deleted (confirmed) and every
-instance drops its L1 and negative entries for the digest. Redis down: L1 and the lookup
+instance drops its L1 and negative entries for the digest (a lookup in flight meanwhile
+stores nothing in L2 if the event reached its instance first; one that finished between
+the delete and the event may have cached the old record: call it again, or wait
+``l2_ttl``, for a change that must not be missed). Redis down: L1 and the lookup
 still answer (``degraded``), revocations known here still hold.
 """
 
@@ -173,7 +176,7 @@ class APIKeyAuthenticator:
             raise InvalidToken(reason)
         generation = self._l1.generation
         try:
-            result = await self._shared(Presented(digest, credential), now)
+            result = await self._shared(Presented(digest, credential), now, generation)
         except InvalidToken as exc:
             self._negative.set(digest, exc.reason)
             raise
@@ -182,14 +185,14 @@ class APIKeyAuthenticator:
             self._l1.set(digest, verified, ttl=verified.until - now, generation=generation)
         return result
 
-    async def _shared(self, presented: Presented, now: float) -> Authentication:
+    async def _shared(self, presented: Presented, now: float, generation: int) -> Authentication:
         """:meth:`_resolve`, once per digest at a time on this instance: concurrent first
         requests with one key wait for the same lookup (shielded: a caller that goes away
         does not cancel it for the others)."""
         digest = presented.digest
         pending = self._pending.get(digest)
         if pending is None:
-            pending = asyncio.ensure_future(self._resolve(presented, now))
+            pending = asyncio.ensure_future(self._resolve(presented, now, generation))
             self._pending[digest] = pending
             pending.add_done_callback(lambda done: self._settle(digest, done))
         return await asyncio.shield(pending)
@@ -200,7 +203,7 @@ class APIKeyAuthenticator:
         if not done.cancelled():
             done.exception()  # retrieved here: no "never retrieved" warning if all left
 
-    async def _resolve(self, presented: Presented, now: float) -> Authentication:
+    async def _resolve(self, presented: Presented, now: float, generation: int) -> Authentication:
         degraded = False
         hit = None
         if self._l2.enabled:
@@ -223,7 +226,10 @@ class APIKeyAuthenticator:
         if self._store is None:
             return Authentication(claims, source, False)
         if not degraded:
-            store_at = presented.digest if hit is None and self._l2.enabled else None
+            # Not into L2 when L1 saw an invalidation meanwhile: the record may have changed
+            # while it was being looked up (an invalidate() racing this lookup).
+            fresh = self._l1.generation == generation
+            store_at = presented.digest if hit is None and self._l2.enabled and fresh else None
             degraded = await self._check(self._store, claims, store_at)
         return Authentication(claims, source, degraded)
 
