@@ -107,7 +107,7 @@ class KeyDigester:
     """Keyed digests of credentials under ``secret`` (str or bytes, at least 32 bytes, the
     same on every instance: as secret as a signing key). ``ValueError`` otherwise."""
 
-    __slots__ = ("_digest_key", "seal_key")
+    __slots__ = ("_keyed", "seal_key")
 
     def __init__(self, secret: str | bytes) -> None:
         if not isinstance(secret, (str, bytes)):
@@ -115,14 +115,16 @@ class KeyDigester:
         raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
         if len(raw) < _MIN_SECRET:
             raise ValueError(f"secret must be at least {_MIN_SECRET} bytes")
-        self._digest_key = hmac.new(raw, _DIGEST_LABEL, hashlib.sha256).digest()
+        digest_key = hmac.new(raw, _DIGEST_LABEL, hashlib.sha256).digest()
+        # Keyed once; each digest copies it (cheaper than keying HMAC per request).
+        self._keyed = hmac.new(digest_key, digestmod=hashlib.sha256)
         self.seal_key = hmac.new(raw, _SEAL_LABEL, hashlib.sha256).digest()  # seals L2
 
     def digest(self, credential: str) -> str:
         """The hex digest of ``credential`` (what key tables store and lookups receive)."""
-        return hmac.new(
-            self._digest_key, credential.encode("utf-8", "surrogateescape"), hashlib.sha256
-        ).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(credential.encode("utf-8", "surrogatepass"))
+        return mac.hexdigest()
 
     def __repr__(self) -> str:
         return "KeyDigester(<secret>)"

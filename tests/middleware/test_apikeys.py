@@ -353,3 +353,12 @@ async def test_concurrent_first_requests_share_one_lookup(client: RedisClient) -
     assert set(wrong) == {"unknown_key"}
     assert lookup.calls == 2
     assert a._pending == {}
+
+
+async def test_odd_strings_given_directly_are_refused_not_raised() -> None:
+    lookup = CountingLookup()
+    a = APIKeyAuthenticator(settings(lookup), client=None)
+    for odd in ("\ud800lone-surrogate-key-000", "\x00" * 20, "ключ" * 10, " " * 20):
+        assert await reason_of(a, odd) == "unknown_key"
+        assert a.cached(odd) is None
+    assert await reason_of(a, "") == "malformed"
