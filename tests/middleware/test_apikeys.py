@@ -362,3 +362,12 @@ async def test_odd_strings_given_directly_are_refused_not_raised() -> None:
         assert await reason_of(a, odd) == "unknown_key"
         assert a.cached(odd) is None
     assert await reason_of(a, "") == "malformed"
+
+
+async def test_the_gateway_checks_its_api_keys_argument(client: RedisClient) -> None:
+    with pytest.raises(ValueError, match="api_keys"):
+        Gateway(client, jwt=JWT, api_keys={"ci": ALICE_KEY})  # type: ignore[arg-type]
+    assert Gateway(client, jwt=JWT).api_keys is None
+    gateway = Gateway(client, jwt=JWT, api_keys=settings(CountingLookup()))
+    assert isinstance(gateway.api_keys, APIKeyAuthenticator)
+    assert "apikeys" in repr(gateway)
