@@ -63,6 +63,10 @@ NAMESPACE = "apikey"  # bus events, Redis keys, L1 cache names
 _log = logging.getLogger(__name__)
 
 
+class _LeaderGone(Exception):
+    """The request doing a shared lookup was cancelled: a waiter does it instead."""
+
+
 def record_claims(record: KeyRecord, issuer: str, now: float, horizon: float) -> TokenClaims:
     """The claims of ``record`` looked up at ``now``; ``exp`` at most ``now + horizon``."""
     end = now + horizon if record.expires_at is None else min(record.expires_at, now + horizon)
@@ -186,22 +190,28 @@ class APIKeyAuthenticator:
         return result
 
     async def _shared(self, presented: Presented, now: float, generation: int) -> Authentication:
-        """:meth:`_resolve`, once per digest at a time on this instance: concurrent first
-        requests with one key wait for the same lookup (shielded: a caller that goes away
-        does not cancel it for the others)."""
+        """:meth:`_resolve`, once per digest at a time on this instance: the first request
+        with a key looks it up in its own task; concurrent ones wait for its answer
+        (shielded: a waiter that goes away cancels nothing). No task is started: if the
+        first request is cancelled, a waiter takes over."""
         digest = presented.digest
-        pending = self._pending.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(self._resolve(presented, now, generation))
-            self._pending[digest] = pending
-            pending.add_done_callback(lambda done: self._settle(digest, done))
-        return await asyncio.shield(pending)
-
-    def _settle(self, digest: str, done: asyncio.Future[Authentication]) -> None:
-        if self._pending.get(digest) is done:
+        while (pending := self._pending.get(digest)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except _LeaderGone:
+                continue
+        future: asyncio.Future[Authentication] = asyncio.get_running_loop().create_future()
+        self._pending[digest] = future
+        try:
+            result = await self._resolve(presented, now, generation)
+        except BaseException as exc:
             del self._pending[digest]
-        if not done.cancelled():
-            done.exception()  # retrieved here: no "never retrieved" warning if all left
+            future.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
+            future.exception()  # retrieved: no warning when nobody was waiting
+            raise
+        del self._pending[digest]
+        future.set_result(result)
+        return result
 
     async def _resolve(self, presented: Presented, now: float, generation: int) -> Authentication:
         degraded = False

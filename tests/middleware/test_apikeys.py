@@ -371,3 +371,19 @@ async def test_the_gateway_checks_its_api_keys_argument(client: RedisClient) -> 
     gateway = Gateway(client, jwt=JWT, api_keys=settings(CountingLookup()))
     assert isinstance(gateway.api_keys, APIKeyAuthenticator)
     assert "apikeys" in repr(gateway)
+
+
+async def test_a_cancelled_first_request_hands_its_lookup_to_a_waiter() -> None:
+    lookup = CountingLookup()
+    lookup.delay = 0.1
+    a = APIKeyAuthenticator(settings(lookup), client=None)
+    leader = asyncio.ensure_future(a.authenticate(ALICE_KEY))
+    await asyncio.sleep(0.02)  # the leader is in its lookup
+    waiters = [asyncio.ensure_future(a.authenticate(ALICE_KEY)) for _ in range(5)]
+    await asyncio.sleep(0.02)
+    leader.cancel()
+    results = await asyncio.gather(*waiters)
+    assert {r.claims.sub for r in results} == {"apikey:alice"}
+    assert leader.cancelled()
+    assert lookup.calls == 2  # the cancelled one, then one waiter for all
+    assert a._pending == {}
