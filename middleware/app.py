@@ -85,7 +85,8 @@ class Gateway:
     :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
     endpoint). ``api_keys`` (:class:`~middleware.apikeys.APIKeySettings`; None: off) also
     accepts API keys, in a layer run before the JWT one. Nothing is opened here: the
-    components are built and :meth:`lifespan` starts them. Raises ``ValueError`` for bad arguments.
+    components are built and :meth:`lifespan` starts them. Raises ``ValueError`` for bad
+    arguments.
     """
 
     def __init__(
