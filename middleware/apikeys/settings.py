@@ -80,6 +80,10 @@ class APIKeySettings:
         object.__setattr__(self, "digester", KeyDigester(self.secret))
         if self.header is not None:
             _token("header", self.header)
+            if self.header.lower() in ("authorization", "cookie", "host"):
+                raise ValueError(
+                    f"header must not be {self.header} (use scheme= for Authorization)"
+                )
         if self.scheme is not None:
             _token("scheme", self.scheme)
             if self.scheme.lower() == "bearer":

@@ -233,6 +233,8 @@ async def test_process_only_mode_and_bad_settings() -> None:
         APIKeySettings(lookup=lookup, secret=KEY_SECRET, scheme="Bearer")
     with pytest.raises(ValueError, match="header"):
         APIKeySettings(lookup=lookup, secret=KEY_SECRET, header="X API Key")
+    with pytest.raises(ValueError, match="scheme="):
+        APIKeySettings(lookup=lookup, secret=KEY_SECRET, header="Authorization")
     with pytest.raises(ValueError, match="key_id"):
         KeyRecord("", "apikey:x")
     with pytest.raises(ValueError, match="roles"):
