@@ -47,8 +47,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from examples.apikeys import api_key_settings, install_apikeys
 from examples.auth import ROLES, GatewayKeys, error, install_auth
 from examples.cached import cached_settings, install_cached
+from examples.apikeys import api_key_settings, install_apikeys
+from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.guards import LoginGuards
 from examples.openapi import declare_responses
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
@@ -105,6 +108,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         ),
         websocket=realtime_settings(env, ROLES),
         response_cache=cached_settings(env),
+        api_keys=api_key_settings(env, ROLES),  # GATEWAY_API_KEYS: examples.apikeys
     )
     guards = LoginGuards.from_env(env, gateway.client)
 
@@ -155,6 +159,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         permission_paths=("/api/admin", "/api/admin/**"),
         session_paths=("/api/session", "/auth/*"),
     )
+    install_apikeys(app, gateway)  # POST /api/admin/apikeys/{name}/revoke
     return app
 
 

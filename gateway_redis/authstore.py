@@ -18,6 +18,11 @@ and calls these stores. Keys, values and TTLs (``<prefix>`` being the client's):
 * ``<prefix>rbac:<version>:<sha256(subject)>``: a subject's permissions (sorted JSON
   list), and ``<prefix>rbac:policy-version``: an integer (:class:`PermissionStore`).
 
+The token stores take a ``namespace`` (default ``"jwt"``, the names above): the API-key
+layer keeps the same entries under ``apikey`` (``<prefix>apikey:<digest>``,
+``<prefix>apikey-deny:...``, ``<prefix>apikey-revocations``...), so one denylist never
+refuses the other's credentials.
+
 Revoking a token, cutting a subject off and removing permissions are confirmed writes
 (:meth:`RedisClient.confirmed`): they reach a replica or raise
 ``RedisUnavailable(reason="unconfirmed")``.
@@ -61,20 +66,28 @@ class Revocation:
     until: float
 
 
+def _check_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not namespace.isidentifier() or len(namespace) > 32:
+        raise ValueError(f"namespace must be a short identifier, got {namespace!r}")
+    return namespace
+
+
 class RevocationStore:
-    """The denylist of revoked tokens, by (``iss``, ``jti``), on ``client``.
+    """The denylist of revoked tokens, by (``iss``, ``jti``), on ``client``, under
+    ``namespace`` (``<namespace>-deny:...``, ``<namespace>-revocations``).
 
     Holds no state besides its key names; the client stays owned by its creator.
     """
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, namespace: str = "jwt") -> None:
         self._client = client
-        self._index = client.key("jwt-revocations")
+        self._ns = _check_namespace(namespace)
+        self._index = client.key(f"{namespace}-revocations")
 
     def deny_key(self, iss: str, jti: object) -> str:
         """The full key of the denylist entry of ``(iss, jti)`` (``jti`` as ``str()``)."""
         digest = hashlib.sha256(f"{iss}\0{jti}".encode("utf-8", "replace")).hexdigest()
-        return self._client.key("jwt-deny:" + digest)
+        return self._client.key(f"{self._ns}-deny:" + digest)
 
     async def revoke(self, iss: str, jti: str, until: float, now: float) -> None:
         """Deny ``(iss, jti)`` until ``until`` (epoch seconds; the caller's acceptance
@@ -102,8 +115,8 @@ class RevocationStore:
 
         # Two keys in two slots (Cluster): each confirmed on the node that owns it, the
         # denylist entry (what protects) first.
-        await self._client.confirmed("jwt.revoke", deny, write_deny)
-        await self._client.confirmed("jwt.revoke", index, write_index)
+        await self._client.confirmed(f"{self._ns}.revoke", deny, write_deny)
+        await self._client.confirmed(f"{self._ns}.revoke", index, write_index)
 
     async def active(self, now: float) -> list[Revocation]:
         """Every revocation still in force at ``now``; malformed index members are skipped.
@@ -112,7 +125,8 @@ class RevocationStore:
         """
         index = self._index
         entries: Any = await self._client.execute(
-            "jwt.revocations", lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
+            f"{self._ns}.revocations",
+            lambda r: r.zrangebyscore(index, now, "+inf", withscores=True),
         )
         found = []
         for member, score in entries:
@@ -137,14 +151,16 @@ class SubjectCutoff:
 
 class SubjectCutoffStore:
     """The per-subject cut-offs ("log out everywhere" for tokens) on ``client``, in one
-    sorted set (every instance reloads it whole when its invalidation bus resyncs).
+    sorted set (every instance reloads it whole when its invalidation bus resyncs),
+    ``<namespace>-subject-cutoffs``.
 
     Holds no state besides its key name; the client stays owned by its creator.
     """
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, namespace: str = "jwt") -> None:
         self._client = client
-        self._index = client.key("jwt-subject-cutoffs")
+        self._ns = _check_namespace(namespace)
+        self._index = client.key(f"{namespace}-subject-cutoffs")
 
     async def cut(self, sub: str, cutoff: float, until: float, now: float) -> None:
         """Refuse ``sub``'s tokens issued at or before ``cutoff`` until ``until`` (epoch
@@ -165,7 +181,7 @@ class SubjectCutoffStore:
             pipe.pexpireat(index, until_ms, gt=True)
             await pipe.execute()
 
-        await self._client.confirmed("jwt.revoke_subject", index, write)
+        await self._client.confirmed(f"{self._ns}.revoke_subject", index, write)
 
     async def active(self, now: float) -> list[SubjectCutoff]:
         """Every cut-off still in force at ``now``; malformed members are skipped.
@@ -174,7 +190,8 @@ class SubjectCutoffStore:
         """
         index = self._index
         entries: Any = await self._client.execute(
-            "jwt.subject_cutoffs", lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
+            f"{self._ns}.subject_cutoffs",
+            lambda r: r.zrangebyscore(index, now, "+inf", withscores=True),
         )
         found = []
         for member, score in entries:
@@ -188,19 +205,23 @@ class SubjectCutoffStore:
 
 
 class ClaimsStore:
-    """Verified token claims (L2) at ``jwt:<digest>``, checked against ``revocations``.
+    """Verified token claims (L2) at ``<namespace>:<digest>``, checked against
+    ``revocations``.
 
     ``digest`` is the caller's (a hash of the validator's fingerprint and the token: no
     token ever appears in a key name).
     """
 
-    def __init__(self, client: RedisClient, revocations: RevocationStore) -> None:
+    def __init__(
+        self, client: RedisClient, revocations: RevocationStore, namespace: str = "jwt"
+    ) -> None:
         self._client = client
         self._revocations = revocations
+        self._ns = _check_namespace(namespace)
 
     def key(self, digest: str) -> str:
         """The full key of the claims stored under ``digest``."""
-        return self._client.key("jwt:" + digest)
+        return self._client.key(f"{self._ns}:" + digest)
 
     async def get(self, digest: str) -> bytes | None:
         """The stored claims JSON, or None.
@@ -210,8 +231,20 @@ class ClaimsStore:
         :class:`~gateway_redis.CommandError`.
         """
         key = self.key(digest)
-        raw: Any = await self._client.execute("jwt.get", lambda r: r.get(key), miss=True)
+        raw: Any = await self._client.execute(f"{self._ns}.get", lambda r: r.get(key), miss=True)
         return raw if raw is None or type(raw) is bytes else bytes(raw)
+
+    async def remove(self, digest: str) -> None:
+        """Forget the claims stored under ``digest``; a confirmed write (it drops a verdict
+        that may grant more than the source now does). Raises
+        :class:`~gateway_redis.RedisUnavailable` (``reason="unconfirmed"`` when no replica
+        acknowledged)."""
+        key = self.key(digest)
+
+        async def call(r: Redis) -> None:
+            await r.delete(key)
+
+        await self._client.confirmed(f"{self._ns}.invalidate", key, call)
 
     async def check(
         self,
@@ -236,7 +269,7 @@ class ClaimsStore:
                 pipe.set(put[0], put[1], px=put[2])
             return await pipe.execute()
 
-        replies: Any = await self._client.execute("jwt.check", call)
+        replies: Any = await self._client.execute(f"{self._ns}.check", call)
         return deny is not None and bool(replies and replies[0])
 
 

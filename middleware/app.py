@@ -36,29 +36,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import cast
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
+from middleware._layers import Components, add_layers, source_of, validator_of
 from middleware._signals import SignalDrain
+from middleware.apikeys.authenticator import APIKeyAuthenticator
+from middleware.apikeys.settings import APIKeySettings
 from middleware.appsettings import SessionSettings, WebSocketSettings, path_patterns
-from middleware.csrf import CSRFMiddleware, CSRFSettings
+from middleware.csrf import CSRFSettings
 from middleware.errors import ErrorHandler, default_error_response
-from middleware.gateway import GatewayMiddleware
 from middleware.jwt.authenticator import JWTAuthenticator
-from middleware.jwt.middleware import JWTMiddleware
 from middleware.jwt.settings import JWTSettings
-from middleware.jwt.validator import JWTValidator, TokenValidator
-from middleware.rbac.middleware import RBACMiddleware, Rule
+from middleware.jwt.validator import TokenValidator
+from middleware.rbac.middleware import Rule
 from middleware.rbac.permissions import PermissionCache
-from middleware.rbac.sources import PermissionSource, StaticRolePermissions
-from middleware.responsecache import ResponseCache, ResponseCacheMiddleware, ResponseCacheSettings
+from middleware.rbac.sources import PermissionSource
+from middleware.responsecache import ResponseCache, ResponseCacheSettings
 from middleware.sessions.manager import SessionManager
-from middleware.sessions.middleware import SessionMiddleware
 from middleware.websocket.bridge import WebSocketBridge
 from middleware.websocket.channels import ChannelPolicy
 
@@ -82,8 +80,10 @@ class Gateway:
     ``sessions`` is :class:`SessionSettings` (None: no sessions); ``websocket`` is
     :class:`WebSocketSettings` or just a :class:`ChannelPolicy` (None: no WebSocket
     endpoint); ``response_cache`` is :class:`ResponseCacheSettings` (None: no response
-    cache; :attr:`response_cache` invalidates by tag). Nothing is opened here: the
-    components are built and :meth:`lifespan` starts them. Raises ``ValueError`` for bad arguments.
+    cache; :attr:`response_cache` invalidates by tag); ``api_keys``
+    (:class:`~middleware.apikeys.APIKeySettings`; None: off) also accepts API keys, in a
+    layer run before the JWT one. Nothing is opened here: the components are built and
+    :meth:`lifespan` starts them. Raises ``ValueError`` for bad arguments.
     """
 
     def __init__(
@@ -95,9 +95,12 @@ class Gateway:
         sessions: SessionSettings | None = None,
         websocket: WebSocketSettings | ChannelPolicy | None = None,
         response_cache: ResponseCacheSettings | None = None,
+        api_keys: APIKeySettings | None = None,
     ) -> None:
-        validator = _validator(jwt)
-        source = _source(permissions)
+        if api_keys is not None and not isinstance(api_keys, APIKeySettings):
+            raise ValueError("api_keys must be APIKeySettings or None")
+        validator = validator_of(jwt)
+        source = source_of(permissions)
         if sessions is not None and not isinstance(sessions, SessionSettings):
             raise ValueError("sessions must be SessionSettings or None")
         if isinstance(websocket, ChannelPolicy):
@@ -125,6 +128,10 @@ class Gateway:
             ResponseCache(self._client, response_cache, permissions=self._permissions)
             if response_cache is not None
             else None
+        )
+        # API keys: their own authenticator on the same client (namespace "apikey").
+        self._api_keys = (
+            APIKeyAuthenticator(api_keys, client=self._client) if api_keys is not None else None
         )
         self._lifespan_used = False
         self._installed = False
@@ -176,6 +183,11 @@ class Gateway:
     def authenticator(self) -> JWTAuthenticator:
         """The JWT authenticator (``await gateway.authenticator.revoke(claims)``)."""
         return self._authenticator
+
+    @property
+    def api_keys(self) -> APIKeyAuthenticator | None:
+        """The API-key authenticator (``await gateway.api_keys.revoke(key_id)``), or None."""
+        return self._api_keys
 
     @property
     def permissions(self) -> PermissionCache | None:
@@ -279,7 +291,9 @@ class Gateway:
         (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
         those with the session cookie need the session's token (:func:`csrf_token`);
         requests with a bearer ``Authorization`` header are exempt (see
-        :mod:`middleware.csrf`).
+        :mod:`middleware.csrf`). With ``api_keys``, :class:`APIKeyMiddleware` runs first
+        (same ``public_paths``, ``fail_closed_paths``, ``on_error``): a request with an API
+        key is authenticated there and passes the JWT layer untouched.
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.
@@ -303,59 +317,25 @@ class Gateway:
         route = websocket_path if self._bridge is not None else None
         if route is not None and route not in public:
             public = (*public, route)
-        jwt = Middleware(
-            JWTMiddleware,
-            authenticator=self._authenticator,
-            public_paths=public,
-            cookie_name=token_cookie,
-            fail_closed_paths=fail_closed,
+        add_layers(
+            app,
+            Components(
+                self._authenticator,
+                self._permissions,
+                self._sessions,
+                self._session_settings,
+                self._response_cache,
+                self._api_keys,
+            ),
+            public=public,
+            fail_closed=fail_closed,
+            rules=tuple(rules),
+            deny_unmatched=deny_unmatched,
+            token_cookie=token_cookie,
             on_error=on_error,
+            fused=fused,
+            csrf=csrf,
         )
-        rbac = None
-        if self._permissions is not None:
-            rbac = Middleware(
-                RBACMiddleware,
-                permissions=self._permissions,
-                rules=tuple(rules),
-                deny_unmatched=deny_unmatched,
-                on_error=on_error,
-            )
-        sessions = None
-        settings = self._session_settings
-        if self._sessions is not None and settings is not None:
-            sessions = Middleware(
-                SessionMiddleware,
-                sessions=self._sessions,
-                cookie=settings.cookie,
-                header_name=settings.header_name,
-                refresh_interval=settings.refresh_interval,
-                on_unavailable=settings.on_unavailable,
-                required_paths=settings.required_paths,
-                optional_paths=settings.optional_paths,
-                on_error=on_error,
-            )
-        if self._response_cache is not None:  # innermost: after JWT, RBAC (and CSRF)
-            app.add_middleware(ResponseCacheMiddleware, cache=self._response_cache, routes=app)
-        cookies = [token_cookie] if token_cookie else []
-        if self._sessions is not None and settings is not None and settings.cookie is not None:
-            cookies.append(cast("str", settings.cookie.name))
-        if csrf is not None and cookies:
-            # Innermost (added first): it reads the session the session layer loaded.
-            app.add_middleware(
-                CSRFMiddleware, settings=csrf, cookie_names=cookies, on_error=on_error
-            )
-        if fused:
-            app.add_middleware(
-                GatewayMiddleware,
-                jwt=jwt,
-                rbac=rbac,
-                sessions=sessions,
-            )
-        else:
-            # add_middleware wraps: the last added runs first (sessions, JWT, RBAC).
-            for layer in (rbac, jwt, sessions):
-                if layer is not None:
-                    app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
         bridge = self._bridge
         if route is not None and bridge is not None:
             app.router.routes.append(WebSocketRoute(route, bridge, name="gateway-websocket"))
@@ -366,24 +346,5 @@ class Gateway:
         parts += ["rbac"] if self._permissions is not None else []
         parts += ["sessions"] if self._sessions is not None else []
         parts += ["websocket"] if self._bridge is not None else []
+        parts += ["apikeys"] if self._api_keys is not None else []
         return f"<Gateway {'+'.join(parts)} client={self._client!r}>"
-
-
-def _validator(jwt: object) -> TokenValidator:
-    if isinstance(jwt, JWTSettings):
-        return JWTValidator(jwt)
-    if callable(getattr(jwt, "validate", None)) and isinstance(
-        getattr(jwt, "fingerprint", None), str
-    ):
-        return cast("TokenValidator", jwt)
-    raise ValueError("jwt must be JWTSettings or a TokenValidator")
-
-
-def _source(permissions: object) -> PermissionSource | None:
-    if permissions is None:
-        return None
-    if isinstance(permissions, Mapping):
-        return StaticRolePermissions(permissions)
-    if callable(getattr(permissions, "permissions", None)) and hasattr(permissions, "cacheable"):
-        return cast("PermissionSource", permissions)
-    raise ValueError("permissions must be a PermissionSource, a role mapping or None")

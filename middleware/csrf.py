@@ -23,8 +23,10 @@ A browser attaches cookies to requests that other sites make it send (a form pos
 Requests with ``Authorization: Bearer ...`` skip both: a browser never attaches a bearer
 token by itself, and a page of another site can only add that header through a CORS
 preflight the server accepts. (``Basic`` credentials, which browsers do replay, are not
-exempt.) A session ID carried in a custom header is not ambient either: without the
-session cookie only the origin check applies.
+exempt.) Likewise requests the API-key layer authenticated (an ``X-API-Key`` header, or
+the configured ``Authorization`` scheme): browsers never add those by themselves. A
+session ID carried in a custom header is not ambient either: without the session cookie
+only the origin check applies.
 
 The server's own origin is the ``Host`` header with the ASGI scheme. Behind a proxy that
 terminates TLS or rewrites ``Host``, either have the server take scheme and host from the
@@ -48,7 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, PermissionDenied, default_error_response
-from middleware.scope import SESSION_KEY, get_session_handle
+from middleware.scope import API_KEY_KEY, SESSION_KEY, get_session_handle
 from middleware.sessions.cookie import TOKEN_CHARS
 
 # CSRF_SESSION_KEY (by its module path) is the session metadata field holding the token.
@@ -175,6 +177,8 @@ class CSRFMiddleware:
     def refusal(self, scope: Scope) -> str | None:
         """Why an unsafe HTTP request is refused (``"csrf_origin"``, ``"csrf_token"``), or
         None when it may go on."""
+        if API_KEY_KEY in scope:
+            return None  # authenticated by an API key: not ambient
         origins: list[bytes] = []
         fetch_site = cookie = token = host = None
         for name, value in scope.get("headers", ()):

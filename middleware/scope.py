@@ -9,7 +9,8 @@ objects behind them. Each takes a Starlette ``Request``/``WebSocket`` (any
 scope key                     value
 ============================  =========================================================
 ``"user"``, ``"auth"``        :class:`~middleware.jwt.GatewayUser`, ``AuthCredentials``
-``"gateway.claims"``          :class:`~middleware.jwt.TokenClaims` (JWT middleware)
+``"gateway.claims"``          :class:`~middleware.jwt.TokenClaims` (JWT or API-key layer)
+``"gateway.api_key"``         the ``key_id`` of the API key that authenticated the request
 ``"gateway.permissions"``     :class:`~middleware.rbac.PermissionContext` (RBAC)
 ``"session"``                 a ``dict`` of the session's metadata (sessions)
 ``"gateway.session"``         :class:`~middleware.sessions.SessionHandle` (sessions)
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 CLAIMS_KEY = "gateway.claims"
+# Set by the API-key layer: the JWT layer then passes the request on, and CSRF exempts it.
+API_KEY_KEY = "gateway.api_key"
 PERMISSIONS_KEY = "gateway.permissions"
 SESSION_KEY = "gateway.session"
 

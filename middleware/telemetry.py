@@ -18,6 +18,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from gateway_redis.telemetry import meter
 
 __all__ = [
+    "ATTR_APIKEY_RESULT",
     "ATTR_JWT_RESULT",
     "ATTR_RBAC_RESULT",
     "ATTR_SESSION_RESULT",
@@ -27,6 +28,7 @@ __all__ = [
 
 # Set on the current (server) span instead of a child span when a lookup is served from L1:
 # no I/O happened, and a span per hit cost more than the whole warm request.
+ATTR_APIKEY_RESULT = "gateway.apikey.cache.result"
 ATTR_JWT_RESULT = "gateway.jwt.cache.result"
 ATTR_RBAC_RESULT = "gateway.rbac.cache.result"
 ATTR_SESSION_RESULT = "gateway.session.cache.result"

@@ -57,7 +57,7 @@ from middleware.jwt.revoker import Revoker
 from middleware.jwt.sealed import SealedVerdicts, header_kid
 from middleware.jwt.validator import JWTValidator, TokenValidator
 
-__all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator"]
+__all__ = ["Authentication", "AuthenticationPin", "JWTAuthenticator", "Verified"]
 
 _log = logging.getLogger(__name__)
 # Verdicts that may change with time or key rotation are not worth remembering.

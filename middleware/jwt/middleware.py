@@ -12,6 +12,10 @@ selects the ``bearer`` subprotocol when the app accepts without choosing one); a
 (:class:`GatewayUser`) and ``auth`` (``AuthCredentials(["authenticated", *token scopes])``)
 plus the claims under :data:`~middleware.scope.CLAIMS_KEY`.
 
+A request the API-key layer (:mod:`middleware.apikeys`, which runs first) has
+authenticated, marked by :data:`~middleware.scope.API_KEY_KEY` in the scope, is passed on
+untouched.
+
 Failures answer 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` and a generic
 JSON body; an unreachable key source answers 503. A Redis outage is never a 401: tokens are
 then validated locally and checked against the in-memory revocation mirror; paths in
@@ -50,7 +54,7 @@ from middleware.errors import (
 )
 from middleware.jwt.authenticator import Authentication, JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
-from middleware.scope import CLAIMS_KEY
+from middleware.scope import API_KEY_KEY, CLAIMS_KEY
 from middleware.telemetry import ATTR_JWT_RESULT
 
 __all__ = ["GatewayUser", "JWTMiddleware"]
@@ -192,8 +196,8 @@ class JWTMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
+        if (kind != "http" and kind != "websocket") or API_KEY_KEY in scope:
+            await self.app(scope, receive, send)  # not ours, or an API key authenticated it
             return
         try:
             token, from_subprotocol = _extract(scope, self._cookie, self._subprotocol, self._tokens)

@@ -12,6 +12,9 @@ once. When the bus resyncs (events may have been lost; a new instance starts) bo
 are reloaded from Redis (:class:`~gateway_redis.authstore.RevocationStore`,
 :class:`~gateway_redis.authstore.SubjectCutoffStore`), so they survive restarts.
 
+``namespace`` (default ``jwt``) names the bus namespace and the Redis keys; the API-key
+layer (:mod:`middleware.apikeys`) runs its own :class:`Revoker` under ``apikey``.
+
 A cut-off must last as long as a token issued before it can still be accepted: the
 longest token lifetime (``max_token_lifetime``, ``exp - iat`` of any token the issuer
 mints: the operator states it) plus the leeway. A token living longer than that,
@@ -39,13 +42,12 @@ from middleware.jwt.revocation import RevocationMirror, TokenRevoked, parse_revo
 
 __all__ = ["Revoker"]
 
-_NS = "jwt"
-
 
 class Revoker:
     """Token revocations and subject cut-offs for one authenticator: ``client`` (None: in
     process only), its ``bus``, the authenticator's ``l1`` (entries are dropped as they
-    are revoked), its ``leeway``, ``max_token_lifetime`` and ``clock`` (epoch seconds).
+    are revoked), its ``leeway``, ``max_token_lifetime`` and ``clock`` (epoch seconds);
+    ``namespace`` names its bus events and Redis keys (default ``jwt``).
 
     ``revoked`` and ``cutoffs`` are the mirrors' dicts (one each for life): a hot path may
     read them directly.
@@ -60,7 +62,9 @@ class Revoker:
         leeway: float,
         max_token_lifetime: float,
         clock: Callable[[], float],
+        namespace: str = "jwt",
     ) -> None:
+        self._ns = namespace
         self._bus = bus
         self._l1 = l1
         self._leeway = leeway
@@ -70,9 +74,9 @@ class Revoker:
         self._cutoff_mirror = CutoffMirror(clock)
         self.revoked = self._mirror.entries
         self.cutoffs = self._cutoff_mirror.entries
-        self.denylist = RevocationStore(client) if client is not None else None
-        self._cutoff_store = SubjectCutoffStore(client) if client is not None else None
-        bus.on_event(_NS, self._on_event)
+        self.denylist = RevocationStore(client, namespace) if client is not None else None
+        self._cutoff_store = SubjectCutoffStore(client, namespace) if client is not None else None
+        bus.on_event(namespace, self._on_event)
         bus.on_resync(self._reload)
 
     def refuses(self, claims: TokenClaims) -> bool:
@@ -89,7 +93,7 @@ class Revoker:
         if self.denylist is not None:
             await self.denylist.revoke(iss, jti, exp + self._leeway, now)
         event: TokenRevoked = {"op": "revoke", "iss": iss, "jti": jti, "exp": exp}
-        await self._bus.publish(_NS, event)
+        await self._bus.publish(self._ns, event)
 
     def remember(self, iss: str, jti: str, exp: float) -> None:
         """Mirror a revocation of a token expiring at ``exp`` until the end of its
@@ -108,7 +112,7 @@ class Revoker:
             if revoked is not None:
                 callback(revoked)
 
-        return self._bus.on_event(_NS, on_event)
+        return self._bus.on_event(self._ns, on_event)
 
     # -- by subject --------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class Revoker:
         if self._cutoff_store is not None:
             await self._cutoff_store.cut(sub, now, until, now)
         event: SubjectRevoked = {"op": "revoke_subject", "sub": sub, "cutoff": now, "until": until}
-        await self._bus.publish(_NS, event)
+        await self._bus.publish(self._ns, event)
         return now
 
     def _cut(self, sub: str, cutoff: float, until: float) -> None:
@@ -138,7 +142,7 @@ class Revoker:
             if cut is not None:
                 callback(cut)
 
-        return self._bus.on_event(_NS, on_event)
+        return self._bus.on_event(self._ns, on_event)
 
     # -- bus ---------------------------------------------------------------------------
 

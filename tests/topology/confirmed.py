@@ -22,12 +22,16 @@ import pytest
 from gateway_redis import RedisClient
 from gateway_redis.invalidation import InvalidationBus
 from middleware import (
+    APIKeyAuthenticator,
+    APIKeySettings,
     CallablePermissions,
     InvalidToken,
     JWTAuthenticator,
     JWTSettings,
     JWTValidator,
+    KeyRecord,
     PermissionCache,
+    StaticKeys,
     TokenClaims,
 )
 
@@ -149,10 +153,59 @@ async def permission_removal(client: RedisClient, bus: InvalidationBus) -> Prepa
     )
 
 
+API_KEY_SECRET = "apikey-confirm-secret-Hq3nX8vT1mC6pR9wK2sJ5bY7"
+API_KEY_ISSUER = "gateway-redis/apikey"
+
+
+async def _api_keys(
+    client: RedisClient, bus: InvalidationBus
+) -> tuple[APIKeyAuthenticator, str, str]:
+    key_id = f"k-{uuid.uuid4().hex[:8]}"
+    key = f"ak_{uuid.uuid4().hex}"
+    table = StaticKeys(API_KEY_SECRET, [(key, KeyRecord(key_id, f"apikey:{key_id}"))])
+    settings = APIKeySettings(lookup=table, secret=API_KEY_SECRET)
+    authenticator = APIKeyAuthenticator(settings, client=client)
+    # A new component makes the bus resync once; a lookup that overlaps the L1 flush is
+    # not written to L2 (it may have raced an invalidation), so let it settle first.
+    assert await bus.wait_synced(5)
+    return authenticator, key_id, key
+
+
+async def api_key_revocation(client: RedisClient, bus: InvalidationBus) -> Prepared:
+    """An API key's revocation: the JWT denylist's layout under the ``apikey`` namespace."""
+    authenticator, key_id, key = await _api_keys(client, bus)
+    await authenticator.authenticate(key)
+    deny = client.key("apikey-deny:" + _sha(f"{API_KEY_ISSUER}\0{key_id}"))
+
+    async def still_denied_here() -> None:
+        assert authenticator.is_revoked(key_id)
+        assert authenticator.cached(key) is None
+        with pytest.raises(InvalidToken) as refused:
+            await authenticator.authenticate(key)
+        assert refused.value.reason == "revoked"
+
+    return Prepared(lambda: authenticator.revoke(key_id), [deny], False, still_denied_here)
+
+
+async def api_key_invalidation(client: RedisClient, bus: InvalidationBus) -> Prepared:
+    """An API key's record changed: its sealed L2 verdict is deleted."""
+    authenticator, _, key = await _api_keys(client, bus)
+    await authenticator.authenticate(key)  # cached in Redis (L2)
+    digest = authenticator.digest(key)
+    return Prepared(
+        lambda: authenticator.invalidate(digest),
+        [client.key("apikey:" + digest)],
+        True,
+        _nothing,
+    )
+
+
 SCENARIOS: dict[str, Callable[[RedisClient, InvalidationBus], Awaitable[Prepared]]] = {
     "logout": logout,
     "logout_everywhere": logout_everywhere,
     "revocation": revocation,
     "permission_removal": permission_removal,
     "subject_cutoff": subject_cutoff,
+    "api_key_revocation": api_key_revocation,
+    "api_key_invalidation": api_key_invalidation,
 }
