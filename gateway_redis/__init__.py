@@ -16,6 +16,8 @@ and this package on redis-py. Everything below is re-exported at the top level.
   :mod:`~gateway_redis.localcache` (:class:`LocalCache`, the in-process L1).
 - :mod:`~gateway_redis.sessions`: :class:`SessionStore`, :class:`Session`, change events.
 - :mod:`~gateway_redis.authstore`: the Redis commands of the JWT and RBAC caches.
+- :mod:`~gateway_redis.ratelimit`: :class:`RateLimitStore` (GCRA rate limits, exact across
+  instances) and :class:`Limit`.
 - Used by their module path: :mod:`~gateway_redis.support` (log fields, task ending),
   :mod:`~gateway_redis.telemetry`, :mod:`~gateway_redis.embedded` (a server for development
   and tests).
@@ -66,6 +68,7 @@ from gateway_redis.pubsub import (
     ReconnectListener,
     Subscription,
 )
+from gateway_redis.ratelimit import Limit, LimitState, RateDecision, RateLimitStore
 from gateway_redis.sessions import (
     Session,
     SessionDropped,
@@ -90,6 +93,8 @@ __all__ = [
     "HealthMonitor",
     "HealthState",
     "InvalidationBus",
+    "Limit",
+    "LimitState",
     "LocalCache",
     "Message",
     "MessageCallback",
@@ -97,6 +102,8 @@ __all__ = [
     "PoolLimits",
     "PubSubHub",
     "PubSubStats",
+    "RateDecision",
+    "RateLimitStore",
     "ReconnectListener",
     "RedisClient",
     "RedisConfig",

@@ -195,7 +195,9 @@ class RateLimitStore:
         args: list[int] = [cost]
         for limit in limits:
             args += (limit.interval_us, limit.period_us)
-        reply: Any = await client.execute("ratelimit", lambda r: self._run(r, keys, args), retry=False)
+        reply: Any = await client.execute(
+            "ratelimit", lambda r: self._run(r, keys, args), retry=False
+        )
         states = []
         for i, limit in enumerate(limits):
             remaining, retry, reset = reply[3 * i + 2], reply[3 * i + 3], reply[3 * i + 4]

@@ -16,7 +16,9 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   (``benchmarks/results/report.md``, "1. Gateway hot path").
 - :mod:`~middleware.csrf`: :class:`CSRFMiddleware` (origin checks and a session-bound
   token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
-  :class:`TrustedProxies` (the client address behind trusted reverse proxies).
+  :class:`TrustedProxies` (the client address behind trusted reverse proxies);
+  :mod:`~middleware.ratelimit`: :class:`RateLimitMiddleware`, :class:`RateLimitRule`
+  (rate limits exact across instances; installed by the Gateway's ``rate_limits``).
 - :mod:`~middleware.errors` (the error tree and the client answers),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
@@ -49,6 +51,7 @@ from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.proxies import TrustedProxies
+from middleware.ratelimit import RateLimitMiddleware, RateLimitRule, RateLimitSettings
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import (
@@ -104,6 +107,9 @@ __all__ = [
     "PermissionSource",
     "Principal",
     "RBACMiddleware",
+    "RateLimitMiddleware",
+    "RateLimitRule",
+    "RateLimitSettings",
     "Rule",
     "ServiceUnavailable",
     "SessionBackend",

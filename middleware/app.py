@@ -53,6 +53,8 @@ from middleware.jwt.authenticator import JWTAuthenticator
 from middleware.jwt.middleware import JWTMiddleware
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
+from middleware.ratelimit.rules import RateLimitRule
+from middleware.ratelimit.settings import RateLimitSettings, install_rate_limits
 from middleware.rbac.middleware import RBACMiddleware, Rule
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import PermissionSource, StaticRolePermissions
@@ -242,6 +244,7 @@ class Gateway:
         fused: bool = True,
         websocket_path: str | None = "/ws",
         csrf: CSRFSettings | None = DEFAULT_CSRF,
+        rate_limits: RateLimitSettings | Sequence[RateLimitRule] = (),
     ) -> None:
         """Add the middleware and the WebSocket endpoint to ``app`` (Starlette or FastAPI).
 
@@ -261,7 +264,10 @@ class Gateway:
         (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
         those with the session cookie need the session's token (:func:`csrf_token`);
         requests with a bearer ``Authorization`` header are exempt (see
-        :mod:`middleware.csrf`).
+        :mod:`middleware.csrf`). ``rate_limits`` (:class:`RateLimitSettings` or just the
+        rules) adds :class:`~middleware.ratelimit.RateLimitMiddleware` on the client,
+        innermost, inside authentication, RBAC and CSRF (it keys on the subject, and
+        requests refused by those cost no budget).
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.
@@ -316,6 +322,8 @@ class Gateway:
                 optional_paths=settings.optional_paths,
                 on_error=on_error,
             )
+        # Rate limits: innermost but CSRF, added first (runs after authentication).
+        install_rate_limits(app, self._client, rate_limits, on_error)
         cookies = [token_cookie] if token_cookie else []
         if self._sessions is not None and settings is not None and settings.cookie is not None:
             cookies.append(cast("str", settings.cookie.name))
