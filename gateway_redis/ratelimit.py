@@ -39,13 +39,13 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["GCRA_SCRIPT", "Limit", "LimitState", "RateDecision", "RateLimitStore"]
+__all__ = ["Limit", "LimitState", "RateDecision", "RateLimitStore"]
 
 # KEYS: one cell per limit. ARGV: cost, then per limit its emission interval and its
 # period (µs; period = limit * interval). Returns {allowed, now_us, then per limit
 # remaining, retry_after_us, reset_us}: retry_after 0 when that limit admits the request;
 # reset is when the cell is full again. Nothing is written unless every limit admits.
-GCRA_SCRIPT = """
+_GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
@@ -208,6 +208,6 @@ class RateLimitStore:
     def _run(self, r: Redis, keys: list[str], args: list[int]) -> Awaitable[Any]:
         script = self._script
         if script is None:
-            script = self._script = r.register_script(GCRA_SCRIPT)
+            script = self._script = r.register_script(_GCRA)
         # EVALSHA, then SCRIPT LOAD + EVALSHA on NOSCRIPT (a restarted or new primary).
         return script(keys, args, client=r)

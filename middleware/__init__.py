@@ -51,7 +51,13 @@ from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.proxies import TrustedProxies
-from middleware.ratelimit import RateLimitMiddleware, RateLimitRule, RateLimitSettings
+from middleware.ratelimit import (
+    IdentityFunction,
+    RateLimitMiddleware,
+    RateLimitRule,
+    RateLimitSettings,
+    install_rate_limits,
+)
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import (
@@ -94,6 +100,7 @@ __all__ = [
     "Gateway",
     "GatewayMiddleware",
     "GatewayUser",
+    "IdentityFunction",
     "InvalidToken",
     "JWTAuthenticator",
     "JWTMiddleware",
@@ -141,6 +148,7 @@ __all__ = [
     "get_permission_context",
     "get_session",
     "get_session_handle",
+    "install_rate_limits",
     "parse_revoke_event",
     "parse_subject_event",
     "permission_granted",

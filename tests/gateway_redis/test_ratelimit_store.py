@@ -11,7 +11,6 @@ import redis
 from redis.cluster import key_slot
 
 from gateway_redis import Limit, RateLimitStore, RedisClient, RedisConfig
-from gateway_redis.ratelimit import GCRA_SCRIPT
 
 
 async def test_a_full_budget_can_be_spent_at_once_then_comes_back_one_unit_at_a_time(
@@ -110,10 +109,6 @@ async def test_keys_of_one_identity_share_a_slot_and_never_hold_the_identity(
     assert all(0 < redis_admin.pttl(k) <= 3_600_000 for k in keys)
 
 
-def test_the_script_reads_the_server_clock() -> None:
-    assert "redis.call('TIME')" in GCRA_SCRIPT
-
-
 @pytest.mark.parametrize(
     ("text", "limit", "period"),
     [("10/s", 10, 1), ("1000/h", 1000, 3600), ("5/60s", 5, 60), ("100/5m", 100, 300)],
@@ -125,7 +120,7 @@ def test_limits_parse(text: str, limit: int, period: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "10", "x/s", "10/", "10/y", "-1/s", "0/s", "1/0s"])
 def test_bad_limits_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="limit|period"):
+    with pytest.raises(ValueError, match=r"limit|period"):
         Limit.parse(text)
 
 
