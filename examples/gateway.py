@@ -55,6 +55,7 @@ from fastapi.responses import JSONResponse
 
 from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.guards import LoginGuards
+from examples.limited import install_limited, limited_settings
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
 from examples.throttle import LoginThrottle
@@ -231,6 +232,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
         rules=[Rule("/api/admin/**", "admin:read")],
         csrf=guards.csrf,
+        rate_limits=limited_settings(env, guards.proxies),
     )  # and WS /ws
     if tracing:
         # Outermost, so the HTTP server span is the parent of the library's spans.
@@ -239,6 +241,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         app.add_middleware(OpenTelemetryMiddleware)
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
+    install_limited(app)  # GET /api/limited, /api/limited/strict (examples.limited)
     return app
 
 
