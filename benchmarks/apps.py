@@ -10,6 +10,8 @@ Configured only by environment (the harness sets it):
     with PyJWT on every request (no cache).
     ``naive``: three pure-ASGI middleware (JWT, RBAC, session), each doing one redis-py
     ``GET`` of a JSON value per request: what a cache kept only in Redis costs.
+    ``naive1``: one such middleware (JWT claims by one ``GET``): the cheapest stack that
+    asks Redis once per request, the yardstick of a rate limiter's one round trip.
     ``ours``: our ``SessionMiddleware`` + ``JWTMiddleware`` + ``RBACMiddleware`` with a
     cacheable permission source (grants read from Redis, cached per subject).
 ``BENCH_L1=off``
@@ -23,6 +25,9 @@ Configured only by environment (the harness sets it):
     ``telemetry.tracing_enabled()``; it is patched here, in the benchmark process only).
 ``BENCH_FUSED=1``
     (``ours``) the same three as one :class:`~middleware.gateway.GatewayMiddleware` layer.
+``BENCH_RATELIMIT``
+    (``ours``) a rate limit on ``/api/data`` (``Gateway.install(rate_limits=...)``), such as
+    ``1000000000/h``: every request is admitted and costs one script in Redis.
 ``BENCH_ONLY``
     (``ours``) a comma-separated subset of ``session,jwt,rbac`` (profiling only).
 ``REDIS_URL``, ``BENCH_SECRET``, ``BENCH_PUBLIC_KEY`` (PEM path), ``BENCH_ISSUER``,
@@ -206,6 +211,7 @@ def _ours(env: dict[str, str]) -> Starlette:
         Gateway,
         JWTMiddleware,
         JWTSettings,
+        RateLimitRule,
         RBACMiddleware,
         Rule,
         SessionMiddleware,
@@ -267,9 +273,15 @@ def _ours(env: dict[str, str]) -> Starlette:
     rules = [Rule("/api/data", PERMISSION)]
     only = env.get("BENCH_ONLY")
     if only is None:
+        limit = env.get("BENCH_RATELIMIT")
+        limits = [RateLimitRule("/api/data", limit, on_unavailable="open")] if limit else []
         # BENCH_FUSED=1: the three as one layer (GatewayMiddleware).
         gateway.install(
-            app, public_paths=public_paths, rules=rules, fused=env.get("BENCH_FUSED") == "1"
+            app,
+            public_paths=public_paths,
+            rules=rules,
+            fused=env.get("BENCH_FUSED") == "1",
+            rate_limits=limits,
         )
         return app
     # Profiling: a subset of the separate layers, on the Gateway's components.
@@ -321,7 +333,7 @@ def create() -> ASGIApp:
                 )
             ],
         )
-    elif variant == "naive":
+    elif variant in ("naive", "naive1"):
         import redis.asyncio as aioredis
 
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -339,7 +351,9 @@ def create() -> ASGIApp:
             routes=routes,
             middleware=[
                 Middleware(cls, redis=redis)  # type: ignore[arg-type]
-                for cls in (_NaiveSession, _NaiveJWT, _NaiveRBAC)
+                for cls in (
+                    (_NaiveSession, _NaiveJWT, _NaiveRBAC) if variant == "naive" else (_NaiveJWT,)
+                )
             ],
             lifespan=lifespan,
         )

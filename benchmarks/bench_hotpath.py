@@ -273,9 +273,15 @@ def run(
     connections: int = 50,
     otel: bool = True,
     progress: Callable[[str], None] = c.progress,
+    cases: list[Case] | None = None,
+    order: list[str] | None = None,
 ) -> list[Measured]:
+    """``cases`` (default: :data:`CASES` and, with ``otel``, :data:`OTEL_CASES`) run in
+    rounds in ``order`` (case keys; default :data:`RUN_ORDER`)."""
     c.ensure_wrk()
-    cases = CASES + (OTEL_CASES if otel else [])
+    if cases is None:
+        cases = CASES + (OTEL_CASES if otel else [])
+    run_order = RUN_ORDER if order is None else order
     server = EmbeddedRedis()
     server.start()
     files: list[str] = []
@@ -294,7 +300,7 @@ def run(
         progress("  settling: one discarded 5 s run of bare Starlette")
         with c.serving("benchmarks.apps:create", {"BENCH_VARIANT": "bare"}) as settle:
             c.run_wrk(settle.url + "/api/data", c.wrk_script({}), duration=5)
-        ordered = sorted(cases, key=lambda k: RUN_ORDER.index(k.key))
+        ordered = sorted(cases, key=lambda k: run_order.index(k.key))
         for round_no in range(rounds):
             order = ordered if round_no % 2 == 0 else list(reversed(ordered))
             for case in order:
