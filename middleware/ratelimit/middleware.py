@@ -27,7 +27,8 @@ the log when the outage starts and an info line when limits are checked again),
 ``"closed"`` answers ``on_error``'s 503 with ``Retry-After``. Never a 500; never a limit
 kept in process memory (each instance would admit the whole limit).
 
-Telemetry: ``gateway.ratelimit.decisions`` (counter; ``gateway.ratelimit.rule``, the
+Telemetry: ``gateway.ratelimit.decisions`` (counter, counted in process and read when the
+SDK collects; ``gateway.ratelimit.rule``, the
 rule's name, and ``gateway.ratelimit.result``: ``allowed``, ``limited``, ``failed_open``,
 ``failed_closed``) and, with tracing on, a ``gateway.ratelimit check`` span with the same
 attributes and ``gateway.degraded``.
@@ -36,9 +37,9 @@ attributes and ``gateway.degraded``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from opentelemetry.metrics import Counter
+from opentelemetry.metrics import CallbackOptions, Observation
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_redis import GatewayRedisError, telemetry
@@ -60,19 +61,34 @@ _MAX_MEMO_PATH = 2048  # characters of method and path: longer requests are not 
 _MEMO_SIZE = 2048
 _POLICY = b"ratelimit-policy"
 _STATE = b"ratelimit"
-_counter: Counter | None = None
+# Decisions counted in process, read by the SDK when it collects (as gateway.cache.lookups:
+# a synchronous Counter.add costs microseconds with an SDK installed). Keys: (rule name,
+# result); rule names come from the configuration, so the dict stays small.
+_COUNTS: dict[tuple[str, str], int] = {}
+_instrumented = False
 
 
-def _decisions() -> Counter:
-    global _counter
-    if _counter is None:
-        _counter = telemetry.meter.create_counter(
+def _observe(options: CallbackOptions) -> Iterable[Observation]:
+    for (rule, result), count in list(_COUNTS.items()):
+        yield Observation(count, {ATTR_RATELIMIT_RULE: rule, ATTR_RATELIMIT_RESULT: result})
+
+
+def _instrument() -> None:
+    global _instrumented
+    if not _instrumented:
+        _instrumented = True
+        telemetry.meter.create_observable_counter(
             "gateway.ratelimit.decisions",
+            callbacks=[_observe],
             unit="{request}",
             description="Rate-limit decisions by rule and result (allowed, limited, "
             "failed_open, failed_closed)",
         )
-    return _counter
+
+
+def _count(rule: str, result: str) -> None:
+    key = (rule, result)
+    _COUNTS[key] = _COUNTS.get(key, 0) + 1
 
 
 class RateLimitMiddleware:
@@ -110,6 +126,7 @@ class RateLimitMiddleware:
         )
         self._found = self._memo.entries
         self._degraded = False
+        _instrument()
 
     @property
     def rules(self) -> tuple[RateLimitRule, ...]:
@@ -153,10 +170,10 @@ class RateLimitMiddleware:
             )
         policy = self._policies[rule.name]
         if not decision.allowed:
-            _decisions().add(1, {ATTR_RATELIMIT_RULE: rule.name, ATTR_RATELIMIT_RESULT: "limited"})
+            _count(rule.name, "limited")
             await rate_limited_response(decision, policy)(scope, receive, send)
             return
-        _decisions().add(1, {ATTR_RATELIMIT_RULE: rule.name, ATTR_RATELIMIT_RESULT: "allowed"})
+        _count(rule.name, "allowed")
         await self.app(scope, receive, _with_fields(send, policy, decision))
 
     def rule_for(self, method: str, path: str) -> tuple[RateLimitRule, ...]:
@@ -214,7 +231,7 @@ class RateLimitMiddleware:
         send: Send,
     ) -> None:
         result = "failed_open" if rule.fail_open else "failed_closed"
-        _decisions().add(1, {ATTR_RATELIMIT_RULE: rule.name, ATTR_RATELIMIT_RESULT: result})
+        _count(rule.name, result)
         if not self._degraded:
             self._degraded = True
             _log.warning(
