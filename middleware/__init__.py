@@ -53,6 +53,7 @@ from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.proxies import TrustedProxies
 from middleware.ratelimit import (
     IdentityFunction,
+    RateLimiter,
     RateLimitMiddleware,
     RateLimitRule,
     RateLimitSettings,
@@ -117,6 +118,7 @@ __all__ = [
     "RateLimitMiddleware",
     "RateLimitRule",
     "RateLimitSettings",
+    "RateLimiter",
     "Rule",
     "ServiceUnavailable",
     "SessionBackend",

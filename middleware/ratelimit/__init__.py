@@ -2,7 +2,9 @@
 
 :mod:`~middleware.ratelimit.rules`: :class:`RateLimitRule` (method + path pattern, limits,
 cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middleware`:
-:class:`RateLimitMiddleware`; :mod:`~middleware.ratelimit.answers`: the draft's
+:class:`RateLimitMiddleware`; :mod:`~middleware.ratelimit.limiter`: :class:`RateLimiter`
+(one decision: identity, the script, telemetry, the outage policy);
+:mod:`~middleware.ratelimit.answers`: the draft's
 ``RateLimit``/``RateLimit-Policy`` fields and the 429;
 :mod:`~middleware.ratelimit.settings`: :class:`RateLimitSettings` for
 :meth:`middleware.Gateway.install`. The budgets live in Redis
@@ -11,6 +13,7 @@ cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middlewar
 
 from __future__ import annotations
 
+from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.middleware import RateLimitMiddleware
 from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
 from middleware.ratelimit.settings import RateLimitSettings, install_rate_limits
@@ -20,5 +23,6 @@ __all__ = [
     "RateLimitMiddleware",
     "RateLimitRule",
     "RateLimitSettings",
+    "RateLimiter",
     "install_rate_limits",
 ]
