@@ -81,6 +81,7 @@ return out
 _BUCKET = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_LIMITS = 8
 _MAX_PERIOD = 366 * 86400.0
+_MAX_CHECKED = 256  # (bucket, limits, cost) specs remembered; a rule is one
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -149,13 +150,14 @@ class RateDecision:
 class RateLimitStore:
     """GCRA cells in Redis on ``client`` (not owned); see the module docstring."""
 
-    __slots__ = ("_client", "_script")
+    __slots__ = ("_checked", "_client", "_script")
 
     def __init__(self, client: RedisClient) -> None:
         if not isinstance(client, RedisClient):
             raise ValueError("client must be a RedisClient")
         self._client = client
         self._script: AsyncScript | None = None
+        self._checked: dict[tuple[str, tuple[Limit, ...], int], tuple[str, list[int]]] = {}
 
     @property
     def client(self) -> RedisClient:
@@ -179,22 +181,18 @@ class RateLimitStore:
         admitted), :class:`~gateway_redis.RedisUnavailable` and
         :class:`~gateway_redis.CommandError`.
         """
-        if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
-            raise ValueError(f"bucket must match {_BUCKET.pattern}, got {bucket!r}")
         if not isinstance(identity, str):
             raise ValueError("identity must be a str")
-        limits = tuple(limits)
-        if not limits or len(limits) > _MAX_LIMITS or not all(isinstance(x, Limit) for x in limits):
-            raise ValueError(f"limits must be 1 to {_MAX_LIMITS} Limit instances")
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
-            raise ValueError(f"cost must be a positive int, got {cost!r}")
-        if cost > min(x.limit for x in limits):
-            raise ValueError(f"cost {cost} exceeds a limit: it could never be admitted")
+        if not isinstance(limits, tuple):
+            limits = tuple(limits)
+        # A rule's (bucket, limits, cost) is checked once, then found here (bounded).
+        spec = self._checked.get((bucket, limits, cost)) if type(cost) is int else None
+        if spec is None:
+            spec = self._check(bucket, limits, cost)
+        prefix, args = spec
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        keys = [f"{prefix}{digest}}}:{limit.limit}/{limit.period_us}" for limit in limits]
         client = self._client
-        keys = [client.key(k) for k in self.keys(bucket, identity, limits)]
-        args: list[int] = [cost]
-        for limit in limits:
-            args += (limit.interval_us, limit.period_us)
         reply: Any = await client.execute(
             "ratelimit", lambda r: self._run(r, keys, args), retry=False
         )
@@ -204,6 +202,24 @@ class RateLimitStore:
             states.append(LimitState(limit, int(remaining), int(retry) / 1e6, int(reset) / 1e6))
         retry_after = max(s.retry_after for s in states)
         return RateDecision(bool(int(reply[0])), tuple(states), retry_after)
+
+    def _check(self, bucket: str, limits: tuple[Limit, ...], cost: int) -> tuple[str, list[int]]:
+        if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"bucket must match {_BUCKET.pattern}, got {bucket!r}")
+        if not limits or len(limits) > _MAX_LIMITS or not all(isinstance(x, Limit) for x in limits):
+            raise ValueError(f"limits must be 1 to {_MAX_LIMITS} Limit instances")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ValueError(f"cost must be a positive int, got {cost!r}")
+        if cost > min(x.limit for x in limits):
+            raise ValueError(f"cost {cost} exceeds a limit: it could never be admitted")
+        args: list[int] = [cost]
+        for limit in limits:
+            args += (limit.interval_us, limit.period_us)
+        spec = (self._client.key(f"rl:{{{bucket}:"), args)
+        if len(self._checked) >= _MAX_CHECKED:
+            self._checked.clear()
+        self._checked[bucket, limits, cost] = spec
+        return spec
 
     def _run(self, r: Redis, keys: list[str], args: list[int]) -> Awaitable[Any]:
         script = self._script

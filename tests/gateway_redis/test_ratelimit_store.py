@@ -127,6 +127,7 @@ def test_bad_limits_are_refused(text: str) -> None:
 async def test_bad_arguments_are_refused(client: RedisClient) -> None:
     store = RateLimitStore(client)
     limits = [Limit(5, 60)]
+    await store.acquire("b", "a", limits)  # a checked spec must not let a look-alike in
     for bucket in ("", "a{b}", "x" * 65, "a b"):
         with pytest.raises(ValueError, match="bucket"):
             await store.acquire(bucket, "a", limits)
