@@ -7,7 +7,8 @@ cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middlewar
 :mod:`~middleware.ratelimit.answers`: the draft's
 ``RateLimit``/``RateLimit-Policy`` fields and the 429;
 :mod:`~middleware.ratelimit.settings`: :class:`RateLimitSettings` for
-:meth:`middleware.Gateway.install`. The budgets live in Redis
+:meth:`middleware.Gateway.install`; :mod:`~middleware.ratelimit.dependency`: ``RateLimit``,
+a per-route FastAPI dependency (imported on demand: FastAPI is optional). The budgets live in Redis
 (:class:`gateway_redis.ratelimit.RateLimitStore`: GCRA, one script per request).
 """
 

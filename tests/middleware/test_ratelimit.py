@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,6 +30,7 @@ from middleware import (
     RateLimitSettings,
     TrustedProxies,
 )
+from middleware.ratelimit.dependency import RateLimit
 from tests.conftest import Telemetry
 from tests.middleware.conftest import AUDIENCE, ISSUER, SECRET
 
@@ -264,3 +266,42 @@ async def test_redis_down_each_rule_fails_as_configured_and_nothing_answers_500(
         assert (await http.get("/strict", headers=alice)).status_code == 200
         assert (await http.get("/strict", headers=alice)).status_code == 429  # 2/60s again
         assert any("checked again" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_fastapi_dependency_limits_one_route_and_keeps_its_outage_policy(
+    fault_server: EmbeddedRedis, make_token: Any, http_for: Any
+) -> None:
+    config = RedisConfig(url=fault_server.url, min_idle_conns=1)
+    async with RedisClient(config) as client:
+        gateway = Gateway(client, jwt=SETTINGS)
+        app = FastAPI(lifespan=gateway.lifespan)
+        gateway.install(app)
+        store = RateLimitStore(client)
+        exports = RateLimit("3/h", store=store, name="exports")
+        lenient = RateLimit("3/h", store=store, name="lenient", on_unavailable="open")
+
+        @app.post("/exports", dependencies=[Depends(exports)])
+        async def export() -> dict[str, bool]:
+            return {"ok": True}
+
+        @app.get("/lenient", dependencies=[Depends(lenient)])
+        async def read() -> dict[str, bool]:
+            return {"ok": True}
+
+        http = await http_for(app)
+        alice = auth(make_token, "alice")
+        answers = [await http.post("/exports", headers=alice) for _ in range(4)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 429]
+        assert answers[0].headers["ratelimit-policy"] == '"3-per-3600s";q=3;w=3600'
+        assert answers[0].headers["ratelimit"] == '"3-per-3600s";r=2;t=1200'
+        assert answers[3].headers["retry-after"] == "1200"
+        assert answers[3].headers["ratelimit"] == '"3-per-3600s";r=0;t=3600'
+        assert (await http.get("/lenient", headers=alice)).status_code == 200
+        fault_server.kill()
+        for _ in range(5):
+            closed = await http.post("/exports", headers=alice)
+            assert closed.status_code == 503
+            assert closed.headers["retry-after"]
+            opened = await http.get("/lenient", headers=alice)
+            assert opened.status_code == 200
+            assert "ratelimit" not in opened.headers
