@@ -305,3 +305,33 @@ async def test_the_fastapi_dependency_limits_one_route_and_keeps_its_outage_poli
             opened = await http.get("/lenient", headers=alice)
             assert opened.status_code == 200
             assert "ratelimit" not in opened.headers
+
+
+async def test_decisions_are_traced_and_counted_without_the_identity(
+    client: RedisClient, make_token: Any, http_for: Any, telemetry: Telemetry
+) -> None:
+    def counted() -> dict[tuple[object, object], object]:
+        return {
+            (a["gateway.ratelimit.rule"], a["gateway.ratelimit.result"]): p.value  # type: ignore[attr-defined]
+            for a, p in telemetry.points("gateway.ratelimit.decisions")
+        }
+
+    before = counted()
+    _, app = gateway_app(client, [RateLimitRule("/limited", "1/60s", name="traced")])
+    http = await http_for(app)
+    alice = auth(make_token, "secret-subject")
+    telemetry.spans.clear()
+    assert (await http.get("/limited", headers=alice)).status_code == 200
+    assert (await http.get("/limited", headers=alice)).status_code == 429
+    assert (await http.get("/free", headers=alice)).status_code == 200
+    spans = [s for s in telemetry.spans.get_finished_spans() if s.name == "gateway.ratelimit check"]
+    assert [dict(s.attributes or {}) for s in spans] == [
+        {"gateway.ratelimit.rule": "traced", "gateway.ratelimit.result": "allowed"},
+        {"gateway.ratelimit.rule": "traced", "gateway.ratelimit.result": "limited"},
+    ]
+    after = counted()
+    for result in ("allowed", "limited"):
+        key = ("traced", result)
+        assert after[key] == before.get(key, 0) + 1  # type: ignore[operator]
+    for span in telemetry.spans.get_finished_spans():
+        assert "secret-subject" not in str(dict(span.attributes or {}))
