@@ -4,6 +4,7 @@
 cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middleware`:
 :class:`RateLimitMiddleware`; :mod:`~middleware.ratelimit.limiter`: :class:`RateLimiter`
 (one decision: identity, the script, telemetry, the outage policy);
+:mod:`~middleware.ratelimit.reserve`: the approximate mode's per-process reserves;
 :mod:`~middleware.ratelimit.answers`: the draft's
 ``RateLimit``/``RateLimit-Policy`` fields and the 429;
 :mod:`~middleware.ratelimit.settings`: :class:`RateLimitSettings` for

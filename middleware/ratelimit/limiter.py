@@ -7,7 +7,9 @@ It finds whose budget a request is charged to (:meth:`RateLimiter.identity`), ru
 ``gateway.cache.lookups``: a synchronous ``Counter.add`` costs microseconds with an SDK
 installed), traces it when tracing is on (a ``gateway.ratelimit check`` span) and applies
 the rule's outage policy: a warning in the log when Redis stops answering, an info line
-when it answers again.
+when it answers again. Rules with ``batch`` > 1 (the approximate mode) are served from
+per-process reserves when they can (:mod:`~middleware.ratelimit.reserve`; counted as
+``allowed_local``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gateway_redis.ratelimit import RateDecision, RateLimitStore
 from gateway_redis.support import log_fields
 from middleware.errors import ServiceUnavailable
 from middleware.proxies import TrustedProxies
+from middleware.ratelimit.reserve import Reserves
 from middleware.ratelimit.rules import RateLimitRule
 from middleware.scope import get_claims_or_none
 from middleware.telemetry import ATTR_RATELIMIT_RESULT, ATTR_RATELIMIT_RULE
@@ -62,7 +65,7 @@ class RateLimiter:
     """Decides requests against rules with ``store``; ``proxies`` resolves client addresses
     (None: no trusted proxy, the direct peer). Raises ``ValueError`` for bad arguments."""
 
-    __slots__ = ("_degraded", "_proxies", "_store")
+    __slots__ = ("_degraded", "_proxies", "_reserves", "_store")
 
     def __init__(self, store: RateLimitStore, proxies: TrustedProxies | None = None) -> None:
         if not isinstance(store, RateLimitStore):
@@ -72,6 +75,7 @@ class RateLimiter:
         self._store = store
         self._proxies = proxies if proxies is not None else TrustedProxies()
         self._degraded = False
+        self._reserves = Reserves()  # approximate-mode rules only
         _instrument()
 
     @property
@@ -95,18 +99,37 @@ class RateLimiter:
         return "ip:" + (self._proxies.client_address(scope) or "unknown")
 
     async def decide(self, rule: RateLimitRule, scope: Scope) -> RateDecision | None:
-        """Charge the request to its identity under ``rule``: one round trip. Returns the
-        decision, or None when Redis cannot answer and the rule fails open. Raises
-        :class:`~middleware.errors.ServiceUnavailable` when it cannot answer and the rule
-        fails closed."""
+        """Charge the request to its identity under ``rule``: one round trip (none when an
+        approximate-mode rule's local reserve covers it; two when its batch no longer fits
+        and the request is charged alone). Returns the decision, or None when Redis cannot
+        answer and the rule fails open. Raises :class:`~middleware.errors.ServiceUnavailable`
+        when it cannot answer and the rule fails closed."""
         identity = self.identity(rule, scope)
+        batch = rule.batch
+        reserves = self._reserves
+        if batch > 1:
+            local = reserves.take(rule.name, identity, rule.cost)
+            if local is None:
+                pending = reserves.charging(rule.name, identity)
+                if pending is not None:  # another request is charging a batch: wait for it
+                    await pending
+                    local = reserves.take(rule.name, identity, rule.cost)
+                    batch = 1  # not covered by it: this request alone, exactly
+            if local is not None:
+                _count(rule.name, "allowed_local")
+                return local
         try:
-            if telemetry.tracing_enabled():
-                decision = await self._traced(rule, identity)
+            if batch > 1:
+                with reserves.charge(rule.name, identity):
+                    decision = await self._acquire(rule, identity, batch)
+                    if decision.allowed:
+                        reserves.put(rule.name, identity, decision, batch, rule.batch_hold)
+                        taken = reserves.take(rule.name, identity, rule.cost)
+                        decision = taken if taken is not None else decision
+                if not decision.allowed:  # fewer than a batch left: this request alone
+                    decision = await self._acquire(rule, identity, rule.cost)
             else:
-                decision = await self._store.acquire(
-                    rule.name, identity, rule.limits, cost=rule.cost
-                )
+                decision = await self._acquire(rule, identity, rule.cost)
         except GatewayRedisError as error:
             self._unavailable(rule, error)  # raises when the rule fails closed
             return None
@@ -119,7 +142,9 @@ class RateLimiter:
         _count(rule.name, "allowed" if decision.allowed else "limited")
         return decision
 
-    async def _traced(self, rule: RateLimitRule, identity: str) -> RateDecision:
+    async def _acquire(self, rule: RateLimitRule, identity: str, cost: int) -> RateDecision:
+        if not telemetry.tracing_enabled():
+            return await self._store.acquire(rule.name, identity, rule.limits, cost=cost)
         with telemetry.tracer.start_as_current_span(
             "gateway.ratelimit check", record_exception=False
         ) as span:
@@ -127,9 +152,7 @@ class RateLimiter:
             if recording:
                 span.set_attribute(ATTR_RATELIMIT_RULE, rule.name)
             try:
-                decision = await self._store.acquire(
-                    rule.name, identity, rule.limits, cost=rule.cost
-                )
+                decision = await self._store.acquire(rule.name, identity, rule.limits, cost=cost)
             except GatewayRedisError:
                 if recording:
                     span.set_attribute(telemetry.ATTR_DEGRADED, True)

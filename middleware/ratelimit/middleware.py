@@ -30,7 +30,8 @@ kept in process memory (each instance would admit the whole limit).
 
 Telemetry: ``gateway.ratelimit.decisions`` (counter; ``gateway.ratelimit.rule``, the
 rule's name, and ``gateway.ratelimit.result``: ``allowed``, ``limited``, ``failed_open``,
-``failed_closed``) and, with tracing on, a ``gateway.ratelimit check`` span with the same
+``failed_closed``, ``allowed_local``: served from an approximate-mode reserve) and, with
+tracing on, a ``gateway.ratelimit check`` span with the same
 attributes and ``gateway.degraded``.
 """
 

@@ -47,7 +47,15 @@ class RateLimitRule:
     ``gateway.ratelimit.decisions`` as ``failed_open`` and logged when the outage starts).
     ``name`` (letters, digits, ``_.-``) names the rule's budget in Redis, logs and metrics;
     by default it is derived from the methods and path, so rules with the same methods and
-    path share a budget. Raises ``ValueError`` for bad arguments.
+    path share a budget.
+
+    ``batch`` > 1 is the approximate mode (:mod:`~middleware.ratelimit.reserve`): an
+    instance charges ``batch`` units to an identity at once and admits that identity's
+    next requests from them without asking Redis, for at most ``batch_hold`` seconds (then
+    what is left is dropped). It never admits more than the limit (the units are charged
+    before they are used); it may admit fewer: up to ``batch - cost`` units per instance
+    and identity each ``batch_hold``, reserved and then dropped unused. Raises
+    ``ValueError`` for bad arguments.
     """
 
     path: str
@@ -57,6 +65,8 @@ class RateLimitRule:
     identity: Literal["subject", "address"] | IdentityFunction
     on_unavailable: Literal["open", "closed"]
     name: str
+    batch: int
+    batch_hold: float
     _pattern: PathPattern = field(repr=False, compare=False)
 
     def __init__(
@@ -68,6 +78,8 @@ class RateLimitRule:
         identity: Literal["subject", "address"] | IdentityFunction = "subject",
         on_unavailable: Literal["open", "closed"] = "closed",
         name: str | None = None,
+        batch: int = 1,
+        batch_hold: float = 1.0,
     ) -> None:
         parsed = _limits(limits)
         if isinstance(methods, str):
@@ -85,6 +97,16 @@ class RateLimitRule:
             raise ValueError("identity must be 'subject', 'address' or a callable")
         if on_unavailable not in ("open", "closed"):
             raise ValueError(f"on_unavailable must be 'open' or 'closed', got {on_unavailable!r}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if batch > 1 and not cost <= batch <= min(limit.limit for limit in parsed):
+            raise ValueError("batch must be between cost and the smallest limit")
+        if (
+            isinstance(batch_hold, bool)
+            or not isinstance(batch_hold, (int, float))
+            or not 0 < batch_hold <= 60
+        ):
+            raise ValueError(f"batch_hold must be in (0, 60] seconds, got {batch_hold!r}")
         pattern = PathPattern(path)
         if name is None:
             seed = f"{','.join(sorted(method_set))} {path}".encode()
@@ -98,6 +120,8 @@ class RateLimitRule:
         object.__setattr__(self, "identity", identity)
         object.__setattr__(self, "on_unavailable", on_unavailable)
         object.__setattr__(self, "name", name)
+        object.__setattr__(self, "batch", batch)
+        object.__setattr__(self, "batch_hold", float(batch_hold))
         object.__setattr__(self, "_pattern", pattern)
 
     @property
