@@ -10,6 +10,8 @@ Configured only by environment (the harness sets it):
     with PyJWT on every request (no cache).
     ``naive``: three pure-ASGI middleware (JWT, RBAC, session), each doing one redis-py
     ``GET`` of a JSON value per request: what a cache kept only in Redis costs.
+    ``naive1``: one such middleware (JWT claims by one ``GET``): the cheapest stack that
+    asks Redis once per request, the yardstick of a rate limiter's one round trip.
     ``ours``: our ``SessionMiddleware`` + ``JWTMiddleware`` + ``RBACMiddleware`` with a
     cacheable permission source (grants read from Redis, cached per subject).
 ``BENCH_L1=off``
@@ -26,6 +28,9 @@ Configured only by environment (the harness sets it):
 ``BENCH_CACHE=1``
     (``ours``) a per-caller response cache rule on ``/api/data``
     (:class:`~middleware.CacheRule`, ttl one hour): warm requests are L1 hits.
+``BENCH_RATELIMIT``
+    (``ours``) a rate limit on ``/api/data`` (``Gateway.install(rate_limits=...)``), such as
+    ``1000000000/h``: every request is admitted and costs one script in Redis.
 ``BENCH_ONLY``
     (``ours``) a comma-separated subset of ``session,jwt,rbac`` (profiling only).
 ``REDIS_URL``, ``BENCH_SECRET``, ``BENCH_PUBLIC_KEY`` (PEM path), ``BENCH_ISSUER``,
@@ -210,6 +215,7 @@ def _ours(env: dict[str, str]) -> Starlette:
         Gateway,
         JWTMiddleware,
         JWTSettings,
+        RateLimitRule,
         RBACMiddleware,
         ResponseCacheSettings,
         Rule,
@@ -281,9 +287,15 @@ def _ours(env: dict[str, str]) -> Starlette:
     rules = [Rule("/api/data", PERMISSION)]
     only = env.get("BENCH_ONLY")
     if only is None:
+        limit = env.get("BENCH_RATELIMIT")
+        limits = [RateLimitRule("/api/data", limit, on_unavailable="open")] if limit else []
         # BENCH_FUSED=1: the three as one layer (GatewayMiddleware).
         gateway.install(
-            app, public_paths=public_paths, rules=rules, fused=env.get("BENCH_FUSED") == "1"
+            app,
+            public_paths=public_paths,
+            rules=rules,
+            fused=env.get("BENCH_FUSED") == "1",
+            rate_limits=limits,
         )
         return app
     # Profiling: a subset of the separate layers, on the Gateway's components.
@@ -335,7 +347,7 @@ def create() -> ASGIApp:
                 )
             ],
         )
-    elif variant == "naive":
+    elif variant in ("naive", "naive1"):
         import redis.asyncio as aioredis
 
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -353,7 +365,9 @@ def create() -> ASGIApp:
             routes=routes,
             middleware=[
                 Middleware(cls, redis=redis)  # type: ignore[arg-type]
-                for cls in (_NaiveSession, _NaiveJWT, _NaiveRBAC)
+                for cls in (
+                    (_NaiveSession, _NaiveJWT, _NaiveRBAC) if variant == "naive" else (_NaiveJWT,)
+                )
             ],
             lifespan=lifespan,
         )

@@ -276,12 +276,18 @@ def run(
     otel: bool = True,
     progress: Callable[[str], None] = c.progress,
     only: Sequence[str] | None = None,
+    cases: list[Case] | None = None,
+    order: list[str] | None = None,
 ) -> list[Measured]:
-    """Measure every case (``only``: just the cases with these keys)."""
+    """``cases`` (default: :data:`CASES` and, with ``otel``, :data:`OTEL_CASES`; ``only``:
+    just the cases with these keys) run in rounds in ``order`` (case keys; default
+    :data:`RUN_ORDER`)."""
     c.ensure_wrk()
-    cases = CASES + (OTEL_CASES if otel else [])
+    if cases is None:
+        cases = CASES + (OTEL_CASES if otel else [])
     if only is not None:
         cases = [case for case in cases if case.key in only]
+    run_order = RUN_ORDER if order is None else order
     server = EmbeddedRedis()
     server.start()
     files: list[str] = []
@@ -301,10 +307,10 @@ def run(
         progress("  settling: one discarded 5 s run of bare Starlette")
         with c.serving("benchmarks.apps:create", {"BENCH_VARIANT": "bare"}) as settle:
             c.run_wrk(settle.url + "/api/data", c.wrk_script({}), duration=5)
-        ordered = sorted(cases, key=lambda k: RUN_ORDER.index(k.key))
+        ordered = sorted(cases, key=lambda k: run_order.index(k.key))
         for round_no in range(rounds):
-            order = ordered if round_no % 2 == 0 else list(reversed(ordered))
-            for case in order:
+            sequence = ordered if round_no % 2 == 0 else list(reversed(ordered))
+            for case in sequence:
                 step += 1
                 result, per_request = _measure_case(
                     case, fx, round_no, duration=duration, warmup=warmup, connections=connections

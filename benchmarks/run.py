@@ -6,7 +6,8 @@
 
 Parts: ``hotpath`` (wrk against uvicorn), ``client`` (RedisClient vs raw redis-py),
 ``invalidation`` (instance A changes, instance B rejects), ``outage`` (Redis killed under
-load) and ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster). Each part measures our
+load), ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster) and ``ratelimit`` (a
+rate-limited warm route vs bare Starlette and the naive one-GET stack). Each part measures our
 code side by side with a baseline in the same run and reports ratios; nothing here is a
 pass/fail test. Needs the ``bench`` extra (``pip install -e '.[dev,bench]'``); installs
 Debian's ``wrk`` when missing (as root). Every server is on 127.0.0.1 and started here.
@@ -35,10 +36,11 @@ from benchmarks import (
     bench_hotpath,
     bench_invalidation,
     bench_outage,
+    bench_ratelimit,
 )
 
 RESULTS = c.RESULTS
-PARTS = ["hotpath", "client", "invalidation", "outage", "fanout"]
+PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit"]
 
 
 def machine() -> str:
@@ -76,6 +78,7 @@ HEADINGS = {
     "invalidation": "## 4. Invalidation across instances",
     "outage": "## 5. Redis outage under load",
     "fanout": "## 3. WebSocket fan-out",
+    "ratelimit": "## 6. Rate limiting",
 }
 _GOALS_HEADER = "| goal | holds | measured |"
 _PROVENANCE = "_Measured "
@@ -214,6 +217,19 @@ def main() -> None:
             "instrumentation for the last three rows):\n\n" + bench_hotpath.cpu_table(costs) + "\n"
         )  # fmt: skip
         sections["hotpath"] = text
+        print(text, flush=True)
+        write()
+    if "ratelimit" in parts:
+        c.progress("== 6. rate limiting: a rate-limited warm route behind uvicorn, under wrk")
+        d = dict(duration=3.0, warmup=1.0, rounds=1) if args.quick else {}
+        results = bench_ratelimit.run(**d)
+        g = bench_ratelimit.goals(results)
+        goals.extend(g)
+        text = (
+            "## 6. Rate limiting\n\n" + (bench_ratelimit.__doc__ or "").split("\n\n", 1)[1]
+            + "\n" + bench_ratelimit.table(results) + "\n\n" + _goals(g) + "\n"
+        )  # fmt: skip
+        sections["ratelimit"] = text
         print(text, flush=True)
         write()
     if "client" in parts:

@@ -50,9 +50,8 @@ from fastapi.responses import JSONResponse
 from examples.apikeys import api_key_settings, install_apikeys
 from examples.auth import ROLES, GatewayKeys, error, install_auth
 from examples.cached import cached_settings, install_cached
-from examples.apikeys import api_key_settings, install_apikeys
-from examples.bodies import BodyTooLarge, form_or_json, too_large
 from examples.guards import LoginGuards
+from examples.limited import install_limited, limited_settings
 from examples.openapi import declare_responses
 from examples.realtime import REALTIME_PUBLIC_PATHS, install_realtime, realtime_settings
 from examples.telemetry import configure_logging, configure_telemetry, shutdown_telemetry
@@ -143,6 +142,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
         rules=[Rule("/api/admin/**", "admin:read")],
         csrf=guards.csrf,
+        rate_limits=limited_settings(env, guards.proxies),
     )  # and WS /ws
     if tracing:
         # Outermost, so the HTTP server span is the parent of the library's spans.
@@ -153,13 +153,14 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
     _routes(app)
     install_realtime(app, gateway)  # POST /api/channels/{channel}/publish, GET /, /static
     install_cached(app, gateway)  # GET /api/cached/{item}, POST .../invalidate
+    install_apikeys(app, gateway)  # POST /api/admin/apikeys/{name}/revoke
+    install_limited(app)  # GET /api/limited, /api/limited/strict (examples.limited)
     declare_responses(  # the middleware's answers (401, 403, 503) in the OpenAPI document
         app,
         public_paths=PUBLIC_PATHS + REALTIME_PUBLIC_PATHS,
         permission_paths=("/api/admin", "/api/admin/**"),
         session_paths=("/api/session", "/auth/*"),
     )
-    install_apikeys(app, gateway)  # POST /api/admin/apikeys/{name}/revoke
     return app
 
 

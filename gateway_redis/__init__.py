@@ -16,6 +16,8 @@ and this package on redis-py. Everything below is re-exported at the top level.
   :mod:`~gateway_redis.localcache` (:class:`LocalCache`, the in-process L1).
 - :mod:`~gateway_redis.sessions`: :class:`SessionStore`, :class:`Session`, change events.
 - :mod:`~gateway_redis.authstore`: the Redis commands of the JWT and RBAC caches.
+- :mod:`~gateway_redis.ratelimit`: :class:`RateLimitStore` (GCRA rate limits, exact across
+  instances) and :class:`Limit`.
 - :mod:`~gateway_redis.responsecache`: the Redis side of the response cache.
 - Used by their module path: :mod:`~gateway_redis.support` (log fields, task ending),
   :mod:`~gateway_redis.telemetry`, :mod:`~gateway_redis.embedded` (a server for development
@@ -67,6 +69,7 @@ from gateway_redis.pubsub import (
     ReconnectListener,
     Subscription,
 )
+from gateway_redis.ratelimit import Limit, LimitState, RateDecision, RateLimitStore
 from gateway_redis.responsecache import ResponseCacheStore, StoredResponse
 from gateway_redis.sessions import (
     Session,
@@ -92,6 +95,8 @@ __all__ = [
     "HealthMonitor",
     "HealthState",
     "InvalidationBus",
+    "Limit",
+    "LimitState",
     "LocalCache",
     "Message",
     "MessageCallback",
@@ -99,6 +104,8 @@ __all__ = [
     "PoolLimits",
     "PubSubHub",
     "PubSubStats",
+    "RateDecision",
+    "RateLimitStore",
     "ReconnectListener",
     "RedisClient",
     "RedisConfig",

@@ -21,7 +21,9 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   ``GET``/``HEAD`` responses, tag invalidation on every instance, ``ETag``/``304``).
 - :mod:`~middleware.csrf`: :class:`CSRFMiddleware` (origin checks and a session-bound
   token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
-  :class:`TrustedProxies` (the client address behind trusted reverse proxies).
+  :class:`TrustedProxies` (the client address behind trusted reverse proxies);
+  :mod:`~middleware.ratelimit`: :class:`RateLimitMiddleware`, :class:`RateLimitRule`
+  (rate limits exact across instances; installed by the Gateway's ``rate_limits``).
 - :mod:`~middleware.errors` (the error tree and the client answers),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
@@ -58,6 +60,14 @@ from middleware.jwt.revocation import TokenRevoked, parse_revoke_event
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
 from middleware.proxies import TrustedProxies
+from middleware.ratelimit import (
+    IdentityFunction,
+    RateLimiter,
+    RateLimitMiddleware,
+    RateLimitRule,
+    RateLimitSettings,
+    install_rate_limits,
+)
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import (
@@ -111,6 +121,7 @@ __all__ = [
     "Gateway",
     "GatewayMiddleware",
     "GatewayUser",
+    "IdentityFunction",
     "InvalidToken",
     "JWTAuthenticator",
     "JWTMiddleware",
@@ -128,6 +139,10 @@ __all__ = [
     "Presented",
     "Principal",
     "RBACMiddleware",
+    "RateLimitMiddleware",
+    "RateLimitRule",
+    "RateLimitSettings",
+    "RateLimiter",
     "ResponseCache",
     "ResponseCacheMiddleware",
     "ResponseCacheSettings",
@@ -164,6 +179,7 @@ __all__ = [
     "get_permission_context",
     "get_session",
     "get_session_handle",
+    "install_rate_limits",
     "parse_revoke_event",
     "parse_subject_event",
     "permission_granted",

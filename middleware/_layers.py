@@ -9,13 +9,14 @@ Gateway has its component. :func:`validator_of` and :func:`source_of` read the G
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from gateway_redis import RedisClient
 from middleware.apikeys.authenticator import APIKeyAuthenticator
 from middleware.apikeys.middleware import APIKeyMiddleware
 from middleware.appsettings import SessionSettings
@@ -26,6 +27,8 @@ from middleware.jwt.authenticator import JWTAuthenticator
 from middleware.jwt.middleware import JWTMiddleware
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
+from middleware.ratelimit.rules import RateLimitRule
+from middleware.ratelimit.settings import RateLimitSettings, install_rate_limits
 from middleware.rbac.middleware import RBACMiddleware, Rule
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import PermissionSource, StaticRolePermissions
@@ -40,6 +43,7 @@ __all__ = ["Components", "add_layers", "source_of", "validator_of"]
 class Components:
     """What a Gateway built (None: that layer is off)."""
 
+    client: RedisClient
     authenticator: JWTAuthenticator
     permissions: PermissionCache | None
     sessions: SessionManager | None
@@ -60,6 +64,7 @@ def add_layers(
     on_error: ErrorHandler,
     fused: bool,
     csrf: CSRFSettings | None,
+    rate_limits: RateLimitSettings | Sequence[RateLimitRule] = (),
 ) -> None:
     """Add the layers of ``c`` to ``app`` (see :meth:`Gateway.install
     <middleware.app.Gateway.install>` for the order and the arguments)."""
@@ -96,6 +101,8 @@ def add_layers(
         )
     if c.response_cache is not None:  # innermost: after JWT, RBAC (and CSRF)
         app.add_middleware(ResponseCacheMiddleware, cache=c.response_cache, routes=app)
+    # Rate limits: outside the cache, inside CSRF and authentication (added next).
+    install_rate_limits(app, c.client, rate_limits, on_error)
     cookies = [token_cookie] if token_cookie else []
     if c.sessions is not None and settings is not None and settings.cookie is not None:
         cookies.append(cast("str", settings.cookie.name))

@@ -52,6 +52,8 @@ from middleware.errors import ErrorHandler, default_error_response
 from middleware.jwt.authenticator import JWTAuthenticator
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import TokenValidator
+from middleware.ratelimit.rules import RateLimitRule
+from middleware.ratelimit.settings import RateLimitSettings
 from middleware.rbac.middleware import Rule
 from middleware.rbac.permissions import PermissionCache
 from middleware.rbac.sources import PermissionSource
@@ -272,6 +274,7 @@ class Gateway:
         fused: bool = True,
         websocket_path: str | None = "/ws",
         csrf: CSRFSettings | None = DEFAULT_CSRF,
+        rate_limits: RateLimitSettings | Sequence[RateLimitRule] = (),
     ) -> None:
         """Add the middleware and the WebSocket endpoint to ``app`` (Starlette or FastAPI).
 
@@ -293,7 +296,11 @@ class Gateway:
         requests with a bearer ``Authorization`` header are exempt (see
         :mod:`middleware.csrf`). With ``api_keys``, :class:`APIKeyMiddleware` runs first
         (same ``public_paths``, ``fail_closed_paths``, ``on_error``): a request with an API
-        key is authenticated there and passes the JWT layer untouched.
+        key is authenticated there and passes the JWT layer untouched. ``rate_limits``
+        (:class:`RateLimitSettings` or just the rules) adds
+        :class:`~middleware.ratelimit.RateLimitMiddleware` on the client, inside
+        authentication, RBAC and CSRF (it keys on the subject, and requests refused by those
+        cost no budget) and outside the response cache (a cached answer is counted too).
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.
@@ -320,6 +327,7 @@ class Gateway:
         add_layers(
             app,
             Components(
+                self._client,
                 self._authenticator,
                 self._permissions,
                 self._sessions,
@@ -335,6 +343,7 @@ class Gateway:
             on_error=on_error,
             fused=fused,
             csrf=csrf,
+            rate_limits=rate_limits,
         )
         bridge = self._bridge
         if route is not None and bridge is not None:

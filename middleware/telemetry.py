@@ -20,6 +20,8 @@ from gateway_redis.telemetry import meter
 __all__ = [
     "ATTR_APIKEY_RESULT",
     "ATTR_JWT_RESULT",
+    "ATTR_RATELIMIT_RESULT",
+    "ATTR_RATELIMIT_RULE",
     "ATTR_RBAC_RESULT",
     "ATTR_SESSION_RESULT",
     "WebSocketInstruments",
@@ -32,6 +34,9 @@ ATTR_APIKEY_RESULT = "gateway.apikey.cache.result"
 ATTR_JWT_RESULT = "gateway.jwt.cache.result"
 ATTR_RBAC_RESULT = "gateway.rbac.cache.result"
 ATTR_SESSION_RESULT = "gateway.session.cache.result"
+# The rate limiter's decisions: the rule's name and allowed/limited/failed_open/failed_closed.
+ATTR_RATELIMIT_RULE = "gateway.ratelimit.rule"
+ATTR_RATELIMIT_RESULT = "gateway.ratelimit.result"
 
 T = TypeVar("T")
 
