@@ -61,8 +61,10 @@ class Identity:
     ``method`` is ``"token"`` or ``"session"``; ``cookie`` is True when the credential
     came from a cookie (Origin checks apply). ``user`` is the SHA-256 digest of the
     subject (the key of the per-user index, as in session events). ``expires_at`` (epoch
-    seconds) is when the credential ends; ``idle_check_at`` when an idle session must be
-    looked at again.
+    seconds) is when the credential ends (for a token: ``exp`` plus the authenticator's
+    leeway); ``idle_check_at`` when an idle session must be looked at again;
+    ``refresh_at`` when a token socket is to be sent ``refresh_required`` (None: not, or
+    already sent).
     """
 
     subject: str
@@ -74,6 +76,7 @@ class Identity:
     session_key: str | None = None
     expires_at: float | None = None
     idle_check_at: float | None = None
+    refresh_at: float | None = None
 
 
 class Connection:

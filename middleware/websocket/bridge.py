@@ -93,10 +93,12 @@ from middleware.websocket._connection import Connection, Identity, send_close_be
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
+from middleware.websocket._refresh import Refresher
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
 from middleware.websocket.limits import WebSocketLimits, WebSocketStats
+from middleware.websocket.server_api import SocketControl
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
@@ -203,6 +205,17 @@ class WebSocketBridge:
             self._removers.append(permissions.on_change(reauth.subject_changed))
         if permissions is not None or session_permissions is not None:
             self._removers.append(bus.on_resync(reauth.on_resync))
+        # Live token refresh (_refresh) and the server API (server_api), on every instance.
+        self._refresher = Refresher(
+            authenticator=authenticator, registry=registry, requeue=reauth.queue
+        )
+        self._control = SocketControl(
+            bus=bus,
+            policy=self.policy,
+            limits=limits,
+            fanout=self._fanout,
+            of_user=registry.of_user,
+        )
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -257,6 +270,7 @@ class WebSocketBridge:
                 handle=self._handle,
             )
             self._registry.add(conn)  # before any await: the per-user count stays exact
+            self._refresher.arm(conn)  # token sockets: expiry at exp + leeway, refresh notice
             subprotocol = "bearer" if "bearer" in auth.offered_subprotocols(scope) else None
             try:
                 await send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -287,6 +301,12 @@ class WebSocketBridge:
 
     async def _handle(self, conn: Connection, text: str) -> None:
         await handle_request(self, conn, text)
+
+    @property
+    def sockets(self) -> SocketControl:
+        """The server API: disconnect, unsubscribe and subscribe a user's sockets on every
+        instance (:class:`~middleware.websocket.server_api.SocketControl`)."""
+        return self._control
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -337,6 +357,7 @@ class WebSocketBridge:
         self._closed = True
         for remove in self._removers:
             remove()
+        await self._control.aclose()
         conns = list(self._registry.conns)
         for conn in conns:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
