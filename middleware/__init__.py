@@ -77,6 +77,7 @@ from middleware.websocket.bridge import (
     WebSocketStats,
 )
 from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
+from middleware.websocket.server_api import SocketControl
 
 __all__ = [
     "Authentication",
@@ -114,6 +115,7 @@ __all__ = [
     "SessionMiddleware",
     "SessionPermissions",
     "SessionSettings",
+    "SocketControl",
     "StaticPrincipal",
     "StaticRolePermissions",
     "SubjectRevoked",
