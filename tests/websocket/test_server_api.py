@@ -1,0 +1,126 @@
+"""The bridge's server API (issue 15, "Live sockets"): ``bridge.sockets.disconnect``,
+``unsubscribe`` and ``subscribe`` called on instance A act on the user's sockets on
+instance B (two example gateways sharing one Redis), token and session sockets alike, and
+leave other users alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from middleware.websocket import SocketControl
+from tests.websocket.conftest import GatewayFactory
+from tests.websocket.wsutil import closed_with, frames, mint, next_message, request, subscribe
+
+
+async def alive(ws: Any, request_id: int) -> bool:
+    reply = await request(ws, {"type": "ping", "id": request_id})
+    return reply == {"type": "pong", "id": request_id}
+
+
+async def quiet(ws: Any, seconds: float) -> list[dict[str, Any]]:
+    """Frames received within ``seconds`` (none expected)."""
+    got: list[dict[str, Any]] = []
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            got += await frames(ws, seconds)
+    return got
+
+
+async def test_disconnect_on_a_closes_the_users_sockets_on_b_with_4000(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as a, gateway_factory() as b:
+        assert a.app is not None
+        token, cookie = await a.login("bob", "bob-password")
+        bobs = [await b.connect(token), await b.connect(cookie=cookie), await a.connect(token)]
+        alice = await b.connect(mint("alice"))
+        for ws in (*bobs, alice):
+            await subscribe(ws, "system:broadcast")
+        control: SocketControl = a.app.state.bridge.sockets
+        await control.disconnect("bob", "account suspended")
+        for ws in bobs:
+            assert await closed_with(ws, timeout=2) == 4000
+            assert ws.close_reason == "account suspended"
+        assert await alive(alice, 1)
+        await alice.close()
+
+
+async def test_unsubscribe_on_a_removes_the_channel_from_the_users_sockets_on_b(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as a, gateway_factory() as b:
+        assert a.app is not None
+        bob = await b.connect(mint("bob"))
+        alice = await b.connect(mint("alice"))
+        await subscribe(bob, "system:broadcast", "notifications:bob")
+        await subscribe(alice, "system:broadcast")
+        await a.app.state.bridge.sockets.unsubscribe("bob", "system:broadcast", "moderated")
+        told = await frames(bob, 2)
+        assert told == [
+            {"type": "unsubscribed", "channels": ["system:broadcast"], "reason": "moderated"}
+        ]
+        redis = a.app.state.redis
+        await redis.publish("system:broadcast", {"n": 1})
+        await redis.publish("notifications:bob", {"n": 2})
+        assert (await next_message(bob))["data"] == {"n": 2}  # not the broadcast
+        assert (await next_message(alice))["data"] == {"n": 1}
+        await a.app.state.bridge.sockets.unsubscribe("bob", "notifications:bob")
+        assert await frames(bob, 2) == [
+            {"type": "unsubscribed", "channels": ["notifications:bob"], "reason": "server"}
+        ]
+        for ws in (bob, alice):
+            await ws.close()
+
+
+async def test_subscribe_on_a_subscribes_the_users_sockets_on_b_without_asking_the_policy(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as a, gateway_factory() as b:
+        assert a.app is not None
+        token, cookie = await a.login("bob", "bob-password")
+        bobs = [await b.connect(token), await b.connect(cookie=cookie)]
+        carol = await b.connect(mint("carol"))
+        # Bob may not subscribe to another user's notifications himself...
+        refused = await request(
+            bobs[0], {"type": "subscribe", "channels": ["notifications:alice"], "id": 1}
+        )
+        assert refused["code"] == "forbidden"
+        # ...but the server may subscribe him.
+        await a.app.state.bridge.sockets.subscribe("bob", "notifications:alice")
+        for ws in bobs:
+            assert await frames(ws, 2) == [
+                {"type": "subscribed", "channels": ["notifications:alice"]}
+            ]
+        await a.app.state.redis.publish("notifications:alice", {"for": "alice"})
+        for ws in bobs:
+            assert await next_message(ws) == {
+                "type": "message", "channel": "notifications:alice", "data": {"for": "alice"}
+            }  # fmt: skip
+        assert await quiet(carol, 0.5) == []
+        # Subscribing again changes nothing and says nothing.
+        await a.app.state.bridge.sockets.subscribe("bob", "notifications:alice")
+        assert await quiet(bobs[0], 0.5) == []
+        assert b.app.state.bridge.stats().channels == 1
+        for ws in (*bobs, carol):
+            await ws.close()
+
+
+async def test_bad_arguments_are_refused(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory() as gateway:
+        assert gateway.app is not None
+        control: SocketControl = gateway.app.state.bridge.sockets
+        with pytest.raises(ValueError, match="user"):
+            await control.disconnect("", "why")
+        with pytest.raises(ValueError, match="reason"):
+            await control.disconnect("bob", "x" * 124)
+        with pytest.raises(ValueError, match="channel"):
+            await control.subscribe("bob", "gw:invalidate")  # the library's own channel
+        with pytest.raises(ValueError, match="channel"):
+            await control.unsubscribe("bob", "bad name with spaces")
+        with pytest.raises(ValueError, match="reason"):
+            await control.unsubscribe("bob", "system:broadcast", "")
