@@ -19,10 +19,15 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "unsubscribe", "channels": ["a"], "id": 2}
             {"type": "publish", "channel": "a", "data": {...}, "id": 3}
             {"type": "ping", "id": 4}          {"type": "pong"} (answers a server ping)
+            {"type": "refresh", "token": "<jwt>", "id": 5}   token sockets only
     server: {"type": "subscribed", "channels": [...], "id": 1}
             {"type": "unsubscribed", "channels": [...], "id": 2}
             {"type": "unsubscribed", "channels": [...], "reason": "forbidden"}
                                                unasked: permissions were withdrawn
+                                               ("server": bridge.sockets.unsubscribe)
+            {"type": "subscribed", "channels": [...]}   unasked: bridge.sockets.subscribe
+            {"type": "refresh_required"}       10 s before exp: send a "refresh"
+            {"type": "refreshed", "id": 5}
             {"type": "published", "id": 3}     {"type": "pong", "id": 4}
             {"type": "message", "channel": "a", "data": ...}
             {"type": "resync", "channels": [...]}   messages may have been missed
@@ -33,7 +38,11 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
 Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
 invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
 ``rate_limited``, ``limit_exceeded`` (too many channels on one socket), ``unavailable``
-(Redis or the permission source is down: retry later), ``internal``.
+(Redis or the permission source is down: retry later), ``invalid_token`` (a ``refresh``
+refused: bad, expired or revoked token, or another subject's), ``internal``.
+
+Token refresh is described in ``_refresh``, the server API (:attr:`WebSocketBridge.sockets`)
+in :mod:`~middleware.websocket.server_api`.
 
 Close codes:
 
@@ -49,7 +58,9 @@ Close codes:
 1011  internal error (the channel's subscription could not be restored)
 1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
       the session store is unreachable
-4401  the token expired or was revoked (log in again)
+4000  disconnected by the server (:attr:`WebSocketBridge.sockets`), its reason in the
+      close reason
+4401  the token expired (``exp`` + leeway, unrefreshed) or was revoked (log in again)
 4403  the session ended: logout, session deleted or expired, "log out everywhere"
 4408  idle timeout: nothing received, server pings unanswered
 ====  ==========================================================================
@@ -69,7 +80,8 @@ A refused handshake is a ``websocket.close`` before ``websocket.accept``, so not
 ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
 clients only). Token revocation, session deletion and "log out everywhere" arrive through
 the :class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on
-every instance at once; token and session expiry are checked twice a second.
+every instance at once; token (``exp`` + leeway) and session expiry are checked twice a
+second.
 """
 
 from __future__ import annotations
