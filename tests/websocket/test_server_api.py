@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import httpx
 import pytest
 
 from middleware.websocket import SocketControl
@@ -124,3 +125,24 @@ async def test_bad_arguments_are_refused(gateway_factory: GatewayFactory) -> Non
             await control.unsubscribe("bob", "bad name with spaces")
         with pytest.raises(ValueError, match="reason"):
             await control.unsubscribe("bob", "system:broadcast", "")
+
+
+async def test_the_example_admin_route_disconnects_a_user_on_every_instance(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as a, gateway_factory() as b:
+        bob = await b.connect(mint("bob"))
+        alice = await b.connect(mint("alice"))
+        path = "/api/admin/sockets/bob/disconnect"
+        async with httpx.AsyncClient(base_url=a.http) as http:
+            as_bob = await http.post(path, headers={"Authorization": f"Bearer {mint('bob')}"})
+            assert as_bob.status_code == 403  # admin:read needed
+            assert await alive(bob, 1)
+            admin = {"Authorization": f"Bearer {mint('root', roles=('admin',))}"}
+            response = await http.post(path, headers=admin)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "disconnected"}
+        assert await closed_with(bob, timeout=2) == 4000
+        assert bob.close_reason == "disconnected by an administrator"
+        assert await alive(alice, 2)
+        await alice.close()
