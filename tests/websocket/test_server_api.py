@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import httpx
@@ -146,3 +147,24 @@ async def test_the_example_admin_route_disconnects_a_user_on_every_instance(
         assert bob.close_reason == "disconnected by an administrator"
         assert await alive(alice, 2)
         await alice.close()
+
+
+async def test_a_server_subscribe_racing_the_clients_own_leaks_no_subscription(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as gateway:
+        assert gateway.app is not None
+        bridge = gateway.app.state.bridge
+        ws = await gateway.connect(mint("bob"))
+        for request_id, channel in enumerate(("notifications:bob", "system:broadcast")):
+            frame = {"type": "subscribe", "channels": [channel], "id": request_id}
+            await ws.send(json.dumps(frame))  # both wait for the same Redis confirmation
+            await bridge.sockets.subscribe("bob", channel)
+            replies = await quiet(ws, 0.5)  # the reply, maybe the server's "subscribed" too
+            assert {"type": "subscribed", "channels": [channel], "id": request_id} in replies
+            assert bridge.stats().channels == request_id + 1
+        both = ["notifications:bob", "system:broadcast"]
+        reply = await request(ws, {"type": "unsubscribe", "channels": both, "id": 9})
+        assert reply == {"type": "unsubscribed", "channels": both, "id": 9}
+        assert bridge.stats().channels == 0  # every hub subscription released
+        await ws.close()
