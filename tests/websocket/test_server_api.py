@@ -9,14 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
-from middleware.websocket import SocketControl
+from gateway_redis import RedisClient, RedisConfig
+from middleware import Gateway as ComposedGateway
+from middleware import JWTSettings, WebSocketSettings
+from middleware.websocket import (
+    ChannelPolicy,
+    ChannelRule,
+    SocketControl,
+    WebSocketBridge,
+    WebSocketLimits,
+)
 from tests.websocket.conftest import GatewayFactory
-from tests.websocket.wsutil import closed_with, frames, mint, next_message, request, subscribe
+from tests.websocket.wsutil import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    Gateway,
+    closed_with,
+    frames,
+    mint,
+    next_message,
+    request,
+    serve_app,
+    subscribe,
+)
 
 
 async def alive(ws: Any, request_id: int) -> bool:
@@ -168,3 +191,44 @@ async def test_a_server_subscribe_racing_the_clients_own_leaks_no_subscription(
         assert reply == {"type": "unsubscribed", "channels": both, "id": 9}
         assert bridge.stats().channels == 0  # every hub subscription released
         await ws.close()
+
+
+@contextlib.asynccontextmanager
+async def limited_instance(config: RedisConfig) -> AsyncIterator[tuple[Gateway, WebSocketBridge]]:
+    """A gateway instance whose sockets hold at most two channels."""
+    async with RedisClient(config) as client:
+        composed = ComposedGateway(
+            client,
+            jwt=JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE),
+            websocket=WebSocketSettings(
+                policy=ChannelPolicy([ChannelRule("rooms:{room}", subscribe=True)]),
+                limits=WebSocketLimits(max_channels=2),
+            ),
+        )
+        app = Starlette(lifespan=composed.lifespan)
+        composed.install(app)
+        app.state.bus = composed.bus
+        async with serve_app(app) as gateway:
+            assert composed.bridge is not None
+            yield gateway, composed.bridge
+
+
+async def test_a_server_subscribe_respects_the_per_socket_channel_limit(
+    redis_config: RedisConfig,
+) -> None:
+    async with (
+        limited_instance(redis_config) as (_a, bridge_a),
+        limited_instance(redis_config) as (b, _bridge_b),
+    ):
+        full = await b.connect(mint("dora"))
+        await subscribe(full, "rooms:1", "rooms:2")
+        roomy = await b.connect(mint("dora"))
+        await subscribe(roomy, "rooms:1")
+        await bridge_a.sockets.subscribe("dora", "rooms:3")
+        assert await frames(roomy, 2) == [{"type": "subscribed", "channels": ["rooms:3"]}]
+        assert await quiet(full, 0.5) == []  # at the limit: left as it was
+        await bridge_a.client.publish("rooms:3", {"n": 3})
+        assert (await next_message(roomy))["data"] == {"n": 3}
+        assert await quiet(full, 0.5) == []
+        for ws in (full, roomy):
+            await ws.close()
