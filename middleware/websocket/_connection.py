@@ -102,6 +102,7 @@ class Connection:
         "closing",
         "dropped",
         "finished",
+        "granted",
         "identity",
         "last_ping",
         "last_rx",
@@ -128,6 +129,7 @@ class Connection:
         self.limits = limits
         self._handle = handle
         self.channels: dict[str, ChannelEntry] = {}
+        self.granted: set[str] | None = None  # channels the server subscribed (server_api)
         self._queue: deque[Frame] = deque()
         self._messages = 0
         self._control = 0
@@ -195,6 +197,8 @@ class Connection:
     def forget_channel(self, channel: str) -> None:
         """Discard queued messages of ``channel`` (after unsubscribing from it)."""
         self._lost.discard(channel)
+        if self.granted is not None:
+            self.granted.discard(channel)
         if any(f.channel == channel for f in self._queue):
             kept = [f for f in self._queue if f.channel != channel]
             self._messages -= len(self._queue) - len(kept)

@@ -28,10 +28,11 @@ instance, in the order the events arrived.
   ``{"type": "subscribed", "channels": [channel]}`` (no ``id``) and then every later
   message. It bypasses the channel policy's subscribe check (the server decided) but not
   the per-socket ``max_channels`` limit: a socket at the limit is left as it is (logged).
-  Sockets that already hold the channel are left as they are. The channel stays subject
-  to the live re-checks of permissions: a permission change or a bus resync that finds
-  the policy refusing the channel to the user unsubscribes it (``"reason": "forbidden"``),
-  so grant the permission as well when the subscription must last.
+  Sockets that already hold the channel get no frame. Either way the channel is then
+  exempt from the live re-checks of permissions (a permission change or a bus resync does
+  not take it away: the policy did not grant it) until it leaves the socket (the client
+  unsubscribes, or :meth:`SocketControl.unsubscribe`); a later client ``subscribe`` to it
+  is checked by the policy again.
 
 Events are fire-and-forget: an instance whose bus connection is down when one is sent never
 applies it (a bus resync reloads revocations, not these commands). ``subscribe`` and
@@ -188,7 +189,10 @@ class SocketControl:
         conn.push_control(unsubscribed_frame([channel], reason))
 
     async def _subscribe(self, conn: Connection, channel: str) -> None:
-        if conn.closing is not None or channel in conn.channels:
+        if conn.closing is not None:
+            return
+        if channel in conn.channels:
+            _grant(conn, channel)  # held already: now by the server's decision as well
             return
         if len(conn.channels) >= self._limits.max_channels:
             _log.info(
@@ -206,6 +210,7 @@ class SocketControl:
             )
             return
         if channel in conn.channels:  # not closing meanwhile
+            _grant(conn, channel)
             conn.push_control(proto.reply_frame("subscribed", None, channels=[channel]))
 
     async def aclose(self) -> None:
@@ -220,6 +225,12 @@ class SocketControl:
             await cancel_and_wait(task)
             if not task.cancelled():
                 task.exception()
+
+
+def _grant(conn: Connection, channel: str) -> None:
+    if conn.granted is None:
+        conn.granted = set()
+    conn.granted.add(channel)
 
 
 def _subject(user: str) -> None:

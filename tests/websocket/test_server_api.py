@@ -232,3 +232,32 @@ async def test_a_server_subscribe_respects_the_per_socket_channel_limit(
         assert await quiet(full, 0.5) == []
         for ws in (full, roomy):
             await ws.close()
+
+
+async def test_a_server_granted_channel_survives_permission_re_checks_until_it_leaves(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory() as a, gateway_factory() as b:
+        assert a.app is not None
+        bob = await b.connect(mint("bob"))
+        await subscribe(bob, "notifications:bob")
+        control: SocketControl = a.app.state.bridge.sockets
+        await control.subscribe("bob", "notifications:alice")  # the policy would refuse it
+        assert await frames(bob, 2) == [{"type": "subscribed", "channels": ["notifications:alice"]}]
+        reauth = b.app.state.bridge._reauth
+        rounds = reauth.rounds
+        await a.app.state.permissions.invalidate("bob")  # every channel of bob re-checked on B
+        for _ in range(100):  # at most 5 s for B's re-check round
+            if reauth.rounds != rounds:
+                break
+            await asyncio.sleep(0.05)
+        assert reauth.rounds > rounds
+        assert await quiet(bob, 0.3) == []  # nothing taken away
+        await a.app.state.redis.publish("notifications:alice", {"still": True})
+        assert (await next_message(bob))["data"] == {"still": True}
+        # Once it left the socket, the policy decides again.
+        await control.unsubscribe("bob", "notifications:alice")
+        assert (await frames(bob, 2))[0]["type"] == "unsubscribed"
+        again = {"type": "subscribe", "channels": ["notifications:alice"], "id": 3}
+        assert (await request(bob, again))["code"] == "forbidden"
+        await bob.close()
