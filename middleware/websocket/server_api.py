@@ -37,8 +37,9 @@ instance, in the order the events arrived.
 Events are fire-and-forget: an instance whose bus connection is down when one is sent never
 applies it (a bus resync reloads revocations, not these commands). ``subscribe`` and
 ``unsubscribe`` reach only sockets open when the event arrives. Each method raises
-``ValueError`` for a bad argument and :class:`~gateway_redis.errors.RedisUnavailable` when
-the event could not be sent (it was applied on this instance all the same).
+``ValueError`` for a bad argument, :class:`~gateway_redis.errors.RedisUnavailable` when
+the event could not be sent (it was applied on this instance all the same) and
+``RuntimeError`` once the bridge is closed.
 """
 
 from __future__ import annotations
