@@ -42,12 +42,12 @@ REFRESH_REQUIRED_FRAME: Final = '{"type":"refresh_required"}'
 class CloseCode(enum.IntEnum):
     """The close codes the bridge sends (see the module docstring)."""
 
-    DISCONNECTED = 4000
     GOING_AWAY = 1001
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    DISCONNECTED = 4000
     TOKEN_ENDED = 4401
     SESSION_ENDED = 4403
     IDLE_TIMEOUT = 4408

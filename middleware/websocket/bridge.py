@@ -135,8 +135,9 @@ class WebSocketBridge:
 
     ``client`` is the shared Redis client (its hub carries every subscription; not owned).
     ``policy`` authorizes channels. ``authenticator`` (the one the JWT middleware uses)
-    delivers revocations made on any instance (the token's sockets close at once) and lets
-    the bridge re-check tokens after the client's invalidation bus resyncs. ``sessions``
+    delivers revocations made on any instance (the token's sockets close at once), lets
+    the bridge re-check tokens after the client's invalidation bus resyncs and verifies
+    ``refresh`` tokens (without it, token sockets cannot refresh and close at ``exp``). ``sessions``
     (the :class:`~middleware.sessions.SessionManager` on the same client) delivers session
     ends the same way; sessions are re-checked in ``client.sessions``. Without them only
     expiry closes sockets. ``permissions`` resolves token principals' permissions (else
