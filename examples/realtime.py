@@ -19,6 +19,9 @@ Channel policy: everyone may subscribe to ``system:broadcast``; a user to their 
 * ``POST /api/channels/{channel}/publish``: needs ``channels:publish``; the JSON body is
   the message (at most 64 KiB); answers ``{"receivers": n}`` (Redis's count: subscribed
   gateway instances and other subscribers, not sockets).
+* ``POST /api/admin/sockets/{user}/disconnect``: needs ``admin:read``; closes every socket
+  of the subject ``user`` on every instance (close code 4000, the bridge's server API);
+  answers ``{"status": "disconnected"}``. It does not log the user out.
 * ``GET /``: the demo page (``examples/static``; no external resources).
 
 Environment: ``GATEWAY_WS_ORIGINS`` (comma-separated origins allowed besides the page's own),
@@ -197,6 +200,20 @@ def _routes(
         except SerializationError:
             return _error(400, "bad_request", "The body must be JSON (no NaN or Infinity).")
         return JSONResponse({"receivers": receivers})
+
+    @app.post(
+        "/api/admin/sockets/{user}/disconnect",
+        dependencies=[Depends(RequirePermissions("admin:read"))],
+    )
+    async def disconnect_sockets(user: str) -> JSONResponse:
+        """Close every socket of ``user`` (a subject) on every instance, with 4000."""
+        try:
+            await bridge.sockets.disconnect(user, "disconnected by an administrator")
+        except RedisUnavailable:  # applied on this instance only
+            response = _error(503, "unavailable", "Service temporarily unavailable.")
+            response.headers["Retry-After"] = "1"
+            return response
+        return JSONResponse({"status": "disconnected"})
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:

@@ -103,6 +103,7 @@ from middleware.websocket.bridge import (
     WebSocketStats,
 )
 from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
+from middleware.websocket.server_api import SocketControl
 
 __all__ = [
     "APIKeyAuthenticator",
@@ -156,6 +157,7 @@ __all__ = [
     "SessionMiddleware",
     "SessionPermissions",
     "SessionSettings",
+    "SocketControl",
     "StaticKeys",
     "StaticPrincipal",
     "StaticRolePermissions",

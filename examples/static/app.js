@@ -13,6 +13,7 @@
     1011: "server error",
     1012: "server restarting",
     1013: "try again later",
+    4000: "disconnected by the server",
     4401: "token expired or revoked: log in again",
     4403: "session ended: log in again",
     4408: "idle timeout",

@@ -6,8 +6,10 @@
 principals); private: ``_auth`` (handshake checks), ``_connection`` (one socket's outbox,
 writer and reader), ``_fanout`` (one hub subscription per channel), ``_protocol`` (the JSON
 frames), ``_reauthorize`` (live subscriptions re-checked when permissions change),
-``_registry`` (open sockets and what ends them) and ``_requests`` (what each client frame
-does).
+``_refresh`` (live token refresh), ``_registry`` (open sockets and what ends them) and
+``_requests`` (what each client frame does); :mod:`~middleware.websocket.server_api`
+(:class:`SocketControl`: disconnect, unsubscribe and subscribe a user's sockets on every
+instance).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from middleware.websocket.bridge import (
     WebSocketStats,
 )
 from middleware.websocket.channels import ChannelPolicy, ChannelRule, Principal, StaticPrincipal
+from middleware.websocket.server_api import SocketControl
 
 __all__ = [
     "ChannelPolicy",
@@ -27,6 +30,7 @@ __all__ = [
     "CloseCode",
     "Principal",
     "SessionPermissions",
+    "SocketControl",
     "StaticPrincipal",
     "WebSocketBridge",
     "WebSocketLimits",

@@ -181,6 +181,10 @@ class TokenPrincipal:
         self._cache = cache
         self._context: PermissionContext | None = context
 
+    def with_claims(self, claims: TokenClaims) -> TokenPrincipal:
+        """The same principal on a refreshed token's claims (same source of permissions)."""
+        return TokenPrincipal(claims, self._cache, self._context)
+
     async def permissions(self) -> Collection[str]:
         # Asked per request (an L1 hit): a permission removed while the socket is open
         # takes effect on its next request.

@@ -61,8 +61,10 @@ class Identity:
     ``method`` is ``"token"`` or ``"session"``; ``cookie`` is True when the credential
     came from a cookie (Origin checks apply). ``user`` is the SHA-256 digest of the
     subject (the key of the per-user index, as in session events). ``expires_at`` (epoch
-    seconds) is when the credential ends; ``idle_check_at`` when an idle session must be
-    looked at again.
+    seconds) is when the credential ends (for a token: ``exp`` plus the authenticator's
+    leeway); ``idle_check_at`` when an idle session must be looked at again;
+    ``refresh_at`` when a token socket is to be sent ``refresh_required`` (None: not, or
+    already sent).
     """
 
     subject: str
@@ -74,6 +76,7 @@ class Identity:
     session_key: str | None = None
     expires_at: float | None = None
     idle_check_at: float | None = None
+    refresh_at: float | None = None
 
 
 class Connection:
@@ -99,6 +102,7 @@ class Connection:
         "closing",
         "dropped",
         "finished",
+        "granted",
         "identity",
         "last_ping",
         "last_rx",
@@ -125,6 +129,7 @@ class Connection:
         self.limits = limits
         self._handle = handle
         self.channels: dict[str, ChannelEntry] = {}
+        self.granted: set[str] | None = None  # channels the server subscribed (server_api)
         self._queue: deque[Frame] = deque()
         self._messages = 0
         self._control = 0
@@ -192,6 +197,8 @@ class Connection:
     def forget_channel(self, channel: str) -> None:
         """Discard queued messages of ``channel`` (after unsubscribing from it)."""
         self._lost.discard(channel)
+        if self.granted is not None:
+            self.granted.discard(channel)
         if any(f.channel == channel for f in self._queue):
             kept = [f for f in self._queue if f.channel != channel]
             self._messages -= len(self._queue) - len(kept)

@@ -89,9 +89,15 @@ class Fanout:
             for entry in acquired:
                 await self._release(entry)
             return
+        twice = []  # subscribed meanwhile by another task (the server API): keep one hold
         for entry in acquired:
+            if entry.name in conn.channels:
+                twice.append(entry)
+                continue
             entry.sockets.add(conn)
             conn.channels[entry.name] = entry
+        for entry in twice:
+            await self._release(entry)  # others hold it: returns without suspending
 
     async def unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
         """Remove ``conn`` from ``names`` (unknown names are ignored); queued messages of

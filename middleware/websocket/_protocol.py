@@ -33,9 +33,10 @@ __all__ = [
 RequestId = int | str | None
 _MAX_ID_LENGTH: Final = 64
 _MAX_SAFE_INT: Final = 2**53
-_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "ping", "pong"})
+_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "ping", "pong", "refresh"})
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 PING_FRAME: Final = '{"type":"ping"}'
+REFRESH_REQUIRED_FRAME: Final = '{"type":"refresh_required"}'
 
 
 class CloseCode(enum.IntEnum):
@@ -46,6 +47,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    DISCONNECTED = 4000
     TOKEN_ENDED = 4401
     SESSION_ENDED = 4403
     IDLE_TIMEOUT = 4408
@@ -63,7 +65,7 @@ class BadRequest(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     """One well-formed client frame. ``channels`` for (un)subscribe, ``channel`` and
-    ``data`` for publish."""
+    ``data`` for publish, ``data`` (the token, a non-empty string) for refresh."""
 
     type: str
     id: RequestId
@@ -109,6 +111,11 @@ def parse(text: str, max_channels: int) -> Request:
         if bad:
             raise BadRequest("'data' must be valid JSON (no NaN or Infinity).", request_id)
         return Request(kind, request_id, channel=channel, data=data)
+    if kind == "refresh":
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            raise BadRequest("'token' must be a non-empty string.", request_id)
+        return Request(kind, request_id, data=token)
     return Request(kind, request_id)
 
 

@@ -13,7 +13,9 @@ socket holds, whenever the answer may have changed:
   which ``session_permissions`` may derive): that session's sockets;
 * a subscribe that was being authorized while one of the above arrived: that socket.
 
-Channels no longer allowed are unsubscribed and the client is told with
+Channels the server API subscribed the socket to (``server_api``) are not re-checked: the
+policy did not grant them, so it does not take them away. Channels no longer allowed are
+unsubscribed and the client is told with
 ``{"type": "unsubscribed", "channels": [...], "reason": "forbidden"}`` (no ``id``: nobody
 asked); the socket stays open with its other channels.
 
@@ -193,7 +195,10 @@ class Reauthorizer:
     async def _check(self, conn: Connection) -> None:
         principal = _Once(conn.principal)
         denied = []
+        granted = conn.granted or ()
         for name in list(conn.channels):
+            if name in granted:
+                continue  # subscribed by the server (server_api): not the policy's to take
             if not await self._policy.allows(principal, "subscribe", name):
                 denied.append(name)
         denied = [name for name in denied if name in conn.channels]

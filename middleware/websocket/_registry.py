@@ -10,8 +10,9 @@ a session is also sent for mere updates, so the session is looked up first and t
 closed (4403) only when it is gone (``on_session_data`` hears of changed data: the bridge
 re-authorizes). When the bus resyncs (events may have been lost) every token is checked
 against the reloaded revocation mirror and every session looked up.
-Housekeeping (twice a second) closes sockets whose token or session expired, sends server
-pings and enforces the idle timeout.
+Housekeeping (twice a second) closes sockets whose token or session expired, tells token
+sockets to refresh (``refresh_required``, see ``_refresh``), sends server pings and enforces
+the idle timeout. A refreshed token moves its socket in the token index (:meth:`Registry.retoken`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from middleware.websocket._protocol import CloseCode
 if TYPE_CHECKING:
     from gateway_redis.sessions import SessionEvent, SessionStore
     from middleware.jwt.authenticator import JWTAuthenticator
+    from middleware.jwt.claims import TokenClaims
     from middleware.jwt.cutoff import SubjectRevoked
     from middleware.jwt.revocation import TokenRevoked
     from middleware.websocket._connection import Connection
@@ -98,6 +100,16 @@ class Registry:
             _discard(self._sessions, identity.session_key, conn)
         self._recheck.discard(conn)
         return True
+
+    def retoken(self, conn: Connection, claims: TokenClaims) -> None:
+        """A refreshed token: ``conn`` is tracked under the new ``(iss, jti)`` only."""
+        identity = conn.identity
+        old = identity.claims
+        if old is not None and old.jti is not None:
+            _discard(self._tokens, (old.iss, old.jti), conn)
+        identity.claims = claims
+        if claims.jti is not None:
+            self._tokens.setdefault((claims.iss, claims.jti), set()).add(conn)
 
     def on_revoked(self, event: TokenRevoked) -> None:
         """Revocation hook: a revoked token's sockets close with 4401."""
@@ -206,6 +218,9 @@ class Registry:
                 code = CloseCode.TOKEN_ENDED if token else CloseCode.SESSION_ENDED
                 conn.close(code, "token expired" if token else "session expired")
                 continue
+            if identity.refresh_at is not None and identity.refresh_at <= wall:
+                identity.refresh_at = None  # once per token (see _refresh)
+                conn.push_control(proto.REFRESH_REQUIRED_FRAME)
             if identity.idle_check_at is not None and identity.idle_check_at <= wall:
                 identity.idle_check_at = wall + 5.0  # until the lookup answers
                 self._recheck.add(conn)

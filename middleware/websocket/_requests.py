@@ -43,6 +43,8 @@ async def handle_request(bridge: WebSocketBridge, conn: Connection, text: str) -
         await _unsubscribe(bridge, conn, request)
     elif kind == "publish":
         await _publish(bridge, conn, request)
+    elif kind == "refresh":
+        await bridge._refresher.refresh(conn, request)
     # "pong" answers a server ping: receiving it was the point.
 
 

@@ -19,10 +19,15 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "unsubscribe", "channels": ["a"], "id": 2}
             {"type": "publish", "channel": "a", "data": {...}, "id": 3}
             {"type": "ping", "id": 4}          {"type": "pong"} (answers a server ping)
+            {"type": "refresh", "token": "<jwt>", "id": 5}   token sockets only
     server: {"type": "subscribed", "channels": [...], "id": 1}
             {"type": "unsubscribed", "channels": [...], "id": 2}
             {"type": "unsubscribed", "channels": [...], "reason": "forbidden"}
                                                unasked: permissions were withdrawn
+                                               ("server": bridge.sockets.unsubscribe)
+            {"type": "subscribed", "channels": [...]}   unasked: bridge.sockets.subscribe
+            {"type": "refresh_required"}       10 s before exp: send a "refresh"
+            {"type": "refreshed", "id": 5}
             {"type": "published", "id": 3}     {"type": "pong", "id": 4}
             {"type": "message", "channel": "a", "data": ...}
             {"type": "resync", "channels": [...]}   messages may have been missed
@@ -33,7 +38,11 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
 Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
 invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
 ``rate_limited``, ``limit_exceeded`` (too many channels on one socket), ``unavailable``
-(Redis or the permission source is down: retry later), ``internal``.
+(Redis or the permission source is down: retry later), ``invalid_token`` (a ``refresh``
+refused: bad, expired or revoked token, or another subject's), ``internal``.
+
+Token refresh is described in ``_refresh``, the server API (:attr:`WebSocketBridge.sockets`)
+in :mod:`~middleware.websocket.server_api`.
 
 Close codes:
 
@@ -49,7 +58,9 @@ Close codes:
 1011  internal error (the channel's subscription could not be restored)
 1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
       the session store is unreachable
-4401  the token expired or was revoked (log in again)
+4000  disconnected by the server (:attr:`WebSocketBridge.sockets`), its reason in the
+      close reason
+4401  the token expired (``exp`` + leeway, unrefreshed) or was revoked (log in again)
 4403  the session ended: logout, session deleted or expired, "log out everywhere"
 4408  idle timeout: nothing received, server pings unanswered
 ====  ==========================================================================
@@ -69,7 +80,8 @@ A refused handshake is a ``websocket.close`` before ``websocket.accept``, so not
 ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
 clients only). Token revocation, session deletion and "log out everywhere" arrive through
 the :class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on
-every instance at once; token and session expiry are checked twice a second.
+every instance at once; token (``exp`` + leeway) and session expiry are checked twice a
+second.
 """
 
 from __future__ import annotations
@@ -93,10 +105,12 @@ from middleware.websocket._connection import Connection, Identity, send_close_be
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
+from middleware.websocket._refresh import Refresher
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
 from middleware.websocket.limits import WebSocketLimits, WebSocketStats
+from middleware.websocket.server_api import SocketControl
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
@@ -121,8 +135,9 @@ class WebSocketBridge:
 
     ``client`` is the shared Redis client (its hub carries every subscription; not owned).
     ``policy`` authorizes channels. ``authenticator`` (the one the JWT middleware uses)
-    delivers revocations made on any instance (the token's sockets close at once) and lets
-    the bridge re-check tokens after the client's invalidation bus resyncs. ``sessions``
+    delivers revocations made on any instance (the token's sockets close at once), lets
+    the bridge re-check tokens after the client's invalidation bus resyncs and verifies
+    ``refresh`` tokens (without it, token sockets cannot refresh and close at ``exp``). ``sessions``
     (the :class:`~middleware.sessions.SessionManager` on the same client) delivers session
     ends the same way; sessions are re-checked in ``client.sessions``. Without them only
     expiry closes sockets. ``permissions`` resolves token principals' permissions (else
@@ -203,6 +218,17 @@ class WebSocketBridge:
             self._removers.append(permissions.on_change(reauth.subject_changed))
         if permissions is not None or session_permissions is not None:
             self._removers.append(bus.on_resync(reauth.on_resync))
+        # Live token refresh (_refresh) and the server API (server_api), on every instance.
+        self._refresher = Refresher(
+            authenticator=authenticator, registry=registry, requeue=reauth.queue
+        )
+        self._control = SocketControl(
+            bus=bus,
+            policy=self.policy,
+            limits=limits,
+            fanout=self._fanout,
+            of_user=registry.of_user,
+        )
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -257,6 +283,7 @@ class WebSocketBridge:
                 handle=self._handle,
             )
             self._registry.add(conn)  # before any await: the per-user count stays exact
+            self._refresher.arm(conn)  # token sockets: expiry at exp + leeway, refresh notice
             subprotocol = "bearer" if "bearer" in auth.offered_subprotocols(scope) else None
             try:
                 await send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -287,6 +314,12 @@ class WebSocketBridge:
 
     async def _handle(self, conn: Connection, text: str) -> None:
         await handle_request(self, conn, text)
+
+    @property
+    def sockets(self) -> SocketControl:
+        """The server API: disconnect, unsubscribe and subscribe a user's sockets on every
+        instance (:class:`~middleware.websocket.server_api.SocketControl`)."""
+        return self._control
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -337,6 +370,7 @@ class WebSocketBridge:
         self._closed = True
         for remove in self._removers:
             remove()
+        await self._control.aclose()
         conns = list(self._registry.conns)
         for conn in conns:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")

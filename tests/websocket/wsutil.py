@@ -107,11 +107,12 @@ class Gateway:
 async def request(
     ws: ClientConnection, frame: dict[str, Any], timeout: float = 5
 ) -> dict[str, Any]:
-    """Send ``frame`` and return the next frame that is not a message, ping or resync."""
+    """Send ``frame`` and return the next frame that is not a message, ping, resync or
+    refresh_required."""
     await ws.send(json.dumps(frame))
     while True:
         for reply in await frames(ws, timeout):
-            if reply["type"] not in ("message", "ping", "resync"):
+            if reply["type"] not in ("message", "ping", "resync", "refresh_required"):
                 return reply
 
 
