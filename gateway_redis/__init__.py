@@ -59,8 +59,12 @@ from gateway_redis.health import HealthMonitor, HealthState, StateListener
 from gateway_redis.invalidation import EventHandler, InvalidationBus, ResyncHook
 from gateway_redis.localcache import LocalCache, Stamp
 from gateway_redis.pubsub import (
+    ChannelHistory,
+    HistoryPage,
     Message,
     MessageCallback,
+    Position,
+    Published,
     PubSubHub,
     PubSubStats,
     ReconnectListener,
@@ -81,6 +85,7 @@ from gateway_redis.sessions import (
 __all__ = [
     "CacheKeyNotFound",
     "CacheUnavailable",
+    "ChannelHistory",
     "ClaimsStore",
     "ClientState",
     "CommandError",
@@ -89,14 +94,17 @@ __all__ = [
     "GatewayRedisError",
     "HealthMonitor",
     "HealthState",
+    "HistoryPage",
     "InvalidationBus",
     "LocalCache",
     "Message",
     "MessageCallback",
     "PermissionStore",
     "PoolLimits",
+    "Position",
     "PubSubHub",
     "PubSubStats",
+    "Published",
     "ReconnectListener",
     "RedisClient",
     "RedisConfig",
