@@ -60,7 +60,8 @@ async def test_concurrent_publishers_on_two_clients_never_share_an_offset(
 
         a, b = await asyncio.gather(burst(history, "a"), burst(second, "b"))
     assert sorted(a + b) == list(range(1, 301))
-    assert a == sorted(a) and b == sorted(b)
+    assert a == sorted(a)
+    assert b == sorted(b)
 
 
 async def test_read_since_returns_exactly_the_missed_messages(history: ChannelHistory) -> None:
@@ -68,15 +69,18 @@ async def test_read_since_returns_exactly_the_missed_messages(history: ChannelHi
         await history.publish("feed", i)
     top = await history.position("feed")
     page = await history.read("feed", since=Position(top.epoch, 4))
-    assert page.recovered and page.position == top
+    assert page.recovered
+    assert page.position == top
     assert [m.data for m in page.messages] == [4, 5, 6, 7, 8, 9]
     assert [m.offset for m in page.messages] == [5, 6, 7, 8, 9, 10]
     assert all(m.channel == "feed" and m.epoch == top.epoch for m in page.messages)
     # nothing missed, and a page at a time
     up_to_date = await history.read("feed", since=top)
-    assert up_to_date.recovered and up_to_date.messages == ()
+    assert up_to_date.recovered
+    assert up_to_date.messages == ()
     first = await history.read("feed", since=(top.epoch, 0), limit=3)
-    assert first.recovered and [m.offset for m in first.messages] == [1, 2, 3]
+    assert first.recovered
+    assert [m.offset for m in first.messages] == [1, 2, 3]
     # a position from the future (e.g. a lost write after failover) is never continued
     assert not (await history.read("feed", since=(top.epoch, 11))).recovered
 
@@ -87,9 +91,11 @@ async def test_beyond_the_window_recovery_is_impossible(client: RedisClient) -> 
         await small.publish("short", i)
     epoch = (await small.position("short")).epoch
     page = await small.read("short", since=(epoch, 6))  # 7 is the oldest kept
-    assert not page.recovered and page.messages == ()
+    assert not page.recovered
+    assert page.messages == ()
     page = await small.read("short", since=(epoch, 7))
-    assert page.recovered and [m.offset for m in page.messages] == [8, 9, 10, 11, 12]
+    assert page.recovered
+    assert [m.offset for m in page.messages] == [8, 9, 10, 11, 12]
 
 
 async def test_lost_meta_changes_the_epoch(
@@ -101,9 +107,11 @@ async def test_lost_meta_changes_the_epoch(
     assert meta == [history_key(client, "m", "lost").encode()]
     redis_admin.delete(meta[0])  # as after expiry, eviction, or a restart without data
     new = await history.publish("lost", "after")
-    assert new.epoch != old.epoch and new.offset == 1
+    assert new.epoch != old.epoch
+    assert new.offset == 1
     page = await history.read("lost", since=old.position)
-    assert not page.recovered and page.position == new.position
+    assert not page.recovered
+    assert page.position == new.position
     # the new epoch's history holds only the new message (the old stream was dropped)
     page = await history.read("lost", since=(new.epoch, 0))
     assert [m.data for m in page.messages] == ["after"]
