@@ -200,7 +200,9 @@ class ChannelHistory:
         )
         return Position(_text(reply[0]), int(reply[1]))
 
-    async def read(self, channel: str, *, since: Position, limit: int = 100) -> HistoryPage:
+    async def read(
+        self, channel: str, *, since: Position | tuple[str, int], limit: int = 100
+    ) -> HistoryPage:
         """The messages published on ``channel`` after ``since`` (a :class:`Position`, or
         an ``(epoch, offset)`` pair), at most ``limit`` (1 to 10,000); see
         :class:`HistoryPage`. Raises :class:`RedisUnavailable`, :class:`ValueError`."""
