@@ -32,21 +32,45 @@ from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.websocket import _protocol as proto
 from middleware.websocket._connection import Connection, Frame
 
-__all__ = ["ChannelEntry", "Fanout"]
+__all__ = ["ChannelEntry", "Fanout", "Held"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
 
 
-class ChannelEntry:
-    """One channel: its sockets, its hub subscription, how many sockets want it."""
+class Held:
+    """Live messages of one channel kept for one socket while it catches up from history
+    (see :mod:`middleware.websocket._recovery`): at most ``limit``; ``gap`` is set when
+    one was lost (overflow, or the hub's connection dropped)."""
 
-    __slots__ = ("name", "opening", "prefix", "sockets", "sub", "users")
+    __slots__ = ("gap", "limit", "messages")
+
+    def __init__(self, limit: int) -> None:
+        self.messages: list[Message] = []
+        self.limit = limit
+        self.gap = False
+
+    def add(self, message: Message) -> None:
+        """Keep ``message``, or mark a gap when full or when one came before it."""
+        if message.gap_before:
+            self.gap = True
+        if len(self.messages) < self.limit:
+            self.messages.append(message)
+        else:
+            self.gap = True
+
+
+class ChannelEntry:
+    """One channel: its sockets, its hub subscription, how many sockets want it, and the
+    sockets still catching up (``held``: their live messages are kept, not sent)."""
+
+    __slots__ = ("held", "name", "opening", "prefix", "sockets", "sub", "users")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.prefix = proto.message_prefix(name)
         self.sockets: set[Connection] = set()
+        self.held: dict[Connection, Held] = {}
         self.users = 0  # sockets subscribed or subscribing
         self.sub: Subscription | None = None
         self.opening: asyncio.Task[None] | None = None
@@ -67,11 +91,15 @@ class Fanout:
         """Channels with at least one socket (or one subscribing)."""
         return len(self._entries)
 
-    async def subscribe(self, conn: Connection, names: Iterable[str]) -> None:
+    async def subscribe(
+        self, conn: Connection, names: Iterable[str], *, hold: int | None = None
+    ) -> None:
         """Subscribe ``conn`` to ``names`` once Redis confirmed each (already subscribed
         names are skipped). All or nothing: raises :class:`RedisUnavailable` (nothing
         subscribed). On return ``conn`` receives every later message of each channel; the
-        caller must queue its reply before awaiting anything else."""
+        caller must queue its reply before awaiting anything else. With ``hold`` (a
+        count), the messages are kept instead (up to ``hold`` per channel) until
+        :meth:`release` hands them over."""
         if self._closed:
             raise RedisUnavailable("the websocket bridge is closed", reason="closed")
         acquired = [self._acquire(n) for n in dict.fromkeys(names) if n not in conn.channels]
@@ -90,8 +118,37 @@ class Fanout:
                 await self._release(entry)
             return
         for entry in acquired:
-            entry.sockets.add(conn)
+            if hold is None:
+                entry.sockets.add(conn)
+            else:
+                entry.held[conn] = Held(hold)
             conn.channels[entry.name] = entry
+
+    def held(self, conn: Connection, name: str) -> Held | None:
+        """What is held for ``conn`` on channel ``name`` (None: not held, or unsubscribed)."""
+        entry = conn.channels.get(name)
+        return None if entry is None else entry.held.get(conn)
+
+    def rehold(self, conn: Connection, name: str) -> Held | None:
+        """Start holding afresh (after a gap): returns the new holder, or None."""
+        entry = conn.channels.get(name)
+        old = None if entry is None else entry.held.get(conn)
+        if entry is None or old is None:
+            return None
+        entry.held[conn] = fresh = Held(old.limit)
+        return fresh
+
+    def release(self, conn: Connection, name: str) -> None:
+        """Stop holding: from now on ``conn`` gets ``name``'s messages as they come (the
+        caller queued what was held first)."""
+        entry = conn.channels.get(name)
+        if entry is not None and entry.held.pop(conn, None) is not None:
+            entry.sockets.add(conn)
+
+    def frame(self, name: str, message: Message) -> Frame:
+        """The message frame of ``message`` on channel ``name`` (what sockets get)."""
+        text = proto.message_prefix(name) + proto.message_data(message)
+        return Frame(name, text + proto.position_suffix(message) + "}")
 
     async def unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
         """Remove ``conn`` from ``names`` (unknown names are ignored); queued messages of
@@ -103,6 +160,7 @@ class Fanout:
             if entry is None:
                 continue
             entry.sockets.discard(conn)
+            entry.held.pop(conn, None)
             conn.forget_channel(name)
             detached.append(entry)
         for entry in detached:
@@ -200,13 +258,17 @@ class Fanout:
     def _deliver(self, entry: ChannelEntry, message: Message) -> None:
         # Runs in the hub's reader for every message: no awaits, no per-socket encoding.
         sockets = entry.sockets
+        if entry.held:
+            for held in entry.held.values():
+                held.add(message)
         if message.gap_before:
             text = proto.resync_frame([entry.name])
             for conn in sockets:
                 conn.push_control(text)
         if not sockets:
             return
-        frame = Frame(entry.name, entry.prefix + proto.message_data(message) + "}")
+        text = entry.prefix + proto.message_data(message) + proto.position_suffix(message) + "}"
+        frame = Frame(entry.name, text)
         for conn in sockets:
             conn.push(frame)
         if message.trace_context is not None:
@@ -216,6 +278,8 @@ class Fanout:
         affected: dict[Connection, list[str]] = {}
         for entry in self._entries.values():
             if entry.sub is not None and entry.sub.take_gap():
+                for held in entry.held.values():
+                    held.gap = True
                 for conn in entry.sockets:
                     affected.setdefault(conn, []).append(entry.name)
         for conn, names in affected.items():

@@ -26,6 +26,7 @@ __all__ = [
     "message_data",
     "message_prefix",
     "parse",
+    "position_suffix",
     "reply_frame",
     "resync_frame",
 ]
@@ -63,13 +64,15 @@ class BadRequest(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     """One well-formed client frame. ``channels`` for (un)subscribe, ``channel`` and
-    ``data`` for publish."""
+    ``data`` for publish; ``recover`` (subscribe) maps channels to the ``(epoch, offset)``
+    the client last saw."""
 
     type: str
     id: RequestId
     channels: tuple[str, ...] = ()
     channel: str = ""
     data: Any = None
+    recover: dict[str, tuple[str, int]] | None = None
 
 
 def parse(text: str, max_channels: int) -> Request:
@@ -94,7 +97,11 @@ def parse(text: str, max_channels: int) -> Request:
             raise BadRequest(f"At most {max_channels} channels per request.", request_id)
         if not all(isinstance(c, str) for c in channels):
             raise BadRequest("'channels' must be a non-empty list of strings.", request_id)
-        return Request(kind, request_id, channels=tuple(dict.fromkeys(channels)))
+        names = tuple(dict.fromkeys(channels))
+        recover = None
+        if kind == "subscribe" and "recover" in frame:
+            recover = _parse_recover(frame["recover"], names, request_id)
+        return Request(kind, request_id, channels=names, recover=recover)
     if kind == "publish":
         channel = frame.get("channel")
         if not isinstance(channel, str):
@@ -110,6 +117,28 @@ def parse(text: str, max_channels: int) -> Request:
             raise BadRequest("'data' must be valid JSON (no NaN or Infinity).", request_id)
         return Request(kind, request_id, channel=channel, data=data)
     return Request(kind, request_id)
+
+
+def _parse_recover(
+    value: object, channels: tuple[str, ...], request_id: RequestId
+) -> dict[str, tuple[str, int]]:
+    # {"<channel>": {"epoch": "<text>", "offset": <int >= 0>}, ...}, channels of the request
+    shape = '\'recover\' must map channels of the request to {"epoch": ..., "offset": ...}.'
+    if not isinstance(value, dict):
+        raise BadRequest(shape, request_id)
+    recover: dict[str, tuple[str, int]] = {}
+    for channel, position in value.items():
+        if channel not in channels or not isinstance(position, dict):
+            raise BadRequest(shape, request_id)
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= _MAX_ID_LENGTH:
+            raise BadRequest(shape, request_id)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise BadRequest(shape, request_id)
+        if not 0 <= offset < _MAX_SAFE_INT:
+            raise BadRequest(shape, request_id)
+        recover[channel] = (epoch, offset)
+    return recover
 
 
 def _valid_id(value: object) -> bool:
@@ -158,6 +187,14 @@ def batch_frame(frames: list[str]) -> str:
 def message_prefix(channel: str) -> str:
     """The text of a message frame up to its data: ``{"type":"message","channel":..,"data":``."""
     return '{"type":"message","channel":' + _dumps(channel) + ',"data":'
+
+
+def position_suffix(message: Message) -> str:
+    """``,"offset":<n>,"epoch":"<e>"`` for a message with a history position, else ``""``:
+    spliced in before a message frame's final ``}``."""
+    if message.offset is None or message.epoch is None:
+        return ""
+    return ',"offset":' + str(message.offset) + ',"epoch":' + _dumps(message.epoch)
 
 
 def message_data(message: Message) -> str:

@@ -77,7 +77,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
 from starlette.responses import PlainTextResponse
@@ -93,12 +93,14 @@ from middleware.websocket._connection import Connection, Identity, send_close_be
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
+from middleware.websocket._recovery import Histories
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
 from middleware.websocket.limits import WebSocketLimits, WebSocketStats
 
 if TYPE_CHECKING:
+    from gateway_redis import Position
     from gateway_redis.client import RedisClient
     from middleware.jwt.authenticator import JWTAuthenticator
     from middleware.rbac.permissions import PermissionCache
@@ -174,6 +176,7 @@ class WebSocketBridge:
         self._origins = auth.normalize_origins(allowed_origins)
         self._origin_always = origin_check == "always"
         self._fanout = Fanout(client.pubsub)
+        self._histories = Histories(client, self.policy)
         self._registry = registry = Registry(
             limits=limits, store=client.sessions, authenticator=authenticator
         )
@@ -287,6 +290,13 @@ class WebSocketBridge:
 
     async def _handle(self, conn: Connection, text: str) -> None:
         await handle_request(self, conn, text)
+
+    async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
+        """Publish ``data`` (JSON) on ``channel`` as a socket's ``publish`` would, with
+        history when the policy keeps some for it: ``(receivers, Position or None)``. No
+        authorization here (the caller's job). Raises :class:`RedisUnavailable`,
+        :class:`SerializationError`, :class:`ValueError` (a bad name)."""
+        return await self._histories.publish(channel, data)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
