@@ -27,7 +27,7 @@ from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable
-from gateway_redis.pubsub import Message, PubSubHub, Subscription
+from gateway_redis.pubsub import Message, Position, PubSubHub, Subscription
 from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.websocket import _protocol as proto
 from middleware.websocket._connection import Connection, Frame
@@ -41,14 +41,18 @@ _COMPONENT = "websocket"
 class Held:
     """Live messages of one channel kept for one socket while it catches up from history
     (see :mod:`middleware.websocket._recovery`): at most ``limit``; ``gap`` is set when
-    one was lost (overflow, or the hub's connection dropped)."""
+    one was lost (overflow, or the hub's connection dropped). Once caught up, ``floor`` is
+    the last position sent: live messages up to it (still on their way from Redis when
+    history was read) are skipped, and the first one past it makes the socket a plain
+    subscriber."""
 
-    __slots__ = ("gap", "limit", "messages")
+    __slots__ = ("floor", "gap", "limit", "messages")
 
     def __init__(self, limit: int) -> None:
         self.messages: list[Message] = []
         self.limit = limit
         self.gap = False
+        self.floor: Position | None = None
 
     def add(self, message: Message) -> None:
         """Keep ``message``, or mark a gap when full or when one came before it."""
@@ -138,12 +142,19 @@ class Fanout:
         entry.held[conn] = fresh = Held(old.limit)
         return fresh
 
-    def release(self, conn: Connection, name: str) -> None:
+    def release(self, conn: Connection, name: str, floor: Position | None = None) -> None:
         """Stop holding: from now on ``conn`` gets ``name``'s messages as they come (the
-        caller queued what was held first)."""
+        caller queued what was held first), except those up to ``floor``."""
         entry = conn.channels.get(name)
-        if entry is not None and entry.held.pop(conn, None) is not None:
+        held = None if entry is None else entry.held.get(conn)
+        if entry is None or held is None:
+            return
+        if floor is None:
+            del entry.held[conn]
             entry.sockets.add(conn)
+        else:
+            held.messages.clear()
+            held.floor = floor
 
     def frame(self, name: str, message: Message) -> Frame:
         """The message frame of ``message`` on channel ``name`` (what sockets get)."""
@@ -258,18 +269,18 @@ class Fanout:
     def _deliver(self, entry: ChannelEntry, message: Message) -> None:
         # Runs in the hub's reader for every message: no awaits, no per-socket encoding.
         sockets = entry.sockets
-        if entry.held:
-            for held in entry.held.values():
-                held.add(message)
         if message.gap_before:
             text = proto.resync_frame([entry.name])
             for conn in sockets:
                 conn.push_control(text)
-        if not sockets:
+        extra = _pass_held(entry, message) if entry.held else ()
+        if not sockets and not extra:
             return
         text = entry.prefix + proto.message_data(message) + proto.position_suffix(message) + "}"
         frame = Frame(entry.name, text)
         for conn in sockets:
+            conn.push(frame)
+        for conn in extra:
             conn.push(frame)
         if message.trace_context is not None:
             _trace_delivery(entry.name, message, len(sockets))
@@ -278,8 +289,10 @@ class Fanout:
         affected: dict[Connection, list[str]] = {}
         for entry in self._entries.values():
             if entry.sub is not None and entry.sub.take_gap():
-                for held in entry.held.values():
+                for conn, held in entry.held.items():
                     held.gap = True
+                    if held.floor is not None:  # caught up already: like any subscriber
+                        affected.setdefault(conn, []).append(entry.name)
                 for conn in entry.sockets:
                     affected.setdefault(conn, []).append(entry.name)
         for conn, names in affected.items():
@@ -290,6 +303,28 @@ class Fanout:
                 len(affected),
                 extra=log_fields(_COMPONENT, "websocket_resync", sockets=len(affected)),
             )
+
+
+def _pass_held(entry: ChannelEntry, message: Message) -> list[Connection]:
+    # Held sockets keep the message; caught-up ones get it unless it is at or before their
+    # floor, and join the plain subscribers at the first one past it. Returns the sockets
+    # to push to besides ``entry.sockets``.
+    extra: list[Connection] = []
+    text = None
+    for conn, held in list(entry.held.items()):
+        floor = held.floor
+        if floor is None:
+            held.add(message)
+            continue
+        if message.gap_before:
+            text = text or proto.resync_frame([entry.name])
+            conn.push_control(text)
+        if message.offset is None:
+            extra.append(conn)
+        elif message.epoch != floor.epoch or message.offset > floor.offset:
+            del entry.held[conn]
+            entry.sockets.add(conn)  # pushed to with the other subscribers
+    return extra
 
 
 def _trace_delivery(channel: str, message: Message, receivers: int) -> None:

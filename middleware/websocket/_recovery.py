@@ -14,7 +14,10 @@ A subscribe that names a channel with history (its rule has ``history_size``) go
    ``recovered``), the recovered messages, the held ones newer than what was sent (one
    offset is never sent twice; a message of another epoch always is), and the socket
    joins the channel's live fan-out. Nothing of these channels can come before the reply,
-   nor a newer message before an older one.
+   nor a newer message before an older one;
+5. live messages up to the last offset sent can still arrive (history is read on a
+   command connection, pub/sub comes on another): they are skipped, until the first one
+   past it makes the socket a plain subscriber of the channel.
 """
 
 from __future__ import annotations
@@ -146,26 +149,13 @@ def deliver(fanout: Fanout, conn: Connection, job: Catchup) -> None:
                 continue  # sent already (or from before the position the client was given)
             position = Position(message.epoch or "", message.offset)
         frames.append(fanout.frame(job.name, message))
-    _push_batched(conn, [f.text for f in frames])
+    for frame in frames:  # as replies: never dropped (bounded by the history size)
+        conn.push_control(frame.text)
     if job.resync or held.gap:
         conn.push_control(proto.resync_frame([job.name]))
-    fanout.release(conn, job.name)
-
-
-def _push_batched(conn: Connection, texts: list[str]) -> None:
-    # Catch-up frames are replies (never dropped, bounded by the history size): sent in
-    # batch frames of at most batch_max_bytes.
-    limit = conn.limits.batch_max_bytes
-    chunk: list[str] = []
-    size = 0
-    for text in texts:
-        if chunk and size + len(text) > limit:
-            conn.push_control(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
-            chunk, size = [], 0
-        chunk.append(text)
-        size += len(text) + 1
-    if chunk:
-        conn.push_control(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
+    # Messages up to the position may still be on their way from Redis (history was read
+    # on another connection): they are skipped when they come.
+    fanout.release(conn, job.name, position)
 
 
 def positions_of(jobs: Iterable[Catchup]) -> dict[str, dict[str, Any]]:
