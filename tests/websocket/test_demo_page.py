@@ -55,7 +55,7 @@ async def test_log_in_subscribe_and_see_a_message_published_elsewhere(
                         "type": "publish", "channel": "notifications:bob",
                         "data": {"text": "hello bob, from another client"}, "id": 1,
                     })  # fmt: skip
-                    assert reply == {"type": "published", "id": 1}
+                    assert (reply["type"], reply["id"], reply["offset"]) == ("published", 1, 1)
                 message = page.locator("#log li.message", has_text="hello bob, from another")
                 await expect(message).to_have_count(1)
                 await expect(message.locator(".channel")).to_have_text("notifications:bob")
@@ -68,7 +68,7 @@ async def test_log_in_subscribe_and_see_a_message_published_elsewhere(
                         json={"text": "broadcast over HTTP"},
                         headers={"Authorization": f"Bearer {admin_token}"},
                     )
-                assert response.json() == {"receivers": 1}
+                assert response.json()["receivers"] == 1
                 await expect(
                     page.locator("#log li.message", has_text="broadcast over HTTP")
                 ).to_have_count(1)
