@@ -30,6 +30,14 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "ping"}                   answer with any frame, e.g. {"type": "pong"}
             {"type": "error", "code": ..., "message": ..., "id": n}
 
+Channels with history (a rule's ``history_size``/``history_ttl``; see
+:mod:`~middleware.websocket.channels` and ``docs/guides/websocket.md``): ``message`` frames
+carry ``"offset": <int>`` and ``"epoch": "<text>"``, ``published`` replies the message's
+``epoch`` and ``offset``, ``subscribed`` replies ``"positions": {channel: {"epoch",
+"offset"}}``. ``subscribe`` may carry ``"recover": {channel: {"epoch": ..., "offset":
+...}}``; the reply then says ``"recovered": {channel: true | false}`` and, on true, the
+missed messages follow it in order, each once, before any newer one.
+
 Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
 invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
 ``rate_limited``, ``limit_exceeded`` (too many channels on one socket), ``unavailable``
@@ -294,8 +302,9 @@ class WebSocketBridge:
     async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
         """Publish ``data`` (JSON) on ``channel`` as a socket's ``publish`` would, with
         history when the policy keeps some for it: ``(receivers, Position or None)``. No
-        authorization here (the caller's job). Raises :class:`RedisUnavailable`,
-        :class:`SerializationError`, :class:`ValueError` (a bad name)."""
+        authorization here (the caller's job). Raises
+        :class:`~gateway_redis.RedisUnavailable`,
+        :class:`~gateway_redis.SerializationError`, :class:`ValueError` (a bad name)."""
         return await self._histories.publish(channel, data)
 
     # -- bookkeeping ------------------------------------------------------------------------
