@@ -12,6 +12,13 @@ it calls the reconnect listener, which sends each affected socket one ``resync``
 its affected channels. A message that arrives before that listener ran carries
 ``gap_before`` and is preceded by a ``resync`` for its channel; either way each gap is
 reported once, and before any message that followed it.
+
+Channels with history (``history`` given, and it names one for the channel) are mended
+instead: the entry remembers the position of the last message it delivered, holds live
+messages after a gap, reads what followed that position from history, and sends the
+sockets the missed messages, then the held ones, each once; ``resync`` only when history
+cannot fill the gap. Live messages up to the last delivered position (still on their
+way when history was read) are skipped.
 """
 
 from __future__ import annotations
@@ -20,61 +27,40 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable
-from gateway_redis.pubsub import Message, Position, PubSubHub, Subscription
+from gateway_redis.pubsub import ChannelHistory, Message, Position, PubSubHub, Subscription
 from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.websocket import _protocol as proto
 from middleware.websocket._connection import Connection, Frame
+from middleware.websocket._held import Held, mended, pass_held
 
-__all__ = ["ChannelEntry", "Fanout", "Held"]
+__all__ = ["ChannelEntry", "Fanout"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
-
-
-class Held:
-    """Live messages of one channel kept for one socket while it catches up from history
-    (see :mod:`middleware.websocket._recovery`): at most ``limit``; ``gap`` is set when
-    one was lost (overflow, or the hub's connection dropped). Once caught up, ``floor`` is
-    the last position sent: live messages up to it (still on their way from Redis when
-    history was read) are skipped, and the first one past it makes the socket a plain
-    subscriber."""
-
-    __slots__ = ("floor", "gap", "limit", "messages")
-
-    def __init__(self, limit: int) -> None:
-        self.messages: list[Message] = []
-        self.limit = limit
-        self.gap = False
-        self.floor: Position | None = None
-
-    def add(self, message: Message) -> None:
-        """Keep ``message``, or mark a gap when full or when one came before it."""
-        if message.gap_before:
-            self.gap = True
-        if len(self.messages) < self.limit:
-            self.messages.append(message)
-        else:
-            self.gap = True
 
 
 class ChannelEntry:
     """One channel: its sockets, its hub subscription, how many sockets want it, and the
     sockets still catching up (``held``: their live messages are kept, not sent)."""
 
-    __slots__ = ("held", "name", "opening", "prefix", "sockets", "sub", "users")
+    __slots__ = (
+        "held", "last", "mending", "name", "opening", "prefix", "sockets", "sub", "users",
+    )  # fmt: skip
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.prefix = proto.message_prefix(name)
         self.sockets: set[Connection] = set()
         self.held: dict[Connection, Held] = {}
+        self.last: Position | None = None  # of the last message sent to ``sockets``
+        self.mending: Held | None = None  # live messages held while a gap is mended
         self.users = 0  # sockets subscribed or subscribing
         self.sub: Subscription | None = None
         self.opening: asyncio.Task[None] | None = None
@@ -83,8 +69,16 @@ class ChannelEntry:
 class Fanout:
     """The bridge's channels on one hub; see the module docstring."""
 
-    def __init__(self, hub: PubSubHub) -> None:
+    def __init__(
+        self,
+        hub: PubSubHub,
+        history: Callable[[str], ChannelHistory | None] | None = None,
+        *,
+        hold: int = 100,
+    ) -> None:
         self._hub = hub
+        self._history = history
+        self._hold = hold
         self._entries: dict[str, ChannelEntry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -269,11 +263,23 @@ class Fanout:
     def _deliver(self, entry: ChannelEntry, message: Message) -> None:
         # Runs in the hub's reader for every message: no awaits, no per-socket encoding.
         sockets = entry.sockets
-        if message.gap_before:
-            text = proto.resync_frame([entry.name])
-            for conn in sockets:
-                conn.push_control(text)
-        extra = _pass_held(entry, message) if entry.held else ()
+        extra = pass_held(entry, message) if entry.held else ()
+        if entry.mending is not None:
+            entry.mending.add(message)
+            sockets = set()
+        elif message.gap_before:
+            if self._start_mending(entry, message):
+                sockets = set()
+            else:
+                text = proto.resync_frame([entry.name])
+                for conn in sockets:
+                    conn.push_control(text)
+        if sockets and message.offset is not None:
+            last = entry.last
+            if last is not None and last.epoch == message.epoch and message.offset <= last.offset:
+                sockets = set()  # sent already (mended from history before it came)
+            else:
+                entry.last = Position(message.epoch or "", message.offset)
         if not sockets and not extra:
             return
         text = entry.prefix + proto.message_data(message) + proto.position_suffix(message) + "}"
@@ -285,16 +291,50 @@ class Fanout:
         if message.trace_context is not None:
             _trace_delivery(entry.name, message, len(sockets))
 
+    def _start_mending(self, entry: ChannelEntry, first: Message | None) -> bool:
+        # Mend a gap from history when the channel has some and a position is known.
+        history = None if self._history is None else self._history(entry.name)
+        if history is None or entry.last is None or self._closed:
+            return False
+        entry.mending = held = Held(self._hold)
+        if first is not None:
+            held.messages.append(first)
+        self._start(self._mend(entry, history, entry.last))
+        return True
+
+    async def _mend(self, entry: ChannelEntry, history: ChannelHistory, since: Position) -> None:
+        page = None
+        try:
+            page = await history.read(entry.name, since=since, limit=min(history.size, 10_000))
+        except (RedisUnavailable, OSError) as exc:
+            _log.info(
+                "websocket channel gap not mended from history: %s",
+                type(exc).__name__,
+                extra=log_fields(_COMPONENT, "websocket_mend_failed", type(exc).__name__),
+            )
+        held, entry.mending = entry.mending, None
+        if held is None or self._entries.get(entry.name) is not entry:
+            return
+        sent = mended(entry, page, held, self.frame)
+        _log.info(
+            "websocket channel gap mended from history (%d messages)",
+            sent,
+            extra=log_fields(_COMPONENT, "websocket_mended", messages=sent),
+        )
+
     def _on_reconnect(self) -> None:
         affected: dict[Connection, list[str]] = {}
         for entry in self._entries.values():
             if entry.sub is not None and entry.sub.take_gap():
                 for conn, held in entry.held.items():
                     held.gap = True
-                    if held.floor is not None:  # caught up already: like any subscriber
+                    if held.floor is not None:  # caught up already: resync like any other
                         affected.setdefault(conn, []).append(entry.name)
-                for conn in entry.sockets:
-                    affected.setdefault(conn, []).append(entry.name)
+                if entry.mending is not None:
+                    entry.mending.gap = True  # mended() sends the resync
+                elif not self._start_mending(entry, None):
+                    for conn in entry.sockets:
+                        affected.setdefault(conn, []).append(entry.name)
         for conn, names in affected.items():
             conn.push_control(proto.resync_frame(sorted(names)))
         if affected:
@@ -303,28 +343,6 @@ class Fanout:
                 len(affected),
                 extra=log_fields(_COMPONENT, "websocket_resync", sockets=len(affected)),
             )
-
-
-def _pass_held(entry: ChannelEntry, message: Message) -> list[Connection]:
-    # Held sockets keep the message; caught-up ones get it unless it is at or before their
-    # floor, and join the plain subscribers at the first one past it. Returns the sockets
-    # to push to besides ``entry.sockets``.
-    extra: list[Connection] = []
-    text = None
-    for conn, held in list(entry.held.items()):
-        floor = held.floor
-        if floor is None:
-            held.add(message)
-            continue
-        if message.gap_before:
-            text = text or proto.resync_frame([entry.name])
-            conn.push_control(text)
-        if message.offset is None:
-            extra.append(conn)
-        elif message.epoch != floor.epoch or message.offset > floor.offset:
-            del entry.held[conn]
-            entry.sockets.add(conn)  # pushed to with the other subscribers
-    return extra
 
 
 def _trace_delivery(channel: str, message: Message, receivers: int) -> None:

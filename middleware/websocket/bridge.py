@@ -183,8 +183,8 @@ class WebSocketBridge:
         self._session_permissions = session_permissions
         self._origins = auth.normalize_origins(allowed_origins)
         self._origin_always = origin_check == "always"
-        self._fanout = Fanout(client.pubsub)
         self._histories = Histories(client, self.policy)
+        self._fanout = Fanout(client.pubsub, self._histories.of, hold=limits.queue_size)
         self._registry = registry = Registry(
             limits=limits, store=client.sessions, authenticator=authenticator
         )
