@@ -188,3 +188,40 @@ async def test_bad_recover_requests_are_refused(client: RedisClient) -> None:
         reply, _ = await subscribe(ws, "plain:x", recover={"epoch": "e", "offset": 1})
         assert reply["recovered"] == {"plain:x": False}
         await ws.close()
+
+
+async def test_the_bridge_mends_its_own_lost_subscription_from_history(
+    client: RedisClient, redis_admin: Any
+) -> None:
+    history = ChannelHistory(client, size=1000, ttl=60)
+    async with history_app(client) as (gateway, bridge):
+        ws = await gateway.connect(mint("erin"))
+        reply, early = await subscribe(ws, "hist:mend")
+        assert early == []
+        sent = 0
+
+        async def publish(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                sent += 1
+                await history.publish("hist:mend", {"seq": sent})
+                await asyncio.sleep(0.002)
+
+        frames: list[dict[str, Any]] = []
+
+        async def read_until(seq: int) -> None:
+            while not any(f.get("data", {}).get("seq") == seq for f in frames):
+                frames.extend(await read(ws, timeout=10))
+
+        await publish(20)
+        await read_until(20)
+        for _round in range(3):
+            # the bridge's subscriber connection dies; messages go on meanwhile
+            redis_admin.client_kill_filter(_type="pubsub")
+            await publish(50)
+            await read_until(sent)
+        await ws.close()
+    assert [f["type"] for f in frames] == ["message"] * len(frames)  # no resync
+    assert [f["data"]["seq"] for f in frames] == list(range(1, sent + 1))
+    assert [f["offset"] for f in frames] == list(range(1, sent + 1))
+    assert bridge.client.pubsub.stats().reconnects >= 3
