@@ -196,7 +196,7 @@ async def test_the_bridge_mends_its_own_lost_subscription_from_history(
     history = ChannelHistory(client, size=1000, ttl=60)
     async with history_app(client) as (gateway, bridge):
         ws = await gateway.connect(mint("erin"))
-        reply, early = await subscribe(ws, "hist:mend")
+        _, early = await subscribe(ws, "hist:mend")
         assert early == []
         sent = 0
 
