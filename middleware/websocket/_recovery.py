@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     from middleware.websocket._fanout import Fanout
     from middleware.websocket.channels import ChannelPolicy
 
-__all__ = ["Catchup", "Histories", "catch_up", "deliver", "positions_of"]
+__all__ = ["RECOVER_BYTES", "Catchup", "Histories", "catch_up", "deliver", "positions_of"]
 
 _RETRIES: Final = 3  # re-reads after a gap while catching up, before settling for resync
 _MAX_RECOVER: Final = 10_000  # messages given back at most (ChannelHistory.read's limit)
+RECOVER_BYTES: Final = 4 * 1024 * 1024
+"""Payload bytes one ``subscribe`` may recover in all (its channels together): a client
+cannot make a socket hold more than this at once. Beyond it: ``recovered: false``."""
 
 
 class Histories:
@@ -94,6 +97,7 @@ async def catch_up(
     """Steps 2 and 3 of the module docstring for the held channels ``names``. Raises
     :class:`~gateway_redis.RedisUnavailable` (the caller unsubscribes them)."""
     jobs = []
+    budget = RECOVER_BYTES
     for name in names:
         job = Catchup(name, histories.of(name))
         jobs.append(job)
@@ -107,8 +111,10 @@ async def catch_up(
         limit = min(history.size, _MAX_RECOVER)
         page = await history.read(name, since=since, limit=limit)
         complete = not page.messages or page.messages[-1].offset == page.position.offset
-        job.recovered = page.recovered and complete
+        size = sum(len(m.payload) for m in page.messages)
+        job.recovered = page.recovered and complete and size <= budget
         if job.recovered:
+            budget -= size
             job.messages.extend(page.messages)
         job.position = job.reported = page.position
     for job in jobs:

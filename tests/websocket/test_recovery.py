@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from gateway_redis import ChannelHistory, RedisClient
 from middleware import Gateway as ComposedGateway
 from middleware import JWTSettings, WebSocketSettings
+from middleware.websocket._recovery import RECOVER_BYTES
 from middleware.websocket.bridge import WebSocketBridge
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.websocket.wsutil import AUDIENCE, ISSUER, SECRET, Gateway, mint, serve_app
@@ -225,3 +226,20 @@ async def test_the_bridge_mends_its_own_lost_subscription_from_history(
     assert [f["data"]["seq"] for f in frames] == list(range(1, sent + 1))
     assert [f["offset"] for f in frames] == list(range(1, sent + 1))
     assert bridge.client.pubsub.stats().reconnects >= 3
+
+
+async def test_what_one_subscribe_may_recover_is_bounded(client: RedisClient) -> None:
+    history = ChannelHistory(client, size=50, ttl=60)
+    async with history_app(client) as (gateway, _):
+        ws = await gateway.connect(mint("frank"))
+        reply, _ = await subscribe(ws, "hist:big-a")
+        start = reply["positions"]["hist:big-a"]
+        await ws.close()
+        chunk = "x" * (RECOVER_BYTES // 40)
+        for _ in range(45):  # more than RECOVER_BYTES in all, within the 50 kept
+            await history.publish("hist:big-a", chunk)
+        ws = await gateway.connect(mint("frank"))
+        reply, early = await subscribe(ws, "hist:big-a", recover=start)
+        assert reply["recovered"] == {"hist:big-a": False}
+        assert early == []
+        await ws.close()
