@@ -73,6 +73,24 @@ async def test_log_in_subscribe_and_see_a_message_published_elsewhere(
                     page.locator("#log li.message", has_text="broadcast over HTTP")
                 ).to_have_count(1)
 
+                # Disconnected, the page misses a message; reconnecting recovers it.
+                await page.click("#disconnect")
+                await expect(page.locator("#status")).to_contain_text("disconnected")
+                async with httpx.AsyncClient() as http:
+                    response = await http.post(
+                        gateway.http + "/api/channels/system:broadcast/publish",
+                        json={"text": "missed while away"},
+                        headers={"Authorization": f"Bearer {admin_token}"},
+                    )
+                assert response.status_code == 200
+                await page.click("#connect")
+                await expect(
+                    page.locator("#log li.message", has_text="missed while away")
+                ).to_have_count(1)
+                await expect(
+                    page.locator("#log li.info", has_text="recovered the missed messages")
+                ).to_have_count(2)  # both channels
+
                 # Bob may not publish: the page shows the error; the socket stays up.
                 await page.click("#publish")
                 await expect(page.locator("#log li.error", has_text="forbidden")).to_have_count(1)
