@@ -18,7 +18,9 @@ instead: the entry remembers the position of the last message it delivered, hold
 messages after a gap, reads what followed that position from history, and sends the
 sockets the missed messages, then the held ones, each once; ``resync`` only when history
 cannot fill the gap. Live messages up to the last delivered position (still on their
-way when history was read) are skipped.
+way when history was read) are skipped. A channel that also received a message without
+a position (a plain PUBLISH, e.g. from another service) is never mended: history cannot
+know what such messages were lost.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class ChannelEntry:
     sockets still catching up (``held``: their live messages are kept, not sent)."""
 
     __slots__ = (
-        "held", "last", "mending", "name", "opening", "prefix", "sockets", "sub", "users",
+        "held", "last", "mending", "name", "opening", "plain", "prefix", "sockets", "sub",
+        "users",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -61,6 +64,7 @@ class ChannelEntry:
         self.held: dict[Connection, Held] = {}
         self.last: Position | None = None  # of the last message sent to ``sockets``
         self.mending: Held | None = None  # live messages held while a gap is mended
+        self.plain = False  # a message without a position came: history cannot mend
         self.users = 0  # sockets subscribed or subscribing
         self.sub: Subscription | None = None
         self.opening: asyncio.Task[None] | None = None
@@ -274,7 +278,9 @@ class Fanout:
                 text = proto.resync_frame([entry.name])
                 for conn in sockets:
                     conn.push_control(text)
-        if sockets and message.offset is not None:
+        if message.offset is None:
+            entry.plain = True
+        elif sockets:
             last = entry.last
             if last is not None and last.epoch == message.epoch and message.offset <= last.offset:
                 sockets = set()  # sent already (mended from history before it came)
@@ -294,7 +300,7 @@ class Fanout:
     def _start_mending(self, entry: ChannelEntry, first: Message | None) -> bool:
         # Mend a gap from history when the channel has some and a position is known.
         history = None if self._history is None else self._history(entry.name)
-        if history is None or entry.last is None or self._closed:
+        if history is None or entry.last is None or entry.plain or self._closed:
             return False
         entry.mending = held = Held(self._hold)
         if first is not None:
