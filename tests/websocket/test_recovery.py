@@ -11,10 +11,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
-from gateway_redis import ChannelHistory, RedisClient
+from gateway_redis import ChannelHistory, RedisClient, RedisConfig, RedisUnavailable
+from gateway_redis.embedded import EmbeddedRedis
 from middleware import Gateway as ComposedGateway
 from middleware import JWTSettings, WebSocketSettings
 from middleware.websocket._recovery import RECOVER_BYTES
@@ -243,3 +245,52 @@ async def test_what_one_subscribe_may_recover_is_bounded(client: RedisClient) ->
         assert reply["recovered"] == {"hist:big-a": False}
         assert early == []
         await ws.close()
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_a_redis_restart_is_mended_from_persisted_history_else_resync(
+    persistent: bool, tmp_path: Any
+) -> None:
+    args = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
+    server = EmbeddedRedis(args=args, directory=tmp_path)
+    server.start()
+    try:
+        async with RedisClient(RedisConfig(url=server.url, probe_interval=0.2)) as client:
+            history = ChannelHistory(client, size=1000, ttl=60)
+            async with history_app(client) as (gateway, _):
+                ws = await gateway.connect(mint("gina"))
+                await subscribe(ws, "hist:restart")
+                frames: list[dict[str, Any]] = []
+
+                async def publish(first: int, count: int) -> None:
+                    deadline = time.monotonic() + 20
+                    n = first
+                    while n < first + count:
+                        try:
+                            await history.publish("hist:restart", {"seq": n})
+                            n += 1
+                        except RedisUnavailable:
+                            assert time.monotonic() < deadline, "Redis did not come back"
+                            await asyncio.sleep(0.05)
+
+                async def read_until(seq: int) -> None:
+                    while not any(f.get("data", {}).get("seq") == seq for f in frames):
+                        frames.extend(await read(ws, timeout=15))
+
+                await publish(1, 10)
+                await read_until(10)
+                await asyncio.to_thread(server.restart)  # the bridge's subscription is lost
+                await publish(11, 10)
+                await read_until(20)
+                await ws.close()
+    finally:
+        server.cleanup()
+    kinds = [f["type"] for f in frames]
+    seqs = [f["data"]["seq"] for f in frames if f["type"] == "message"]
+    if persistent:  # the history came back with Redis: mended, nothing lost, no resync
+        assert kinds == ["message"] * 20
+        assert seqs == list(range(1, 21))
+    else:  # a new epoch: the gap cannot be filled, so the client is told
+        assert "resync" in kinds
+        assert seqs[:10] == list(range(1, 11))
+        assert seqs == sorted(set(seqs))
