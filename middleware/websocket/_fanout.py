@@ -45,6 +45,7 @@ from middleware.websocket._held import Held, mended, pass_held
 __all__ = ["ChannelEntry", "Fanout"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
+_MEND_RETRIES = (0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)  # seconds before each history read
 _COMPONENT = "websocket"
 
 
@@ -309,14 +310,21 @@ class Fanout:
         return True
 
     async def _mend(self, entry: ChannelEntry, history: ChannelHistory, since: Position) -> None:
-        page = None
-        try:
-            page = await history.read(entry.name, since=since, limit=min(history.size, 10_000))
-        except (RedisUnavailable, OSError) as exc:
+        page, failure = None, ""
+        for delay in _MEND_RETRIES:  # the command pool may see Redis back a little later
+            await asyncio.sleep(delay)
+            if entry.mending is None or entry.mending.gap:
+                break
+            try:
+                page = await history.read(entry.name, since=since, limit=min(history.size, 10_000))
+                break
+            except (RedisUnavailable, OSError) as exc:
+                failure = type(exc).__name__
+        else:
             _log.info(
                 "websocket channel gap not mended from history: %s",
-                type(exc).__name__,
-                extra=log_fields(_COMPONENT, "websocket_mend_failed", type(exc).__name__),
+                failure,
+                extra=log_fields(_COMPONENT, "websocket_mend_failed", failure),
             )
         held, entry.mending = entry.mending, None
         if held is None or self._entries.get(entry.name) is not entry:
