@@ -13,12 +13,16 @@ as ``examples.gateway``.
 Channel policy: everyone may subscribe to ``system:broadcast``; a user to their own
 ``notifications:{sub}``; the ``channels:publish`` permission (role ``admin``) publishes to
 ``system:broadcast`` and to anyone's ``notifications:<user>``; everything else is denied.
+Both keep history (1,000 messages, 5 minutes after the last one): their message frames
+carry ``offset`` and ``epoch``, ``subscribed`` replies ``positions``, and a reconnecting
+client sends ``recover`` to get what it missed (``docs/guides/websocket.md``).
 
 * ``WS /ws``: the :class:`~middleware.websocket.WebSocketBridge` protocol. Browsers send
   their token as ``Sec-WebSocket-Protocol: bearer, <token>`` or rely on the session cookie.
 * ``POST /api/channels/{channel}/publish``: needs ``channels:publish``; the JSON body is
   the message (at most 64 KiB); answers ``{"receivers": n}`` (Redis's count: subscribed
-  gateway instances and other subscribers, not sockets).
+  gateway instances and other subscribers, not sockets), with ``"epoch"`` and ``"offset"``
+  on the channels with history.
 * ``POST /api/admin/sockets/{user}/disconnect``: needs ``admin:read``; closes every socket
   of the subject ``user`` on every instance (close code 4000, the bridge's server API);
   answers ``{"status": "disconnected"}``. It does not log the user out.
@@ -67,14 +71,29 @@ REALTIME_PUBLIC_PATHS = ("/", "/static/*")
 needs no listing: :meth:`Gateway.install` makes the bridge's path public, and the bridge
 authenticates from the token *or* the session cookie.)"""
 MAX_PUBLISH_BYTES = 64 * 1024
+HISTORY_SIZE = 1000
+"""Messages kept per channel with history (``system:broadcast``, ``notifications:*``)."""
+HISTORY_TTL = 300.0
+"""Seconds a channel's history is kept after its last message."""
 
 
 def realtime_policy() -> ChannelPolicy:
     """The example's channel policy (see the module docstring)."""
     return ChannelPolicy(
         [
-            ChannelRule("system:broadcast", subscribe=True, publish="channels:publish"),
-            ChannelRule("notifications:{sub}", subscribe=True),
+            ChannelRule(
+                "system:broadcast",
+                subscribe=True,
+                publish="channels:publish",
+                history_size=HISTORY_SIZE,
+                history_ttl=HISTORY_TTL,
+            ),
+            ChannelRule(
+                "notifications:{sub}",
+                subscribe=True,
+                history_size=HISTORY_SIZE,
+                history_ttl=HISTORY_TTL,
+            ),
             ChannelRule("notifications:{user}", publish="channels:publish"),
         ]
     )
@@ -176,7 +195,8 @@ def _routes(
         dependencies=[Depends(RequirePermissions("channels:publish"))],
     )
     async def publish(channel: str, request: Request, claims: Claims) -> JSONResponse:
-        """Publish the JSON body on ``channel``; answers ``{"receivers": n}``."""
+        """Publish the JSON body on ``channel``; answers ``{"receivers": n}``, plus
+        ``"epoch"`` and ``"offset"`` on a channel with history."""
         try:
             body = await read_body(request, MAX_PUBLISH_BYTES)
         except BodyTooLarge as exc:
@@ -192,14 +212,18 @@ def _routes(
             allowed = await policy.allows(_ClaimsPrincipal(claims, cache), "publish", channel)
             if not allowed:
                 return _error(403, "forbidden", "You do not have permission to do this.")
-            receivers = await client.publish(channel, data)
+            receivers, position = await bridge.publish(channel, data)
         except (RedisUnavailable, ServiceUnavailable):
             response = _error(503, "unavailable", "Service temporarily unavailable.")
             response.headers["Retry-After"] = "1"
             return response
         except SerializationError:
             return _error(400, "bad_request", "The body must be JSON (no NaN or Infinity).")
-        return JSONResponse({"receivers": receivers})
+        if position is None:
+            return JSONResponse({"receivers": receivers})
+        return JSONResponse(
+            {"receivers": receivers, "epoch": position.epoch, "offset": position.offset}
+        )
 
     @app.post(
         "/api/admin/sockets/{user}/disconnect",

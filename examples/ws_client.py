@@ -12,6 +12,11 @@ sends ``Authorization: Bearer`` instead), subscribes, publishes, and prints ever
 as one JSON line (``batch`` frames unwrapped, server pings answered). Exits after
 ``--count`` messages, after ``--seconds``, or on Ctrl-C; the exit status is 0 for a normal
 close, 2 when the server closed the socket with an error code.
+
+With ``--reconnect`` a lost socket is reconnected (after a second; not when the server
+refused or ended the credential: 1008, 4401, 4403) and its channels subscribed again with
+``recover`` from the last position seen on each channel with history, so no message is
+missed while away (the ``subscribed`` reply says ``recovered`` per channel).
 """
 
 from __future__ import annotations
@@ -54,18 +59,50 @@ async def _request(ws: ClientConnection, frame: dict[str, Any], seq: list[int]) 
     await ws.send(json.dumps({**frame, "id": seq[0]}))
 
 
-async def _print(ws: ClientConnection, args: argparse.Namespace, seq: list[int]) -> bool:
+_FINAL_CODES = frozenset({1008, 4401, 4403})  # refused, token or session ended: no retry
+
+
+def _track(frame: dict[str, Any], positions: dict[str, dict[str, Any]]) -> None:
+    # The last position seen per channel with history, to recover from after a drop.
+    kind = frame.get("type")
+    if kind == "message" and isinstance(frame.get("offset"), int):
+        positions[frame["channel"]] = {"epoch": frame["epoch"], "offset": frame["offset"]}
+    elif kind == "subscribed":
+        recovered = frame.get("recovered") or {}
+        for channel, position in (frame.get("positions") or {}).items():
+            if recovered.get(channel) is not True:  # else the missed messages follow
+                positions[channel] = position
+
+
+async def _print(
+    ws: ClientConnection,
+    args: argparse.Namespace,
+    seq: list[int],
+    positions: dict[str, dict[str, Any]] | None = None,
+) -> bool:
     """Print frames until done (True) or the socket closes (False)."""
-    seen = 0
+    positions = {} if positions is None else positions
+    with contextlib.suppress(websockets.ConnectionClosed):  # closed without a close frame
+        return await _print_frames(ws, args, seq, positions)
+    return False
+
+
+async def _print_frames(
+    ws: ClientConnection,
+    args: argparse.Namespace,
+    seq: list[int],
+    positions: dict[str, dict[str, Any]],
+) -> bool:
     async for raw in ws:
         for frame in _frames(raw):
             if frame.get("type") == "ping":
                 await ws.send('{"type":"pong"}')
                 continue
             print(json.dumps(frame), flush=True)
+            _track(frame, positions)
             if frame.get("type") == "message":
-                seen += 1
-                if args.count and seen >= args.count:
+                seq[1] += 1
+                if args.count and seq[1] >= args.count:
                     return True
             done = frame.get("type") == "published" and frame.get("id") == seq[0]
             if done and not args.subscribe:
@@ -87,22 +124,45 @@ async def run(args: argparse.Namespace) -> int:
         options["additional_headers"] = {"Authorization": f"Bearer {token}"}
     else:
         options["subprotocols"] = ["bearer", token]
-    seq = [0]
-    async with websockets.connect(url, **options) as ws:
-        if args.subscribe:
-            await _request(ws, {"type": "subscribe", "channels": args.subscribe}, seq)
-        for item in args.publish:
-            channel, _, data = item.partition("=")
-            frame = {"type": "publish", "channel": channel, "data": json.loads(data)}
-            await _request(ws, frame, seq)
+    seq = [0, 0]  # the last request id, messages printed
+    try:
+        return await asyncio.wait_for(_connected(url, options, args, seq), args.seconds)
+    except asyncio.TimeoutError:
+        return 0
+
+
+async def _connected(
+    url: str, options: dict[str, Any], args: argparse.Namespace, seq: list[int]
+) -> int:
+    positions: dict[str, dict[str, Any]] = {}
+    publish = list(args.publish)
+    while True:
         try:
-            if await asyncio.wait_for(_print(ws, args, seq), args.seconds):
-                return 0
-        except asyncio.TimeoutError:
-            return 0
-    code = ws.close_code
-    print(json.dumps({"closed": code, "reason": ws.close_reason}), file=sys.stderr)
-    return 0 if code in (None, 1000) else 2
+            async with websockets.connect(url, **options) as ws:
+                if args.subscribe:
+                    frame: dict[str, Any] = {"type": "subscribe", "channels": args.subscribe}
+                    recover = {c: positions[c] for c in args.subscribe if c in positions}
+                    if recover:
+                        frame["recover"] = recover
+                    await _request(ws, frame, seq)
+                for item in publish:
+                    channel, _, data = item.partition("=")
+                    frame = {"type": "publish", "channel": channel, "data": json.loads(data)}
+                    await _request(ws, frame, seq)
+                publish = []  # published once, not again after a reconnect
+                if await _print(ws, args, seq, positions):
+                    return 0
+        except (OSError, websockets.InvalidHandshake) as exc:
+            if not args.reconnect:
+                raise
+            print(json.dumps({"connect_failed": type(exc).__name__}), file=sys.stderr)
+            await asyncio.sleep(1.0)
+            continue
+        code = ws.close_code
+        print(json.dumps({"closed": code, "reason": ws.close_reason}), file=sys.stderr)
+        if not args.reconnect or code in _FINAL_CODES or code in (None, 1000):
+            return 0 if code in (None, 1000) else 2
+        await asyncio.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--publish", action="append", default=[], metavar="CHANNEL=JSON")
     parser.add_argument("--count", type=int, default=0, help="exit after N messages")
     parser.add_argument("--seconds", type=float, default=None, help="exit after N seconds")
+    parser.add_argument(
+        "--reconnect", action="store_true", help="reconnect after a drop, recovering history"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))

@@ -62,8 +62,12 @@ from gateway_redis.health import HealthMonitor, HealthState, StateListener
 from gateway_redis.invalidation import EventHandler, InvalidationBus, ResyncHook
 from gateway_redis.localcache import LocalCache, Stamp
 from gateway_redis.pubsub import (
+    ChannelHistory,
+    HistoryPage,
     Message,
     MessageCallback,
+    Position,
+    Published,
     PubSubHub,
     PubSubStats,
     ReconnectListener,
@@ -86,6 +90,7 @@ from gateway_redis.sessions import (
 __all__ = [
     "CacheKeyNotFound",
     "CacheUnavailable",
+    "ChannelHistory",
     "ClaimsStore",
     "ClientState",
     "CommandError",
@@ -94,6 +99,7 @@ __all__ = [
     "GatewayRedisError",
     "HealthMonitor",
     "HealthState",
+    "HistoryPage",
     "InvalidationBus",
     "Limit",
     "LimitState",
@@ -102,8 +108,10 @@ __all__ = [
     "MessageCallback",
     "PermissionStore",
     "PoolLimits",
+    "Position",
     "PubSubHub",
     "PubSubStats",
+    "Published",
     "RateDecision",
     "RateLimitStore",
     "ReconnectListener",

@@ -23,6 +23,8 @@
   let socket = null;
   let nextId = 1;
   const subscribed = new Set();
+  // The last position seen on each channel with history: a reconnect recovers from there.
+  const positions = new Map();
 
   function log(kind, text, channel) {
     const item = document.createElement("li");
@@ -76,15 +78,31 @@
         frame.messages.forEach(handle);
         break;
       case "message":
+        if (frame.offset !== undefined) {
+          positions.set(frame.channel, { epoch: frame.epoch, offset: frame.offset });
+        }
         log("message", JSON.stringify(frame.data), frame.channel);
         break;
-      case "subscribed":
+      case "subscribed": {
         frame.channels.forEach((c) => subscribed.add(c));
+        const recovered = frame.recovered || {};
+        for (const [channel, position] of Object.entries(frame.positions || {})) {
+          // recovered: the missed messages follow (and move the position on themselves)
+          if (recovered[channel] !== true) positions.set(channel, position);
+        }
         log("info", `subscribed to ${frame.channels.join(", ")}`);
+        for (const [channel, ok] of Object.entries(recovered)) {
+          log(ok ? "info" : "resync",
+              ok ? "recovered the missed messages" : "could not recover: refetch", channel);
+        }
         render();
         break;
+      }
       case "unsubscribed":
-        frame.channels.forEach((c) => subscribed.delete(c));
+        frame.channels.forEach((c) => {
+          subscribed.delete(c);
+          positions.delete(c);
+        });
         log("info", `unsubscribed from ${frame.channels.join(", ")}`);
         render();
         break;
@@ -118,7 +136,13 @@
       setStatus("open", `connected (${token ? "token" : "session cookie"})`);
       const wanted = subscribed.size ? [...subscribed] : ["system:broadcast"];
       subscribed.clear();
-      send({ type: "subscribe", channels: wanted });
+      const recover = {};
+      for (const channel of wanted) {
+        if (positions.has(channel)) recover[channel] = positions.get(channel);
+      }
+      const frame = { type: "subscribe", channels: wanted };
+      if (Object.keys(recover).length) frame.recover = recover;
+      send(frame);
     };
     socket.onmessage = (event) => {
       try {

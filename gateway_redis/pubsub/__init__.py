@@ -28,7 +28,14 @@ The message format, for other publishers and subscribers, is
 :mod:`gateway_redis.pubsub.envelope`. Patterns are for trusted, fixed strings only: never
 build a PSUBSCRIBE pattern from user input.
 
+* Channel history (:class:`ChannelHistory`, in :mod:`~gateway_redis.pubsub.history`):
+  publishing through it keeps the channel's recent messages in a Redis Stream, gives each
+  an epoch and offset (carried by the :class:`Message`), and lets a subscriber that
+  missed some get them back (:meth:`ChannelHistory.read`).
+
 Modules: :mod:`~gateway_redis.pubsub.hub` (:class:`PubSubHub`),
+:mod:`~gateway_redis.pubsub.history` (:class:`ChannelHistory`; private
+``_history_scripts``, its Lua),
 :mod:`~gateway_redis.pubsub.subscription` (:class:`Subscription`, :class:`Message`,
 :class:`PubSubStats`) and :mod:`~gateway_redis.pubsub.envelope` (the wire format); private:
 ``_registry`` (which subscriptions are wanted and confirmed, classic and sharded alike),
@@ -40,6 +47,8 @@ every connection the package opens).
 
 from __future__ import annotations
 
+from gateway_redis.pubsub.envelope import Position
+from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, Published
 from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
 from gateway_redis.pubsub.subscription import (
     Message,
@@ -49,10 +58,14 @@ from gateway_redis.pubsub.subscription import (
 )
 
 __all__ = [
+    "ChannelHistory",
+    "HistoryPage",
     "Message",
     "MessageCallback",
+    "Position",
     "PubSubHub",
     "PubSubStats",
+    "Published",
     "ReconnectListener",
     "Subscription",
 ]

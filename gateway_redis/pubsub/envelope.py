@@ -27,6 +27,19 @@ Trace envelope
     out; one that does not still reads valid JSON. A body that itself starts with
     ``{"_gw":`` is always wrapped (with ``"_gw":{}``), so plain JSON is never mistaken for
     an envelope. Anything that does not match the shape exactly is delivered as plain JSON.
+
+History position
+    A message published on a channel with history (:mod:`gateway_redis.pubsub.history`)
+    always travels in the envelope, whose object then also holds ``"epoch"`` (the
+    channel's history epoch, text) and ``"offset"`` (its position in that epoch, decimal
+    digits as text, starting at 1), after any trace headers::
+
+        {"_gw":{"epoch":"9f2c41d07a1b","offset":"17"},"data":<the JSON body>}
+
+    All values are still strings, so a reader that predates positions decodes the body
+    exactly as before (it sees the two keys among the propagation headers).
+    :func:`decode_message` returns them as a :class:`Position`; :func:`decode` leaves
+    them out of the trace context.
 """
 
 from __future__ import annotations
@@ -34,15 +47,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from gateway_redis.errors import SerializationError
 
 __all__ = [
     "MAX_NAME_BYTES",
     "RESERVED",
+    "Position",
     "check_names",
     "decode",
+    "decode_message",
     "dumps",
     "encode",
 ]
@@ -56,6 +71,16 @@ _HEAD: Final = b'{"_gw":'
 _MID: Final = b',"data":'
 _MID_TEXT: Final = _MID.decode()
 _DECODER: Final = json.JSONDecoder()
+_MAX_EPOCH: Final = 64  # characters
+
+
+class Position(NamedTuple):
+    """Where a message sits in its channel's history: ``epoch`` (text that changes whenever
+    the history may have been lost) and ``offset`` (1 for the first message of an epoch,
+    +1 per message; 0 means "nothing published yet in this epoch")."""
+
+    epoch: str
+    offset: int
 
 
 def check_names(names: tuple[object, ...], what: str) -> list[str]:
@@ -118,21 +143,40 @@ def decode(raw: bytes) -> tuple[str, Any, Mapping[str, str] | None]:
     ``payload`` is the publisher's text (the inner JSON for an envelope), decoded as UTF-8
     with replacement characters for invalid bytes; ``data`` is the decoded JSON or None when
     the payload is not JSON; ``trace_context`` is the envelope's propagation headers (a
-    read-only mapping) or None. Never raises.
+    read-only mapping, without the history position) or None. Never raises.
     """
+    payload, data, context, _ = decode_message(raw)
+    return payload, data, context
+
+
+def decode_message(raw: bytes) -> tuple[str, Any, Mapping[str, str] | None, Position | None]:
+    """Like :func:`decode`, plus the message's history :class:`Position` (None when the
+    envelope carries none, or a malformed one). Never raises."""
     if raw.startswith(_HEAD) and raw.endswith(b"}"):
         unwrapped = _unwrap(raw.decode("utf-8", "replace"))
         if unwrapped is not None:
-            return unwrapped
+            inner, data, context = unwrapped
+            position = _position(context)
+            return inner, data, (MappingProxyType(context) if context else None), position
     text = raw.decode("utf-8", "replace")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than json can go
         data = None
-    return text, data, None
+    return text, data, None, None
 
 
-def _unwrap(text: str) -> tuple[str, Any, Mapping[str, str] | None] | None:
+def _position(context: dict[str, str]) -> Position | None:
+    # Takes the position keys out of the context; None unless both are well formed.
+    if "epoch" not in context and "offset" not in context:
+        return None
+    epoch, offset = context.pop("epoch", ""), context.pop("offset", "")
+    if not 0 < len(epoch) <= _MAX_EPOCH or not 0 < len(offset) <= 18:
+        return None
+    return Position(epoch, int(offset)) if offset.isascii() and offset.isdigit() else None
+
+
+def _unwrap(text: str) -> tuple[str, Any, dict[str, str]] | None:
     # Exactly '{"_gw":' <object of strings> ',"data":' <one JSON value> '}', nothing else.
     try:
         context, end = _DECODER.raw_decode(text, len(_HEAD))
@@ -147,4 +191,4 @@ def _unwrap(text: str) -> tuple[str, Any, Mapping[str, str] | None] | None:
         data = json.loads(inner)
     except (ValueError, RecursionError):
         return None
-    return inner, data, (MappingProxyType(context) if context else None)
+    return inner, data, context

@@ -463,7 +463,11 @@ def _notify(listeners: list[ReconnectListener]) -> None:
 
 def _fan_out(subs: set[Subscription], channel: str, pattern: str | None, raw: bytes) -> None:
     # Decoded once, shared by every subscriber.
-    payload, data, context = envelope.decode(raw)
-    message = Message(channel, payload, data, pattern, context)
+    payload, data, context, position = envelope.decode_message(raw)
+    if position is None:
+        message = Message(channel, payload, data, pattern, context)
+    else:
+        epoch, offset = position
+        message = Message(channel, payload, data, pattern, context, offset=offset, epoch=epoch)
     for sub in subs:
         sub.deliver(message)

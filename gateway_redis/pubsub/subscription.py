@@ -42,8 +42,10 @@ class Message:
     envelope (pass it to ``opentelemetry.propagate.extract``), else None. ``gap_before`` is
     True when messages may have been lost just before this one: after a lost connection,
     on the first message that arrived once it was subscribed again (messages buffered
-    before the loss keep False); after a buffer overflow, on the oldest message kept. The
-    format is :mod:`gateway_redis.pubsub.envelope`.
+    before the loss keep False); after a buffer overflow, on the oldest message kept.
+    ``offset`` and ``epoch`` are the message's place in its channel's history (messages
+    published through :class:`~gateway_redis.pubsub.history.ChannelHistory`), else None.
+    The format is :mod:`gateway_redis.pubsub.envelope`.
     """
 
     channel: str
@@ -52,6 +54,8 @@ class Message:
     pattern: str | None = None
     trace_context: Mapping[str, str] | None = None
     gap_before: bool = False
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,6 +12,15 @@ it calls the reconnect listener, which sends each affected socket one ``resync``
 its affected channels. A message that arrives before that listener ran carries
 ``gap_before`` and is preceded by a ``resync`` for its channel; either way each gap is
 reported once, and before any message that followed it.
+
+Channels with history (``history`` given, and it names one for the channel) are mended
+instead: the entry remembers the position of the last message it delivered, holds live
+messages after a gap, reads what followed that position from history, and sends the
+sockets the missed messages, then the held ones, each once; ``resync`` only when history
+cannot fill the gap. Live messages up to the last delivered position (still on their
+way when history was read) are skipped. A channel that also received a message without
+a position (a plain PUBLISH, e.g. from another service) is never mended: history cannot
+know what such messages were lost.
 """
 
 from __future__ import annotations
@@ -20,33 +29,43 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable
-from gateway_redis.pubsub import Message, PubSubHub, Subscription
+from gateway_redis.pubsub import ChannelHistory, Message, Position, PubSubHub, Subscription
 from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.websocket import _protocol as proto
 from middleware.websocket._connection import Connection, Frame
+from middleware.websocket._held import Held, mended, pass_held
 
 __all__ = ["ChannelEntry", "Fanout"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
+_MEND_RETRIES = (0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)  # seconds before each history read
 _COMPONENT = "websocket"
 
 
 class ChannelEntry:
-    """One channel: its sockets, its hub subscription, how many sockets want it."""
+    """One channel: its sockets, its hub subscription, how many sockets want it, and the
+    sockets still catching up (``held``: their live messages are kept, not sent)."""
 
-    __slots__ = ("name", "opening", "prefix", "sockets", "sub", "users")
+    __slots__ = (
+        "held", "last", "mending", "name", "opening", "plain", "prefix", "sockets", "sub",
+        "users",
+    )  # fmt: skip
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.prefix = proto.message_prefix(name)
         self.sockets: set[Connection] = set()
+        self.held: dict[Connection, Held] = {}
+        self.last: Position | None = None  # of the last message sent to ``sockets``
+        self.mending: Held | None = None  # live messages held while a gap is mended
+        self.plain = False  # a message without a position came: history cannot mend
         self.users = 0  # sockets subscribed or subscribing
         self.sub: Subscription | None = None
         self.opening: asyncio.Task[None] | None = None
@@ -55,8 +74,16 @@ class ChannelEntry:
 class Fanout:
     """The bridge's channels on one hub; see the module docstring."""
 
-    def __init__(self, hub: PubSubHub) -> None:
+    def __init__(
+        self,
+        hub: PubSubHub,
+        history: Callable[[str], ChannelHistory | None] | None = None,
+        *,
+        hold: int = 100,
+    ) -> None:
         self._hub = hub
+        self._history = history
+        self._hold = hold
         self._entries: dict[str, ChannelEntry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -67,11 +94,15 @@ class Fanout:
         """Channels with at least one socket (or one subscribing)."""
         return len(self._entries)
 
-    async def subscribe(self, conn: Connection, names: Iterable[str]) -> None:
+    async def subscribe(
+        self, conn: Connection, names: Iterable[str], *, hold: int | None = None
+    ) -> None:
         """Subscribe ``conn`` to ``names`` once Redis confirmed each (already subscribed
         names are skipped). All or nothing: raises :class:`RedisUnavailable` (nothing
         subscribed). On return ``conn`` receives every later message of each channel; the
-        caller must queue its reply before awaiting anything else."""
+        caller must queue its reply before awaiting anything else. With ``hold`` (a
+        count), the messages are kept instead (up to ``hold`` per channel) until
+        :meth:`release` hands them over."""
         if self._closed:
             raise RedisUnavailable("the websocket bridge is closed", reason="closed")
         acquired = [self._acquire(n) for n in dict.fromkeys(names) if n not in conn.channels]
@@ -94,10 +125,46 @@ class Fanout:
             if entry.name in conn.channels:
                 twice.append(entry)
                 continue
-            entry.sockets.add(conn)
+            if hold is None:
+                entry.sockets.add(conn)
+            else:
+                entry.held[conn] = Held(hold)
             conn.channels[entry.name] = entry
         for entry in twice:
             await self._release(entry)  # others hold it: returns without suspending
+
+    def held(self, conn: Connection, name: str) -> Held | None:
+        """What is held for ``conn`` on channel ``name`` (None: not held, or unsubscribed)."""
+        entry = conn.channels.get(name)
+        return None if entry is None else entry.held.get(conn)
+
+    def rehold(self, conn: Connection, name: str) -> Held | None:
+        """Start holding afresh (after a gap): returns the new holder, or None."""
+        entry = conn.channels.get(name)
+        old = None if entry is None else entry.held.get(conn)
+        if entry is None or old is None:
+            return None
+        entry.held[conn] = fresh = Held(old.limit)
+        return fresh
+
+    def release(self, conn: Connection, name: str, floor: Position | None = None) -> None:
+        """Stop holding: from now on ``conn`` gets ``name``'s messages as they come (the
+        caller queued what was held first), except those up to ``floor``."""
+        entry = conn.channels.get(name)
+        held = None if entry is None else entry.held.get(conn)
+        if entry is None or held is None:
+            return
+        if floor is None:
+            del entry.held[conn]
+            entry.sockets.add(conn)
+        else:
+            held.messages.clear()
+            held.floor = floor
+
+    def frame(self, name: str, message: Message) -> Frame:
+        """The message frame of ``message`` on channel ``name`` (what sockets get)."""
+        text = proto.message_prefix(name) + proto.message_data(message)
+        return Frame(name, text + proto.position_suffix(message) + "}")
 
     async def unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
         """Remove ``conn`` from ``names`` (unknown names are ignored); queued messages of
@@ -109,6 +176,7 @@ class Fanout:
             if entry is None:
                 continue
             entry.sockets.discard(conn)
+            entry.held.pop(conn, None)
             conn.forget_channel(name)
             detached.append(entry)
         for entry in detached:
@@ -206,24 +274,87 @@ class Fanout:
     def _deliver(self, entry: ChannelEntry, message: Message) -> None:
         # Runs in the hub's reader for every message: no awaits, no per-socket encoding.
         sockets = entry.sockets
-        if message.gap_before:
-            text = proto.resync_frame([entry.name])
-            for conn in sockets:
-                conn.push_control(text)
-        if not sockets:
+        extra = pass_held(entry, message) if entry.held else ()
+        if entry.mending is not None:
+            entry.mending.add(message)
+            sockets = set()
+        elif message.gap_before:
+            if self._start_mending(entry, message):
+                sockets = set()
+            else:
+                text = proto.resync_frame([entry.name])
+                for conn in sockets:
+                    conn.push_control(text)
+        if message.offset is None:
+            entry.plain = True
+        elif sockets:
+            last = entry.last
+            if last is not None and last.epoch == message.epoch and message.offset <= last.offset:
+                sockets = set()  # sent already (mended from history before it came)
+            else:
+                entry.last = Position(message.epoch or "", message.offset)
+        if not sockets and not extra:
             return
-        frame = Frame(entry.name, entry.prefix + proto.message_data(message) + "}")
+        text = entry.prefix + proto.message_data(message) + proto.position_suffix(message) + "}"
+        frame = Frame(entry.name, text)
         for conn in sockets:
+            conn.push(frame)
+        for conn in extra:
             conn.push(frame)
         if message.trace_context is not None:
             _trace_delivery(entry.name, message, len(sockets))
+
+    def _start_mending(self, entry: ChannelEntry, first: Message | None) -> bool:
+        # Mend a gap from history when the channel has some and a position is known.
+        history = None if self._history is None else self._history(entry.name)
+        if history is None or entry.last is None or entry.plain or self._closed:
+            return False
+        entry.mending = held = Held(self._hold)
+        if first is not None:
+            held.messages.append(first)
+        self._start(self._mend(entry, history, entry.last))
+        return True
+
+    async def _mend(self, entry: ChannelEntry, history: ChannelHistory, since: Position) -> None:
+        page, failure = None, ""
+        for delay in _MEND_RETRIES:  # the command pool may see Redis back a little later
+            await asyncio.sleep(delay)
+            if entry.mending is None or entry.mending.gap:
+                break
+            try:
+                page = await history.read(entry.name, since=since, limit=min(history.size, 10_000))
+                break
+            except (RedisUnavailable, OSError) as exc:
+                failure = type(exc).__name__
+        else:
+            _log.info(
+                "websocket channel gap not mended from history: %s",
+                failure,
+                extra=log_fields(_COMPONENT, "websocket_mend_failed", failure),
+            )
+        held, entry.mending = entry.mending, None
+        if held is None or self._entries.get(entry.name) is not entry:
+            return
+        sent = mended(entry, page, held, self.frame)
+        _log.info(
+            "websocket channel gap mended from history (%d messages)",
+            sent,
+            extra=log_fields(_COMPONENT, "websocket_mended", messages=sent),
+        )
 
     def _on_reconnect(self) -> None:
         affected: dict[Connection, list[str]] = {}
         for entry in self._entries.values():
             if entry.sub is not None and entry.sub.take_gap():
-                for conn in entry.sockets:
-                    affected.setdefault(conn, []).append(entry.name)
+                for conn, held in entry.held.items():
+                    held.gap = True
+                    if held.floor is not None:  # caught up already: resync like any other
+                        affected.setdefault(conn, []).append(entry.name)
+                if entry.mending is not None:
+                    entry.mending.gap = True  # mended() sends the resync
+                elif not self._start_mending(entry, None):
+                    for conn in entry.sockets:
+                        affected.setdefault(conn, []).append(entry.name)
         for conn, names in affected.items():
             conn.push_control(proto.resync_frame(sorted(names)))
         if affected:

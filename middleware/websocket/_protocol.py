@@ -26,6 +26,7 @@ __all__ = [
     "message_data",
     "message_prefix",
     "parse",
+    "position_suffix",
     "reply_frame",
     "resync_frame",
 ]
@@ -40,7 +41,27 @@ REFRESH_REQUIRED_FRAME: Final = '{"type":"refresh_required"}'
 
 
 class CloseCode(enum.IntEnum):
-    """The close codes the bridge sends (see the module docstring)."""
+    """The close codes the bridge sends.
+
+    ====  ==========================================================================
+    1000  normal closure
+    1001  the server is shutting down (:meth:`WebSocketBridge.aclose <middleware.websocket.WebSocketBridge.aclose>`); uvicorn's own
+          shutdown would close open sockets with 1012 before the lifespan ends, so
+          :meth:`Gateway.lifespan <middleware.Gateway.lifespan>` closes the bridge on
+          SIGTERM/SIGINT before uvicorn hears it
+    1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
+          too many sockets for the user) or persistent flooding after ``rate_limited``
+    1009  a frame over ``max_message_bytes``
+    1011  internal error (the channel's subscription could not be restored)
+    1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
+          the session store is unreachable
+    4000  disconnected by the server (:attr:`WebSocketBridge.sockets <middleware.websocket.WebSocketBridge.sockets>`), its reason in the
+          close reason
+    4401  the token expired (``exp`` + leeway, unrefreshed) or was revoked (log in again)
+    4403  the session ended: logout, session deleted or expired, "log out everywhere"
+    4408  idle timeout: nothing received, server pings unanswered
+    ====  ==========================================================================
+    """
 
     GOING_AWAY = 1001
     POLICY_VIOLATION = 1008
@@ -65,13 +86,15 @@ class BadRequest(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     """One well-formed client frame. ``channels`` for (un)subscribe, ``channel`` and
-    ``data`` for publish, ``data`` (the token, a non-empty string) for refresh."""
+    ``data`` for publish, ``data`` (the token, a non-empty string) for refresh; ``recover``
+    (subscribe) maps channels to the ``(epoch, offset)`` the client last saw."""
 
     type: str
     id: RequestId
     channels: tuple[str, ...] = ()
     channel: str = ""
     data: Any = None
+    recover: dict[str, tuple[str, int]] | None = None
 
 
 def parse(text: str, max_channels: int) -> Request:
@@ -96,7 +119,11 @@ def parse(text: str, max_channels: int) -> Request:
             raise BadRequest(f"At most {max_channels} channels per request.", request_id)
         if not all(isinstance(c, str) for c in channels):
             raise BadRequest("'channels' must be a non-empty list of strings.", request_id)
-        return Request(kind, request_id, channels=tuple(dict.fromkeys(channels)))
+        names = tuple(dict.fromkeys(channels))
+        recover = None
+        if kind == "subscribe" and "recover" in frame:
+            recover = _parse_recover(frame["recover"], names, request_id)
+        return Request(kind, request_id, channels=names, recover=recover)
     if kind == "publish":
         channel = frame.get("channel")
         if not isinstance(channel, str):
@@ -117,6 +144,28 @@ def parse(text: str, max_channels: int) -> Request:
             raise BadRequest("'token' must be a non-empty string.", request_id)
         return Request(kind, request_id, data=token)
     return Request(kind, request_id)
+
+
+def _parse_recover(
+    value: object, channels: tuple[str, ...], request_id: RequestId
+) -> dict[str, tuple[str, int]]:
+    # {"<channel>": {"epoch": "<text>", "offset": <int >= 0>}, ...}, channels of the request
+    shape = '\'recover\' must map channels of the request to {"epoch": ..., "offset": ...}.'
+    if not isinstance(value, dict):
+        raise BadRequest(shape, request_id)
+    recover: dict[str, tuple[str, int]] = {}
+    for channel, position in value.items():
+        if channel not in channels or not isinstance(position, dict):
+            raise BadRequest(shape, request_id)
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= _MAX_ID_LENGTH:
+            raise BadRequest(shape, request_id)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise BadRequest(shape, request_id)
+        if not 0 <= offset < _MAX_SAFE_INT:
+            raise BadRequest(shape, request_id)
+        recover[channel] = (epoch, offset)
+    return recover
 
 
 def _valid_id(value: object) -> bool:
@@ -165,6 +214,14 @@ def batch_frame(frames: list[str]) -> str:
 def message_prefix(channel: str) -> str:
     """The text of a message frame up to its data: ``{"type":"message","channel":..,"data":``."""
     return '{"type":"message","channel":' + _dumps(channel) + ',"data":'
+
+
+def position_suffix(message: Message) -> str:
+    """``,"offset":<n>,"epoch":"<e>"`` for a message with a history position, else ``""``:
+    spliced in before a message frame's final ``}``."""
+    if message.offset is None or message.epoch is None:
+        return ""
+    return ',"offset":' + str(message.offset) + ',"epoch":' + _dumps(message.epoch)
 
 
 def message_data(message: Message) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from gateway_redis.errors import RedisUnavailable, SerializationError
 from middleware.errors import ServiceUnavailable
 from middleware.websocket import _protocol as proto
+from middleware.websocket import _recovery as recovery
 
 if TYPE_CHECKING:
     from middleware.websocket._connection import Connection
@@ -72,16 +73,42 @@ async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.R
     except ServiceUnavailable:
         _error(conn, "unavailable", _UNAVAILABLE, request)
         return
+    histories = bridge._histories
+    held = any(histories.of(name) is not None for name in new)
     try:
-        await bridge._fanout.subscribe(conn, new)
+        # With history, every new channel is held (messages kept, not sent) while the
+        # history is read: see _recovery.
+        await bridge._fanout.subscribe(conn, new, hold=bridge.limits.queue_size if held else None)
     except RedisUnavailable:
         _error(conn, "unavailable", _UNAVAILABLE, request)
         return
     except ValueError:  # a name the hub refuses (its reserved namespace)
         _error(conn, "bad_request", _BAD_NAME, request)
         return
-    # No await since the subscription took effect: "subscribed" precedes every message.
-    conn.push_control(proto.reply_frame("subscribed", request.id, channels=list(names)))
+    if held:
+        recover = request.recover or {}
+        try:
+            jobs = await recovery.catch_up(bridge._fanout, conn, histories, new, recover)
+        except RedisUnavailable:
+            await bridge._fanout.unsubscribe(conn, new)
+            _error(conn, "unavailable", _UNAVAILABLE, request)
+            return
+        fields: dict[str, object] = {"positions": recovery.positions_of(jobs)}
+        if request.recover is not None:
+            done = {job.name: bool(job.recovered) for job in jobs}
+            fields["recovered"] = {name: done.get(name, False) for name in request.recover}
+        # No await from here on: the reply, then each channel's catch-up, then live.
+        reply = proto.reply_frame("subscribed", request.id, channels=list(names), **fields)
+        conn.push_control(reply)
+        for job in jobs:
+            recovery.deliver(bridge._fanout, conn, job)
+    else:
+        # No await since the subscription took effect: "subscribed" precedes every message.
+        fields = {}
+        if request.recover is not None:
+            fields["recovered"] = dict.fromkeys(request.recover, False)
+        reply = proto.reply_frame("subscribed", request.id, channels=list(names), **fields)
+        conn.push_control(reply)
     if new and bridge._reauth.generation != generation:
         bridge._reauth.queue(conn)  # permissions changed while these were authorized
 
@@ -104,7 +131,7 @@ async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Req
         if not await bridge.policy.allows(conn.principal, "publish", channel):
             _error(conn, "forbidden", _FORBIDDEN, request)
             return
-        await bridge.client.pubsub.publish(channel, request.data)
+        _, position = await bridge._histories.publish(channel, request.data)
     except (ServiceUnavailable, RedisUnavailable):
         _error(conn, "unavailable", _UNAVAILABLE, request)
         return
@@ -114,4 +141,5 @@ async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Req
     except ValueError:
         _error(conn, "bad_request", _BAD_NAME, request)
         return
-    conn.push_control(proto.reply_frame("published", request.id))
+    fields = {} if position is None else {"epoch": position.epoch, "offset": position.offset}
+    conn.push_control(proto.reply_frame("published", request.id, **fields))

@@ -35,6 +35,14 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "ping"}                   answer with any frame, e.g. {"type": "pong"}
             {"type": "error", "code": ..., "message": ..., "id": n}
 
+Channels with history (a rule's ``history_size``/``history_ttl``; see
+:mod:`~middleware.websocket.channels` and ``docs/guides/websocket.md``): ``message`` frames
+carry ``"offset": <int>`` and ``"epoch": "<text>"``, ``published`` replies the message's
+``epoch`` and ``offset``, ``subscribed`` replies ``"positions": {channel: {"epoch",
+"offset"}}``. ``subscribe`` may carry ``"recover": {channel: {"epoch": ..., "offset":
+...}}``; the reply then says ``"recovered": {channel: true | false}`` and, on true, the
+missed messages follow it in order, each once, before any newer one.
+
 Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
 invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
 ``rate_limited``, ``limit_exceeded`` (too many channels on one socket), ``unavailable``
@@ -44,37 +52,14 @@ refused: bad, expired or revoked token, or another subject's), ``internal``.
 Token refresh is described in ``_refresh``, the server API (:attr:`WebSocketBridge.sockets`)
 in :mod:`~middleware.websocket.server_api`.
 
-Close codes:
+Close codes: :class:`CloseCode` (1000 normal, 1001 shutdown, 1008 policy, 1009 too big,
+1011 internal, 1013 try later, 4000 server disconnect, 4401 token, 4403 session, 4408 idle).
 
-====  ==========================================================================
-1000  normal closure
-1001  the server is shutting down (:meth:`WebSocketBridge.aclose`); uvicorn's own
-      shutdown would close open sockets with 1012 before the lifespan ends, so
-      :meth:`Gateway.lifespan <middleware.Gateway.lifespan>` closes the bridge on
-      SIGTERM/SIGINT before uvicorn hears it
-1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
-      too many sockets for the user) or persistent flooding after ``rate_limited``
-1009  a frame over ``max_message_bytes``
-1011  internal error (the channel's subscription could not be restored)
-1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
-      the session store is unreachable
-4000  disconnected by the server (:attr:`WebSocketBridge.sockets`), its reason in the
-      close reason
-4401  the token expired (``exp`` + leeway, unrefreshed) or was revoked (log in again)
-4403  the session ended: logout, session deleted or expired, "log out everywhere"
-4408  idle timeout: nothing received, server pings unanswered
-====  ==========================================================================
-
-Permissions are re-checked while sockets live: after :meth:`PermissionCache.invalidate
-<middleware.PermissionCache.invalidate>` (that subject's sockets), a policy version bump or
-an invalidation-bus resync (every socket), made on any instance, and when a cookie
-session's data changes (with ``session_permissions``), every channel a socket holds is
-authorized again; those no longer allowed are unsubscribed and the client gets an
-``unsubscribed`` frame without ``id`` and with ``"reason": "forbidden"`` (the only reason
-so far; clients should treat an unknown reason the same way). The socket stays open. While
-the permissions cannot be known (the source is down) subscriptions are kept and checked
-again every second: an outage is not a denial. Re-checks run in one task, in batches,
-coalescing events that arrive meanwhile.
+Permissions are re-checked while sockets live (after :meth:`PermissionCache.invalidate
+<middleware.PermissionCache.invalidate>`, a policy version bump, a bus resync, or a cookie
+session's data change, on any instance): channels no longer allowed are unsubscribed with
+an unasked ``unsubscribed`` frame (``"reason": "forbidden"``; unknown reasons alike); while
+the permission source is down subscriptions are kept and checked again every second.
 
 A refused handshake is a ``websocket.close`` before ``websocket.accept``, so nothing is
 ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
@@ -89,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
 from starlette.responses import PlainTextResponse
@@ -106,6 +91,7 @@ from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
 from middleware.websocket._refresh import Refresher
+from middleware.websocket._recovery import Histories
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
@@ -113,6 +99,7 @@ from middleware.websocket.limits import WebSocketLimits, WebSocketStats
 from middleware.websocket.server_api import SocketControl
 
 if TYPE_CHECKING:
+    from gateway_redis import Position
     from gateway_redis.client import RedisClient
     from middleware.jwt.authenticator import JWTAuthenticator
     from middleware.rbac.permissions import PermissionCache
@@ -188,7 +175,8 @@ class WebSocketBridge:
         self._session_permissions = session_permissions
         self._origins = auth.normalize_origins(allowed_origins)
         self._origin_always = origin_check == "always"
-        self._fanout = Fanout(client.pubsub)
+        self._histories = Histories(client, self.policy)
+        self._fanout = Fanout(client.pubsub, self._histories.of, hold=limits.queue_size)
         self._registry = registry = Registry(
             limits=limits, store=client.sessions, authenticator=authenticator
         )
@@ -320,6 +308,14 @@ class WebSocketBridge:
         """The server API: disconnect, unsubscribe and subscribe a user's sockets on every
         instance (:class:`~middleware.websocket.server_api.SocketControl`)."""
         return self._control
+
+    async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
+        """Publish ``data`` (JSON) on ``channel`` as a socket's ``publish`` would, with
+        history when the policy keeps some for it: ``(receivers, Position or None)``. No
+        authorization here (the caller's job). Raises
+        :class:`~gateway_redis.RedisUnavailable`,
+        :class:`~gateway_redis.SerializationError`, :class:`ValueError` (a bad name)."""
+        return await self._histories.publish(channel, data)
 
     # -- bookkeeping ------------------------------------------------------------------------
 

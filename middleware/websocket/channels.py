@@ -24,6 +24,12 @@ principal, or a permission (resolved through RBAC, wildcards as in
 any rule grants it; everything else is denied. Rules never deny, so their order does not
 matter.
 
+A rule may also keep history (``history_size`` messages for ``history_ttl`` seconds, both
+or neither) for the channels it matches, whoever asks: messages published through the
+bridge (or :meth:`WebSocketBridge.publish <middleware.websocket.WebSocketBridge.publish>`)
+get an epoch and offset, and a subscriber can recover what it missed. The first rule in
+order that matches a channel and has history decides (:meth:`ChannelPolicy.history`).
+
 Channel names are validated before any rule is looked at (length, character set, reserved
 prefixes), and the bridge never passes them to PSUBSCRIBE: a name is one channel.
 """
@@ -87,16 +93,27 @@ class ChannelRule:
 
     See the module docstring for the pattern language. Raises ``ValueError`` for a bad
     pattern, a grant that is neither ``True``, ``None``/``False`` nor a permission, or a
-    permission that uses a placeholder the pattern does not capture.
+    permission that uses a placeholder the pattern does not capture, or a history setting
+    that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together).
     """
 
     pattern: str
     subscribe: str | bool
     publish: str | bool
+    history_size: int | None
+    history_ttl: float | None
     _segments: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     _rest: bool = field(repr=False, compare=False)
 
-    def __init__(self, pattern: str, *, subscribe: Access = None, publish: Access = None) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        subscribe: Access = None,
+        publish: Access = None,
+        history_size: int | None = None,
+        history_ttl: float | None = None,
+    ) -> None:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError("a channel rule needs a non-empty pattern")
         parts = pattern.split(":")
@@ -122,6 +139,9 @@ class ChannelRule:
         object.__setattr__(self, "publish", _check_access(publish, captures, pattern))
         object.__setattr__(self, "_segments", tuple(segments))
         object.__setattr__(self, "_rest", rest)
+        _check_history(history_size, history_ttl, pattern)
+        object.__setattr__(self, "history_size", history_size)
+        object.__setattr__(self, "history_ttl", None if history_ttl is None else float(history_ttl))
 
     def match(self, channel: str, subject: str) -> dict[str, str] | None:
         """The captures if ``channel`` matches for ``subject``, else None."""
@@ -143,9 +163,30 @@ class ChannelRule:
                 captured[value] = part
         return captured
 
+    def covers(self, channel: str) -> bool:
+        """Whether ``channel`` has this rule's shape, for any subject (``{sub}`` matching
+        any one segment): what history settings apply to."""
+        parts = channel.split(":")
+        wanted = self._segments
+        if len(parts) < len(wanted) + self._rest or (not self._rest and len(parts) != len(wanted)):
+            return False
+        return all(
+            part and (kind != "literal" or part == value)
+            for (kind, value), part in zip(wanted, parts, strict=False)
+        )
+
     def grant(self, action: Action) -> str | bool:
         """What this rule grants for ``action``: True, a permission template, or False."""
         return self.subscribe if action == "subscribe" else self.publish
+
+
+def _check_history(size: object, ttl: object, pattern: str) -> None:
+    if size is None and ttl is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1_000_000:
+        raise ValueError(f"history_size of {pattern!r} must be an int from 1 to 1000000")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < 10**9:
+        raise ValueError(f"history_ttl of {pattern!r} must be seconds > 0, with history_size")
 
 
 def _check_access(access: Access, captures: set[str], pattern: str) -> str | bool:
@@ -214,6 +255,14 @@ class ChannelPolicy:
         copy._name = self._name
         copy._reserved = self._reserved + tuple(p for p in prefixes if p)
         return copy
+
+    def history(self, channel: str) -> ChannelRule | None:
+        """The rule whose history settings apply to ``channel`` (the first, in order, that
+        covers it and keeps history), or None: the channel has no history."""
+        for rule in self._rules:
+            if rule.history_size is not None and rule.covers(channel):
+                return rule
+        return None
 
     def valid_name(self, channel: object) -> bool:
         """Whether ``channel`` is a well-formed, unreserved channel name."""

@@ -30,10 +30,14 @@ async def test_publish_on_one_instance_reaches_sockets_on_another(
                 publisher,
                 {"type": "publish", "channel": channel, "data": {"to": channel}, "id": 1},
             )
-            assert reply == {"type": "published", "id": 1}
+            assert reply.pop("offset") == 1  # both channels keep history
+            assert reply == {"type": "published", "epoch": reply["epoch"], "id": 1}
         got: list[dict[str, Any]] = []
         while len(got) < 2:
             got.extend(f for f in await frames(listener) if f["type"] == "message")
+        for frame in got:
+            assert frame.pop("offset") == 1
+            assert isinstance(frame.pop("epoch"), str)
         assert got == [
             {"type": "message", "channel": "system:broadcast", "data": {"to": "system:broadcast"}},
             {"type": "message", "channel": "notifications:bob",

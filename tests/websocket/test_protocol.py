@@ -52,7 +52,9 @@ async def test_subscribe_publish_ping_unsubscribe_echo_ids(gateway: Gateway) -> 
         assert ws.subprotocol is None
         assert await request(ws, {"type": "ping", "id": "p-1"}) == {"type": "pong", "id": "p-1"}
         reply = await request(ws, {"type": "subscribe", "channels": ["system:broadcast"], "id": 7})
+        position = reply.pop("positions")["system:broadcast"]  # a channel with history
         assert reply == {"type": "subscribed", "channels": ["system:broadcast"], "id": 7}
+        epoch, offset = position["epoch"], position["offset"] + 1
         data = {"text": "héllo", "nested": {"list": [1, True, None]}}
         await ws.send(
             json.dumps({"type": "publish", "channel": "system:broadcast", "data": data, "id": 8})
@@ -62,8 +64,14 @@ async def test_subscribe_publish_ping_unsubscribe_echo_ids(gateway: Gateway) -> 
             got.extend(await frames(ws))
         # The message may overtake the reply: it is delivered as soon as Redis has it.
         assert sorted(got, key=lambda f: str(f["type"])) == [
-            {"type": "message", "channel": "system:broadcast", "data": data},
-            {"type": "published", "id": 8},
+            {
+                "type": "message",
+                "channel": "system:broadcast",
+                "data": data,
+                "offset": offset,
+                "epoch": epoch,
+            },
+            {"type": "published", "epoch": epoch, "offset": offset, "id": 8},
         ]
         reply = await request(ws, {"type": "unsubscribe", "channels": ["system:broadcast"]})
         assert reply == {"type": "unsubscribed", "channels": ["system:broadcast"]}
@@ -99,7 +107,7 @@ async def test_http_publish_needs_the_permission_and_counts_receivers(gateway: G
             url, json={"text": "for bob"}, headers={"Authorization": f"Bearer {alice_token}"}
         )
         assert ok.status_code == 200
-        assert ok.json() == {"receivers": 1}
+        assert ok.json()["receivers"] == 1  # with "epoch" and "offset": history is on
         assert (await next_message(ws))["data"] == {"text": "for bob"}
         auth = {"Authorization": f"Bearer {alice_token}"}
         other_url = gateway.http + "/api/channels/private:x/publish"

@@ -1,0 +1,99 @@
+"""The example's command-line client reconnects with ``recover`` after its socket was cut
+(by a TCP proxy between it and the gateway) and prints every message once, in order."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import pytest
+
+from examples import ws_client
+from gateway_redis import ChannelHistory, RedisClient
+from tests.websocket.wsutil import Gateway, mint
+
+
+class CuttingProxy:
+    """A TCP proxy to ``upstream`` whose connections :meth:`cut` closes at once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def aclose(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_cli_client_reconnects_and_recovers(
+    gateway: Gateway, client: RedisClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = ChannelHistory(client, size=1000, ttl=300)  # the example's system:broadcast
+    proxy = CuttingProxy(gateway.port)
+    port = await proxy.start()
+    args = argparse.Namespace(
+        base=f"http://127.0.0.1:{port}", url=None, login=None, token=mint("bob"), header=False,
+        subscribe=["system:broadcast"], publish=[], count=30, seconds=30.0, reconnect=True,
+    )  # fmt: skip
+    task = asyncio.create_task(ws_client.run(args))
+    out: list[str] = []
+
+    def lines() -> list[dict[str, Any]]:
+        out.append(capsys.readouterr().out)
+        return [json.loads(line) for line in "".join(out).splitlines() if line.strip()]
+
+    async def until(condition: Any) -> None:
+        for _ in range(500):
+            if condition(lines()):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out; got {lines()}")
+
+    try:
+        await until(lambda got: any(f["type"] == "subscribed" for f in got))
+        for n in range(1, 11):
+            await history.publish("system:broadcast", {"n": n})
+        await until(lambda got: sum(f["type"] == "message" for f in got) == 10)
+        proxy.cut()  # the socket is gone; the client waits a second, then reconnects
+        for n in range(11, 21):
+            await history.publish("system:broadcast", {"n": n})
+        await until(lambda got: sum(f["type"] == "subscribed" for f in got) == 2)
+        for n in range(21, 31):
+            await history.publish("system:broadcast", {"n": n})
+        assert await asyncio.wait_for(task, 10) == 0
+    finally:
+        task.cancel()
+        await proxy.aclose()
+    got = lines()
+    messages = [f["data"]["n"] for f in got if f["type"] == "message"]
+    assert messages == list(range(1, 31))
+    replies = [f for f in got if f["type"] == "subscribed"]
+    assert "recovered" not in replies[0]
+    assert replies[1]["recovered"] == {"system:broadcast": True}
