@@ -90,8 +90,8 @@ from middleware.websocket._connection import Connection, Identity, send_close_be
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
-from middleware.websocket._refresh import Refresher
 from middleware.websocket._recovery import Histories
+from middleware.websocket._refresh import Refresher
 from middleware.websocket._registry import Registry
 from middleware.websocket._requests import handle_request
 from middleware.websocket.channels import ChannelPolicy, Principal
