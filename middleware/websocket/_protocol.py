@@ -45,8 +45,9 @@ class CloseCode(enum.IntEnum):
 
     ====  ==========================================================================
     1000  normal closure
-    1001  the server is shutting down (:meth:`WebSocketBridge.aclose <middleware.websocket.WebSocketBridge.aclose>`); uvicorn's own
-          shutdown would close open sockets with 1012 before the lifespan ends, so
+    1001  the server is shutting down (:meth:`WebSocketBridge.aclose
+          <middleware.websocket.WebSocketBridge.aclose>`); uvicorn's own shutdown
+          would close open sockets with 1012 before the lifespan ends, so
           :meth:`Gateway.lifespan <middleware.Gateway.lifespan>` closes the bridge on
           SIGTERM/SIGINT before uvicorn hears it
     1008  policy violation: handshake refused (no or bad credentials, Origin not allowed,
@@ -55,8 +56,9 @@ class CloseCode(enum.IntEnum):
     1011  internal error (the channel's subscription could not be restored)
     1013  try again later: outbox overflow with ``overflow="close"``; a handshake while
           the session store is unreachable
-    4000  disconnected by the server (:attr:`WebSocketBridge.sockets <middleware.websocket.WebSocketBridge.sockets>`), its reason in the
-          close reason
+    4000  disconnected by the server (:attr:`WebSocketBridge.sockets
+          <middleware.websocket.WebSocketBridge.sockets>`), its reason in the close
+          reason
     4401  the token expired (``exp`` + leeway, unrefreshed) or was revoked (log in again)
     4403  the session ended: logout, session deleted or expired, "log out everywhere"
     4408  idle timeout: nothing received, server pings unanswered
