@@ -8,7 +8,11 @@ gets a ``Redis`` whose every command and pipeline runs on one connection to the 
 a slot migration pins a connection to the node it names, which is confirmed too). Then,
 on each pinned connection, ``ROLE`` says how many replicas the primary has now (replicas
 come and go) and, when it has any, ``WAIT 1`` must see one acknowledge within ``wait_ms``
-or the write fails closed with ``RedisUnavailable(reason="unconfirmed")``.
+or the write fails closed with ``RedisUnavailable(reason="unconfirmed")``. ``ROLE`` lists
+the replicas the primary has put online, the ones ``WAIT`` counts: a replica still in its
+full sync is not waited for, like one that is absent (failing closed meanwhile would fail
+every security write for the whole sync, 5 s at least with Redis's default
+``repl-diskless-sync-delay``).
 """
 
 from __future__ import annotations

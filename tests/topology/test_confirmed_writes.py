@@ -61,10 +61,20 @@ def pair() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
 
 
 def _wait_in_sync(replica_port: int, timeout: float = 15.0) -> None:
+    """Wait until the replica's link is up AND its primary lists it online (``ROLE``).
+
+    Both are needed: after a full sync the replica reports its link up (and holds the
+    data) for a moment (over 40 ms seen) before the primary puts it online; until then it
+    counts no replica (neither ``ROLE`` nor ``WAIT`` see it), so a confirmed write is
+    not waited for on it (as with a replica that is absent)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with redis.Redis(port=replica_port, socket_timeout=1) as r:
-            if r.info("replication").get("master_link_status") == "up":
+            info = r.info("replication")
+        if info.get("master_link_status") == "up":
+            with redis.Redis(port=info["master_port"], socket_timeout=1) as r:
+                listed = r.execute_command("ROLE")[2]
+            if any(int(port) == replica_port for _ip, port, _offset in listed):
                 return
         time.sleep(0.05)
     raise RuntimeError(f"replica on {replica_port} not in sync")
