@@ -108,10 +108,12 @@ class Commands:
         confirm it: :meth:`execute`'s rules, on pinned connections.
 
         ``call(r)`` gets a ``Redis`` bound to one connection to the primary (on Cluster:
-        the primary that owns ``key``, a full key as :meth:`key` returns; ``call`` may only
-        touch keys of that slot); its commands, pipelines and ``MULTI`` all run there. Then
-        ``ROLE`` on that connection says whether the primary has replicas now, and if it
-        has, ``WAIT 1`` on that same connection must see one acknowledge within half the
+        the primary that owns ``key``, a full key as :meth:`key` returns; a command for a
+        key of another node is redirected and that node's connection is pinned and
+        confirmed too, but ``MULTI`` and scripts must stay in one slot); its commands,
+        pipelines and ``MULTI`` run there. Then ``ROLE`` on each pinned connection says
+        whether the primary has replicas online now, and if it has, ``WAIT 1`` on that
+        same connection must see one acknowledge within half the
         operation deadline or of the read timeout, whichever is shorter (a longer ``WAIT``
         would outlast the socket), since a failover could otherwise silently undo the
         write (replication is asynchronous). Raises ``RedisUnavailable(reason="unconfirmed")``
