@@ -133,6 +133,11 @@ class Fanout:
         for entry in twice:
             await self._release(entry)  # others hold it: returns without suspending
 
+    def sockets(self, name: str) -> set[Connection]:
+        """The sockets receiving channel ``name``'s messages live (not held)."""
+        entry = self._entries.get(name)
+        return set() if entry is None else set(entry.sockets)
+
     def held(self, conn: Connection, name: str) -> Held | None:
         """What is held for ``conn`` on channel ``name`` (None: not held, or unsubscribed)."""
         entry = conn.channels.get(name)
