@@ -24,8 +24,9 @@ hash tag like those of :mod:`.history`, so they live in one Cluster slot:
 :meth:`~ChannelPresence.presence_stats` is O(1) after pruning (counts are maintained, not
 computed by listing); :meth:`~ChannelPresence.presence` returns at most ``limit`` members.
 
-Every write reports who joined and who left (including members found expired), so a
-caller can tell subscribers (:class:`PresenceChange`).
+Writes report who joined and who left (:class:`PresenceChange`); members found expired,
+by any call (reads included), are reported to ``on_expired``, so a caller can tell
+subscribers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -70,8 +71,8 @@ class PresenceStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PresenceChange:
-    """What a write changed: members that ``joined`` and that ``left`` (left by the call,
-    or found expired by it). ``info`` is not carried (None)."""
+    """What a write changed: members that ``joined`` and that ``left`` (by this call;
+    expired ones go to ``on_expired``). ``info`` is not carried (None)."""
 
     joined: tuple[PresenceMember, ...] = ()
     left: tuple[PresenceMember, ...] = ()
@@ -80,11 +81,18 @@ class PresenceChange:
 class ChannelPresence:
     """Presence for channels, members expiring ``ttl`` seconds (default 30, from 1 s)
     after their last :meth:`join`; ``max_info`` caps each member's info (bytes of JSON,
-    default 1,024). See the module docstring. Raises :class:`ValueError` for bad values.
+    default 1,024). ``on_expired(channel, members)`` is called (it must not block) with
+    the members any call found expired and removed. See the module docstring. Raises
+    :class:`ValueError` for bad values.
     """
 
     def __init__(
-        self, client: RedisClient, *, ttl: float | timedelta = 30.0, max_info: int = 1024
+        self,
+        client: RedisClient,
+        *,
+        ttl: float | timedelta = 30.0,
+        max_info: int = 1024,
+        on_expired: Callable[[str, tuple[PresenceMember, ...]], None] | None = None,
     ) -> None:
         ttl_s = check_seconds("ttl", ttl)
         if ttl_s < 1:
@@ -96,6 +104,7 @@ class ChannelPresence:
         self._max_info = max_info
         self._prefix = client.config.channel_prefix
         self._scripts = ScriptRunner()
+        self._on_expired = on_expired
 
     @property
     def ttl(self) -> float:
@@ -116,7 +125,8 @@ class ChannelPresence:
         reply: Any = await self._client.execute(
             "presence_join", self._scripts.call(JOIN, self._keys(name), args), retry=True
         )
-        return PresenceChange(_pairs(reply[0]), _pairs(reply[1]))
+        self._expired(name, reply[1])
+        return PresenceChange(_pairs(reply[0]))
 
     async def leave(self, channel: str, conns: Iterable[str]) -> PresenceChange:
         """Remove the connections ``conns`` from ``channel`` (absent ones are ignored).
@@ -128,7 +138,8 @@ class ChannelPresence:
         reply: Any = await self._client.execute(
             "presence_leave", self._scripts.call(LEAVE, self._keys(name), args), retry=True
         )
-        return PresenceChange((), _pairs(reply[0]) + _pairs(reply[1]))
+        self._expired(name, reply[1])
+        return PresenceChange((), _pairs(reply[0]))
 
     async def presence(self, channel: str, *, limit: int = 1000) -> list[PresenceMember]:
         """The members of ``channel``, at most ``limit`` (1 to 10,000), soonest expiring
@@ -139,6 +150,7 @@ class ChannelPresence:
         reply: Any = await self._client.execute(
             "presence_list", self._scripts.call(LIST, self._keys(name), [limit]), retry=True
         )
+        self._expired(name, reply[1])
         flat = reply[0]
         members = []
         for i in range(0, len(flat) - 1, 2):
@@ -158,7 +170,12 @@ class ChannelPresence:
         reply: Any = await self._client.execute(
             "presence_stats", self._scripts.call(STATS, self._keys(name), []), retry=True
         )
+        self._expired(name, reply[2])
         return PresenceStats(int(reply[0]), int(reply[1]))
+
+    def _expired(self, name: str, flat: list[Any]) -> None:
+        if flat and self._on_expired is not None:
+            self._on_expired(name, _pairs(flat))
 
     def _record(self, member: PresenceMember) -> str:
         info = "" if member.info is None else json.dumps(member.info, separators=(",", ":"))

@@ -133,10 +133,12 @@ class Fanout:
         for entry in twice:
             await self._release(entry)  # others hold it: returns without suspending
 
-    def sockets(self, name: str) -> set[Connection]:
-        """The sockets receiving channel ``name``'s messages live (not held)."""
+    def sockets(self, name: str) -> list[Connection]:
+        """The sockets of channel ``name`` that are caught up (not still recovering)."""
         entry = self._entries.get(name)
-        return set() if entry is None else set(entry.sockets)
+        if entry is None:
+            return []
+        return [*entry.sockets, *(c for c, h in entry.held.items() if h.floor is not None)]
 
     def held(self, conn: Connection, name: str) -> Held | None:
         """What is held for ``conn`` on channel ``name`` (None: not held, or unsubscribed)."""

@@ -57,7 +57,7 @@ class Presences:
         sockets: Callable[[str], Iterable[Connection]],
     ) -> None:
         # conns: the registry's live set of open sockets (read, never changed here)
-        self.store = ChannelPresence(client, ttl=ttl)
+        self.store = ChannelPresence(client, ttl=ttl, on_expired=self._on_expired)
         self._client = client
         self._policy = policy
         self._conns = conns
@@ -86,6 +86,7 @@ class Presences:
                 member = PresenceMember(conn.principal.subject, self.conn_id(conn))
                 self._members.setdefault(channel, set()).add(conn)
                 with contextlib.suppress(RedisUnavailable):  # the heartbeat retries
+                    await self._listen()  # the first join's frame is not missed
                     self._emit(channel, await self.store.join(channel, [member]))
 
     async def leave(self, conn: Connection, channels: Iterable[str]) -> None:
@@ -116,10 +117,7 @@ class Presences:
         (returns at once when no rule has presence)."""
         while any(rule.presence for rule in self._policy.rules):
             try:
-                if self._sub is None or self._sub.closed:
-                    self._sub = await self._client.pubsub.subscribe(
-                        self.channel, on_message=self._deliver
-                    )
+                await self._listen()
                 await self._beat()
             except RedisUnavailable as exc:
                 _log.debug(
@@ -128,6 +126,10 @@ class Presences:
                     extra=log_fields("websocket", "presence_heartbeat_failed", str(exc)),
                 )
             await asyncio.sleep(self.store.ttl / 3)
+
+    async def _listen(self) -> None:
+        if self._sub is None or self._sub.closed:
+            self._sub = await self._client.pubsub.subscribe(self.channel, on_message=self._deliver)
 
     async def _beat(self) -> None:
         wanted: dict[str, set[Connection]] = {}
@@ -144,6 +146,9 @@ class Presences:
             self._members.setdefault(channel, set()).update(conns)
             batch = [PresenceMember(c.principal.subject, self.conn_id(c)) for c in conns]
             self._emit(channel, await self.store.join(channel, batch))
+
+    def _on_expired(self, channel: str, members: tuple[PresenceMember, ...]) -> None:
+        self._emit(channel, PresenceChange((), members))
 
     def _emit(self, channel: str, change: PresenceChange) -> None:
         rule = self._policy.presence(channel)

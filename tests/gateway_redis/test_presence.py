@@ -61,16 +61,22 @@ async def test_join_list_stats_leave(presence: ChannelPresence) -> None:
 async def test_members_not_refreshed_expire_within_one_ttl(redis_config: RedisConfig) -> None:
     # Two "instances": one keeps its heartbeat, the other dies (stops refreshing).
     async with RedisClient(redis_config) as a, RedisClient(redis_config) as b:
-        live, dead = ChannelPresence(a, ttl=1.5), ChannelPresence(b, ttl=1.5)
+        pruned: list[PresenceMember] = []
+
+        def expired(channel: str, members: tuple[PresenceMember, ...]) -> None:
+            assert channel == "lobby"
+            pruned.extend(members)
+
+        live = ChannelPresence(a, ttl=1.5, on_expired=expired)
+        dead = ChannelPresence(b, ttl=1.5)
         await live.join("lobby", [PresenceMember("alice", "a1")])
         await dead.join("lobby", [PresenceMember("bob", "b1"), PresenceMember("alice", "b2")])
         assert await live.presence_stats("lobby") == PresenceStats(3, 2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        pruned: list[PresenceMember] = []
         while loop.time() - started < 1.5 + 1.0:
             change = await live.join("lobby", [PresenceMember("alice", "a1")])  # heartbeat
-            pruned += change.left
+            assert change == PresenceChange()
             await asyncio.sleep(0.25)
         assert await live.presence_stats("lobby") == PresenceStats(1, 1)
         assert [m.conn for m in await live.presence("lobby")] == ["a1"]
