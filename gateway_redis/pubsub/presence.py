@@ -154,13 +154,13 @@ class ChannelPresence:
         flat = reply[0]
         members = []
         for i in range(0, len(flat) - 1, 2):
-            record = _text(flat[i + 1])
+            record = flat[i + 1] if isinstance(flat[i + 1], bytes) else flat[i + 1].encode()
             if not record:
                 continue
-            length, _, rest = record.partition(":")
+            length, _, rest = record.partition(b":")  # <bytes of user>:<user><info>
             size = int(length)
             info = json.loads(rest[size:]) if rest[size:] else None
-            members.append(PresenceMember(rest[:size], _text(flat[i]), info))
+            members.append(PresenceMember(rest[:size].decode(), _text(flat[i]), info))
         return members
 
     async def presence_stats(self, channel: str) -> PresenceStats:
@@ -181,7 +181,7 @@ class ChannelPresence:
         info = "" if member.info is None else json.dumps(member.info, separators=(",", ":"))
         if len(info.encode()) > self._max_info:
             raise ValueError(f"info of {member.conn!r} is over max_info ({self._max_info} bytes)")
-        return f"{len(member.user)}:{member.user}{info}"
+        return f"{len(member.user.encode())}:{member.user}{info}"
 
     def _keys(self, name: str) -> list[str]:
         wire = self._prefix + name

@@ -42,6 +42,7 @@ __all__ = ["Presences"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_MAX_SUBJECT = 256  # bytes: ChannelPresence's bound on user ids
 _LEAVE_TIMEOUT = 4.0  # a closing socket leaves within 5 s, or the TTL does it
 
 
@@ -82,8 +83,8 @@ class Presences:
     async def join(self, conn: Connection, channels: Iterable[str]) -> None:
         """``conn`` joins those of ``channels`` with presence that it is subscribed to."""
         for channel in channels:
-            if self.enabled(channel) and channel in conn.channels:
-                member = PresenceMember(conn.principal.subject, self.conn_id(conn))
+            member = self._member(conn)
+            if self.enabled(channel) and channel in conn.channels and member is not None:
                 self._members.setdefault(channel, set()).add(conn)
                 with contextlib.suppress(RedisUnavailable):  # the heartbeat retries
                     await self._listen()  # the first join's frame is not missed
@@ -127,6 +128,13 @@ class Presences:
                 )
             await asyncio.sleep(self.store.ttl / 3)
 
+    def _member(self, conn: Connection) -> PresenceMember | None:
+        # Subjects over the library's 256 bytes are not shown in presence.
+        subject = conn.principal.subject
+        if len(subject.encode()) > _MAX_SUBJECT:
+            return None
+        return PresenceMember(subject, self.conn_id(conn))
+
     async def _listen(self) -> None:
         if self._sub is None or self._sub.closed:
             self._sub = await self._client.pubsub.subscribe(self.channel, on_message=self._deliver)
@@ -134,7 +142,7 @@ class Presences:
     async def _beat(self) -> None:
         wanted: dict[str, set[Connection]] = {}
         for conn in list(self._conns):
-            if conn.closing is None:
+            if conn.closing is None and self._member(conn) is not None:
                 for channel in conn.channels:
                     if self.enabled(channel):
                         wanted.setdefault(channel, set()).add(conn)
@@ -144,8 +152,9 @@ class Presences:
                 await self.leave(conn, [channel])
         for channel, conns in wanted.items():
             self._members.setdefault(channel, set()).update(conns)
-            batch = [PresenceMember(c.principal.subject, self.conn_id(c)) for c in conns]
-            self._emit(channel, await self.store.join(channel, batch))
+            batch = [m for m in map(self._member, conns) if m is not None]
+            for start in range(0, len(batch), 500):  # bounded script calls
+                self._emit(channel, await self.store.join(channel, batch[start : start + 500]))
 
     def _on_expired(self, channel: str, members: tuple[PresenceMember, ...]) -> None:
         self._emit(channel, PresenceChange((), members))

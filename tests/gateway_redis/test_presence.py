@@ -122,3 +122,8 @@ async def test_bounds_and_bad_input(client: RedisClient, presence: ChannelPresen
     await presence.join("room", [PresenceMember("u2", "c")])
     assert await presence.presence_stats("room") == PresenceStats(1, 1)
     assert [m.user for m in await presence.presence("room")] == ["u2"]
+    # users and info beyond ASCII, with the separator in them
+    await presence.join("intl", [PresenceMember("ålice:ü", "c:1", {"n": "Zoë"})])
+    assert await presence.presence("intl") == [PresenceMember("ålice:ü", "c:1", {"n": "Zoë"})]
+    await presence.leave("intl", ["c:1"])
+    assert await presence.presence_stats("intl") == PresenceStats(0, 0)

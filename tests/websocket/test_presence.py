@@ -13,8 +13,10 @@ import signal
 import time
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 
+from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketLimits
 from tests.websocket.wsutil import frames, gateway_process, mint, subscribe
 
 TTL = 3.0  # GATEWAY_WS_PRESENCE_TTL of both instances
@@ -127,3 +129,35 @@ async def test_presence_of_a_forbidden_channel_is_refused(redis_server: Any) -> 
             assert (bad["type"], bad["code"]) == ("error", "bad_request")
         finally:
             await ws.close()
+
+
+def test_presence_rules_and_limits_are_validated() -> None:
+    rule = ChannelRule("rooms:{room}", subscribe=True, presence=True, join_leave=True)
+    policy = ChannelPolicy([ChannelRule("rooms:lobby", subscribe=True), rule])
+    assert policy.presence("rooms:lobby") is rule  # the first rule with presence decides
+    assert policy.presence("other") is None
+    with pytest.raises(ValueError, match="join_leave"):
+        ChannelRule("a", subscribe=True, join_leave=True)
+    with pytest.raises(ValueError, match="bools"):
+        ChannelRule("a", presence=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="presence_ttl"):
+        WebSocketLimits(presence_ttl=0.5)
+
+
+async def test_unsubscribe_leaves_with_a_leave_frame(redis_server: Any) -> None:
+    with gateway_process(redis_server.url) as (gw, _):
+        watcher, leaver = await gw.connect(mint("watcher")), await gw.connect(mint("leaver"))
+        try:
+            await subscribe(watcher, "system:broadcast")
+            await subscribe(leaver, "system:broadcast")
+            (join,) = [f for f in await events(watcher, "join", 2) if f["user"] == "leaver"]
+            reply = await ask(
+                leaver, {"type": "unsubscribe", "channels": ["system:broadcast"], "id": 5}
+            )
+            assert reply["type"] == "unsubscribed"
+            (leave,) = await events(watcher, "leave", 1)
+            assert leave == {**join, "type": "leave"}
+            assert await stats(watcher, "system:broadcast") == (1, 1)
+        finally:
+            await watcher.close()
+            await leaver.close()
