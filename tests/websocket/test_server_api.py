@@ -191,6 +191,8 @@ async def test_a_server_subscribe_racing_the_clients_own_leaks_no_subscription(
             await ws.send(json.dumps(frame))  # both wait for the same Redis confirmation
             await bridge.sockets.subscribe("bob", channel)
             replies = await quiet(ws, 0.5)  # the reply, maybe the server's "subscribed" too
+            # (a channel with history adds its "positions" to the reply: not looked at here)
+            replies = [{k: v for k, v in r.items() if k != "positions"} for r in replies]
             assert {"type": "subscribed", "channels": [channel], "id": request_id} in replies
             assert bridge.stats().channels == request_id + 1
         both = ["notifications:bob", "system:broadcast"]
