@@ -95,7 +95,8 @@ async def _exercise(c: RedisClient) -> None:
     store = SessionStore(c, max_per_user=2)
     sid = await store.create("alice", {"role": "user"})
     assert (await store.get(sid)).user_id == "alice"
-    await store.update(sid, {"role": "admin"})
+    await store.update(sid, {"role": "admin", "tmp": 1})
+    assert "tmp" not in (await store.update(sid, {"tmp": None})).metadata  # HDEL
     await store.touch(sid)
     sid = await store.regenerate(sid)
     for _ in range(3):
@@ -139,6 +140,12 @@ async def _exercise(c: RedisClient) -> None:
     async with await c.psubscribe("ne*") as psub:
         await c.publish("news", 2)
         assert (await asyncio.wait_for(anext(psub), 5)).data == 2
+    # A sharded channel (SSUBSCRIBE, SPUBLISH, SUNSUBSCRIBE; also in a history script).
+    async with await c.subscribe("sh:a") as ssub:
+        assert await c.publish("sh:a", 3) == 1
+        assert (await asyncio.wait_for(anext(ssub), 5)).data == 3
+        await ChannelHistory(c, size=10, ttl=60).publish("sh:a", 4)
+        assert (await asyncio.wait_for(anext(ssub), 5)).data == 4
     history = ChannelHistory(c, size=10, ttl=60)
     first = await history.publish("feed", {"n": 1})
     await history.publish("feed", {"n": 2}, idempotency_key="once")
@@ -174,7 +181,12 @@ async def test_the_documented_acl_allows_every_feature(acl_server: EmbeddedRedis
     admin = redis.Redis.from_url(acl_server.url)
     try:
         user = _apply_sketch(admin)
-        config = RedisConfig(url=acl_server.url, username=user, password=_PASSWORD)
+        config = RedisConfig(
+            url=acl_server.url.rsplit("/", 1)[0] + "/1",  # a database: SELECT
+            username=user,
+            password=_PASSWORD,
+            sharded_channels=("sh:*",),
+        )
         async with RedisClient(config) as c:
             try:
                 await _exercise(c)
