@@ -4,7 +4,8 @@ The sketch (the ```sh block of "ACL: the commands the library sends") is applied
 server of the test's own, a :class:`RedisClient` connects as that user and uses every
 feature once; Redis's ``ACL LOG`` (which records every refused command, key and channel,
 also those sent from Lua scripts and those the library handles quietly) must stay empty.
-Standalone only: the Cluster commands of the table are not exercised here.
+Standalone only (with a replica, for ``WAIT``): the Cluster commands of the table are
+not exercised here.
 """
 
 from __future__ import annotations
@@ -53,10 +54,28 @@ def sketch_arguments(text: str) -> list[str]:
 
 @pytest.fixture
 def acl_server() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis()
+    """A primary with one online replica, so that confirmed writes send ``WAIT``."""
+    server = EmbeddedRedis(args=["--repl-diskless-sync-delay", "0"])
     server.start()
-    yield server
-    server.cleanup()
+    replica = EmbeddedRedis(args=["--replicaof", server.host, str(server.port)])
+    try:
+        replica.start()
+        admin = redis.Redis(host=server.host, port=server.port)
+        try:
+            deadline = time.monotonic() + 15
+            # Online, and counted by WAIT (a replica right after its full sync is not, for
+            # a few tens of milliseconds).
+            while admin.info("replication").get("slave0", {}).get("state") != "online" or (
+                admin.wait(1, 100) < 1
+            ):
+                assert time.monotonic() < deadline, "the replica did not come online"
+                time.sleep(0.02)
+        finally:
+            admin.close()
+        yield server
+    finally:
+        replica.cleanup()
+        server.cleanup()
 
 
 def _apply_sketch(admin: redis.Redis) -> str:
@@ -186,6 +205,10 @@ async def test_the_documented_acl_allows_every_feature(acl_server: EmbeddedRedis
             username=user,
             password=_PASSWORD,
             sharded_channels=("sh:*",),
+            # Confirmed writes wait for the replica up to half of the shorter of these two:
+            # generous, for a loaded machine.
+            operation_timeout=10.0,
+            read_timeout=5.0,
         )
         async with RedisClient(config) as c:
             try:
