@@ -32,9 +32,6 @@ build a PSUBSCRIBE pattern from user input.
   publishing through it keeps the channel's recent messages in a Redis Stream, gives each
   an epoch and offset (carried by the :class:`Message`), and lets a subscriber that
   missed some get them back (:meth:`ChannelHistory.read`).
-* Channel presence (:class:`ChannelPresence`, in :mod:`~gateway_redis.pubsub.presence`):
-  who is on a channel (user, connection, info), expiring without heartbeats, with O(1)
-  counts.
 
 Modules: :mod:`~gateway_redis.pubsub.hub` (:class:`PubSubHub`),
 :mod:`~gateway_redis.pubsub.history` (:class:`ChannelHistory`; private
@@ -53,12 +50,6 @@ from __future__ import annotations
 from gateway_redis.pubsub.envelope import Position
 from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, Published
 from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
-from gateway_redis.pubsub.presence import (
-    ChannelPresence,
-    PresenceChange,
-    PresenceMember,
-    PresenceStats,
-)
 from gateway_redis.pubsub.subscription import (
     Message,
     MessageCallback,
@@ -68,14 +59,10 @@ from gateway_redis.pubsub.subscription import (
 
 __all__ = [
     "ChannelHistory",
-    "ChannelPresence",
     "HistoryPage",
     "Message",
     "MessageCallback",
     "Position",
-    "PresenceChange",
-    "PresenceMember",
-    "PresenceStats",
     "PubSubHub",
     "PubSubStats",
     "Published",
