@@ -32,6 +32,9 @@ build a PSUBSCRIBE pattern from user input.
   publishing through it keeps the channel's recent messages in a Redis Stream, gives each
   an epoch and offset (carried by the :class:`Message`), and lets a subscriber that
   missed some get them back (:meth:`ChannelHistory.read`).
+* Channel presence (:class:`ChannelPresence`, in :mod:`~gateway_redis.pubsub.presence`):
+  who is on a channel (user, connection, info), expiring without heartbeats, with O(1)
+  counts.
 
 Modules: :mod:`~gateway_redis.pubsub.hub` (:class:`PubSubHub`),
 :mod:`~gateway_redis.pubsub.history` (:class:`ChannelHistory`; private
@@ -50,6 +53,12 @@ from __future__ import annotations
 from gateway_redis.pubsub.envelope import Position
 from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, Published
 from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
+from gateway_redis.pubsub.presence import (
+    ChannelPresence,
+    PresenceChange,
+    PresenceMember,
+    PresenceStats,
+)
 from gateway_redis.pubsub.subscription import (
     Message,
     MessageCallback,
@@ -59,10 +68,14 @@ from gateway_redis.pubsub.subscription import (
 
 __all__ = [
     "ChannelHistory",
+    "ChannelPresence",
     "HistoryPage",
     "Message",
     "MessageCallback",
     "Position",
+    "PresenceChange",
+    "PresenceMember",
+    "PresenceStats",
     "PubSubHub",
     "PubSubStats",
     "Published",

@@ -22,10 +22,12 @@ import redis
 
 from gateway_redis import (
     ChannelHistory,
+    ChannelPresence,
     ClaimsStore,
     InvalidationBus,
     Limit,
     PermissionStore,
+    PresenceMember,
     RateLimitStore,
     RedisClient,
     RedisConfig,
@@ -172,6 +174,12 @@ async def _exercise(c: RedisClient) -> None:
     page = await history.read("feed", since=(first.epoch, 0))
     assert [m.data for m in page.messages] == [{"n": 1}, {"n": 2}]
     await history.position("feed")
+    # Presence (Lua scripts).
+    presence = ChannelPresence(c, ttl=30)
+    await presence.join("room", [PresenceMember("alice", "c1"), PresenceMember("bob", "c2")])
+    assert len(await presence.presence("room")) == 2
+    assert (await presence.presence_stats("room")).users == 2
+    await presence.leave("room", ["c1"])
     bus = InvalidationBus(c)
     await bus.start()
     try:
