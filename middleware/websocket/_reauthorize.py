@@ -150,7 +150,7 @@ class Reauthorizer:
         else:
             delay = self._retry_at - time.monotonic()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError only from 3.11
                     await asyncio.wait_for(self._wake.wait(), delay)
             if time.monotonic() >= self._retry_at:
                 self._pending.update(self._retry)
