@@ -49,8 +49,8 @@ class Held:
 
 def pass_held(entry: ChannelEntry, message: Message) -> list[Connection]:
     # Held sockets keep the message; caught-up ones get it unless it is at or before their
-    # floor, and join the plain subscribers at the first one past it. Returns the sockets
-    # to push to besides ``entry.sockets``.
+    # floor, and join the plain subscribers at the first one past it (while the channel is
+    # not being mended). Returns the sockets to push to besides ``entry.sockets``.
     extra: list[Connection] = []
     text = None
     for conn, held in list(entry.held.items()):
@@ -64,8 +64,13 @@ def pass_held(entry: ChannelEntry, message: Message) -> list[Connection]:
         if message.offset is None:
             extra.append(conn)
         elif message.epoch != floor.epoch or message.offset > floor.offset:
-            del entry.held[conn]
-            entry.sockets.add(conn)  # pushed to with the other subscribers
+            if entry.mending is not None:
+                # The channel's own gap is being mended: what mended() sends its sockets
+                # may be what this one got from history already. It joins them after.
+                extra.append(conn)
+            else:
+                del entry.held[conn]
+                entry.sockets.add(conn)  # pushed to with the other subscribers
     return extra
 
 
