@@ -33,9 +33,9 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0)
 
 @dataclass
 class SteadyPublisher:
-    """Publishes ``{"seq": 1..count}`` at ``rate`` per second (on a schedule: a message
-    late after an outage is followed by the overdue ones back to back), each one retried
-    until acknowledged. ``gate`` cleared pauses it between two messages (``paused`` is set
+    """Publishes ``{"seq": 1..count}`` at ``rate`` per second, each one retried until
+    acknowledged (after an outage the schedule starts again from then: no burst of
+    overdue messages). ``gate`` cleared pauses it between two messages (``paused`` is set
     while it waits)."""
 
     publish: Callable[[int], Awaitable[object]]
@@ -48,16 +48,15 @@ class SteadyPublisher:
 
     async def run(self, timeout: float = 60.0) -> None:
         self.gate.set()
-        start = time.monotonic()
-        deadline = start + timeout
+        due = time.monotonic()
+        deadline = due + timeout
         for seq in range(1, self.count + 1):
             if not self.gate.is_set():
                 self.paused.set()
                 await self.gate.wait()
                 self.paused.clear()
-            delay = start + seq / self.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = max(due + 1 / self.rate, time.monotonic())
+            await asyncio.sleep(due - time.monotonic())
             while True:
                 try:
                     await self.publish(seq)
