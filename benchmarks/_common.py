@@ -138,7 +138,10 @@ def start_uvicorn(
         "--loop", "uvloop" if uvloop_available() else "asyncio", "--http", "httptools",
         *(["--factory"] if factory else []), *extra_args,
     ]  # fmt: skip
-    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    # This checkout first, then whatever the caller's PYTHONPATH adds (e.g. the bench extra
+    # installed with ``pip --target``).
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(paths)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             pinned(cmd, SERVER_CPU), cwd=ROOT, env=full_env, stdout=out, stderr=out

@@ -34,9 +34,14 @@ import redis.asyncio as aioredis
 
 from benchmarks import _common as c
 from benchmarks import _wsclient
+from gateway_redis import ChannelHistory, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 
 CHANNEL = "system:broadcast"
+HISTORY = "ours+history"
+"""Our bridge with every message published through :class:`~gateway_redis.ChannelHistory`
+(the example keeps 1,000 on ``system:broadcast``): frames carry offsets, sockets could
+recover. The other systems publish plain ``PUBLISH``es (no history, no offsets)."""
 SECRET = "fanout-secret-" + "s" * 40
 UVICORN_WS = ["--ws-max-size", "65536", "--ws-per-message-deflate", "false"]
 PAD = "x" * 64
@@ -143,7 +148,7 @@ def _token() -> str:
 
 def _system(name: str, redis_url: str) -> tuple[str, dict[str, str], dict[str, Any], float]:
     """(uvicorn target, env, client target, stagger) for a system."""
-    if name == "ours":
+    if name in ("ours", HISTORY):
         env = {
             "REDIS_URL": redis_url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_COOKIE_SECURE": "0",
             "GATEWAY_WS_MAX_PER_USER": "4096",
@@ -179,8 +184,17 @@ class _Clients:
 
 
 async def _publish(redis: Any, phase: int, count: int, pad: str = PAD) -> float:
-    """Publish ``count`` messages back to back; returns the time of the first."""
+    """Publish ``count`` messages back to back; returns the time of the first. With a
+    :class:`ChannelHistory` for ``redis``: through it, 10 in flight (in order per worker,
+    as the pipeline of 10 for plain publishes)."""
     first = time.time()
+    if isinstance(redis, ChannelHistory):
+        for start in range(0, count, 10):
+            await asyncio.gather(*(
+                redis.publish(CHANNEL, {"p": phase, "s": seq, "ts": time.time(), "pad": pad})
+                for seq in range(start, min(count, start + 10))
+            ))  # fmt: skip
+        return first
     for start in range(0, count, 10):
         pipe = redis.pipeline(transaction=False)
         for seq in range(start, min(count, start + 10)):
@@ -215,7 +229,11 @@ async def _measure(
     runs = [Run(system, readers, 0, messages), Run(system, readers, 1, messages)]
     with c.serving(target, env, extra_args=UVICORN_WS) as server:
         clients = _Clients(server.port, client_target)
-        redis = aioredis.Redis.from_url(redis_url)
+        redis: Any = aioredis.Redis.from_url(redis_url)
+        client = RedisClient(RedisConfig(url=redis_url))
+        if system == HISTORY:
+            await client.connect()
+            plain, redis = redis, ChannelHistory(client, size=1000, ttl=300)
         try:
             rss = _RSS(server.pid)
             idle = rss.now_mb()
@@ -245,6 +263,9 @@ async def _measure(
                     f"clients {run.client_cpu:.0%}"
                 )
         finally:
+            if system == HISTORY:
+                await client.aclose()
+                redis = plain
             await redis.aclose()
             clients.close()
     return runs
@@ -297,7 +318,10 @@ def run(
     sizes: tuple[tuple[int, int], ...] = ((100, 1000), (1000, 200)),
     systems: tuple[str, ...] = ("ours", "broadcaster"),
     progress: Callable[[str], None] = c.progress,
+    soak: bool = True,
 ) -> tuple[list[Run], list[Soak]]:
+    """Each system at each ``(readers, messages)`` size, then (``soak``) the soak of each
+    (``ours+history`` has none: its soak would be ``ours``'s)."""
     server = EmbeddedRedis()
     server.start()
     runs: list[Run] = []
@@ -308,8 +332,9 @@ def run(
         for readers, messages in sizes:
             for system in systems:
                 runs += asyncio.run(_measure(system, readers, messages, server.url, progress))
-        for system in systems:
-            soaks.append(asyncio.run(_soak(system, server.url, progress)))
+        for system in systems if soak else ():
+            if system != HISTORY:
+                soaks.append(asyncio.run(_soak(system, server.url, progress)))
     finally:
         server.cleanup()
     return runs, soaks

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from gateway_redis import ChannelHistory, Message, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 
-__all__ = ["main", "run"]
+__all__ = ["goals", "main", "run", "section"]
 
 Publish = Callable[[int], Awaitable[object]]
 BODY = {"text": "a typical notification body", "n": 0, "tags": ["a", "b"]}
@@ -101,6 +101,69 @@ async def run(rounds: int, per_round: int, concurrency: int) -> dict[str, float]
         "read_1000_median_ms": statistics.median(reads) * 1000,
         "read_1000_max_ms": max(reads) * 1000,
     }
+
+
+def goals(figures: dict[str, float]) -> list[tuple[str, bool, str]]:
+    """The goal row: publishing with history costs at most 1.5x a plain publish."""
+    ratio = figures["cost_ratio"]
+    return [
+        (
+            "publish with history: cost per message <= 1.5x a plain publish",
+            ratio <= 1.5,
+            f"{ratio:.2f}x ({figures['history_us']:.0f} vs {figures['plain_us']:.0f} µs/message)",
+        )
+    ]
+
+
+def section(quick: bool = False) -> tuple[str, list[tuple[str, bool, str]]]:
+    """The report's section on history (markdown) and its goal rows: the publish cost
+    (this module), recovery on reconnect (:mod:`benchmarks.bench_recovery`) and fan-out
+    to 1,000 sockets with every message published through history vs encode/broadcaster
+    (:mod:`benchmarks.bench_fanout`, system ``ours+history``), all in this run."""
+    from benchmarks import _common as c
+    from benchmarks import bench_fanout, bench_recovery
+
+    c.progress("  publish with history vs plain publish")
+    cost = asyncio.run(run(*((2, 1000, 16) if quick else (8, 2000, 16))))
+    c.progress(f"  cost ratio {cost['cost_ratio']:.2f}; recovery of 1,000 missed messages")
+    recovery = asyncio.run(bench_recovery.run(rounds=20 if quick else 100))
+    c.progress(f"  recovery p99 {recovery['p99_ms']:.1f} ms; fan-out with history")
+    sizes = ((1000, 60),) if quick else ((1000, 200),)
+    systems = (bench_fanout.HISTORY, "broadcaster")
+    runs, _ = bench_fanout.run(sizes=sizes, systems=systems, soak=False)
+    rows = goals(cost) + bench_recovery.goals(recovery)
+    by = {r.system: r for r in runs if not r.stalled}
+    ours, theirs = by.get(bench_fanout.HISTORY), by.get("broadcaster")
+    if ours is not None and theirs is not None:
+        ratio = ours.rate / theirs.rate if theirs.rate else float("inf")
+        rows.append((
+            f"fan-out to {ours.readers:,} sockets with history >= 2x broadcaster",
+            ratio >= 2 and ours.delivered == ours.expected,
+            f"{ratio:.2f}x ({ours.rate:,.0f} vs {theirs.rate:,.0f} msg/s)",
+        ))  # fmt: skip
+    table = c.md_table(["figure", "value"], [[k, f"{v:,.2f}"] for k, v in cost.items()], "lr")
+    text = (
+        "## 7. History and recovery\n\n"
+        "Publish cost: " + (__doc__ or "").split("\n\n")[1].replace("\n", " ") + "\n\n"
+        + table + "\n\nRecovery on reconnect: "
+        + (bench_recovery.__doc__ or "").split("\n\n")[1].replace("\n", " ") + "\n\n"
+        + c.md_table(["figure", "value"], [[k, f"{v:,.1f}"] for k, v in recovery.items()], "lr")
+        + "\n\nFan-out with history: as in section 3 (same harness, no soak), with every "
+        "message published through `ChannelHistory` (10 in flight; message frames carry "
+        "offsets) against encode/broadcaster's plain PUBLISHes, in this run:\n\n"
+        + bench_fanout.table(runs) + "\n\n" + _goal_table(rows) + "\n"
+    )  # fmt: skip
+    return text, rows
+
+
+def _goal_table(rows: list[tuple[str, bool, str]]) -> str:
+    from benchmarks import _common as c
+
+    return c.md_table(
+        ["goal", "holds", "measured"],
+        [[name, "yes" if ok else "**no**", detail] for name, ok, detail in rows],
+        "llr",
+    )
 
 
 def main() -> None:

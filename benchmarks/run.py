@@ -6,8 +6,10 @@
 
 Parts: ``hotpath`` (wrk against uvicorn), ``client`` (RedisClient vs raw redis-py),
 ``invalidation`` (instance A changes, instance B rejects), ``outage`` (Redis killed under
-load), ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster) and ``ratelimit`` (a
-rate-limited warm route vs bare Starlette and the naive one-GET stack). Each part measures our
+load), ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster), ``ratelimit`` (a
+rate-limited warm route vs bare Starlette and the naive one-GET stack) and ``history``
+(publish with history vs plain, recovery of 1,000 missed messages on reconnect, fan-out
+with history vs encode/broadcaster). Each part measures our
 code side by side with a baseline in the same run and reports ratios; nothing here is a
 pass/fail test. Needs the ``bench`` extra (``pip install -e '.[dev,bench]'``); installs
 Debian's ``wrk`` when missing (as root). Every server is on 127.0.0.1 and started here.
@@ -33,6 +35,7 @@ from benchmarks import _common as c
 from benchmarks import (
     bench_client,
     bench_fanout,
+    bench_history,
     bench_hotpath,
     bench_invalidation,
     bench_outage,
@@ -40,7 +43,7 @@ from benchmarks import (
 )
 
 RESULTS = c.RESULTS
-PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit"]
+PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit", "history"]
 
 
 def machine() -> str:
@@ -79,6 +82,7 @@ HEADINGS = {
     "outage": "## 5. Redis outage under load",
     "fanout": "## 3. WebSocket fan-out",
     "ratelimit": "## 6. Rate limiting",
+    "history": "## 7. History and recovery",
 }
 _GOALS_HEADER = "| goal | holds | measured |"
 _PROVENANCE = "_Measured "
@@ -303,6 +307,13 @@ def main() -> None:
             + bench_fanout.soak_table(soaks) + "\n\n" + _goals(g) + "\n\n![fan-out](fanout.png)\n"
         )  # fmt: skip
         sections["fanout"] = text
+        print(text, flush=True)
+        write()
+    if "history" in parts:
+        c.progress("== 7. history: publish cost, recovery on reconnect, fan-out with history")
+        text, g = bench_history.section(quick=args.quick)
+        goals.extend(g)
+        sections["history"] = text
         print(text, flush=True)
         write()
     write()
