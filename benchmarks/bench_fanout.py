@@ -230,7 +230,7 @@ async def _measure(
     with c.serving(target, env, extra_args=UVICORN_WS) as server:
         clients = _Clients(server.port, client_target)
         redis: Any = aioredis.Redis.from_url(redis_url)
-        client = RedisClient(RedisConfig(url=redis_url))
+        client = RedisClient(RedisConfig(url=redis_url, pool_size=16))
         if system == HISTORY:
             await client.connect()
             plain, redis = redis, ChannelHistory(client, size=1000, ttl=300)

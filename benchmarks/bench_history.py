@@ -51,7 +51,9 @@ async def run(rounds: int, per_round: int, concurrency: int) -> dict[str, float]
     server = EmbeddedRedis()
     server.start()
     try:
-        async with RedisClient(RedisConfig(url=server.url)) as client:
+        # a connection for each publish in flight: waiting for one is not what is measured
+        config = RedisConfig(url=server.url, pool_size=max(10, concurrency))
+        async with RedisClient(config) as client:
             history = ChannelHistory(client, size=1000, ttl=300)
             plain_sub = await client.pubsub.subscribe("bench:plain", on_message=_ignore)
             hist_sub = await client.pubsub.subscribe("bench:hist", on_message=_ignore)

@@ -77,6 +77,8 @@ async def run(rounds: int = 60, missed: int = 1000) -> dict[str, float]:
     """The figures (module docstring); bounded by ``rounds * missed`` publishes."""
     server = EmbeddedRedis()
     server.start()
+    if server.pid is not None and c.can_pin():
+        c.pin_pid(server.pid, c.LOAD_CPU)  # as in bench_fanout: the gateway has the other core
     env = {
         "REDIS_URL": server.url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_COOKIE_SECURE": "0",
         "GATEWAY_WS_PING_INTERVAL": "0", "GATEWAY_WS_IDLE_TIMEOUT": "0",
@@ -87,7 +89,7 @@ async def run(rounds: int = 60, missed: int = 1000) -> dict[str, float]:
         with c.serving("examples.realtime:create_app", env, extra_args=UVICORN_WS) as gateway:
             url = f"ws://127.0.0.1:{gateway.port}/ws"
             options: dict[str, Any] = {"subprotocols": ["bearer", _token()], "compression": None}
-            async with RedisClient(RedisConfig(url=server.url)) as client:
+            async with RedisClient(RedisConfig(url=server.url, pool_size=16)) as client:
                 history = ChannelHistory(client, size=1000, ttl=300)
                 async with websockets.connect(url, **options) as ws:
                     subscribe = {"type": "subscribe", "channels": [CHANNEL], "id": 1}
