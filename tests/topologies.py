@@ -193,6 +193,17 @@ def cluster_topology() -> Iterator[ClusterTopology]:
 # -- helpers for tests that look inside a topology (added; nothing above depends on them) --
 
 
+def replica_caught_up(primary_port: int, replica_port: int) -> bool:
+    """True when the replica on ``replica_port`` has applied every write the primary has
+    (replication offsets; ``WAIT`` from a connection that wrote nothing proves nothing)."""
+    with (
+        redis.Redis(port=primary_port, socket_timeout=1) as primary,
+        redis.Redis(port=replica_port, socket_timeout=1) as replica,
+    ):
+        wanted = int(primary.info("replication")["master_repl_offset"])
+        return int(replica.info("replication").get("slave_repl_offset", -1)) >= wanted
+
+
 def client_list(port: int, kind: str | None = None) -> list[dict[str, str]]:
     """``CLIENT LIST`` (``TYPE kind`` when given) of the server on ``port``."""
     with redis.Redis(port=port, socket_timeout=1) as r:

@@ -18,11 +18,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from examples.realtime import create_app
 from gateway_redis import ChannelHistory, RedisClient, RedisConfig
-from tests.topologies import MASTER, SentinelTopology, sentinel_topology
+from tests.topologies import MASTER, SentinelTopology, replica_caught_up, sentinel_topology
 from tests.websocket.seqstream import (
     CHANNEL,
     SeqReader,
@@ -42,15 +41,6 @@ COUNT = 200
 def sentinel() -> Iterator[SentinelTopology]:
     with sentinel_topology() as topo:
         yield topo
-
-
-def _replica_has_everything(primary_port: int, replica_port: int) -> bool:
-    with (
-        redis.Redis(port=primary_port, socket_timeout=1) as primary,
-        redis.Redis(port=replica_port, socket_timeout=1) as replica,
-    ):
-        wanted = int(primary.info("replication")["master_repl_offset"])
-        return int(replica.info("replication").get("slave_repl_offset", -1)) >= wanted
 
 
 async def test_clients_recover_everything_through_a_sentinel_failover(
@@ -77,7 +67,7 @@ async def test_clients_recover_everything_through_a_sentinel_failover(
             publisher.gate.clear()
             await asyncio.wait_for(publisher.paused.wait(), 5)
             deadline = time.monotonic() + 5
-            while not _replica_has_everything(old, replica):
+            while not replica_caught_up(old, replica):
                 assert time.monotonic() < deadline, "the replica did not catch up"
                 await asyncio.sleep(0.005)
             await away.drop()

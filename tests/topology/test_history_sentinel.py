@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from gateway_redis import (
     ChannelHistory,
@@ -18,7 +17,7 @@ from gateway_redis import (
     RedisConfig,
     RedisUnavailable,
 )
-from tests.topologies import MASTER, SentinelTopology, sentinel_topology
+from tests.topologies import MASTER, SentinelTopology, replica_caught_up, sentinel_topology
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +37,12 @@ async def test_history_survives_a_failover_or_says_it_cannot(sentinel: SentinelT
         history = ChannelHistory(client, size=100, ttl=60)
         sent = [await history.publish("news", n) for n in range(20)]
         before = sent[-1].position
-        host, port = sentinel.master_address()
-        with redis.Redis(host=host, port=port, socket_timeout=5) as primary:
-            assert primary.wait(1, 5000) == 1  # the replica has all 20
+        port = sentinel.master_address()[1]
+        replica = next(n.port for n in (sentinel.primary, sentinel.replica) if n.port != port)
+        deadline = time.monotonic() + 5
+        while not replica_caught_up(port, replica):  # the replica has all 20
+            assert time.monotonic() < deadline, "the replica did not catch up"
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(sentinel.node(port).kill)
         await asyncio.to_thread(sentinel.wait_failover, port)
         deadline = time.monotonic() + 20
