@@ -72,6 +72,48 @@ def _check_namespace(namespace: str) -> str:
     return namespace
 
 
+class _ExpiringIndex:
+    """A sorted set of JSON members scored by when each ends (epoch seconds), kept until
+    its latest member ends: the index of revocations and the set of subject cut-offs."""
+
+    def __init__(self, client: RedisClient, key: str) -> None:
+        self._client = client
+        self.key = key
+
+    async def add(self, operation: str, member: object, until: float, now: float) -> None:
+        """List ``member`` until ``until`` (members ended by ``now`` leave), confirmed by a
+        replica when the primary has one."""
+        index, encoded, until_ms = self.key, json.dumps(member), int(until * 1000)
+
+        async def write(r: Redis) -> None:
+            # One pipeline on the pinned connection; the set's expiry only ever grows.
+            pipe = r.pipeline(transaction=False)
+            pipe.zadd(index, {encoded: until})
+            pipe.zremrangebyscore(index, "-inf", now)
+            pipe.pexpireat(index, until_ms, nx=True)
+            pipe.pexpireat(index, until_ms, gt=True)
+            await pipe.execute()
+
+        await self._client.confirmed(operation, index, write)
+
+    async def pairs(self, operation: str, now: float) -> list[tuple[Any, Any, float]]:
+        """The members still in force at ``now`` that decode to a JSON pair, as
+        ``(first, second, until)``; anything else is skipped."""
+        index = self.key
+        entries: Any = await self._client.execute(
+            operation, lambda r: r.zrangebyscore(index, now, "+inf", withscores=True)
+        )
+        found = []
+        for member, score in entries:
+            try:
+                pair = json.loads(member)
+            except ValueError:
+                continue
+            if isinstance(pair, list) and len(pair) == 2:
+                found.append((pair[0], pair[1], float(score)))
+        return found
+
+
 class RevocationStore:
     """The denylist of revoked tokens, by (``iss``, ``jti``), on ``client``, under
     ``namespace`` (``<namespace>-deny:...``, ``<namespace>-revocations``).
@@ -82,7 +124,7 @@ class RevocationStore:
     def __init__(self, client: RedisClient, namespace: str = "jwt") -> None:
         self._client = client
         self._ns = _check_namespace(namespace)
-        self._index = client.key(f"{namespace}-revocations")
+        self._index = _ExpiringIndex(client, client.key(f"{namespace}-revocations"))
 
     def deny_key(self, iss: str, jti: object) -> str:
         """The full key of the denylist entry of ``(iss, jti)`` (``jti`` as ``str()``)."""
@@ -98,45 +140,26 @@ class RevocationStore:
         Raises :class:`~gateway_redis.RedisUnavailable` (``reason="unconfirmed"`` when a
         replica did not acknowledge) and :class:`~gateway_redis.CommandError`.
         """
-        deny, index = self.deny_key(iss, jti), self._index
-        member, until_ms = json.dumps([iss, jti]), int(until * 1000)
+        deny = self.deny_key(iss, jti)
 
         async def write_deny(r: Redis) -> None:
-            await r.set(deny, b"1", pxat=until_ms)
-
-        async def write_index(r: Redis) -> None:
-            # One pipeline on the pinned connection; the index's expiry only ever grows.
-            pipe = r.pipeline(transaction=False)
-            pipe.zadd(index, {member: until})
-            pipe.zremrangebyscore(index, "-inf", now)
-            pipe.pexpireat(index, until_ms, nx=True)
-            pipe.pexpireat(index, until_ms, gt=True)
-            await pipe.execute()
+            await r.set(deny, b"1", pxat=int(until * 1000))
 
         # Two keys in two slots (Cluster): each confirmed on the node that owns it, the
         # denylist entry (what protects) first.
         await self._client.confirmed(f"{self._ns}.revoke", deny, write_deny)
-        await self._client.confirmed(f"{self._ns}.revoke", index, write_index)
+        await self._index.add(f"{self._ns}.revoke", [iss, jti], until, now)
 
     async def active(self, now: float) -> list[Revocation]:
         """Every revocation still in force at ``now``; malformed index members are skipped.
 
         Raises :class:`~gateway_redis.RedisUnavailable`.
         """
-        index = self._index
-        entries: Any = await self._client.execute(
-            f"{self._ns}.revocations",
-            lambda r: r.zrangebyscore(index, now, "+inf", withscores=True),
-        )
-        found = []
-        for member, score in entries:
-            try:
-                iss, jti = json.loads(member)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(iss, str) and isinstance(jti, str):
-                found.append(Revocation(iss, jti, float(score)))
-        return found
+        return [
+            Revocation(iss, jti, until)
+            for iss, jti, until in await self._index.pairs(f"{self._ns}.revocations", now)
+            if isinstance(iss, str) and isinstance(jti, str)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +183,7 @@ class SubjectCutoffStore:
     def __init__(self, client: RedisClient, namespace: str = "jwt") -> None:
         self._client = client
         self._ns = _check_namespace(namespace)
-        self._index = client.key(f"{namespace}-subject-cutoffs")
+        self._index = _ExpiringIndex(client, client.key(f"{namespace}-subject-cutoffs"))
 
     async def cut(self, sub: str, cutoff: float, until: float, now: float) -> None:
         """Refuse ``sub``'s tokens issued at or before ``cutoff`` until ``until`` (epoch
@@ -170,38 +193,18 @@ class SubjectCutoffStore:
         Raises :class:`~gateway_redis.RedisUnavailable` (``reason="unconfirmed"`` when a
         replica did not acknowledge) and :class:`~gateway_redis.CommandError`.
         """
-        index, member, until_ms = self._index, json.dumps([sub, cutoff]), int(until * 1000)
-
-        async def write(r: Redis) -> None:
-            # One pipeline on the pinned connection; the set's expiry only ever grows.
-            pipe = r.pipeline(transaction=False)
-            pipe.zadd(index, {member: until})
-            pipe.zremrangebyscore(index, "-inf", now)
-            pipe.pexpireat(index, until_ms, nx=True)
-            pipe.pexpireat(index, until_ms, gt=True)
-            await pipe.execute()
-
-        await self._client.confirmed(f"{self._ns}.revoke_subject", index, write)
+        await self._index.add(f"{self._ns}.revoke_subject", [sub, cutoff], until, now)
 
     async def active(self, now: float) -> list[SubjectCutoff]:
         """Every cut-off still in force at ``now``; malformed members are skipped.
 
         Raises :class:`~gateway_redis.RedisUnavailable`.
         """
-        index = self._index
-        entries: Any = await self._client.execute(
-            f"{self._ns}.subject_cutoffs",
-            lambda r: r.zrangebyscore(index, now, "+inf", withscores=True),
-        )
-        found = []
-        for member, score in entries:
-            try:
-                sub, cutoff = json.loads(member)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(sub, str) and isinstance(cutoff, (int, float)):
-                found.append(SubjectCutoff(sub, float(cutoff), float(score)))
-        return found
+        return [
+            SubjectCutoff(sub, float(cutoff), until)
+            for sub, cutoff, until in await self._index.pairs(f"{self._ns}.subject_cutoffs", now)
+            if isinstance(sub, str) and isinstance(cutoff, (int, float))
+        ]
 
 
 class ClaimsStore:

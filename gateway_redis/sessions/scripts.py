@@ -26,7 +26,11 @@ local function num(x) return string.format('%.0f', x) end
 -- absolute expiry (ms) of a live session; nil when it is missing, corrupt or expired
 local function live_until(key, now, idle)
   local v = redis.pcall('HMGET', key, 'expires_at', 'last_accessed_at')
-  if v.err then return nil end  -- not a hash
+  if v.err then
+    -- not a hash: no session; any other refusal (an ACL without HMGET...) is an error
+    if string.sub(v.err, 1, 9) == 'WRONGTYPE' then return nil end
+    return error(v)
+  end
   local exp, last = tonumber(v[1]), tonumber(v[2])
   if exp == nil or last == nil or exp <= now or (idle > 0 and last + idle <= now) then
     return nil

@@ -22,6 +22,7 @@ A subscribe that names a channel with history (its rule has ``history_size``) go
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +52,9 @@ class Histories:
         self._client = client
         self._policy = policy
         self._made: dict[tuple[int, float], ChannelHistory] = {}
+        # Position reads not sent yet, by history and channel: callers join them.
+        self._next_read: dict[tuple[int, str], asyncio.Future[Position]] = {}
+        self._reads: set[asyncio.Task[None]] = set()
 
     def of(self, channel: str) -> ChannelHistory | None:
         """The history of ``channel``, or None when its rules keep none."""
@@ -63,6 +67,41 @@ class Histories:
             history = ChannelHistory(self._client, size=key[0], ttl=key[1])
             self._made[key] = history
         return history
+
+    async def position(self, history: ChannelHistory, channel: str) -> Position:
+        """``history.position(channel)``, one read for every caller that asks before it is
+        sent: a thousand sockets subscribing at once cost a few reads, not a thousand (and
+        do not empty the pool). A caller only ever joins a read sent after it asked, so
+        the position is never older than its (held) subscription."""
+        key = (id(history), channel)
+        batch = self._next_read.get(key)
+        if batch is None:
+            batch = asyncio.get_running_loop().create_future()
+            batch.add_done_callback(_retrieve)
+            self._next_read[key] = batch
+            task = asyncio.ensure_future(self._read(key, history, channel, batch))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+        return await asyncio.shield(batch)
+
+    async def _read(
+        self,
+        key: tuple[int, str],
+        history: ChannelHistory,
+        channel: str,
+        batch: asyncio.Future[Position],
+    ) -> None:
+        await asyncio.sleep(0)  # the callers of this turn of the loop join
+        del self._next_read[key]  # from here on, callers wait for the next read
+        try:
+            position = await history.position(channel)
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as exc:  # RedisUnavailable...: every caller gets it
+            batch.set_exception(exc)
+        else:
+            batch.set_result(position)
 
     async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
         """Publish ``data`` on ``channel``, with history when its rule keeps some:
@@ -106,7 +145,7 @@ async def catch_up(
             continue
         since = recover.get(name)
         if since is None:
-            job.position = job.reported = await history.position(name)
+            job.position = job.reported = await histories.position(history, name)
             continue
         limit = min(history.size, _MAX_RECOVER)
         page = await history.read(name, since=since, limit=limit)
@@ -162,6 +201,12 @@ def deliver(fanout: Fanout, conn: Connection, job: Catchup) -> None:
     # Messages up to the position may still be on their way from Redis (history was read
     # on another connection): they are skipped when they come.
     fanout.release(conn, job.name, position)
+
+
+def _retrieve(batch: asyncio.Future[Position]) -> None:
+    # A read whose callers all left: its error has nobody to reach.
+    if not batch.cancelled():
+        batch.exception()
 
 
 def positions_of(jobs: Iterable[Catchup]) -> dict[str, dict[str, Any]]:

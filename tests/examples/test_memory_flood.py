@@ -26,7 +26,7 @@ from tests.processes import uvicorn_process
 MB = 1_000_000
 MiB = 1 << 20
 LIMIT = 10 * MB
-DEADLINE = 60.0  # seconds for every flood together, on a loaded 2-core machine
+DEADLINE = 100.0  # seconds for every flood together (a bound, not a speed check)
 ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 

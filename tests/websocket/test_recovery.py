@@ -303,3 +303,31 @@ async def test_a_redis_restart_is_mended_from_persisted_history_else_resync(
         assert seqs[:10] == list(range(1, 11))
         assert seqs == sorted(set(seqs))
         assert seqs[-5:] == list(range(21, 26))
+
+
+async def test_a_subscribe_storm_shares_its_position_reads(
+    redis_server: EmbeddedRedis, redis_admin: Any
+) -> None:
+    """300 sockets subscribing to one history channel at once, on a pool of 2 connections:
+    every one is answered ``subscribed`` with the channel's position, at the cost of a few
+    reads (one per turn of the read, not one per socket, which emptied the pool)."""
+    sockets = 300
+    config = RedisConfig(url=redis_server.url, pool_size=2, pool_timeout=0.2)
+    async with RedisClient(config) as client, history_app(client) as (gateway, _):
+        history = ChannelHistory(client, size=50, ttl=60)
+        for n in range(3):
+            await history.publish("hist:storm", {"n": n})
+        clients = []
+        for start in range(0, sockets, 50):
+            clients += await asyncio.gather(
+                *(gateway.connect(mint(f"storm-{i}")) for i in range(start, start + 50))
+            )
+        before = int(redis_admin.info("stats")["total_commands_processed"])
+        replies = await asyncio.gather(*(subscribe(ws, "hist:storm") for ws in clients))
+        commands = int(redis_admin.info("stats")["total_commands_processed"]) - before
+        assert [r["type"] for r, _ in replies] == ["subscribed"] * sockets, replies[0]
+        offsets = {r["positions"]["hist:storm"]["offset"] for r, _ in replies}
+        assert offsets == {3}
+        print(f"{commands} commands for {sockets} subscribes")
+        assert commands < sockets // 3, commands  # 2 (INFO) + SUBSCRIBE + the reads
+        await asyncio.gather(*(ws.close() for ws in clients))
