@@ -84,6 +84,7 @@ from middleware.responsecache import (
     cache_response,
 )
 from middleware.scope import (
+    get_auth_kind,
     get_claims,
     get_claims_or_none,
     get_permission_context,
@@ -176,6 +177,7 @@ __all__ = [
     "csrf_token",
     "default_error_response",
     "error_answer",
+    "get_auth_kind",
     "get_claims",
     "get_claims_or_none",
     "get_permission_context",

@@ -58,6 +58,27 @@ async def test_cached_item_contract_etag_304_and_invalidation(inprocess_gateway:
     assert after.headers["etag"] != etag
 
 
+async def test_a_token_whose_sub_names_an_api_key_never_gets_that_keys_entry(
+    inprocess_gateway: Any,
+) -> None:
+    """Subjects are unique only within one kind of authentication: a JWT with ``sub`` =
+    ``apikey:ci`` (any issuer the gateway trusts may mint one) and the API key ``ci``
+    (subject ``apikey:ci``, same role) must not share cache entries, in either order."""
+    key = "ci-Hn3kR8wQ1zT6vY9pM2cX5b"
+    app, http = await inprocess_gateway(GATEWAY_API_KEYS=f"ci:{key}:user")
+    api_key, token = {"X-API-Key": key}, bearer(app, "apikey:ci", ("user",))
+    assert (await http.get("/api/me", headers=api_key)).json() == (
+        await http.get("/api/me", headers=token)
+    ).json()  # the two callers look the same to the app
+    for item, (first, second) in enumerate([(api_key, token), (token, api_key)]):
+        one = await http.get(f"/api/cached/k{item}", headers=first)
+        assert (await http.get(f"/api/cached/k{item}", headers=first)).json() == one.json()
+        other = await http.get(f"/api/cached/k{item}", headers=second)
+        assert other.status_code == one.status_code == 200
+        assert other.json()["computed"] > one.json()["computed"], "served the other's entry"
+        assert other.headers["etag"] != one.headers["etag"]
+
+
 async def test_per_user_responses_never_cross_users(inprocess_gateway: Any) -> None:
     app_a, http_a = await inprocess_gateway()
     _app_b, http_b = await inprocess_gateway()

@@ -23,11 +23,14 @@ from starlette.routing import Route
 from gateway_redis import RateLimitStore, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import (
+    APIKeySettings,
     Gateway,
     JWTSettings,
+    KeyRecord,
     RateLimitMiddleware,
     RateLimitRule,
     RateLimitSettings,
+    StaticKeys,
     TrustedProxies,
 )
 from middleware.ratelimit.dependency import RateLimit
@@ -335,3 +338,20 @@ async def test_decisions_are_traced_and_counted_without_the_identity(
         assert after[key] == before.get(key, 0) + 1  # type: ignore[operator]
     for span in telemetry.spans.get_finished_spans():
         assert "secret-subject" not in str(dict(span.attributes or {}))
+
+
+async def test_a_token_whose_sub_names_an_api_key_has_a_budget_of_its_own(
+    client: RedisClient, http_for: Any, make_token: Any
+) -> None:
+    secret = "api-key-digest-secret-" + "x" * 16
+    key = "ak_live_ci_4f9b2c7e1d8a6035"
+    keys = StaticKeys(secret, [(key, KeyRecord("ci", "apikey:ci"))])
+    gateway = Gateway(client, jwt=SETTINGS, api_keys=APIKeySettings(lookup=keys, secret=secret))
+    app = Starlette(routes=ROUTES, lifespan=gateway.lifespan)
+    gateway.install(app, rate_limits=[RateLimitRule("/limited", "1/60s", name="one")])
+    http = await http_for(app)
+    token, api_key = auth(make_token, "apikey:ci"), {"X-API-Key": key}
+    assert (await http.get("/limited", headers=api_key)).status_code == 200
+    assert (await http.get("/limited", headers=token)).status_code == 200  # not the key's
+    assert (await http.get("/limited", headers=api_key)).status_code == 429
+    assert (await http.get("/limited", headers=token)).status_code == 429

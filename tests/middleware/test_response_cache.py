@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
-from starlette.authentication import SimpleUser
+from starlette.authentication import SimpleUser, UnauthenticatedUser
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -35,7 +35,7 @@ from middleware.jwt.claims import TokenClaims
 from middleware.responsecache.flight import Flights
 from middleware.responsecache.middleware import caller_of
 from middleware.responsecache.routes import route_rules
-from middleware.scope import CLAIMS_KEY
+from middleware.scope import API_KEY_KEY, CLAIMS_KEY
 
 
 class Identify:
@@ -235,7 +235,7 @@ async def test_a_policy_version_bump_never_serves_an_older_private_entry(
             assert backend.calls == 2
 
 
-def test_the_key_holds_subject_and_token_roles() -> None:
+def test_the_key_holds_the_kind_subject_and_token_roles() -> None:
     claims = TokenClaims.from_json(
         json.dumps(
             {
@@ -249,7 +249,11 @@ def test_the_key_holds_subject_and_token_roles() -> None:
             }
         ).encode()
     )
-    assert caller_of({CLAIMS_KEY: claims}) == ("ann", ("admin",))
+    assert caller_of({CLAIMS_KEY: claims}) == ("jwt", "ann", ("admin",))
+    assert caller_of({CLAIMS_KEY: claims, API_KEY_KEY: "k1"}) == ("apikey", "ann", ("admin",))
+    simple = "user:starlette.authentication.SimpleUser"
+    assert caller_of({"user": SimpleUser("ann")}) == (simple, "ann", ())
+    assert caller_of({"user": UnauthenticatedUser()}) is None
     assert caller_of({}) is None
 
 
