@@ -38,6 +38,7 @@ from middleware.apikeys.records import KeyDigester, KeyLookup, KeyRecord, Presen
 from middleware.apikeys.settings import APIKeySettings
 from middleware.app import Gateway
 from middleware.appsettings import SessionSettings, WebSocketSettings
+from middleware.authentication import CountedAuthentication, CredentialAuthenticator
 from middleware.csrf import CSRFMiddleware, CSRFSettings, csrf_fields, csrf_token
 from middleware.errors import (
     ErrorAnswer,
@@ -118,6 +119,8 @@ __all__ = [
     "ChannelPolicy",
     "ChannelRule",
     "CloseCode",
+    "CountedAuthentication",
+    "CredentialAuthenticator",
     "ErrorAnswer",
     "ErrorHandler",
     "Gateway",
