@@ -23,8 +23,10 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
   :class:`TrustedProxies` (the client address behind trusted reverse proxies);
   :mod:`~middleware.ratelimit`: :class:`RateLimitMiddleware`, :class:`RateLimitRule`
-  (rate limits exact across instances; installed by the Gateway's ``rate_limits``).
+  (rate limits exact across instances; installed by the Gateway's ``rate_limits``),
+  :func:`rate_limited` (the same per Starlette endpoint).
 - :mod:`~middleware.errors` (the error tree and the client answers),
+  :mod:`~middleware.authentication` (the JWT and API-key layers' authentication step),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
   optional).
@@ -68,6 +70,7 @@ from middleware.ratelimit import (
     RateLimitRule,
     RateLimitSettings,
     install_rate_limits,
+    rate_limited,
 )
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
@@ -190,5 +193,6 @@ __all__ = [
     "parse_revoke_event",
     "parse_subject_event",
     "permission_granted",
+    "rate_limited",
     "require_permissions",
 ]
