@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -126,6 +127,14 @@ async def test_invalidation_on_a_is_seen_by_b(inprocess_gateway: Any) -> None:
     print(f"invalidation seen by B after {sorted(figures)} ms (median {sorted(figures)[2]:.1f})")
 
 
+async def computed(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    """The instance's ``computed`` counter, read by computing a fresh item (+1)."""
+    r = await http.get(f"/api/cached/probe-{uuid.uuid4().hex}", headers=headers)
+    assert r.status_code == 200
+    value: int = r.json()["computed"]
+    return value
+
+
 async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instance(
     inprocess_gateway: Any,
 ) -> None:
@@ -135,12 +144,15 @@ async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instanc
     # warm the token on both instances (an uncached route)
     assert (await http_a.get("/api/me", headers=bob)).status_code == 200
     assert (await http_b.get("/api/me", headers=bob)).status_code == 200
+    before = await computed(http_a, bob)
     bodies_a = await asyncio.gather(
         *(http_a.get("/api/cached/cold", headers=bob) for _ in range(1000))
     )
     assert {r.status_code for r in bodies_a} == {200}
-    assert len({r.content for r in bodies_a}) == 1  # one computation on A
+    assert len({r.content for r in bodies_a}) == 1
+    assert await computed(http_a, bob) - before - 1 == 1  # the endpoint ran once on A
     # both instances at once on another cold key: at most one computation each
+    before_a, before_b = await computed(http_a, bob), await computed(http_b, bob)
     both = await asyncio.gather(
         *(
             http.get("/api/cached/cold2", headers=bob)
@@ -149,7 +161,13 @@ async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instanc
         )
     )
     assert {r.status_code for r in both} == {200}
-    assert len({r.content for r in both}) <= 2
+    runs_a = await computed(http_a, bob) - before_a - 1
+    runs_b = await computed(http_b, bob) - before_b - 1
+    assert runs_a <= 1
+    assert runs_b <= 1
+    assert runs_a + runs_b >= 1
+    assert len({r.content for r in both}) == runs_a + runs_b
+    print(f"1,000 concurrent requests on two instances: the endpoint ran {runs_a} + {runs_b}")
 
 
 async def test_redis_down_still_answers(

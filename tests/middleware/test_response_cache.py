@@ -179,6 +179,43 @@ async def test_stale_while_revalidate_and_stale_if_error(redis_config: RedisConf
         assert answer.status_code == 200
 
 
+async def test_the_etag_is_the_bodys_on_every_instance_and_after_a_restart(
+    redis_config: RedisConfig, redis_admin: Any
+) -> None:
+    """Strong, from the body alone: two instances computing the same body on their own
+    (Redis flushed in between: a restart) give the same ``ETag``, and each answers 304 to
+    the other's."""
+    calls = 0
+
+    async def constant(request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        return PlainTextResponse("the same body")
+
+    etags = []
+    for _ in range(2):
+        async with RedisClient(redis_config) as client:
+            assert await client.invalidation.wait_synced(5)
+            settings = ResponseCacheSettings([CacheRule("/c", ttl=30, public=True)])
+            app = Starlette(routes=[Route("/c", constant)])
+            app.add_middleware(ResponseCacheMiddleware, cache=ResponseCache(client, settings))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                first = await http.get("/c")
+                etag = first.headers["etag"]
+                assert etag.startswith('"')
+                assert etag == (await http.get("/c")).headers["etag"]
+                for known in etags:
+                    again = await http.get("/c", headers={"if-none-match": known})
+                    assert again.status_code == 304
+                    assert again.content == b""
+                    assert again.headers["etag"] == known
+                etags.append(etag)
+        redis_admin.flushall()
+    assert calls == 2  # computed once per instance, independently
+    assert etags[0] == etags[1]
+
+
 @pytest.mark.parametrize("bad", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("nan")}])
 def test_rules_reject_bad_ttls(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ttl"):
