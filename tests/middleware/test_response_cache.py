@@ -112,6 +112,17 @@ async def test_public_entries_are_shared_private_ones_are_per_user(
         assert "cache-control" not in f.headers
 
 
+async def test_the_query_string_is_part_of_the_key(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        one = await http.get("/public/q?page=1")
+        two = await http.get("/public/q?page=2")
+        assert one.text != two.text
+        assert (await http.get("/public/q?page=1")).text == one.text
+        assert (await http.get("/public/q")).text not in (one.text, two.text)
+        assert backend.calls == 3
+
+
 async def test_head_uses_the_get_entry_and_misses_go_to_the_app(redis_config: RedisConfig) -> None:
     backend = Backend()
     async with instance(redis_config, backend) as (http, _):
