@@ -18,8 +18,9 @@ response must only reach a caller the rules already let through); ``Gateway(resp
    then it reads the tags' versions, runs the app, stores the response in L2 and L1 and
    releases the lock. A failure (exception or 5xx) is answered with a stale entry within
    ``stale_if_error`` when there is one. ``HEAD`` misses go to the app uncached.
-4. Redis down: L1 is off (the bus is out of sync) and the app answers, one computation per
-   key at a time still; the cache never turns a Redis error into a 5xx.
+4. Redis down: L1 still answers (it is flushed when the invalidation bus regains sync) and
+   the app computes the rest, one computation per key at a time, its responses kept in L1;
+   the cache never turns a Redis error into a 5xx.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class ResponseCacheMiddleware:
         skip = request.no_cache and cache.settings.honour_no_cache
         stale: StoredResponse | None = None
         if not skip:
-            hit = cache.l1.get(key)
+            hit = cache.lookup(key)
             if hit is not None:
                 now = time.time()
                 left = hit.remaining(now)
@@ -132,7 +133,7 @@ class ResponseCacheMiddleware:
             cache.tally("bypass")
             return await self.app(scope, receive, send)
         if skip:  # no lookup; a stale entry still answers a failure (stale-if-error)
-            stale = cache.l1.get(key)
+            stale = cache.lookup(key)
             stored, capture = await self._compute(scope, receive, send, rule, key, stale, None)
             return await self._answer(send, rule, request, stored, capture)
         future = cache.flights.lead(key)
@@ -213,7 +214,7 @@ class ResponseCacheMiddleware:
                     cache.remember(key, waited, generation)
                     return waited, None
         except GatewayRedisError:
-            pass  # Redis down or slow: the app answers (L1 is off meanwhile)
+            pass  # Redis down or slow: the app answers (and L1 keeps the response)
         cache.tally("miss")
         try:
             return await self._compute(scope, receive, send, rule, key, stale, generation)

@@ -432,17 +432,25 @@ async def test_cache_response_marks_routes_of_starlette_and_fastapi(
         cache_response(ttl=0)
 
 
-async def test_redis_down_the_app_answers_one_computation_per_key_at_a_time(
+async def test_redis_down_l1_and_the_app_answer_and_l1_is_flushed_when_the_bus_is_back(
     fault_server: EmbeddedRedis,
 ) -> None:
     backend = Backend()
     config = RedisConfig(url=fault_server.url, operation_timeout=0.5)
-    async with instance(config, backend) as (http, _):
+    async with instance(config, backend) as (http, cache):
+        before = await http.get("/public/before")  # cached before the outage
         fault_server.kill()
         answers = await asyncio.gather(*(http.get("/public/down") for _ in range(50)))
         assert {r.status_code for r in answers} == {200}
         assert len({r.text for r in answers}) == 1
-        assert backend.calls == 1
-        later = await http.get("/public/down")  # L1 is off: the app answers again
-        assert later.status_code == 200
         assert backend.calls == 2
+        for _ in range(20):  # L1 answers during the outage, never the app again
+            assert (await http.get("/public/down")).text == answers[0].text
+            assert (await http.get("/public/before")).text == before.text
+        assert backend.calls == 2
+        assert not cache.client.invalidation.healthy
+        fault_server.start()  # a fresh server: invalidations may have been missed
+        assert await cache.client.invalidation.wait_synced(10)
+        after = await http.get("/public/before")
+        assert after.text != before.text  # L1 was flushed at the resync
+        assert backend.calls == 3
