@@ -8,8 +8,8 @@ response must only reach a caller the rules already let through); ``Gateway(resp
    rule is public, ``(authentication kind, subject, token roles, RBAC policy version)``
    (the kind: a token's ``sub`` never names an API key's or another layer's user). A
    private rule without an authenticated subject, or while the policy version is unknown,
-   is not cached. A request
-   with ``Cache-Control: no-store`` is not cached; ``no-cache`` skips the lookup.
+   is not cached. A request with ``Cache-Control: no-store`` is not cached; ``no-cache``
+   skips the lookup.
 2. L1: a fresh entry is served (``304`` for a matching ``If-None-Match``) with no await.
    A stale one within ``stale_while_revalidate`` is served and refreshed in the background.
 3. A miss: one request per key computes (the others on this instance wait for it). It
