@@ -5,11 +5,12 @@
     gateway = Gateway(config, ..., response_cache=cached_settings(env))   # examples.gateway
     install_cached(app, gateway)
 
-* ``GET /api/cached/{item}`` (any authenticated caller): cached per caller (subject, token
-  roles and RBAC policy version) for ``GATEWAY_CACHE_TTL`` seconds (default 30), tagged
-  ``item:{item}``; answers ``{"item": ..., "user": <sub>, "computed": <int>}``, where
-  ``computed`` counts how many times this process (this app) actually ran the endpoint,
-  over all items and callers. Strong ``ETag``, ``304`` on a matching ``If-None-Match``,
+* ``GET /api/cached/{item}`` (any authenticated caller): cached per caller (how it
+  authenticated, subject, token roles and RBAC policy version) for ``GATEWAY_CACHE_TTL``
+  seconds (default 30), tagged ``item:{item}``; answers
+  ``{"item": ..., "user": <sub>, "computed": <int>}``, where ``computed`` counts how many
+  times this process (this app) actually ran the endpoint, over all items and callers.
+  Strong ``ETag``, ``304`` on a matching ``If-None-Match``,
   ``Cache-Control: private, max-age=<seconds left>``.
 * ``POST /api/cached/{item}/invalidate`` (needs ``admin:read``; bearer requests are exempt
   from the CSRF check): invalidates tag ``item:{item}`` on every instance, answers

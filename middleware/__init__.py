@@ -23,8 +23,10 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   token for unsafe requests; installed by the Gateway), :mod:`~middleware.proxies`:
   :class:`TrustedProxies` (the client address behind trusted reverse proxies);
   :mod:`~middleware.ratelimit`: :class:`RateLimitMiddleware`, :class:`RateLimitRule`
-  (rate limits exact across instances; installed by the Gateway's ``rate_limits``).
+  (rate limits exact across instances; installed by the Gateway's ``rate_limits``),
+  :func:`rate_limited` (the same per Starlette endpoint).
 - :mod:`~middleware.errors` (the error tree and the client answers),
+  :mod:`~middleware.authentication` (the JWT and API-key layers' authentication step),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
   optional).
@@ -38,6 +40,7 @@ from middleware.apikeys.records import KeyDigester, KeyLookup, KeyRecord, Presen
 from middleware.apikeys.settings import APIKeySettings
 from middleware.app import Gateway
 from middleware.appsettings import SessionSettings, WebSocketSettings
+from middleware.authentication import CountedAuthentication, CredentialAuthenticator
 from middleware.csrf import CSRFMiddleware, CSRFSettings, csrf_fields, csrf_token
 from middleware.errors import (
     ErrorAnswer,
@@ -67,6 +70,7 @@ from middleware.ratelimit import (
     RateLimitRule,
     RateLimitSettings,
     install_rate_limits,
+    rate_limited,
 )
 from middleware.rbac.middleware import PermissionContext, RBACMiddleware, Rule, require_permissions
 from middleware.rbac.permissions import PermissionCache
@@ -84,6 +88,7 @@ from middleware.responsecache import (
     cache_response,
 )
 from middleware.scope import (
+    get_auth_kind,
     get_claims,
     get_claims_or_none,
     get_permission_context,
@@ -117,6 +122,8 @@ __all__ = [
     "ChannelPolicy",
     "ChannelRule",
     "CloseCode",
+    "CountedAuthentication",
+    "CredentialAuthenticator",
     "ErrorAnswer",
     "ErrorHandler",
     "Gateway",
@@ -176,6 +183,7 @@ __all__ = [
     "csrf_token",
     "default_error_response",
     "error_answer",
+    "get_auth_kind",
     "get_claims",
     "get_claims_or_none",
     "get_permission_context",
@@ -185,5 +193,6 @@ __all__ = [
     "parse_revoke_event",
     "parse_subject_event",
     "permission_granted",
+    "rate_limited",
     "require_permissions",
 ]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # The *_KEY constants are the scope keys the middleware write (see the table above); they
 # are importable for the package's own modules, while applications use the accessors.
 __all__ = [
+    "get_auth_kind",
     "get_claims",
     "get_claims_or_none",
     "get_permission_context",
@@ -56,6 +57,25 @@ def _scope(conn: HTTPConnection | Scope) -> Scope:
 def get_claims_or_none(conn: HTTPConnection | Scope) -> TokenClaims | None:
     """The verified token claims of this request, or None (public path, no token)."""
     return cast("TokenClaims | None", _scope(conn).get(CLAIMS_KEY))
+
+
+def get_auth_kind(conn: HTTPConnection | Scope) -> str | None:
+    """How this request was authenticated: ``"apikey"`` (the API-key layer), ``"jwt"``
+    (token claims from the JWT or fused layer), ``"user:<module>.<class>"`` for a
+    ``request.user`` set by another authentication layer, or None when anonymous.
+
+    Subjects are only unique within one kind: a token's ``sub`` may read
+    ``apikey:<name>``, and a session backend's user id may equal a token subject. Whatever
+    is kept per caller (cached responses, rate-limit budgets) is keyed by kind and subject.
+    """
+    scope = _scope(conn)
+    if scope.get(CLAIMS_KEY) is not None:
+        return "apikey" if scope.get(API_KEY_KEY) is not None else "jwt"
+    user = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        kind = type(user)
+        return f"user:{kind.__module__}.{kind.__qualname__}"
+    return None
 
 
 def get_claims(conn: HTTPConnection | Scope) -> TokenClaims:

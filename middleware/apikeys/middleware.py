@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from opentelemetry.trace import StatusCode
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -48,16 +47,14 @@ from gateway_redis import telemetry
 from gateway_redis.support import log_fields
 from middleware._paths import PathSet, route_path
 from middleware.apikeys.authenticator import APIKeyAuthenticator
+from middleware.authentication import CountedAuthentication
 from middleware.errors import (
     ErrorHandler,
-    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     ServiceUnavailable,
-    ValidatorUnavailable,
     default_error_response,
 )
-from middleware.jwt.authenticator import Authentication
 from middleware.jwt.claims import TokenClaims
 from middleware.jwt.middleware import GatewayUser
 from middleware.scope import API_KEY_KEY, CLAIMS_KEY
@@ -66,10 +63,11 @@ from middleware.telemetry import ATTR_APIKEY_RESULT
 __all__ = ["APIKeyMiddleware"]
 
 _log = logging.getLogger(__name__)
-_LOOKUPS = {
-    result: telemetry.lookup_tally("apikey", result) for result in ("l1", "l2", "miss", "invalid")
-}
-_TIER = {"l1": "l1", "l2": "l2", "validator": "miss"}
+_AUTHENTICATE = CountedAuthentication(
+    "apikey", span_name="gateway.apikey authenticate", invalid="invalid api key",
+    unavailable="api key lookup unavailable",
+)  # fmt: skip
+_L1_LOOKUP = _AUTHENTICATE.l1
 _L1_SPAN_ATTRS = {ATTR_APIKEY_RESULT: "l1"}
 _BEARER = b"bearer "
 
@@ -160,11 +158,11 @@ class APIKeyMiddleware:
             key = raw.decode("ascii")
             result = self._authenticator.cached(key)
             if result is not None:
-                _LOOKUPS["l1"].value += 1
+                _L1_LOOKUP.value += 1
                 if telemetry.tracing_enabled():
                     telemetry.annotate_current_span(_L1_SPAN_ATTRS)
             else:
-                result = await _authenticate(self._authenticator, key)
+                result = await _AUTHENTICATE(self._authenticator, key)
                 if result.degraded and self._fail_closed.matches(route_path(scope)):
                     raise ServiceUnavailable("revocation_unknown")
         except MiddlewareError as error:
@@ -194,37 +192,3 @@ class APIKeyMiddleware:
             extra=log_fields("apikey", "apikey_rejected", error.reason),
         )
         await self._on_error(scope, error)(scope, receive, send)
-
-
-async def _authenticate(authenticator: APIKeyAuthenticator, key: str) -> Authentication:
-    """Authenticate past L1, counting the tier, with a span when tracing is on."""
-    if not telemetry.tracing_enabled():
-        try:
-            result = await authenticator.authenticate(key)
-        except InvalidToken as exc:
-            _LOOKUPS["invalid"].value += 1
-            raise NotAuthenticated(exc.reason) from None
-        except ValidatorUnavailable:
-            raise ServiceUnavailable("validator_unavailable") from None
-        _LOOKUPS[_TIER[result.source]].value += 1
-        return result
-    with telemetry.tracer.start_as_current_span(
-        "gateway.apikey authenticate", record_exception=False, set_status_on_exception=False
-    ) as span:
-        try:
-            result = await authenticator.authenticate(key)
-        except InvalidToken as exc:
-            _LOOKUPS["invalid"].value += 1
-            if span.is_recording():
-                span.set_attribute(telemetry.ATTR_REASON, exc.reason)
-                span.set_status(StatusCode.ERROR, "invalid api key")
-            raise NotAuthenticated(exc.reason) from None
-        except ValidatorUnavailable:
-            if span.is_recording():
-                span.set_status(StatusCode.ERROR, "api key lookup unavailable")
-            raise ServiceUnavailable("validator_unavailable") from None
-        _LOOKUPS[_TIER[result.source]].value += 1
-        if span.is_recording():
-            span.set_attribute(telemetry.ATTR_RESULT, _TIER[result.source])
-            span.set_attribute(telemetry.ATTR_DEGRADED, result.degraded)
-        return result

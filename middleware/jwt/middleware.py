@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from opentelemetry.trace import StatusCode
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,16 +42,15 @@ from gateway_redis import telemetry
 from gateway_redis.support import log_fields
 from middleware._memo import Memo
 from middleware._paths import PathSet, route_path
+from middleware.authentication import CountedAuthentication
 from middleware.errors import (
     ErrorHandler,
-    InvalidToken,
     MiddlewareError,
     NotAuthenticated,
     ServiceUnavailable,
-    ValidatorUnavailable,
     default_error_response,
 )
-from middleware.jwt.authenticator import Authentication, JWTAuthenticator
+from middleware.jwt.authenticator import JWTAuthenticator
 from middleware.jwt.claims import TokenClaims
 from middleware.scope import API_KEY_KEY, CLAIMS_KEY
 from middleware.telemetry import ATTR_JWT_RESULT
@@ -219,7 +217,7 @@ class JWTMiddleware:
         try:
             if token is None:
                 raise NotAuthenticated("missing_token")
-            result = await _authenticate(self._authenticator, token)
+            result = await _AUTHENTICATE(self._authenticator, token)
             if result.degraded and self._fail_closed.matches(route_path(scope)):
                 raise ServiceUnavailable("revocation_unknown")
         except MiddlewareError as error:
@@ -253,48 +251,13 @@ class JWTMiddleware:
         await self._on_error(scope, error)(scope, receive, send)
 
 
-_TIER = {"l1": "l1", "l2": "l2", "validator": "miss"}
-_LOOKUPS = {
-    tier: telemetry.lookup_tally("jwt", result)
-    for tier, result in (*_TIER.items(), ("invalid", "invalid"))
-}
-_L1_LOOKUP = _LOOKUPS["l1"]
+_AUTHENTICATE = CountedAuthentication(
+    "jwt", span_name="gateway.jwt authenticate", invalid="invalid token",
+    unavailable="validator unavailable",
+)  # fmt: skip
+_L1_LOOKUP = _AUTHENTICATE.l1
 # An L1 hit is never degraded (degraded results are not cached): the tier says it all.
 _L1_SPAN_ATTRS = {ATTR_JWT_RESULT: "l1"}
-
-
-async def _authenticate(authenticator: JWTAuthenticator, token: str) -> Authentication:
-    """Authenticate, counting the cache tier, with a span when tracing is on."""
-    if not telemetry.tracing_enabled():
-        try:
-            result = await authenticator.authenticate(token)
-        except InvalidToken as exc:
-            _LOOKUPS["invalid"].value += 1
-            raise NotAuthenticated(exc.reason) from None
-        except ValidatorUnavailable:
-            raise ServiceUnavailable("validator_unavailable") from None
-        _LOOKUPS[result.source].value += 1
-        return result
-    with telemetry.tracer.start_as_current_span(
-        "gateway.jwt authenticate", record_exception=False, set_status_on_exception=False
-    ) as span:
-        try:
-            result = await authenticator.authenticate(token)
-        except InvalidToken as exc:
-            _LOOKUPS["invalid"].value += 1
-            if span.is_recording():
-                span.set_attribute(telemetry.ATTR_REASON, exc.reason)
-                span.set_status(StatusCode.ERROR, "invalid token")
-            raise NotAuthenticated(exc.reason) from None
-        except ValidatorUnavailable:
-            if span.is_recording():
-                span.set_status(StatusCode.ERROR, "validator unavailable")
-            raise ServiceUnavailable("validator_unavailable") from None
-        _LOOKUPS[result.source].value += 1
-        if span.is_recording():
-            span.set_attribute(telemetry.ATTR_RESULT, _TIER[result.source])
-            span.set_attribute(telemetry.ATTR_DEGRADED, result.degraded)
-        return result
 
 
 def _select_bearer(send: Send) -> Send:

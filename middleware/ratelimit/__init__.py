@@ -8,13 +8,16 @@ cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middlewar
 :mod:`~middleware.ratelimit.answers`: the draft's
 ``RateLimit``/``RateLimit-Policy`` fields and the 429;
 :mod:`~middleware.ratelimit.settings`: :class:`RateLimitSettings` for
-:meth:`middleware.Gateway.install`; :mod:`~middleware.ratelimit.dependency`: ``RateLimit``,
+:meth:`middleware.Gateway.install`; :mod:`~middleware.ratelimit.decorator`:
+:func:`rate_limited`, a per-route Starlette endpoint decorator;
+:mod:`~middleware.ratelimit.dependency`: ``RateLimit``,
 a per-route FastAPI dependency (imported on demand: FastAPI is optional). The budgets live in Redis
 (:class:`gateway_redis.ratelimit.RateLimitStore`: GCRA, one script per request).
 """
 
 from __future__ import annotations
 
+from middleware.ratelimit.decorator import rate_limited
 from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.middleware import RateLimitMiddleware
 from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
@@ -27,4 +30,5 @@ __all__ = [
     "RateLimitSettings",
     "RateLimiter",
     "install_rate_limits",
+    "rate_limited",
 ]

@@ -21,12 +21,21 @@ import math
 from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
+from starlette.types import Message, Send
 
 from gateway_redis.ratelimit import Limit, RateDecision
 
-__all__ = ["policy_header", "rate_limited_response", "retry_after", "state_header"]
+__all__ = [
+    "policy_header",
+    "rate_limited_response",
+    "retry_after",
+    "state_header",
+    "with_fields",
+]
 
 _DETAIL = "Too many requests; retry later."
+_POLICY = b"ratelimit-policy"
+_STATE = b"ratelimit"
 
 
 def _name(limit: Limit) -> str:
@@ -64,3 +73,18 @@ def rate_limited_response(decision: RateDecision, policy: bytes) -> JSONResponse
             "Cache-Control": "no-store",
         },
     )
+
+
+def with_fields(send: Send, policy: bytes, decision: RateDecision) -> Send:
+    """``send`` adding ``RateLimit-Policy`` (``policy``) and ``RateLimit`` (of
+    ``decision``) to the response start, in place of any the app set itself."""
+    state = state_header(decision)
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(n, v) for n, v in message.get("headers", ()) if n not in (_POLICY, _STATE)]
+            headers += ((_POLICY, policy), (_STATE, state))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped

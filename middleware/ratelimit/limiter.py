@@ -27,7 +27,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.proxies import TrustedProxies
 from middleware.ratelimit.reserve import Reserves
 from middleware.ratelimit.rules import RateLimitRule
-from middleware.scope import get_claims_or_none
+from middleware.scope import API_KEY_KEY, get_claims_or_none
 from middleware.telemetry import ATTR_RATELIMIT_RESULT, ATTR_RATELIMIT_RULE
 
 __all__ = ["RateLimiter"]
@@ -84,14 +84,17 @@ class RateLimiter:
         return self._store
 
     def identity(self, rule: RateLimitRule, scope: Scope) -> str:
-        """Whose budget a request is charged to: ``sub:<subject>``, ``fn:<the rule's
-        function's answer>`` or ``ip:<client address>`` (``ip:unknown`` when the server gives
-        no peer address)."""
+        """Whose budget a request is charged to: ``sub:<kind>:<subject>`` (the kind of
+        :func:`~middleware.scope.get_auth_kind`, ``jwt`` or ``apikey``: a token whose
+        ``sub`` reads ``apikey:ci`` never spends the API key ``ci``'s budget), ``fn:<the
+        rule's function's answer>`` or ``ip:<client address>`` (``ip:unknown`` when the
+        server gives no peer address)."""
         kind = rule.identity
         if kind == "subject":
             claims = get_claims_or_none(scope)
             if claims is not None:
-                return "sub:" + claims.sub
+                key = scope.get(API_KEY_KEY) is not None
+                return ("sub:apikey:" if key else "sub:jwt:") + claims.sub
         elif callable(kind):
             custom = kind(scope)
             if custom is not None:

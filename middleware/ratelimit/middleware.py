@@ -39,14 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway_redis.ratelimit import RateDecision, RateLimitStore
+from gateway_redis.ratelimit import RateLimitStore
 from middleware._memo import Memo
 from middleware._paths import route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.proxies import TrustedProxies
-from middleware.ratelimit.answers import policy_header, rate_limited_response, state_header
+from middleware.ratelimit.answers import policy_header, rate_limited_response, with_fields
 from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.rules import RateLimitRule
 
@@ -54,8 +54,6 @@ __all__ = ["RateLimitMiddleware"]
 
 _MAX_MEMO_PATH = 2048  # characters of method and path: longer requests are not memoized
 _MEMO_SIZE = 2048
-_POLICY = b"ratelimit-policy"
-_STATE = b"ratelimit"
 
 
 class RateLimitMiddleware:
@@ -119,7 +117,7 @@ class RateLimitMiddleware:
         if decision is None:  # Redis down, the rule fails open
             await self.app(scope, receive, send)
         elif decision.allowed:
-            await self.app(scope, receive, _with_fields(send, policy, decision))
+            await self.app(scope, receive, with_fields(send, policy, decision))
         else:
             await rate_limited_response(decision, policy)(scope, receive, send)
 
@@ -135,16 +133,3 @@ class RateLimitMiddleware:
         found = next(((p,) for p in self._policies if p[0].matches(method, path)), ())
         self._memo.remember((method, path), found, len(method) + len(path))
         return found
-
-
-def _with_fields(send: Send, policy: bytes, decision: RateDecision) -> Send:
-    state = state_header(decision)
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(n, v) for n, v in message.get("headers", ()) if n not in (_POLICY, _STATE)]
-            headers += ((_POLICY, policy), (_STATE, state))
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return wrapped

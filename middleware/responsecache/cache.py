@@ -1,8 +1,15 @@
 """The response cache's state and invalidation: :class:`ResponseCache`.
 
-L1 is a :class:`~gateway_redis.localcache.LocalCache` registered on the client's
-invalidation bus (bounded in entries and in bytes; flushed and bypassed while the bus is
-out of sync), L2 the :class:`~gateway_redis.responsecache.ResponseCacheStore`.
+L1 is a :class:`~gateway_redis.localcache.LocalCache` (bounded in entries and in bytes),
+L2 the :class:`~gateway_redis.responsecache.ResponseCacheStore`. Unlike the
+authentication caches, L1 keeps serving while the client's invalidation bus is out of sync
+(Redis down: "serve from L1 and the app", so an outage does not send every request to the
+app) and is flushed once the bus has regained sync (checked on each lookup against the
+bus's resync count), since invalidations may have been missed meanwhile. While Redis is
+down nobody can invalidate a tag (the call raises), so L1 serves what it would have served
+anyway; an instance cut off from a Redis the others still reach keeps its entries until
+their TTL ends or its bus is back.
+
 :meth:`ResponseCache.invalidate_tags` gives the tags new versions in Redis (every stored
 entry computed before is a miss from then on, see the store), drops the L1 entries carrying
 them here, and publishes the tags on the bus: every other instance drops its own within
@@ -65,8 +72,9 @@ class ResponseCache:
         bus = client.invalidation
         self._bus = bus
         lifetime = MAX_LIFETIME  # each entry has its own; rules may be added later
-        self._l1: LocalCache[Hashable, StoredResponse] = bus.local_cache(
-            "response", maxsize=settings.l1_entries, ttl=lifetime, max_bytes=settings.l1_bytes
+        # Not bus.local_cache(): that one is bypassed while the bus is out of sync.
+        self._l1: LocalCache[Hashable, StoredResponse] = LocalCache(
+            maxsize=settings.l1_entries, ttl=lifetime, name="response", max_bytes=settings.l1_bytes
         )
         self._store = ResponseCacheStore(client, max_lifetime=lifetime)
         self._flights: Flights[StoredResponse] = Flights(
@@ -75,6 +83,7 @@ class ResponseCache:
         self._rule_list = list(settings.rules)
         self._rules: Memo[str, Any] = Memo(max_key=2048)
         bus.on_event(_NS, self._on_event)
+        self._resyncs = bus.resyncs  # L1 holds nothing older than the bus's last resync
 
     @property
     def settings(self) -> ResponseCacheSettings:
@@ -143,6 +152,15 @@ class ResponseCache:
         data = json.dumps([*parts, identity], separators=(",", ":"))
         return hashlib.sha256(data.encode()).hexdigest()
 
+    def lookup(self, key: Hashable) -> StoredResponse | None:
+        """The L1 entry of ``key``, or None. L1 is flushed first when the bus has regained
+        sync since the last lookup (it may hold responses invalidated meanwhile)."""
+        resyncs = self._bus.resyncs
+        if resyncs != self._resyncs:
+            self._resyncs = resyncs
+            self._l1.clear()
+        return self._l1.get(key)
+
     def remember(self, key: Hashable, stored: StoredResponse, generation: int) -> None:
         """Put ``stored`` in L1 until its stale bound ends (dropped if L1 was invalidated
         since ``generation``)."""
@@ -162,7 +180,7 @@ class ResponseCache:
         arrives, and Redis entries are misses from now on. Raises ``ValueError`` for a tag
         that is not a non-empty string and :class:`~gateway_redis.RedisUnavailable` when
         Redis cannot be told (this instance's L1 is cleared of them already; the others
-        have L1 off while Redis is down).
+        flush their L1 when their bus regains sync).
         """
         if not tags or not all(isinstance(t, str) and t for t in tags):
             raise ValueError("tags must be non-empty strings")

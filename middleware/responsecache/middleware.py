@@ -5,9 +5,11 @@ response must only reach a caller the rules already let through); ``Gateway(resp
 ...)`` does. For a ``GET``/``HEAD`` request matching a :class:`CacheRule`:
 
 1. The key: rule, path, query string, the rule's ``vary`` header values and, unless the
-   rule is public, ``(subject, token roles, RBAC policy version)``. A private rule without an
-   authenticated subject, or while the policy version is unknown, is not cached. A request
-   with ``Cache-Control: no-store`` is not cached; ``no-cache`` skips the lookup.
+   rule is public, ``(authentication kind, subject, token roles, RBAC policy version)``
+   (the kind: a token's ``sub`` never names an API key's or another layer's user). A
+   private rule without an authenticated subject, or while the policy version is unknown,
+   is not cached. A request with ``Cache-Control: no-store`` is not cached; ``no-cache``
+   skips the lookup.
 2. L1: a fresh entry is served (``304`` for a matching ``If-None-Match``) with no await.
    A stale one within ``stale_while_revalidate`` is served and refreshed in the background.
 3. A miss: one request per key computes (the others on this instance wait for it). It
@@ -16,8 +18,9 @@ response must only reach a caller the rules already let through); ``Gateway(resp
    then it reads the tags' versions, runs the app, stores the response in L2 and L1 and
    releases the lock. A failure (exception or 5xx) is answered with a stale entry within
    ``stale_if_error`` when there is one. ``HEAD`` misses go to the app uncached.
-4. Redis down: L1 is off (the bus is out of sync) and the app answers, one computation per
-   key at a time still; the cache never turns a Redis error into a 5xx.
+4. Redis down: L1 still answers (it is flushed when the invalidation bus regains sync) and
+   the app computes the rest, one computation per key at a time, its responses kept in L1;
+   the cache never turns a Redis error into a 5xx.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from middleware.responsecache.cache import ResponseCache
 from middleware.responsecache.responses import Capture, RequestHeaders, send_stored
 from middleware.responsecache.routes import route_rules
 from middleware.responsecache.rules import CacheRule
-from middleware.scope import CLAIMS_KEY
+from middleware.scope import CLAIMS_KEY, get_auth_kind
 
 __all__ = ["ResponseCacheMiddleware"]
 
@@ -44,21 +47,25 @@ _METHODS = frozenset({"GET", "HEAD"})
 _CREDENTIALS = frozenset({b"authorization", b"cookie"})
 
 
-def caller_of(scope: Scope) -> tuple[str, tuple[str, ...]] | None:
-    """``(subject, roles)`` of the request's caller (token claims, else ``scope["user"]``
-    with no roles), or None when it is not authenticated. The token's roles are part of
-    the key: two tokens of one subject with different roles (which a role-based permission
-    source reads per token) never share an entry."""
+def caller_of(scope: Scope) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(kind, subject, roles)`` of the request's caller, or None when it is not
+    authenticated. ``kind`` is :func:`~middleware.scope.get_auth_kind`'s (``"jwt"``,
+    ``"apikey"``, ``"user:<class>"``): subjects are unique only within one kind (a token
+    whose ``sub`` reads ``apikey:ci`` is not the API key ``ci``), so the kind is part of
+    the key. The token's roles are too: two tokens of one subject with different roles
+    (which a role-based permission source reads per token) never share an entry. Other
+    authentication layers' users (``scope["user"]``) have no roles."""
+    kind = get_auth_kind(scope)
+    if kind is None:
+        return None
     claims = scope.get(CLAIMS_KEY)
     if claims is not None:
         sub: str = claims.sub
         roles: tuple[str, ...] = claims.roles
-        return sub, roles
-    user = scope.get("user")
-    if user is not None and getattr(user, "is_authenticated", False):
-        identity = getattr(user, "identity", None)
-        if isinstance(identity, str) and identity:
-            return identity, ()
+        return kind, sub, roles
+    identity = getattr(scope.get("user"), "identity", None)
+    if isinstance(identity, str) and identity:
+        return kind, identity, ()
     return None
 
 
@@ -91,13 +98,13 @@ class ResponseCacheMiddleware:
         if rule is None:
             return await self.app(scope, receive, send)
         request = RequestHeaders.read(scope["headers"], rule.vary)
-        identity: tuple[str, tuple[str, ...], int] | None = None
+        identity: tuple[str, str, tuple[str, ...], int] | None = None
         if not rule.public:
             caller, version = caller_of(scope), cache.policy_version()
             if caller is None or version is None:
                 cache.tally("bypass")
                 return await self.app(scope, receive, send)
-            identity = (caller[0], caller[1], version)
+            identity = (*caller, version)
         if request.no_store:
             cache.tally("bypass")
             return await self.app(scope, receive, send)
@@ -106,7 +113,7 @@ class ResponseCacheMiddleware:
         skip = request.no_cache and cache.settings.honour_no_cache
         stale: StoredResponse | None = None
         if not skip:
-            hit = cache.l1.get(key)
+            hit = cache.lookup(key)
             if hit is not None:
                 now = time.time()
                 left = hit.remaining(now)
@@ -126,7 +133,7 @@ class ResponseCacheMiddleware:
             cache.tally("bypass")
             return await self.app(scope, receive, send)
         if skip:  # no lookup; a stale entry still answers a failure (stale-if-error)
-            stale = cache.l1.get(key)
+            stale = cache.lookup(key)
             stored, capture = await self._compute(scope, receive, send, rule, key, stale, None)
             return await self._answer(send, rule, request, stored, capture)
         future = cache.flights.lead(key)
@@ -207,7 +214,7 @@ class ResponseCacheMiddleware:
                     cache.remember(key, waited, generation)
                     return waited, None
         except GatewayRedisError:
-            pass  # Redis down or slow: the app answers (L1 is off meanwhile)
+            pass  # Redis down or slow: the app answers (and L1 keeps the response)
         cache.tally("miss")
         try:
             return await self._compute(scope, receive, send, rule, key, stale, generation)

@@ -66,10 +66,37 @@ async def test_two_instances_admit_exactly_50_of_200_concurrent_requests(
     assert set(by_instance) == {0, 1}, "both instances admitted some"
     for r in answers:
         assert r.headers["ratelimit-policy"] == '"50-per-3600s";q=50;w=3600'
+        assert r.headers["ratelimit"].startswith('"50-per-3600s";r=')
         if r.status_code == 429:
             assert r.headers["ratelimit"].startswith('"50-per-3600s";r=0;')
             assert int(r.headers["retry-after"]) >= 1
+        else:
+            assert "retry-after" not in r.headers
+    # one script per request on one server: each admitted request saw a count of its own
+    remaining = sorted(
+        int(r.headers["ratelimit"].split(";r=")[1].split(";")[0])
+        for r in answers
+        if r.status_code == 200
+    )
+    assert remaining == list(range(50))
     print(f"two instances, 200 concurrent requests, budget 50: {dict(statuses)}")
+
+
+async def test_a_script_flushed_from_redis_is_sent_again_without_an_error(
+    inprocess_gateway: Any, redis_admin: Any
+) -> None:
+    """What a restart or a failover to a fresh primary does to the limiter's script."""
+    _, http = await inprocess_gateway(GATEWAY_COOKIE_SECURE="0")
+    alice = await login(http, "alice")
+    first = await http.get("/api/limited", headers=alice)
+    assert first.status_code == 200
+    for flushes in range(3):
+        redis_admin.script_flush()
+        r = await http.get("/api/limited", headers=alice)
+        assert r.status_code == 200, r.text
+        assert r.headers["ratelimit"].startswith(f'"5-per-60s";r={3 - flushes};')  # charged once
+    assert (await http.get("/api/limited", headers=alice)).status_code == 200
+    assert (await http.get("/api/limited", headers=alice)).status_code == 429
 
 
 async def test_redis_killed_each_route_fails_as_documented_and_nothing_answers_500(

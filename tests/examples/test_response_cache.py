@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -58,6 +59,27 @@ async def test_cached_item_contract_etag_304_and_invalidation(inprocess_gateway:
     assert after.headers["etag"] != etag
 
 
+async def test_a_token_whose_sub_names_an_api_key_never_gets_that_keys_entry(
+    inprocess_gateway: Any,
+) -> None:
+    """Subjects are unique only within one kind of authentication: a JWT with ``sub`` =
+    ``apikey:ci`` (any issuer the gateway trusts may mint one) and the API key ``ci``
+    (subject ``apikey:ci``, same role) must not share cache entries, in either order."""
+    key = "ci-Hn3kR8wQ1zT6vY9pM2cX5b"
+    app, http = await inprocess_gateway(GATEWAY_API_KEYS=f"ci:{key}:user")
+    api_key, token = {"X-API-Key": key}, bearer(app, "apikey:ci", ("user",))
+    assert (await http.get("/api/me", headers=api_key)).json() == (
+        await http.get("/api/me", headers=token)
+    ).json()  # the two callers look the same to the app
+    for item, (first, second) in enumerate([(api_key, token), (token, api_key)]):
+        one = await http.get(f"/api/cached/k{item}", headers=first)
+        assert (await http.get(f"/api/cached/k{item}", headers=first)).json() == one.json()
+        other = await http.get(f"/api/cached/k{item}", headers=second)
+        assert other.status_code == one.status_code == 200
+        assert other.json()["computed"] > one.json()["computed"], "served the other's entry"
+        assert other.headers["etag"] != one.headers["etag"]
+
+
 async def test_per_user_responses_never_cross_users(inprocess_gateway: Any) -> None:
     app_a, http_a = await inprocess_gateway()
     _app_b, http_b = await inprocess_gateway()
@@ -105,21 +127,46 @@ async def test_invalidation_on_a_is_seen_by_b(inprocess_gateway: Any) -> None:
     print(f"invalidation seen by B after {sorted(figures)} ms (median {sorted(figures)[2]:.1f})")
 
 
+async def computed(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    """The instance's ``computed`` counter, read by computing a fresh item (+1)."""
+    r = await http.get(f"/api/cached/probe-{uuid.uuid4().hex}", headers=headers)
+    assert r.status_code == 200
+    value: int = r.json()["computed"]
+    return value
+
+
+def resyncs(app: Any) -> int:
+    """How often the instance's invalidation bus regained sync. Each time, the response
+    L1 is flushed (invalidations may have been missed), so the next request for a key
+    computes again: on a loaded machine the client can miss a liveness check, lose the bus
+    and resync while the test runs. Everything else (Redis marked down, the bus out of
+    sync) leaves L1 answering."""
+    count: int = app.state.bus.resyncs
+    return count
+
+
 async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instance(
     inprocess_gateway: Any,
 ) -> None:
     app_a, http_a = await inprocess_gateway()
-    _app_b, http_b = await inprocess_gateway()
+    app_b, http_b = await inprocess_gateway()
     bob = bearer(app_a, "bob")
     # warm the token on both instances (an uncached route)
     assert (await http_a.get("/api/me", headers=bob)).status_code == 200
     assert (await http_b.get("/api/me", headers=bob)).status_code == 200
+    synced = resyncs(app_a)
+    before = await computed(http_a, bob)
     bodies_a = await asyncio.gather(
         *(http_a.get("/api/cached/cold", headers=bob) for _ in range(1000))
     )
+    runs_one = await computed(http_a, bob) - before - 1
+    resynced = resyncs(app_a) - synced
     assert {r.status_code for r in bodies_a} == {200}
-    assert len({r.content for r in bodies_a}) == 1  # one computation on A
+    assert 1 <= runs_one <= 1 + resynced  # once on A (and once more per resync of its bus)
+    assert len({r.content for r in bodies_a}) == runs_one
     # both instances at once on another cold key: at most one computation each
+    synced_a, synced_b = resyncs(app_a), resyncs(app_b)
+    before_a, before_b = await computed(http_a, bob), await computed(http_b, bob)
     both = await asyncio.gather(
         *(
             http.get("/api/cached/cold2", headers=bob)
@@ -127,8 +174,19 @@ async def test_cold_key_under_1000_concurrent_requests_computes_once_per_instanc
             for http in (http_a, http_b)
         )
     )
+    runs_a = await computed(http_a, bob) - before_a - 1
+    runs_b = await computed(http_b, bob) - before_b - 1
+    resynced_a, resynced_b = resyncs(app_a) - synced_a, resyncs(app_b) - synced_b
     assert {r.status_code for r in both} == {200}
-    assert len({r.content for r in both}) <= 2
+    assert runs_a <= 1 + resynced_a
+    assert runs_b <= 1 + resynced_b
+    assert runs_a + runs_b >= 1
+    assert len({r.content for r in both}) == runs_a + runs_b
+    print(
+        f"1,000 concurrent requests for a cold key: the endpoint ran {runs_one} time(s) on one "
+        f"instance ({resynced} resyncs); on two instances at once: {runs_a} + {runs_b} "
+        f"({resynced_a} + {resynced_b} resyncs)"
+    )
 
 
 async def test_redis_down_still_answers(
@@ -142,15 +200,20 @@ async def test_redis_down_still_answers(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://t")
         )
         bob, alice = bearer(app, "bob"), bearer(app, "alice", ("admin",))
-        assert (await http.get("/api/cached/1", headers=bob)).status_code == 200
+        known = (await http.get("/api/cached/1", headers=bob)).json()
         fault_server.kill()
-        statuses = []
+        statuses, bodies = [], {}
         for i in range(20):
             r = await http.get(f"/api/cached/{i % 3}", headers=bob)
             statuses.append(r.status_code)
             if r.status_code == 200:
                 assert r.json()["user"] == "bob"
+                bodies.setdefault(i % 3, set()).add(r.content)
         assert set(statuses) == {200}, statuses
+        # served from L1: the entry cached before the outage, and one computation for each
+        # of the others, kept in L1 meanwhile
+        assert {len(seen) for seen in bodies.values()} == {1}
+        assert (await http.get("/api/cached/1", headers=bob)).json() == known
         r = await http.post("/api/cached/1/invalidate", headers=alice)
         assert r.status_code == 503
         fault_server.start()

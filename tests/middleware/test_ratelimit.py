@@ -17,18 +17,22 @@ import redis
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from gateway_redis import RateLimitStore, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import (
+    APIKeySettings,
     Gateway,
     JWTSettings,
+    KeyRecord,
     RateLimitMiddleware,
     RateLimitRule,
     RateLimitSettings,
+    StaticKeys,
     TrustedProxies,
+    rate_limited,
 )
 from middleware.ratelimit.dependency import RateLimit
 from tests.conftest import Telemetry
@@ -335,3 +339,94 @@ async def test_decisions_are_traced_and_counted_without_the_identity(
         assert after[key] == before.get(key, 0) + 1  # type: ignore[operator]
     for span in telemetry.spans.get_finished_spans():
         assert "secret-subject" not in str(dict(span.attributes or {}))
+
+
+async def test_a_token_whose_sub_names_an_api_key_has_a_budget_of_its_own(
+    client: RedisClient, http_for: Any, make_token: Any
+) -> None:
+    secret = "api-key-digest-secret-" + "x" * 16
+    key = "ak_live_ci_4f9b2c7e1d8a6035"
+    keys = StaticKeys(secret, [(key, KeyRecord("ci", "apikey:ci"))])
+    gateway = Gateway(client, jwt=SETTINGS, api_keys=APIKeySettings(lookup=keys, secret=secret))
+    app = Starlette(routes=ROUTES, lifespan=gateway.lifespan)
+    gateway.install(app, rate_limits=[RateLimitRule("/limited", "1/60s", name="one")])
+    http = await http_for(app)
+    token, api_key = auth(make_token, "apikey:ci"), {"X-API-Key": key}
+    assert (await http.get("/limited", headers=api_key)).status_code == 200
+    assert (await http.get("/limited", headers=token)).status_code == 200  # not the key's
+    assert (await http.get("/limited", headers=api_key)).status_code == 429
+    assert (await http.get("/limited", headers=token)).status_code == 429
+
+
+async def test_the_starlette_decorator_limits_one_endpoint_and_keeps_its_outage_policy(
+    fault_server: EmbeddedRedis, make_token: Any, http_for: Any
+) -> None:
+    config = RedisConfig(url=fault_server.url, min_idle_conns=1)
+    async with RedisClient(config) as client:
+        store = RateLimitStore(client)
+        runs: list[str] = []
+
+        @rate_limited("3/h", store=store, name="exports")
+        async def export(request: Request) -> JSONResponse:
+            runs.append("export")
+            return JSONResponse({"ok": True}, headers={"RateLimit": "forged"})
+
+        @rate_limited("3/h", store=store, name="exports")  # the same budget
+        async def export_again(request: Request) -> PlainTextResponse:
+            runs.append("again")
+            return PlainTextResponse("ok")
+
+        @rate_limited("1/h", store=store, name="lenient", on_unavailable="open")
+        async def lenient(request: Request) -> JSONResponse:
+            return JSONResponse({"ok": True})
+
+        gateway = Gateway(client, jwt=SETTINGS)
+        routes = [
+            Route("/exports", export, methods=["POST"]),
+            Route("/exports/again", export_again, methods=["POST"]),
+            Route("/lenient", lenient),
+            Route("/free", ok),
+        ]
+        app = Starlette(routes=routes, lifespan=gateway.lifespan)
+        gateway.install(app)
+        http = await http_for(app)
+        alice = auth(make_token, "alice")
+        answers = [await http.post("/exports", headers=alice) for _ in range(2)]
+        answers += [await http.post("/exports/again", headers=alice) for _ in range(2)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 429]
+        assert runs == ["export", "export", "again"]  # a refused request runs nothing
+        for n, r in enumerate(answers):
+            assert r.headers["ratelimit-policy"] == '"3-per-3600s";q=3;w=3600'
+            assert r.headers.get_list("ratelimit") == [
+                f'"3-per-3600s";r={max(0, 2 - n)};t={1200 * min(n + 1, 3)}'
+            ]
+        assert answers[3].headers["retry-after"] == "1200"
+        assert answers[3].json()["error"] == "rate_limited"
+        assert "ratelimit" not in (await http.get("/free", headers=alice)).headers
+        assert (await http.get("/lenient", headers=alice)).status_code == 200
+        assert (await http.get("/lenient", headers=alice)).status_code == 429
+        fault_server.kill()
+        for _ in range(3):
+            closed = await http.post("/exports", headers=alice)
+            assert closed.status_code == 503
+            assert closed.headers["retry-after"]
+            opened = await http.get("/lenient", headers=alice)
+            assert opened.status_code == 200  # fails open: served, unlimited
+            assert "ratelimit" not in opened.headers
+        assert runs == ["export", "export", "again"]
+
+
+def test_the_decorator_needs_an_async_endpoint_with_a_request(client: RedisClient) -> None:
+    limit = rate_limited("1/s", store=RateLimitStore(client), name="x")
+
+    def sync(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def no_request(conn: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    for endpoint in (sync, no_request):
+        with pytest.raises(TypeError, match="request"):
+            limit(endpoint)
+    with pytest.raises(ValueError, match="name"):
+        rate_limited("1/s", store=RateLimitStore(client), name="no spaces")

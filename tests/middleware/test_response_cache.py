@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
-from starlette.authentication import SimpleUser
+from starlette.authentication import SimpleUser, UnauthenticatedUser
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -35,7 +35,7 @@ from middleware.jwt.claims import TokenClaims
 from middleware.responsecache.flight import Flights
 from middleware.responsecache.middleware import caller_of
 from middleware.responsecache.routes import route_rules
-from middleware.scope import CLAIMS_KEY
+from middleware.scope import API_KEY_KEY, CLAIMS_KEY
 
 
 class Identify:
@@ -112,6 +112,17 @@ async def test_public_entries_are_shared_private_ones_are_per_user(
         assert "cache-control" not in f.headers
 
 
+async def test_the_query_string_is_part_of_the_key(redis_config: RedisConfig) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        one = await http.get("/public/q?page=1")
+        two = await http.get("/public/q?page=2")
+        assert one.text != two.text
+        assert (await http.get("/public/q?page=1")).text == one.text
+        assert (await http.get("/public/q")).text not in (one.text, two.text)
+        assert backend.calls == 3
+
+
 async def test_head_uses_the_get_entry_and_misses_go_to_the_app(redis_config: RedisConfig) -> None:
     backend = Backend()
     async with instance(redis_config, backend) as (http, _):
@@ -179,6 +190,43 @@ async def test_stale_while_revalidate_and_stale_if_error(redis_config: RedisConf
         assert answer.status_code == 200
 
 
+async def test_the_etag_is_the_bodys_on_every_instance_and_after_a_restart(
+    redis_config: RedisConfig, redis_admin: Any
+) -> None:
+    """Strong, from the body alone: two instances computing the same body on their own
+    (Redis flushed in between: a restart) give the same ``ETag``, and each answers 304 to
+    the other's."""
+    calls = 0
+
+    async def constant(request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        return PlainTextResponse("the same body")
+
+    etags = []
+    for _ in range(2):
+        async with RedisClient(redis_config) as client:
+            assert await client.invalidation.wait_synced(5)
+            settings = ResponseCacheSettings([CacheRule("/c", ttl=30, public=True)])
+            app = Starlette(routes=[Route("/c", constant)])
+            app.add_middleware(ResponseCacheMiddleware, cache=ResponseCache(client, settings))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                first = await http.get("/c")
+                etag = first.headers["etag"]
+                assert etag.startswith('"')
+                assert etag == (await http.get("/c")).headers["etag"]
+                for known in etags:
+                    again = await http.get("/c", headers={"if-none-match": known})
+                    assert again.status_code == 304
+                    assert again.content == b""
+                    assert again.headers["etag"] == known
+                etags.append(etag)
+        redis_admin.flushall()
+    assert calls == 2  # computed once per instance, independently
+    assert etags[0] == etags[1]
+
+
 @pytest.mark.parametrize("bad", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("nan")}])
 def test_rules_reject_bad_ttls(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ttl"):
@@ -235,7 +283,7 @@ async def test_a_policy_version_bump_never_serves_an_older_private_entry(
             assert backend.calls == 2
 
 
-def test_the_key_holds_subject_and_token_roles() -> None:
+def test_the_key_holds_the_kind_subject_and_token_roles() -> None:
     claims = TokenClaims.from_json(
         json.dumps(
             {
@@ -249,7 +297,11 @@ def test_the_key_holds_subject_and_token_roles() -> None:
             }
         ).encode()
     )
-    assert caller_of({CLAIMS_KEY: claims}) == ("ann", ("admin",))
+    assert caller_of({CLAIMS_KEY: claims}) == ("jwt", "ann", ("admin",))
+    assert caller_of({CLAIMS_KEY: claims, API_KEY_KEY: "k1"}) == ("apikey", "ann", ("admin",))
+    simple = "user:starlette.authentication.SimpleUser"
+    assert caller_of({"user": SimpleUser("ann")}) == (simple, "ann", ())
+    assert caller_of({"user": UnauthenticatedUser()}) is None
     assert caller_of({}) is None
 
 
@@ -380,17 +432,25 @@ async def test_cache_response_marks_routes_of_starlette_and_fastapi(
         cache_response(ttl=0)
 
 
-async def test_redis_down_the_app_answers_one_computation_per_key_at_a_time(
+async def test_redis_down_l1_and_the_app_answer_and_l1_is_flushed_when_the_bus_is_back(
     fault_server: EmbeddedRedis,
 ) -> None:
     backend = Backend()
     config = RedisConfig(url=fault_server.url, operation_timeout=0.5)
-    async with instance(config, backend) as (http, _):
+    async with instance(config, backend) as (http, cache):
+        before = await http.get("/public/before")  # cached before the outage
         fault_server.kill()
         answers = await asyncio.gather(*(http.get("/public/down") for _ in range(50)))
         assert {r.status_code for r in answers} == {200}
         assert len({r.text for r in answers}) == 1
-        assert backend.calls == 1
-        later = await http.get("/public/down")  # L1 is off: the app answers again
-        assert later.status_code == 200
         assert backend.calls == 2
+        for _ in range(20):  # L1 answers during the outage, never the app again
+            assert (await http.get("/public/down")).text == answers[0].text
+            assert (await http.get("/public/before")).text == before.text
+        assert backend.calls == 2
+        assert not cache.client.invalidation.healthy
+        fault_server.start()  # a fresh server: invalidations may have been missed
+        assert await cache.client.invalidation.wait_synced(10)
+        after = await http.get("/public/before")
+        assert after.text != before.text  # L1 was flushed at the resync
+        assert backend.calls == 3

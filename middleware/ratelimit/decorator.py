@@ -1,0 +1,99 @@
+"""Per-route rate limits for Starlette: :func:`rate_limited`, an endpoint decorator.
+
+::
+
+    store = RateLimitStore(gateway.client)
+
+    @rate_limited("3/h", store=store, name="exports")
+    async def export(request: Request) -> JSONResponse: ...
+
+    app = Starlette(routes=[Route("/exports", export, methods=["POST"])])
+
+The same decision as :class:`~middleware.ratelimit.RateLimitMiddleware` (one script per
+request, per subject or address, the rule's outage policy) for the decorated endpoint
+only, like RBAC's :func:`~middleware.require_permissions`: a refused request gets the 429
+with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit`` without the endpoint running,
+a fail-closed rule answers ``on_error``'s 503 while Redis is down, and an admitted
+request's response carries the two fields (whatever the endpoint returns: a Starlette
+``Response`` or any ASGI app). Routes sharing ``name`` and limits share one budget. Put
+it under the authentication layer (the subject comes from the request's claims).
+FastAPI routes use :class:`~middleware.ratelimit.dependency.RateLimit` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway_redis.ratelimit import Limit, RateLimitStore
+from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
+from middleware.proxies import TrustedProxies
+from middleware.ratelimit.answers import policy_header, rate_limited_response, with_fields
+from middleware.ratelimit.limiter import RateLimiter
+from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
+
+__all__ = ["rate_limited"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rate_limited(
+    *limits: Limit | str,
+    store: RateLimitStore,
+    name: str,
+    identity: Literal["subject", "address"] | IdentityFunction = "subject",
+    cost: int = 1,
+    on_unavailable: Literal["open", "closed"] = "closed",
+    proxies: TrustedProxies | None = None,
+    on_error: ErrorHandler = default_error_response,
+) -> Callable[[F], F]:
+    """Decorate an async Starlette endpoint (with a ``request`` parameter) so that each
+    request is charged under ``limits`` (:class:`Limit` or text such as ``"10/s"``) in
+    the budget ``name``; the other arguments as for
+    :class:`~middleware.ratelimit.RateLimitRule` and
+    :class:`~middleware.ratelimit.RateLimitMiddleware`. See the module docstring. Raises
+    ``ValueError`` for bad arguments and ``TypeError`` for an endpoint without ``request``.
+    """
+    rule = RateLimitRule(
+        "/**", *limits, cost=cost, identity=identity, on_unavailable=on_unavailable, name=name
+    )
+    if not callable(on_error):
+        raise ValueError("on_error must be callable")
+    limiter = RateLimiter(store, proxies)
+    policy = policy_header(rule.limits)
+
+    def decorator(func: F) -> F:
+        params = list(inspect.signature(func).parameters)
+        if "request" not in params or not inspect.iscoroutinefunction(func):
+            raise TypeError(f'{func.__qualname__} must be async with a "request" parameter')
+        index = params.index("request")
+
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = kwargs.get("request", args[index] if index < len(args) else None)
+            if not isinstance(request, Request):
+                raise TypeError("the endpoint was not given a request")
+            scope = request.scope
+            try:
+                decision = await limiter.decide(rule, scope)
+            except ServiceUnavailable as error:
+                return on_error(scope, error)  # Starlette calls what the endpoint returns
+            if decision is None:  # Redis down, the rule fails open: no fields
+                return await func(*args, **kwargs)
+            if not decision.allowed:
+                return rate_limited_response(decision, policy)
+            answer: ASGIApp = await func(*args, **kwargs)
+
+            async def fielded(scope: Scope, receive: Receive, send: Send) -> None:
+                await answer(scope, receive, with_fields(send, policy, decision))
+
+            return fielded
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
