@@ -15,7 +15,8 @@ Channel policy: everyone may subscribe to ``system:broadcast``; a user to their 
 ``system:broadcast`` and to anyone's ``notifications:<user>``; everything else is denied.
 Both keep history (1,000 messages, 5 minutes after the last one): their message frames
 carry ``offset`` and ``epoch``, ``subscribed`` replies ``positions``, and a reconnecting
-client sends ``recover`` to get what it missed (``docs/guides/websocket.md``).
+client sends ``recover`` to get what it missed (``docs/guides/websocket.md``). Both have
+presence (``presence`` / ``presence_stats`` requests) and send ``join`` / ``leave`` frames.
 
 * ``WS /ws``: the :class:`~middleware.websocket.WebSocketBridge` protocol. Browsers send
   their token as ``Sec-WebSocket-Protocol: bearer, <token>`` or rely on the session cookie.
@@ -34,7 +35,8 @@ with one demo account work; the library's default is 32), ``GATEWAY_WS_QUEUE_SIZ
 (default 100), ``GATEWAY_WS_OVERFLOW`` (``drop_oldest`` or ``close``),
 ``GATEWAY_WS_MAX_MESSAGE_BYTES`` (default 65536), ``GATEWAY_WS_RATE`` (frames per second,
 default 30), ``GATEWAY_WS_PING_INTERVAL`` / ``GATEWAY_WS_IDLE_TIMEOUT`` (seconds, default
-30 / 90; ``0`` disables).
+30 / 90; ``0`` disables), ``GATEWAY_WS_PRESENCE_TTL`` (seconds a dead instance's sockets
+stay in presence, default 30).
 """
 
 from __future__ import annotations
@@ -87,12 +89,16 @@ def realtime_policy() -> ChannelPolicy:
                 publish="channels:publish",
                 history_size=HISTORY_SIZE,
                 history_ttl=HISTORY_TTL,
+                presence=True,
+                join_leave=True,
             ),
             ChannelRule(
                 "notifications:{sub}",
                 subscribe=True,
                 history_size=HISTORY_SIZE,
                 history_ttl=HISTORY_TTL,
+                presence=True,
+                join_leave=True,
             ),
             ChannelRule("notifications:{user}", publish="channels:publish"),
         ]
@@ -161,6 +167,7 @@ def _limits(env: Mapping[str, str]) -> WebSocketLimits:
         max_connections_per_user=int(env.get("GATEWAY_WS_MAX_PER_USER") or 2048),
         ping_interval=_number(env, "GATEWAY_WS_PING_INTERVAL", 30.0),
         idle_timeout=_number(env, "GATEWAY_WS_IDLE_TIMEOUT", 90.0),
+        presence_ttl=float(env.get("GATEWAY_WS_PRESENCE_TTL") or 30.0),
     )
 
 

@@ -30,6 +30,11 @@ bridge (or :meth:`WebSocketBridge.publish <middleware.websocket.WebSocketBridge.
 get an epoch and offset, and a subscriber can recover what it missed. The first rule in
 order that matches a channel and has history decides (:meth:`ChannelPolicy.history`).
 
+A rule may turn on ``presence`` (who is subscribed: the ``presence`` and ``presence_stats``
+requests) and, with it, ``join_leave`` (``join``/``leave`` frames to the channel's
+subscribers) for the channels it covers; the first rule in order that covers a channel
+and has presence decides (:meth:`ChannelPolicy.presence`).
+
 Channel names are validated before any rule is looked at (length, character set, reserved
 prefixes), and the bridge never passes them to PSUBSCRIBE: a name is one channel.
 """
@@ -93,8 +98,9 @@ class ChannelRule:
 
     See the module docstring for the pattern language. Raises ``ValueError`` for a bad
     pattern, a grant that is neither ``True``, ``None``/``False`` nor a permission, or a
-    permission that uses a placeholder the pattern does not capture, or a history setting
-    that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together).
+    permission that uses a placeholder the pattern does not capture, a history setting
+    that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together),
+    or ``presence``/``join_leave`` that are not bools (``join_leave`` needs ``presence``).
     """
 
     pattern: str
@@ -102,6 +108,8 @@ class ChannelRule:
     publish: str | bool
     history_size: int | None
     history_ttl: float | None
+    presence: bool
+    join_leave: bool
     _segments: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     _rest: bool = field(repr=False, compare=False)
 
@@ -113,6 +121,8 @@ class ChannelRule:
         publish: Access = None,
         history_size: int | None = None,
         history_ttl: float | None = None,
+        presence: bool = False,
+        join_leave: bool = False,
     ) -> None:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError("a channel rule needs a non-empty pattern")
@@ -142,6 +152,12 @@ class ChannelRule:
         _check_history(history_size, history_ttl, pattern)
         object.__setattr__(self, "history_size", history_size)
         object.__setattr__(self, "history_ttl", None if history_ttl is None else float(history_ttl))
+        if not isinstance(presence, bool) or not isinstance(join_leave, bool):
+            raise ValueError(f"presence and join_leave of {pattern!r} must be bools")
+        if join_leave and not presence:
+            raise ValueError(f"join_leave of {pattern!r} needs presence=True")
+        object.__setattr__(self, "presence", presence)
+        object.__setattr__(self, "join_leave", join_leave)
 
     def match(self, channel: str, subject: str) -> dict[str, str] | None:
         """The captures if ``channel`` matches for ``subject``, else None."""
@@ -261,6 +277,14 @@ class ChannelPolicy:
         covers it and keeps history), or None: the channel has no history."""
         for rule in self._rules:
             if rule.history_size is not None and rule.covers(channel):
+                return rule
+        return None
+
+    def presence(self, channel: str) -> ChannelRule | None:
+        """The rule whose presence settings apply to ``channel`` (the first, in order, that
+        covers it and has presence), or None: the channel has no presence."""
+        for rule in self._rules:
+            if rule.presence and rule.covers(channel):
                 return rule
         return None
 
