@@ -113,7 +113,7 @@ async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.R
         conn.push_control(reply)
     if new and bridge._reauth.generation != generation:
         bridge._reauth.queue(conn)  # permissions changed while these were authorized
-    await bridge._presence.join(conn, new)  # after the reply: presence channels only
+    bridge._presence.join(conn, new)  # queued, after the reply: presence channels only
 
 
 async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
@@ -123,7 +123,7 @@ async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto
         return
     await bridge._fanout.unsubscribe(conn, names)
     conn.push_control(proto.reply_frame("unsubscribed", request.id, channels=list(names)))
-    await bridge._presence.leave(conn, names)
+    bridge._presence.leave(conn, names)  # queued
 
 
 async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
@@ -158,13 +158,12 @@ async def _presence(bridge: WebSocketBridge, conn: Connection, request: proto.Re
     try:
         allowed = await bridge.policy.allows(conn.principal, "subscribe", channel)
         if allowed and bridge._presence.enabled(channel):
-            store = bridge._presence.store
             fields: dict[str, object]
             if request.type == "presence_stats":
-                stats = await store.presence_stats(channel)
+                stats = await bridge._presence.stats(channel)
                 fields = {"connections": stats.connections, "users": stats.users}
             else:
-                members = await store.presence(channel)
+                members = await bridge._presence.members(channel)
                 clients = [{"user": m.user, "conn": m.conn} for m in members]
                 fields = {"clients": clients}
     except (ServiceUnavailable, RedisUnavailable):

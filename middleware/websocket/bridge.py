@@ -54,19 +54,16 @@ invalid channel names), ``forbidden`` (the policy says no; nothing more is said)
 refused: bad, expired or revoked token, or another subject's), ``internal``.
 
 Close codes: :class:`CloseCode`. Token refresh: ``_refresh``; server API: ``server_api``.
-
 Permissions are re-checked while sockets live (after :meth:`PermissionCache.invalidate
 <middleware.PermissionCache.invalidate>`, a policy version bump, a bus resync, or a cookie
 session's data change, on any instance): channels no longer allowed are unsubscribed with
 an unasked ``unsubscribed`` frame (``"reason": "forbidden"``; unknown reasons alike); while
 the permission source is down subscriptions are kept and checked again every second.
 
-A refused handshake is a ``websocket.close`` before ``websocket.accept``, so nothing is
-ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
-clients only). Token revocation, session deletion and "log out everywhere" arrive through
-the :class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on
-every instance at once; token (``exp`` + leeway) and session expiry are checked twice a
-second.
+A refused handshake is a ``websocket.close`` before ``websocket.accept`` (servers answer
+HTTP 403). Token revocation, session deletion and "log out everywhere" arrive through the
+:class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on every
+instance at once; token (``exp`` + leeway) and session expiry are checked twice a second.
 """
 
 from __future__ import annotations
@@ -200,7 +197,7 @@ class WebSocketBridge:
             policy=self.policy,
             conns=lambda: registry.conns,
             of_user=registry.of_user,
-            unsubscribe=self._fanout.unsubscribe,
+            unsubscribe=self._unsubscribe,
         )
         registry.on_session_data = self._session_data_changed
         if permissions is not None:
@@ -220,6 +217,7 @@ class WebSocketBridge:
             limits=limits,
             fanout=self._fanout,
             of_user=registry.of_user,
+            presence=self._presence,
         )
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -330,8 +328,12 @@ class WebSocketBridge:
         self._dropped_closed += conn.dropped
         if accepted:
             self._metrics.ws_connections.add(-1)
-        await self._presence.forget(conn)
+        self._presence.forget(conn)  # queued: written by the presence task
         await self._fanout.release_all(conn)
+
+    async def _unsubscribe(self, conn: Connection, names: list[str]) -> None:
+        await self._fanout.unsubscribe(conn, names)
+        self._presence.leave(conn, names)
 
     def _queued(self) -> int:
         return sum(conn.queued for conn in self._registry.conns)
@@ -373,8 +375,7 @@ class WebSocketBridge:
         for remove in self._removers:
             remove()
         await self._control.aclose()
-        conns = list(self._registry.conns)
-        for conn in conns:
+        for conn in (conns := list(self._registry.conns)):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         if conns:
             waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]

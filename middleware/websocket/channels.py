@@ -32,8 +32,9 @@ order that matches a channel and has history decides (:meth:`ChannelPolicy.histo
 
 A rule may turn on ``presence`` (who is subscribed: the ``presence`` and ``presence_stats``
 requests) and, with it, ``join_leave`` (``join``/``leave`` frames to the channel's
-subscribers) for the channels it covers; the first rule in order that covers a channel
-and has presence decides (:meth:`ChannelPolicy.presence`).
+subscribers while it has at most ``join_leave_limit`` connections, default 100: above
+that they are not sent, which bounds their cost) for the channels it covers; the first
+rule in order that covers a channel and has presence decides (:meth:`ChannelPolicy.presence`).
 
 Channel names are validated before any rule is looked at (length, character set, reserved
 prefixes), and the bridge never passes them to PSUBSCRIBE: a name is one channel.
@@ -100,7 +101,8 @@ class ChannelRule:
     pattern, a grant that is neither ``True``, ``None``/``False`` nor a permission, or a
     permission that uses a placeholder the pattern does not capture, a history setting
     that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together),
-    or ``presence``/``join_leave`` that are not bools (``join_leave`` needs ``presence``).
+    ``presence``/``join_leave`` that are not bools (``join_leave`` needs ``presence``), or
+    a ``join_leave_limit`` that is not an int from 1 to 1,000.
     """
 
     pattern: str
@@ -110,6 +112,7 @@ class ChannelRule:
     history_ttl: float | None
     presence: bool
     join_leave: bool
+    join_leave_limit: int
     _segments: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     _rest: bool = field(repr=False, compare=False)
 
@@ -123,6 +126,7 @@ class ChannelRule:
         history_ttl: float | None = None,
         presence: bool = False,
         join_leave: bool = False,
+        join_leave_limit: int = 100,
     ) -> None:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError("a channel rule needs a non-empty pattern")
@@ -158,6 +162,10 @@ class ChannelRule:
             raise ValueError(f"join_leave of {pattern!r} needs presence=True")
         object.__setattr__(self, "presence", presence)
         object.__setattr__(self, "join_leave", join_leave)
+        limit = join_leave_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"join_leave_limit of {pattern!r} must be an int from 1 to 1000")
+        object.__setattr__(self, "join_leave_limit", limit)
 
     def match(self, channel: str, subject: str) -> dict[str, str] | None:
         """The captures if ``channel`` matches for ``subject``, else None."""
