@@ -76,6 +76,7 @@ _PARALLEL: Final = 4  # script calls in flight (pooled connections used by prese
 _LINGER: Final = 0.01  # seconds a wake-up waits for more writes to batch
 _RETRY: Final = 1.0  # seconds after a failed batch
 _FINAL_FLUSH: Final = 1.0  # seconds aclose gives the last leaves
+_READ_WAIT: Final = 1.0  # seconds a presence request waits for queued writes of its channel
 
 
 class Presences:
@@ -104,6 +105,8 @@ class Presences:
         self._expired: dict[str, list[PresenceMember]] = {}  # found by a call, not yet sent
         self._events: list[dict[str, str]] = []  # join/leave frames to publish
         self._wake = asyncio.Event()
+        self._writing: set[str] = set()  # channels of the batch being written
+        self._written = asyncio.Event()  # set (and replaced) when a batch is written
         self._sub: Subscription | None = None
         self._active = any(rule.presence for rule in policy.rules)
         metrics = websocket_instruments()
@@ -149,13 +152,16 @@ class Presences:
     # -- the presence requests --------------------------------------------------------------
 
     async def members(self, channel: str) -> list[PresenceMember]:
-        """The channel's members (at most 1,000). Raises :class:`RedisUnavailable`."""
+        """The channel's members (at most 1,000), after this instance's queued writes of
+        the channel (waited for at most ``_READ_WAIT``). Raises :class:`RedisUnavailable`."""
+        await self._settled(channel)
         found = await self.store.presence(channel)
         self._settle(channel, PresenceChange(connections=len(found)))
         return found
 
     async def stats(self, channel: str) -> PresenceStats:
-        """The channel's counts. Raises :class:`RedisUnavailable`."""
+        """The channel's counts, like :meth:`members`. Raises :class:`RedisUnavailable`."""
+        await self._settled(channel)
         found = await self.store.presence_stats(channel)
         self._settle(channel, PresenceChange(connections=found.connections))
         return found
@@ -227,7 +233,24 @@ class Presences:
 
     async def _flush(self) -> None:
         pending, self._pending, self._queued = self._pending, {}, 0
-        await self._write_all(list(pending.items()))
+        self._writing = set(pending)
+        try:
+            await self._write_all(list(pending.items()))
+        finally:
+            self._writing = set()
+            written, self._written = self._written, asyncio.Event()
+            written.set()
+
+    async def _settled(self, channel: str) -> None:
+        # A read waits (at most _READ_WAIT) for this instance's queued writes of the
+        # channel: a socket sees its own join right after its "subscribed".
+        deadline = time.monotonic() + _READ_WAIT
+        while self._active and (channel in self._pending or channel in self._writing):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._written.wait(), left)
 
     async def _write_all(self, items: list[tuple[str, dict[str, PresenceMember | None]]]) -> None:
         # _PARALLEL channels at a time; on a failure the rest is dropped (and counted).
@@ -252,7 +275,12 @@ class Presences:
                 change = await self.store.join(channel, joins[start : start + _CHUNK])
                 self._settle(channel, change)
         except ValueError as exc:  # a name the library refuses: that channel has none
-            _log.debug("presence of %r not written: %s", channel, exc)
+            _log.debug(
+                "presence of %r not written: %s",
+                channel,
+                exc,
+                extra=log_fields("websocket", "presence_write_refused", "bad_name"),
+            )
 
     async def _beat(self) -> None:
         # Reconcile with the sockets' subscriptions (no await until _members is right),

@@ -22,6 +22,7 @@ A subscribe that names a channel with history (its rule has ``history_size``) go
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +52,8 @@ class Histories:
         self._client = client
         self._policy = policy
         self._made: dict[tuple[int, float], ChannelHistory] = {}
+        self._reads: dict[str, asyncio.Future[Position]] = {}  # channel -> read not yet sent
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def of(self, channel: str) -> ChannelHistory | None:
         """The history of ``channel``, or None when its rules keep none."""
@@ -63,6 +66,32 @@ class Histories:
             history = ChannelHistory(self._client, size=key[0], ttl=key[1])
             self._made[key] = history
         return history
+
+    async def position(self, history: ChannelHistory, channel: str) -> Position:
+        """``history.position(channel)``, one read for every caller that asks before it
+        is sent (1,000 sockets subscribing at once are a few reads, not 1,000 pooled
+        commands). Each caller asked after its own subscription took effect and the read
+        is sent after every caller sharing it asked, so the position is never from before
+        a caller's subscription. Raises what the library's read raises."""
+        future = self._reads.get(channel)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._reads[channel] = loop.create_future()
+            future.add_done_callback(_retrieve)
+            task = loop.create_task(self._read(history, channel, future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(future)
+
+    async def _read(
+        self, history: ChannelHistory, channel: str, future: asyncio.Future[Position]
+    ) -> None:
+        if self._reads.get(channel) is future:
+            del self._reads[channel]  # from now on callers wait for the next read
+        try:
+            future.set_result(await history.position(channel))
+        except Exception as exc:  # the callers' error
+            future.set_exception(exc)
 
     async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
         """Publish ``data`` on ``channel``, with history when its rule keeps some:
@@ -106,7 +135,7 @@ async def catch_up(
             continue
         since = recover.get(name)
         if since is None:
-            job.position = job.reported = await history.position(name)
+            job.position = job.reported = await histories.position(history, name)
             continue
         limit = min(history.size, _MAX_RECOVER)
         page = await history.read(name, since=since, limit=limit)
@@ -162,6 +191,12 @@ def deliver(fanout: Fanout, conn: Connection, job: Catchup) -> None:
     # Messages up to the position may still be on their way from Redis (history was read
     # on another connection): they are skipped when they come.
     fanout.release(conn, job.name, position)
+
+
+def _retrieve(future: asyncio.Future[Position]) -> None:
+    # Every caller may have gone (cancelled): the error is theirs, not the loop's to log.
+    if not future.cancelled():
+        future.exception()
 
 
 def positions_of(jobs: Iterable[Catchup]) -> dict[str, dict[str, Any]]:
