@@ -36,7 +36,8 @@ with one demo account work; the library's default is 32), ``GATEWAY_WS_QUEUE_SIZ
 ``GATEWAY_WS_MAX_MESSAGE_BYTES`` (default 65536), ``GATEWAY_WS_RATE`` (frames per second,
 default 30), ``GATEWAY_WS_PING_INTERVAL`` / ``GATEWAY_WS_IDLE_TIMEOUT`` (seconds, default
 30 / 90; ``0`` disables), ``GATEWAY_WS_PRESENCE_TTL`` (seconds a dead instance's sockets
-stay in presence, default 30).
+stay in presence, default 30), ``GATEWAY_WS_JOIN_LEAVE_LIMIT`` (connections up to which a
+channel sends join/leave frames, default 100).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ HISTORY_TTL = 300.0
 """Seconds a channel's history is kept after its last message."""
 
 
-def realtime_policy() -> ChannelPolicy:
+def realtime_policy(join_leave_limit: int = 100) -> ChannelPolicy:
     """The example's channel policy (see the module docstring)."""
     return ChannelPolicy(
         [
@@ -91,6 +92,7 @@ def realtime_policy() -> ChannelPolicy:
                 history_ttl=HISTORY_TTL,
                 presence=True,
                 join_leave=True,
+                join_leave_limit=join_leave_limit,
             ),
             ChannelRule(
                 "notifications:{sub}",
@@ -99,6 +101,7 @@ def realtime_policy() -> ChannelPolicy:
                 history_ttl=HISTORY_TTL,
                 presence=True,
                 join_leave=True,
+                join_leave_limit=join_leave_limit,
             ),
             ChannelRule("notifications:{user}", publish="channels:publish"),
         ]
@@ -112,7 +115,7 @@ def realtime_settings(
     sessions get the permissions of the ``roles`` stored in them at login."""
     origins = [o.strip() for o in env.get("GATEWAY_WS_ORIGINS", "").split(",") if o.strip()]
     return WebSocketSettings(
-        policy=realtime_policy(),
+        policy=realtime_policy(int(env.get("GATEWAY_WS_JOIN_LEAVE_LIMIT") or 100)),
         limits=_limits(env),
         allowed_origins=tuple(origins),
         session_permissions=_session_permissions(roles),

@@ -142,6 +142,33 @@ def test_presence_rules_and_limits_are_validated() -> None:
         ChannelRule("a", presence=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="presence_ttl"):
         WebSocketLimits(presence_ttl=0.5)
+    assert rule.join_leave_limit == 100
+    for bad in (0, 1001, True, 2.0):
+        with pytest.raises(ValueError, match="join_leave_limit"):
+            ChannelRule("a", presence=True, join_leave=True, join_leave_limit=bad)  # type: ignore[arg-type]
+
+
+async def test_join_leave_frames_stop_above_the_channels_limit(redis_server: Any) -> None:
+    # join_leave_limit 2: the third socket's join is not sent (the channel would have 3
+    # connections); its leave is (back to 2). Frames of one instance keep their order, so
+    # a join sent for it would have come before its leave.
+    with gateway_process(redis_server.url, GATEWAY_WS_JOIN_LEAVE_LIMIT="2") as (gw, _):
+        watcher, other, third = [await gw.connect(mint(u)) for u in ("watcher", "other", "third")]
+        try:
+            await subscribe(watcher, "system:broadcast")
+            await subscribe(other, "system:broadcast")
+            joins = await events(watcher, "join", 2)
+            assert sorted(f["user"] for f in joins) == ["other", "watcher"]
+            await subscribe(third, "system:broadcast")
+            assert await stats(watcher, "system:broadcast") == (3, 3)  # present all the same
+            await third.close()
+            (leave,) = await events(watcher, "leave", 1)
+            assert leave["user"] == "third"
+            assert [f for f in _SEEN[watcher] if f["type"] == "join"] == []
+            assert await stats(watcher, "system:broadcast") == (2, 2)
+        finally:
+            for ws in (watcher, other, third):
+                await ws.close()
 
 
 async def test_unsubscribe_leaves_with_a_leave_frame(redis_server: Any) -> None:
