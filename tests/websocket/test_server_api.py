@@ -125,9 +125,7 @@ async def test_subscribe_on_a_subscribes_the_users_sockets_on_b_without_asking_t
         # ...but the server may subscribe him.
         await a.app.state.bridge.sockets.subscribe("bob", "notifications:alice")
         for ws in bobs:
-            assert await told(ws) == [
-                {"type": "subscribed", "channels": ["notifications:alice"]}
-            ]
+            assert await told(ws) == [{"type": "subscribed", "channels": ["notifications:alice"]}]
         await a.app.state.redis.publish("notifications:alice", {"for": "alice"})
         for ws in bobs:
             assert await next_message(ws) == {
