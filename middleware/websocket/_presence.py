@@ -185,8 +185,9 @@ class Presences:
                 await self._listen()  # before any publish: this instance's frames come back
                 await self._flush()
                 if time.monotonic() >= beat_at:
-                    beat_at = time.monotonic() + self.store.ttl / 3
+                    started = time.monotonic()
                     await self._beat()
+                    beat_at = started + self.store.ttl / 3  # a failed beat is retried
                 await self._publish()
             except Exception as exc:  # the task lives on; the heartbeat repairs
                 _log.log(
@@ -300,14 +301,18 @@ class Presences:
         for conn in [c for c in self._ids if c not in live]:  # closed, never forgotten
             self.forget(conn)
         await self._flush()
-        items = []
-        for channel, conns in self._members.items():
-            ops: dict[str, PresenceMember | None] = {}
-            for member in map(self._member, conns):
-                if member is not None:
-                    ops[member.conn] = member
-            items.append((channel, ops))
-        await self._write_all(items)
+        channels = list(self._members)
+        for start in range(0, len(channels), _PARALLEL):
+            if self._pending:
+                await self._flush()  # a socket closing during a long heartbeat leaves now
+            items = []
+            for channel in channels[start : start + _PARALLEL]:
+                # members as they are now: one that left meanwhile is not rejoined
+                found = map(self._member, self._members.get(channel, ()))
+                ops: dict[str, PresenceMember | None] = {m.conn: m for m in found if m}
+                if ops:
+                    items.append((channel, ops))
+            await self._write_all(items)
 
     def _on_expired(self, channel: str, members: tuple[PresenceMember, ...]) -> None:
         self._expired.setdefault(channel, []).extend(members)
