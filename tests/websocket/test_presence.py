@@ -2,7 +2,9 @@
 one Redis, sockets on both; ``presence`` / ``presence_stats`` requests, ``join`` /
 ``leave`` frames, a closed socket leaving within 5 s, and one instance killed (SIGKILL:
 no leave is ever sent) whose sockets are gone within one presence TTL; presence of a
-channel the socket may not subscribe to is refused."""
+channel the socket may not subscribe to is refused; join/leave frames stop above a
+channel's ``join_leave_limit``; with the write queue full (an in-process bridge), joins
+are made by the heartbeat and leaves by the TTL."""
 
 from __future__ import annotations
 
@@ -14,10 +16,24 @@ import time
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
+from gateway_redis import RedisClient
+from middleware import Gateway as ComposedGateway
+from middleware import JWTSettings, WebSocketSettings
 from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketLimits
-from tests.websocket.wsutil import frames, gateway_process, mint, subscribe
+from middleware.websocket import _presence as presence_module
+from tests.websocket.wsutil import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    frames,
+    gateway_process,
+    mint,
+    serve_app,
+    subscribe,
+)
 
 TTL = 3.0  # GATEWAY_WS_PRESENCE_TTL of both instances
 
@@ -188,3 +204,35 @@ async def test_unsubscribe_leaves_with_a_leave_frame(redis_server: Any) -> None:
         finally:
             await watcher.close()
             await leaver.close()
+
+
+async def test_with_the_queue_full_the_heartbeat_joins_and_the_ttl_removes(
+    client: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queue of 0 entries: every join and leave a request queues is dropped (and
+    # counted); subscribes are answered all the same, the heartbeat (every ttl / 3)
+    # joins the sockets and the TTL removes the closed ones.
+    monkeypatch.setattr(presence_module, "_MAX_PENDING", 0)
+    policy = ChannelPolicy([ChannelRule("rooms:*", subscribe=True, presence=True)])
+    jwt = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+    websocket = WebSocketSettings(policy=policy, limits=WebSocketLimits(presence_ttl=1))
+    composed = ComposedGateway(client, jwt=jwt, websocket=websocket)
+    app = Starlette(lifespan=composed.lifespan)
+    composed.install(app)
+    async with serve_app(app) as gateway:
+        sockets = await asyncio.gather(*(gateway.connect(mint(f"u{i}")) for i in range(6)))
+        try:
+            await asyncio.gather(*(subscribe(ws, "rooms:a") for ws in sockets))
+            deadline = time.monotonic() + 5
+            while await stats(sockets[0], "rooms:a") != (6, 6):
+                assert time.monotonic() < deadline, "the heartbeat never joined them"
+                await asyncio.sleep(0.1)
+            for ws in sockets[3:]:
+                await ws.close()
+            deadline = time.monotonic() + 5
+            while await stats(sockets[0], "rooms:a") != (3, 3):
+                assert time.monotonic() < deadline, "the TTL never removed them"
+                await asyncio.sleep(0.1)
+        finally:
+            for ws in sockets:
+                await ws.close()
