@@ -15,7 +15,8 @@ Channel policy: everyone may subscribe to ``system:broadcast``; a user to their 
 ``system:broadcast`` and to anyone's ``notifications:<user>``; everything else is denied.
 Both keep history (1,000 messages, 5 minutes after the last one): their message frames
 carry ``offset`` and ``epoch``, ``subscribed`` replies ``positions``, and a reconnecting
-client sends ``recover`` to get what it missed (``docs/guides/websocket.md``).
+client sends ``recover`` to get what it missed (``docs/guides/websocket.md``). Both have
+presence (``presence`` / ``presence_stats`` requests) and send ``join`` / ``leave`` frames.
 
 * ``WS /ws``: the :class:`~middleware.websocket.WebSocketBridge` protocol. Browsers send
   their token as ``Sec-WebSocket-Protocol: bearer, <token>`` or rely on the session cookie.
@@ -34,7 +35,9 @@ with one demo account work; the library's default is 32), ``GATEWAY_WS_QUEUE_SIZ
 (default 100), ``GATEWAY_WS_OVERFLOW`` (``drop_oldest`` or ``close``),
 ``GATEWAY_WS_MAX_MESSAGE_BYTES`` (default 65536), ``GATEWAY_WS_RATE`` (frames per second,
 default 30), ``GATEWAY_WS_PING_INTERVAL`` / ``GATEWAY_WS_IDLE_TIMEOUT`` (seconds, default
-30 / 90; ``0`` disables).
+30 / 90; ``0`` disables), ``GATEWAY_WS_PRESENCE_TTL`` (seconds a dead instance's sockets
+stay in presence, default 30), ``GATEWAY_WS_JOIN_LEAVE_LIMIT`` (connections up to which a
+channel sends join/leave frames, default 100).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ HISTORY_TTL = 300.0
 """Seconds a channel's history is kept after its last message."""
 
 
-def realtime_policy() -> ChannelPolicy:
+def realtime_policy(join_leave_limit: int = 100) -> ChannelPolicy:
     """The example's channel policy (see the module docstring)."""
     return ChannelPolicy(
         [
@@ -87,12 +90,18 @@ def realtime_policy() -> ChannelPolicy:
                 publish="channels:publish",
                 history_size=HISTORY_SIZE,
                 history_ttl=HISTORY_TTL,
+                presence=True,
+                join_leave=True,
+                join_leave_limit=join_leave_limit,
             ),
             ChannelRule(
                 "notifications:{sub}",
                 subscribe=True,
                 history_size=HISTORY_SIZE,
                 history_ttl=HISTORY_TTL,
+                presence=True,
+                join_leave=True,
+                join_leave_limit=join_leave_limit,
             ),
             ChannelRule("notifications:{user}", publish="channels:publish"),
         ]
@@ -106,7 +115,7 @@ def realtime_settings(
     sessions get the permissions of the ``roles`` stored in them at login."""
     origins = [o.strip() for o in env.get("GATEWAY_WS_ORIGINS", "").split(",") if o.strip()]
     return WebSocketSettings(
-        policy=realtime_policy(),
+        policy=realtime_policy(int(env.get("GATEWAY_WS_JOIN_LEAVE_LIMIT") or 100)),
         limits=_limits(env),
         allowed_origins=tuple(origins),
         session_permissions=_session_permissions(roles),
@@ -161,6 +170,7 @@ def _limits(env: Mapping[str, str]) -> WebSocketLimits:
         max_connections_per_user=int(env.get("GATEWAY_WS_MAX_PER_USER") or 2048),
         ping_interval=_number(env, "GATEWAY_WS_PING_INTERVAL", 30.0),
         idle_timeout=_number(env, "GATEWAY_WS_IDLE_TIMEOUT", 90.0),
+        presence_ttl=float(env.get("GATEWAY_WS_PRESENCE_TTL") or 30.0),
     )
 
 

@@ -42,9 +42,12 @@ T = TypeVar("T")
 
 
 class WebSocketInstruments:
-    """``gateway.ws.connections`` (up-down counter), ``gateway.ws.dropped`` (counter) and
-    ``gateway.ws.queued`` (observed from every registered source). Made once per process:
-    get them with :func:`websocket_instruments`."""
+    """``gateway.ws.connections`` (up-down counter), ``gateway.ws.dropped`` (counter),
+    ``gateway.ws.queued`` (observed from every registered source), and presence's
+    ``gateway.ws.presence.dropped`` (joins/leaves not written: queue full or Redis down;
+    repaired by the heartbeat or the TTL) and ``gateway.ws.presence.suppressed`` (join/leave
+    events not sent: the channel was over its ``join_leave_limit``) counters. Made once
+    per process: get them with :func:`websocket_instruments`."""
 
     def __init__(self) -> None:
         self.ws_connections = meter.create_up_down_counter(
@@ -56,6 +59,16 @@ class WebSocketInstruments:
             "gateway.ws.dropped",
             unit="{message}",
             description="Messages dropped from WebSocket queues on overflow",
+        )
+        self.ws_presence_dropped = meter.create_counter(
+            "gateway.ws.presence.dropped",
+            unit="{write}",
+            description="Presence joins and leaves not written (queue full or Redis down)",
+        )
+        self.ws_presence_suppressed = meter.create_counter(
+            "gateway.ws.presence.suppressed",
+            unit="{event}",
+            description="Join/leave events not sent: the channel was over its join_leave_limit",
         )
         self._queued: list[tuple[weakref.ref[Any], Callable[[Any], float | None]]] = []
         meter.create_observable_up_down_counter(

@@ -120,6 +120,10 @@
       case "error":
         log("error", `${frame.code}: ${frame.message}`);
         break;
+      case "join":
+      case "leave": // presence: who came and went (up to the channel's join_leave_limit)
+        log("info", `${frame.user} ${frame.type === "join" ? "joined" : "left"}`, frame.channel);
+        break;
       default:
         log("info", JSON.stringify(frame));
     }

@@ -53,7 +53,7 @@ JOIN: Final = (
     _COMMON
     + """
 -- ARGV: ttl_ms, then (conn, user, record) triples. Adds or refreshes each connection.
--- Returns {joined: flat {conn, user}..., pruned: flat {conn, user}...}.
+-- Returns {joined: flat {conn, user}..., pruned: flat {conn, user}..., connections}.
 local ttl = tonumber(ARGV[1])
 local joined = {}
 for i = 2, #ARGV, 3 do
@@ -74,17 +74,18 @@ end
 redis.call('PEXPIRE', z, ttl)
 redis.call('PEXPIRE', h, ttl)
 redis.call('PEXPIRE', u, ttl)
-return {joined, gone}
+return {joined, gone, redis.call('ZCARD', z)}
 """
 )
 
 LEAVE: Final = (
     _COMMON
     + """
--- ARGV: conns. Returns {left: flat {conn, user}..., pruned: flat {conn, user}...}.
+-- ARGV: conns. Returns {left: flat {conn, user}..., pruned: flat {conn, user}...,
+-- connections}.
 local left = {}
 for i = 1, #ARGV do drop(ARGV[i], left) end
-return {left, gone}
+return {left, gone, redis.call('ZCARD', z)}
 """
 )
 

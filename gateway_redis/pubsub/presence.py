@@ -72,10 +72,12 @@ class PresenceStats:
 @dataclasses.dataclass(frozen=True, slots=True)
 class PresenceChange:
     """What a write changed: members that ``joined`` and that ``left`` (by this call;
-    expired ones go to ``on_expired``). ``info`` is not carried (None)."""
+    expired ones go to ``on_expired``). ``info`` is not carried (None). ``connections``
+    is the channel's connection count right after the write (None: nothing was written)."""
 
     joined: tuple[PresenceMember, ...] = ()
     left: tuple[PresenceMember, ...] = ()
+    connections: int | None = None
 
 
 class ChannelPresence:
@@ -126,7 +128,7 @@ class ChannelPresence:
             "presence_join", self._scripts.call(JOIN, self._keys(name), args), retry=True
         )
         self._expired(name, reply[1])
-        return PresenceChange(_pairs(reply[0]))
+        return PresenceChange(_pairs(reply[0]), (), int(reply[2]))
 
     async def leave(self, channel: str, conns: Iterable[str]) -> PresenceChange:
         """Remove the connections ``conns`` from ``channel`` (absent ones are ignored).
@@ -139,7 +141,7 @@ class ChannelPresence:
             "presence_leave", self._scripts.call(LEAVE, self._keys(name), args), retry=True
         )
         self._expired(name, reply[1])
-        return PresenceChange((), _pairs(reply[0]))
+        return PresenceChange((), _pairs(reply[0]), int(reply[2]))
 
     async def presence(self, channel: str, *, limit: int = 1000) -> list[PresenceMember]:
         """The members of ``channel``, at most ``limit`` (1 to 10,000), soonest expiring

@@ -5,7 +5,8 @@
 :mod:`~middleware.websocket.channels` (:class:`ChannelPolicy`, :class:`ChannelRule`,
 principals); private: ``_auth`` (handshake checks), ``_connection`` (one socket's outbox,
 writer and reader), ``_fanout`` (one hub subscription per channel), ``_protocol`` (the JSON
-frames), ``_reauthorize`` (live subscriptions re-checked when permissions change),
+frames), ``_presence`` (channel presence: joins, leaves, heartbeats, join/leave frames),
+``_reauthorize`` (live subscriptions re-checked when permissions change),
 ``_refresh`` (live token refresh), ``_registry`` (open sockets and what ends them) and
 ``_requests`` (what each client frame does); :mod:`~middleware.websocket.server_api`
 (:class:`SocketControl`: disconnect, unsubscribe and subscribe a user's sockets on every

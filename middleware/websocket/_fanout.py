@@ -133,6 +133,13 @@ class Fanout:
         for entry in twice:
             await self._release(entry)  # others hold it: returns without suspending
 
+    def sockets(self, name: str) -> list[Connection]:
+        """The sockets of channel ``name`` that are caught up (not still recovering)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return []
+        return [*entry.sockets, *(c for c, h in entry.held.items() if h.floor is not None)]
+
     def held(self, conn: Connection, name: str) -> Held | None:
         """What is held for ``conn`` on channel ``name`` (None: not held, or unsubscribed)."""
         entry = conn.channels.get(name)

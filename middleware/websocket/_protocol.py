@@ -34,7 +34,9 @@ __all__ = [
 RequestId = int | str | None
 _MAX_ID_LENGTH: Final = 64
 _MAX_SAFE_INT: Final = 2**53
-_TYPES: Final = frozenset({"subscribe", "unsubscribe", "publish", "ping", "pong", "refresh"})
+_TYPES: Final = frozenset(
+    {"subscribe", "unsubscribe", "publish", "ping", "pong", "refresh", "presence", "presence_stats"}
+)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 PING_FRAME: Final = '{"type":"ping"}'
 REFRESH_REQUIRED_FRAME: Final = '{"type":"refresh_required"}'
@@ -88,8 +90,9 @@ class BadRequest(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     """One well-formed client frame. ``channels`` for (un)subscribe, ``channel`` and
-    ``data`` for publish, ``data`` (the token, a non-empty string) for refresh; ``recover``
-    (subscribe) maps channels to the ``(epoch, offset)`` the client last saw."""
+    ``data`` for publish (``channel`` alone for presence and presence_stats), ``data``
+    (the token, a non-empty string) for refresh; ``recover`` (subscribe) maps channels to
+    the ``(epoch, offset)`` the client last saw."""
 
     type: str
     id: RequestId
@@ -140,6 +143,11 @@ def parse(text: str, max_channels: int) -> Request:
         if bad:
             raise BadRequest("'data' must be valid JSON (no NaN or Infinity).", request_id)
         return Request(kind, request_id, channel=channel, data=data)
+    if kind in ("presence", "presence_stats"):
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            raise BadRequest("'channel' must be a string.", request_id)
+        return Request(kind, request_id, channel=channel)
     if kind == "refresh":
         token = frame.get("token")
         if not isinstance(token, str) or not token:

@@ -46,6 +46,8 @@ async def handle_request(bridge: WebSocketBridge, conn: Connection, text: str) -
         await _publish(bridge, conn, request)
     elif kind == "refresh":
         await bridge._refresher.refresh(conn, request)
+    elif kind in ("presence", "presence_stats"):
+        await _presence(bridge, conn, request)
     # "pong" answers a server ping: receiving it was the point.
 
 
@@ -111,6 +113,7 @@ async def _subscribe(bridge: WebSocketBridge, conn: Connection, request: proto.R
         conn.push_control(reply)
     if new and bridge._reauth.generation != generation:
         bridge._reauth.queue(conn)  # permissions changed while these were authorized
+    bridge._presence.join(conn, new)  # queued, after the reply: presence channels only
 
 
 async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
@@ -120,6 +123,7 @@ async def _unsubscribe(bridge: WebSocketBridge, conn: Connection, request: proto
         return
     await bridge._fanout.unsubscribe(conn, names)
     conn.push_control(proto.reply_frame("unsubscribed", request.id, channels=list(names)))
+    bridge._presence.leave(conn, names)  # queued
 
 
 async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
@@ -143,3 +147,31 @@ async def _publish(bridge: WebSocketBridge, conn: Connection, request: proto.Req
         return
     fields = {} if position is None else {"epoch": position.epoch, "offset": position.offset}
     conn.push_control(proto.reply_frame("published", request.id, **fields))
+
+
+async def _presence(bridge: WebSocketBridge, conn: Connection, request: proto.Request) -> None:
+    # Who may subscribe to a channel may see its presence; nobody else learns anything.
+    channel = request.channel
+    if not bridge.policy.valid_name(channel):
+        _error(conn, "bad_request", _BAD_NAME, request)
+        return
+    try:
+        allowed = await bridge.policy.allows(conn.principal, "subscribe", channel)
+        if allowed and bridge._presence.enabled(channel):
+            fields: dict[str, object]
+            if request.type == "presence_stats":
+                stats = await bridge._presence.stats(channel)
+                fields = {"connections": stats.connections, "users": stats.users}
+            else:
+                members = await bridge._presence.members(channel)
+                clients = [{"user": m.user, "conn": m.conn} for m in members]
+                fields = {"clients": clients}
+    except (ServiceUnavailable, RedisUnavailable):
+        _error(conn, "unavailable", _UNAVAILABLE, request)
+        return
+    if not allowed:
+        _error(conn, "forbidden", _FORBIDDEN, request)
+    elif not bridge._presence.enabled(channel):
+        _error(conn, "bad_request", "This channel has no presence.", request)
+    else:
+        conn.push_control(proto.reply_frame(request.type, request.id, channel=channel, **fields))

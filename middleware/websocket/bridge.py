@@ -20,6 +20,7 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "publish", "channel": "a", "data": {...}, "id": 3}
             {"type": "ping", "id": 4}          {"type": "pong"} (answers a server ping)
             {"type": "refresh", "token": "<jwt>", "id": 5}   token sockets only
+            {"type": "presence" | "presence_stats", "channel": "a", "id": 6}   may subscribe
     server: {"type": "subscribed", "channels": [...], "id": 1}
             {"type": "unsubscribed", "channels": [...], "id": 2}
             {"type": "unsubscribed", "channels": [...], "reason": "forbidden"}
@@ -29,6 +30,9 @@ Protocol (JSON text frames; every reply and error echoes the client's ``id``)::
             {"type": "refresh_required"}       10 s before exp: send a "refresh"
             {"type": "refreshed", "id": 5}
             {"type": "published", "id": 3}     {"type": "pong", "id": 4}
+            {"type": "presence", "channel": "a", "clients": [{"user", "conn"}, ...], "id": 6}
+            {"type": "presence_stats", "channel": "a", "connections": n, "users": n, "id": 6}
+            {"type": "join" | "leave", "channel": "a", "user": "<sub>", "conn": "<id>"}
             {"type": "message", "channel": "a", "data": ...}
             {"type": "resync", "channels": [...]}   messages may have been missed
             {"type": "batch", "messages": [<frame>, ...]}   several frames at once
@@ -41,7 +45,7 @@ carry ``"offset": <int>`` and ``"epoch": "<text>"``, ``published`` replies the m
 ``epoch`` and ``offset``, ``subscribed`` replies ``"positions": {channel: {"epoch",
 "offset"}}``. ``subscribe`` may carry ``"recover": {channel: {"epoch": ..., "offset":
 ...}}``; the reply then says ``"recovered": {channel: true | false}`` and, on true, the
-missed messages follow it in order, each once, before any newer one.
+missed messages follow it in order, each once, before any newer one. Presence: ``_presence``.
 
 Error codes: ``bad_request`` (bad JSON, unknown type, wrong field types, binary frames,
 invalid channel names), ``forbidden`` (the policy says no; nothing more is said),
@@ -49,24 +53,17 @@ invalid channel names), ``forbidden`` (the policy says no; nothing more is said)
 (Redis or the permission source is down: retry later), ``invalid_token`` (a ``refresh``
 refused: bad, expired or revoked token, or another subject's), ``internal``.
 
-Token refresh is described in ``_refresh``, the server API (:attr:`WebSocketBridge.sockets`)
-in :mod:`~middleware.websocket.server_api`.
-
-Close codes: :class:`CloseCode` (1000 normal, 1001 shutdown, 1008 policy, 1009 too big,
-1011 internal, 1013 try later, 4000 server disconnect, 4401 token, 4403 session, 4408 idle).
-
+Close codes: :class:`CloseCode`. Token refresh: ``_refresh``; server API: ``server_api``.
 Permissions are re-checked while sockets live (after :meth:`PermissionCache.invalidate
 <middleware.PermissionCache.invalidate>`, a policy version bump, a bus resync, or a cookie
 session's data change, on any instance): channels no longer allowed are unsubscribed with
 an unasked ``unsubscribed`` frame (``"reason": "forbidden"``; unknown reasons alike); while
 the permission source is down subscriptions are kept and checked again every second.
 
-A refused handshake is a ``websocket.close`` before ``websocket.accept``, so nothing is
-ever subscribed; servers turn it into an HTTP 403 (the code is visible to in-process ASGI
-clients only). Token revocation, session deletion and "log out everywhere" arrive through
-the :class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on
-every instance at once; token (``exp`` + leeway) and session expiry are checked twice a
-second.
+A refused handshake is a ``websocket.close`` before ``websocket.accept`` (servers answer
+HTTP 403). Token revocation, session deletion and "log out everywhere" arrive through the
+:class:`~gateway_redis.invalidation.InvalidationBus` and close the affected sockets on every
+instance at once; token (``exp`` + leeway) and session expiry are checked twice a second.
 """
 
 from __future__ import annotations
@@ -88,6 +85,7 @@ from middleware.websocket import _auth as auth
 from middleware.websocket._auth import SessionPermissions
 from middleware.websocket._connection import Connection, Identity, send_close_before_accept
 from middleware.websocket._fanout import Fanout
+from middleware.websocket._presence import Presences
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
 from middleware.websocket._recovery import Histories
@@ -199,7 +197,7 @@ class WebSocketBridge:
             policy=self.policy,
             conns=lambda: registry.conns,
             of_user=registry.of_user,
-            unsubscribe=self._fanout.unsubscribe,
+            unsubscribe=self._unsubscribe,
         )
         registry.on_session_data = self._session_data_changed
         if permissions is not None:
@@ -210,12 +208,16 @@ class WebSocketBridge:
         self._refresher = Refresher(
             authenticator=authenticator, registry=registry, requeue=reauth.queue
         )
+        self._presence = Presences(
+            client, self.policy, limits.presence_ttl, registry.conns, self._fanout.sockets
+        )
         self._control = SocketControl(
             bus=bus,
             policy=self.policy,
             limits=limits,
             fanout=self._fanout,
             of_user=registry.of_user,
+            presence=self._presence,
         )
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -326,7 +328,12 @@ class WebSocketBridge:
         self._dropped_closed += conn.dropped
         if accepted:
             self._metrics.ws_connections.add(-1)
+        self._presence.forget(conn)  # queued: written by the presence task
         await self._fanout.release_all(conn)
+
+    async def _unsubscribe(self, conn: Connection, names: list[str]) -> None:
+        await self._fanout.unsubscribe(conn, names)
+        self._presence.leave(conn, names)
 
     def _queued(self) -> int:
         return sum(conn.queued for conn in self._registry.conns)
@@ -351,6 +358,7 @@ class WebSocketBridge:
                     self._registry.recheck_sessions(), name="gateway-ws-session-check"
                 ),
                 loop.create_task(self._reauth.run(), name="gateway-ws-permission-check"),
+                loop.create_task(self._presence.run(), name="gateway-ws-presence"),
             ]
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -367,8 +375,7 @@ class WebSocketBridge:
         for remove in self._removers:
             remove()
         await self._control.aclose()
-        conns = list(self._registry.conns)
-        for conn in conns:
+        for conn in (conns := list(self._registry.conns)):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         if conns:
             waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
@@ -379,6 +386,7 @@ class WebSocketBridge:
         for task in tasks:  # retrieved (not raised), as gather(return_exceptions=True) did
             if not task.cancelled():
                 task.exception()
+        await self._presence.aclose()
         await self._fanout.aclose()
 
     async def __aenter__(self) -> WebSocketBridge:

@@ -30,6 +30,12 @@ bridge (or :meth:`WebSocketBridge.publish <middleware.websocket.WebSocketBridge.
 get an epoch and offset, and a subscriber can recover what it missed. The first rule in
 order that matches a channel and has history decides (:meth:`ChannelPolicy.history`).
 
+A rule may turn on ``presence`` (who is subscribed: the ``presence`` and ``presence_stats``
+requests) and, with it, ``join_leave`` (``join``/``leave`` frames to the channel's
+subscribers while it has at most ``join_leave_limit`` connections, default 100: above
+that they are not sent, which bounds their cost) for the channels it covers; the first
+rule in order that covers a channel and has presence decides (:meth:`ChannelPolicy.presence`).
+
 Channel names are validated before any rule is looked at (length, character set, reserved
 prefixes), and the bridge never passes them to PSUBSCRIBE: a name is one channel.
 """
@@ -93,8 +99,10 @@ class ChannelRule:
 
     See the module docstring for the pattern language. Raises ``ValueError`` for a bad
     pattern, a grant that is neither ``True``, ``None``/``False`` nor a permission, or a
-    permission that uses a placeholder the pattern does not capture, or a history setting
-    that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together).
+    permission that uses a placeholder the pattern does not capture, a history setting
+    that is not a size of 1 to 1,000,000 messages with a TTL over 0 seconds (given together),
+    ``presence``/``join_leave`` that are not bools (``join_leave`` needs ``presence``), or
+    a ``join_leave_limit`` that is not an int from 1 to 1,000.
     """
 
     pattern: str
@@ -102,6 +110,9 @@ class ChannelRule:
     publish: str | bool
     history_size: int | None
     history_ttl: float | None
+    presence: bool
+    join_leave: bool
+    join_leave_limit: int
     _segments: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     _rest: bool = field(repr=False, compare=False)
 
@@ -113,6 +124,9 @@ class ChannelRule:
         publish: Access = None,
         history_size: int | None = None,
         history_ttl: float | None = None,
+        presence: bool = False,
+        join_leave: bool = False,
+        join_leave_limit: int = 100,
     ) -> None:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError("a channel rule needs a non-empty pattern")
@@ -142,6 +156,16 @@ class ChannelRule:
         _check_history(history_size, history_ttl, pattern)
         object.__setattr__(self, "history_size", history_size)
         object.__setattr__(self, "history_ttl", None if history_ttl is None else float(history_ttl))
+        if not isinstance(presence, bool) or not isinstance(join_leave, bool):
+            raise ValueError(f"presence and join_leave of {pattern!r} must be bools")
+        if join_leave and not presence:
+            raise ValueError(f"join_leave of {pattern!r} needs presence=True")
+        object.__setattr__(self, "presence", presence)
+        object.__setattr__(self, "join_leave", join_leave)
+        limit = join_leave_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"join_leave_limit of {pattern!r} must be an int from 1 to 1000")
+        object.__setattr__(self, "join_leave_limit", limit)
 
     def match(self, channel: str, subject: str) -> dict[str, str] | None:
         """The captures if ``channel`` matches for ``subject``, else None."""
@@ -261,6 +285,14 @@ class ChannelPolicy:
         covers it and keeps history), or None: the channel has no history."""
         for rule in self._rules:
             if rule.history_size is not None and rule.covers(channel):
+                return rule
+        return None
+
+    def presence(self, channel: str) -> ChannelRule | None:
+        """The rule whose presence settings apply to ``channel`` (the first, in order, that
+        covers it and has presence), or None: the channel has no presence."""
+        for rule in self._rules:
+            if rule.presence and rule.covers(channel):
                 return rule
         return None
 

@@ -25,7 +25,9 @@ class WebSocketLimits:
     ``batch_max_bytes`` bounds one ``batch`` frame. After ``ping_interval`` seconds without
     a frame from the client the server sends ``{"type":"ping"}``; after ``idle_timeout`` it
     closes with 4408 (None disables either). ``close_timeout`` is how long a close may wait
-    for a peer that stopped reading. Raises ``ValueError`` for bad values.
+    for a peer that stopped reading. ``presence_ttl`` (at least 1) is how long a socket's
+    presence outlives its instance's last heartbeat (sent every third of it). Raises
+    ``ValueError`` for bad values.
     """
 
     max_message_bytes: int = 64 * 1024
@@ -40,6 +42,7 @@ class WebSocketLimits:
     ping_interval: float | None = 30.0
     idle_timeout: float | None = 90.0
     close_timeout: float = 1.0
+    presence_ttl: float = 30.0
 
     def __post_init__(self) -> None:
         ints = {
@@ -59,6 +62,9 @@ class WebSocketLimits:
             raise ValueError("overflow must be 'drop_oldest' or 'close'")
         _seconds("rate", self.rate)
         _seconds("close_timeout", self.close_timeout)
+        _seconds("presence_ttl", self.presence_ttl)
+        if self.presence_ttl < 1:
+            raise ValueError(f"presence_ttl must be at least 1 second, got {self.presence_ttl!r}")
         for name in ("ping_interval", "idle_timeout"):
             if getattr(self, name) is not None:
                 _seconds(name, getattr(self, name))

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from gateway_redis.invalidation import InvalidationBus
     from middleware.websocket._connection import Connection
     from middleware.websocket._fanout import Fanout
+    from middleware.websocket._presence import Presences
     from middleware.websocket.channels import ChannelPolicy
     from middleware.websocket.limits import WebSocketLimits
 
@@ -88,8 +89,10 @@ class SocketControl:
         limits: WebSocketLimits,
         fanout: Fanout,
         of_user: Callable[[str], Iterable[Connection]],
+        presence: Presences | None = None,
     ) -> None:
         self._bus = bus
+        self._presence = presence
         self._policy = policy
         self._limits = limits
         self._fanout = fanout
@@ -188,6 +191,8 @@ class SocketControl:
             return
         await self._fanout.unsubscribe(conn, [channel])
         conn.push_control(unsubscribed_frame([channel], reason))
+        if self._presence is not None:
+            self._presence.leave(conn, [channel])  # queued
 
     async def _subscribe(self, conn: Connection, channel: str) -> None:
         if conn.closing is not None:
@@ -213,6 +218,8 @@ class SocketControl:
         if channel in conn.channels:  # not closing meanwhile
             _grant(conn, channel)
             conn.push_control(proto.reply_frame("subscribed", None, channels=[channel]))
+            if self._presence is not None:
+                self._presence.join(conn, [channel])  # queued
 
     async def aclose(self) -> None:
         """Stop applying events and end the task; idempotent."""

@@ -40,17 +40,18 @@ async def test_join_list_stats_leave(presence: ChannelPresence) -> None:
         ("alice", "c2"),
         ("bob", "c3"),
     ]
-    assert change.left == ()
+    assert (change.left, change.connections) == ((), 3)
     assert await presence.presence_stats("room") == PresenceStats(connections=3, users=2)
     members = {m.conn: m for m in await presence.presence("room")}
     assert members["c1"] == PresenceMember("alice", "c1", {"name": "Alice"})
     assert members["c3"] == PresenceMember("bob", "c3", None)
     # a heartbeat (join again) changes nothing visible
     again = await presence.join("room", [PresenceMember("alice", "c1", {"name": "Alice"})])
-    assert again == PresenceChange()
+    assert again == PresenceChange(connections=3)
     assert await presence.presence_stats("room") == PresenceStats(3, 2)
     left = await presence.leave("room", ["c1", "nope"])
     assert [(m.user, m.conn) for m in left.left] == [("alice", "c1")]
+    assert left.connections == 2
     assert await presence.presence_stats("room") == PresenceStats(2, 2)
     await presence.leave("room", ["c2"])
     assert await presence.presence_stats("room") == PresenceStats(1, 1)
@@ -76,7 +77,7 @@ async def test_members_not_refreshed_expire_within_one_ttl(redis_config: RedisCo
         started = loop.time()
         while loop.time() - started < 1.5 + 1.0:
             change = await live.join("lobby", [PresenceMember("alice", "a1")])  # heartbeat
-            assert change == PresenceChange()
+            assert change.joined == change.left == ()
             await asyncio.sleep(0.25)
         assert await live.presence_stats("lobby") == PresenceStats(1, 1)
         assert [m.conn for m in await live.presence("lobby")] == ["a1"]

@@ -1,6 +1,11 @@
 """Load against the example gateway in its own uvicorn process: 1,000 sockets on one
 channel over one Redis connection, and a stalled reader that costs nothing.
 
+``system:broadcast`` has presence with join/leave frames (the example's contract): the
+readers skip those, and count them: a channel sends them only while it has at most
+``join_leave_limit`` (100) connections, so 1,000 sockets joining cost at most 100 x 1,000
+frames, not 1,000 x 1,000 / 2.
+
 Bounded in count and time; loopback only. Figures are printed (run with ``-s``).
 """
 
@@ -20,6 +25,8 @@ from tests.websocket.wsutil import Gateway, frames, gateway_process, mint, rss_k
 
 SOCKETS = 1000
 MESSAGES = 20
+JOIN_LEAVE_LIMIT = 100  # the example's rules (the ChannelRule default)
+_presence_frames = [0]  # join/leave frames the readers skipped
 
 
 async def _open_many(gateway: Gateway, count: int) -> list[ClientConnection]:
@@ -36,9 +43,17 @@ async def _messages(ws: ClientConnection, count: int, timeout: float) -> list[An
     deadline = time.monotonic() + timeout
     while len(got) < count:
         for frame in await frames(ws, timeout=max(0.01, deadline - time.monotonic())):
+            if frame["type"] in ("join", "leave"):
+                _presence_frames[0] += 1
+                continue
             assert frame["type"] == "message", frame
             got.append(frame["data"])
     return got
+
+
+def _script_calls(admin: redis.Redis) -> int:
+    stats: Any = admin.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
 
 
 @pytest.mark.slow
@@ -48,8 +63,14 @@ async def test_1000_sockets_on_one_channel_share_one_redis_connection(
     with gateway_process(redis_server.url) as (gateway, _proc):
         started = time.monotonic()
         sockets = await _open_many(gateway, SOCKETS)
+        scripts = _script_calls(redis_admin)
+        # all at once: presence writes are queued, never awaited by a subscribe, so none
+        # is answered "unavailable" (subscribe() asserts the reply)
         await asyncio.gather(*(subscribe(ws, "system:broadcast") for ws in sockets))
         opened = time.monotonic() - started
+        _presence_frames[0] = 0
+        await asyncio.sleep(0.5)  # the last presence batch (for the figure only)
+        scripts = _script_calls(redis_admin) - scripts
         try:
             pubsub_clients = redis_admin.client_list(_type="pubsub")
             assert len(pubsub_clients) == 1, pubsub_clients  # the gateway's hub, nothing else
@@ -74,10 +95,13 @@ async def test_1000_sockets_on_one_channel_share_one_redis_connection(
             burst = time.monotonic() - sent_at
             expected = [{"n": n, "pad": "x" * 200} for n in range(MESSAGES)]
             assert all(r == expected for r in results)
+            assert _presence_frames[0] <= JOIN_LEAVE_LIMIT * SOCKETS
             print(
                 f"\n{SOCKETS} sockets opened and subscribed in {opened:.2f}s; one message to all"
                 f" in {one * 1000:.0f} ms; {MESSAGES} messages to all ({SOCKETS * MESSAGES}"
-                f" deliveries) in {burst * 1000:.0f} ms (client and server on 2 cores)"
+                f" deliveries) in {burst * 1000:.0f} ms (client and server on 2 cores);"
+                f" {_presence_frames[0]} join/leave frames skipped; {scripts} script calls"
+                " (history positions and presence joins) for the 1,000 subscribes"
             )
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
@@ -100,6 +124,8 @@ async def test_a_stalled_reader_neither_slows_others_nor_grows_memory(
         async def read(index: int) -> None:
             while progress[index] < total:
                 for frame in await frames(readers[index], timeout=30):
+                    if frame["type"] in ("join", "leave"):
+                        continue  # presence (the example's system:broadcast has it)
                     assert frame["type"] == "message", frame  # no resync: nothing was dropped
                     received[index].append(frame["data"]["n"])
                     progress[index] += 1

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://issuer.ws-tests"
 AUDIENCE = "gateway-api"
 SECRET = "Kp4wQ8zR2nV6tY1xM9cB3hJ7fL5gD0sA-ws-tests"
+_UNASKED = frozenset({"message", "ping", "resync", "refresh_required", "join", "leave"})
 
 
 def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -107,12 +108,12 @@ class Gateway:
 async def request(
     ws: ClientConnection, frame: dict[str, Any], timeout: float = 5
 ) -> dict[str, Any]:
-    """Send ``frame`` and return the next frame that is not a message, ping, resync or
-    refresh_required."""
+    """Send ``frame`` and return the next frame that is not a message, ping, resync,
+    refresh_required, join or leave."""
     await ws.send(json.dumps(frame))
     while True:
         for reply in await frames(ws, timeout):
-            if reply["type"] not in ("message", "ping", "resync", "refresh_required"):
+            if reply["type"] not in _UNASKED:
                 return reply
 
 
