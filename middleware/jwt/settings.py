@@ -67,8 +67,13 @@ def _looks_asymmetric(key: bytes) -> bool:
     stripped = key.lstrip()
     if b"-----BEGIN" in key or stripped.startswith((b"ssh-", b"ecdsa-sha2-")):
         return True
-    if stripped.startswith(b"{"):  # a JWK pasted as the secret
-        return True
+    if stripped.startswith(b"{"):  # a JWK (or JWK set) pasted as the secret
+        try:
+            pasted = json.loads(stripped)
+        except (ValueError, RecursionError):  # random bytes that start with "{"
+            pasted = None
+        if isinstance(pasted, dict) and ("kty" in pasted or "keys" in pasted):
+            return True
     try:
         serialization.load_der_public_key(key)
     except (ValueError, TypeError, UnsupportedAlgorithm):

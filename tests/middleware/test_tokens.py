@@ -595,6 +595,15 @@ def test_public_key_pem_as_hmac_secret_is_refused(rsa_key: rsa.RSAPrivateKey) ->
 def test_jwk_json_as_hmac_secret_is_refused(rsa_key: rsa.RSAPrivateKey) -> None:
     with pytest.raises(ValueError, match="alg confusion"):
         hs_settings(key=RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwk_set = '{"keys": [' + RSAAlgorithm.to_jwk(rsa_key.public_key()) + "]}"
+    with pytest.raises(ValueError, match="alg confusion"):
+        hs_settings(key="  " + jwk_set)
+
+
+def test_a_random_secret_that_starts_with_a_brace_is_accepted() -> None:
+    # One random binary secret in 256 starts with "{": it is not a pasted JWK.
+    hs_settings(key=b"{" + secrets.token_bytes(31))
+    hs_settings(key=b" {" + secrets.token_bytes(31))
 
 
 @pytest.mark.parametrize(
