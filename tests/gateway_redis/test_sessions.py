@@ -408,7 +408,8 @@ async def test_delete_user_sessions_handles_many_sessions(
     client: RedisClient, redis_admin: redis.Redis
 ) -> None:
     client.configure_sessions(max_per_user=1000)
-    await asyncio.gather(*(client.create_session("alice") for _ in range(600)))
+    for _ in range(12):  # in rounds the pool serves within its wait on a loaded machine
+        await asyncio.gather(*(client.create_session("alice") for _ in range(50)))
     assert await client.delete_user_sessions("alice") == 600
     assert all_keys(redis_admin) == []
 
