@@ -8,7 +8,8 @@ lists (RFC 9651) with one item per quota policy, named by a string.
 window in seconds) and ``RateLimit: "5-per-60s";r=0;t=60`` its current state (``r``:
 remaining units, ``t``: seconds until the full quota is back). A rule with several limits
 lists each. The older ``RateLimit-Limit``/``-Remaining``/``-Reset`` trio of earlier drafts
-is not sent.
+is not sent. While Redis cannot be asked there is no state: a fail-open rule's responses
+and a fail-closed rule's 503 carry ``RateLimit-Policy`` alone.
 
 The 429 answer has ``Retry-After`` (whole seconds, at least 1: when every limit of the
 rule would admit the request again), both fields, ``Cache-Control: no-store`` and the
@@ -75,15 +76,21 @@ def rate_limited_response(decision: RateDecision, policy: bytes) -> JSONResponse
     )
 
 
-def with_fields(send: Send, policy: bytes, decision: RateDecision) -> Send:
+def with_fields(send: Send, policy: bytes, decision: RateDecision | None) -> Send:
     """``send`` adding ``RateLimit-Policy`` (``policy``) and ``RateLimit`` (of
-    ``decision``) to the response start, in place of any the app set itself."""
-    state = state_header(decision)
+    ``decision``) to the response start, in place of any the app set itself. Without a
+    decision (Redis could not be asked: a fail-open rule's response, a fail-closed rule's
+    503) only the policy is stated."""
+    fields = (
+        ((_POLICY, policy),)
+        if decision is None
+        else ((_POLICY, policy), (_STATE, state_header(decision)))
+    )
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = [(n, v) for n, v in message.get("headers", ()) if n not in (_POLICY, _STATE)]
-            headers += ((_POLICY, policy), (_STATE, state))
+            headers += fields
             message = {**message, "headers": headers}
         await send(message)
 

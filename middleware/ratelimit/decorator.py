@@ -13,7 +13,8 @@ The same decision as :class:`~middleware.ratelimit.RateLimitMiddleware` (one scr
 request, per subject or address, the rule's outage policy) for the decorated endpoint
 only, like RBAC's :func:`~middleware.require_permissions`: a refused request gets the 429
 with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit`` without the endpoint running,
-a fail-closed rule answers ``on_error``'s 503 while Redis is down, and an admitted
+a fail-closed rule answers ``on_error``'s 503 while Redis is down (with
+``RateLimit-Policy``, as a fail-open rule's responses then), and an admitted
 request's response carries the two fields (whatever the endpoint returns: a Starlette
 ``Response`` or any ASGI app). Routes sharing ``name`` and limits share one budget. Put
 it under the authentication layer (the subject comes from the request's claims).
@@ -79,15 +80,15 @@ def rate_limited(
             if not isinstance(request, Request):
                 raise TypeError("the endpoint was not given a request")
             scope = request.scope
+            answer: ASGIApp
             try:
                 decision = await limiter.decide(rule, scope)
-            except ServiceUnavailable as error:
-                return on_error(scope, error)  # Starlette calls what the endpoint returns
-            if decision is None:  # Redis down, the rule fails open: no fields
-                return await func(*args, **kwargs)
-            if not decision.allowed:
-                return rate_limited_response(decision, policy)
-            answer: ASGIApp = await func(*args, **kwargs)
+            except ServiceUnavailable as error:  # Redis down, the rule fails closed
+                decision, answer = None, on_error(scope, error)
+            else:
+                if decision is not None and not decision.allowed:
+                    return rate_limited_response(decision, policy)
+                answer = await func(*args, **kwargs)  # admitted, or the rule fails open
 
             async def fielded(scope: Scope, receive: Receive, send: Send) -> None:
                 await answer(scope, receive, with_fields(send, policy, decision))

@@ -23,9 +23,10 @@ RateLimiter`); every response of a limited route carries ``RateLimit-Policy`` an
 through.
 
 When Redis cannot answer (or answers an error), the rule decides: ``on_unavailable="open"``
-serves the request without limit and without the fields (``failed_open``, a warning in
-the log when the outage starts and an info line when limits are checked again),
-``"closed"`` answers ``on_error``'s 503 with ``Retry-After``. Never a 500; never a limit
+serves the request without limit (``failed_open``, a warning in the log when the outage
+starts and an info line when limits are checked again), ``"closed"`` answers
+``on_error``'s 503 with ``Retry-After``; either way with ``RateLimit-Policy`` alone (no
+state is known). Never a 500; never a limit
 kept in process memory (each instance would admit the whole limit).
 
 Telemetry: ``gateway.ratelimit.decisions`` (counter; ``gateway.ratelimit.rule``, the
@@ -111,11 +112,11 @@ class RateLimitMiddleware:
         rule, policy = found[0]
         try:
             decision = await self._limiter.decide(rule, scope)
-        except ServiceUnavailable as error:
-            await self._on_error(scope, error)(scope, receive, send)
+        except ServiceUnavailable as error:  # Redis down, the rule fails closed
+            await self._on_error(scope, error)(scope, receive, with_fields(send, policy, None))
             return
         if decision is None:  # Redis down, the rule fails open
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, with_fields(send, policy, None))
         elif decision.allowed:
             await self.app(scope, receive, with_fields(send, policy, decision))
         else:

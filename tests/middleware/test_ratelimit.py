@@ -252,7 +252,12 @@ async def test_redis_down_each_rule_fails_as_configured_and_nothing_answers_500(
         statuses = [r.status_code for r in answers]
         assert 500 not in statuses
         assert statuses == [200, 503, 200] * 5  # open, closed, unlimited
-        assert all("ratelimit" not in r.headers for r in answers[::3])
+        policy = '"2-per-60s";q=2;w=60'
+        # No decision, no state: the limited routes state their policy alone.
+        for r in answers[::3] + answers[1::3]:
+            assert "ratelimit" not in r.headers
+            assert r.headers["ratelimit-policy"] == policy
+        assert not any("ratelimit-policy" in r.headers for r in answers[2::3])
         assert all(r.headers["retry-after"] for r in answers[1::3])
         warnings = [r for r in caplog.records if "cannot be checked" in r.getMessage()]
         assert len(warnings) == 1  # one line when the outage starts, not one per request
