@@ -81,7 +81,7 @@ async def _serve(conn: Connection, cfg: dict[str, Any]) -> None:
             failed, first_error = 0, ""
             gate = asyncio.Semaphore(_IN_FLIGHT)
 
-            async def one(index: int) -> None:
+            async def one(index: int, gate: asyncio.Semaphore = gate) -> None:
                 nonlocal failed, first_error
                 async with gate:
                     try:

@@ -146,6 +146,7 @@ def measure(
     ws: str = "auto",
     processes: int = 4,
     probe: bool = False,
+    trace: int = 0,
     progress: Callable[[str], None] = c.progress,
 ) -> tuple[Density, list[dict[str, Any]]]:
     """One run with ``sockets`` sockets; the result and, with ``probe``, the server's memory
@@ -160,6 +161,7 @@ def measure(
             c.pin_pid(redis.pid, c.LOAD_CPU)
         env = {
             "REDIS_URL": redis.url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_COOKIE_SECURE": "0",
+            **({"DENSITY_TRACEMALLOC": str(trace)} if trace else {}),
         }  # fmt: skip
         args = [*DEPLOYMENT_WS, "--ws", ws, "--backlog", "4096"]
         with c.serving("benchmarks.density_app:create", env, extra_args=args) as server:
@@ -245,11 +247,21 @@ def main() -> None:
     parser.add_argument("--ws", default="auto", help="uvicorn --ws implementation")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--probe", action="store_true", help="print the server's objects")
+    parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames (with --probe)")
     args = parser.parse_args()
-    result, reports = measure(args.sockets, ws=args.ws, processes=args.processes, probe=args.probe)
+    result, reports = measure(
+        args.sockets, ws=args.ws, processes=args.processes, probe=args.probe, trace=args.trace
+    )
     print(table([result]))
     for name, report in zip(("idle", "full"), reports, strict=False):
-        print(f"-- {name}: " + json.dumps({k: v for k, v in report.items()}, indent=None))
+        print(f"-- {name}:")
+        for key, value in report.items():
+            if isinstance(value, list):
+                print(f"  {key}:")
+                for item in value:
+                    print(f"    {item}")
+            else:
+                print(f"  {key}: {value}")
 
 
 if __name__ == "__main__":

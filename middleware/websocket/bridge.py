@@ -371,9 +371,8 @@ class WebSocketBridge:
         for conn in conns:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         if conns:
-            waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
+            waits = [c.finished for c in conns]
             await asyncio.wait(waits, timeout=self.limits.close_timeout + 0.5)
-            await cancel_and_wait(*waits)
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(*tasks)
         for task in tasks:  # retrieved (not raised), as gather(return_exceptions=True) did
