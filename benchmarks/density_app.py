@@ -33,6 +33,19 @@ def _rss_kib() -> int:
     return 0
 
 
+def _chains() -> list[str]:
+    """The await chains of the tasks, as lines ``count x chain`` (most common first)."""
+    chains: collections.Counter[str] = collections.Counter()
+    for task in asyncio.all_tasks():
+        names, step = [], task.get_coro()
+        while step is not None and len(names) < 60:
+            code = getattr(step, "cr_code", None) or getattr(step, "gi_code", None)
+            names.append(code.co_qualname if code is not None else type(step).__qualname__)
+            step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
+        chains[f"{len(names)}: " + " > ".join(names)] += 1
+    return [f"{n} x {chain}" for chain, n in chains.most_common(4)]
+
+
 class MemoryProbe:
     """Pure ASGI: the probe route, in front of ``app``."""
 
@@ -62,6 +75,7 @@ class MemoryProbe:
             "tasks": len(asyncio.all_tasks()),
             "objects": len(gc.get_objects()),
             "types": types.most_common(25),
+            "chains": _chains(),
         }
         if tracemalloc.is_tracing():
             snapshot = tracemalloc.take_snapshot().filter_traces(
