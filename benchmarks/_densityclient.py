@@ -41,7 +41,19 @@ def token(subject: str, secret: str, issuer: str, audience: str, ttl: int = 3600
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-async def _open(cfg: dict[str, Any], index: int, stats: _wsclient.Stats) -> _wsclient.Client:
+class _Client(_wsclient.Client):
+    """A client that remembers the start of the last text frame it got (diagnostics)."""
+
+    first = b""
+    last = b""
+
+    def _text(self, payload: bytes, now: float) -> None:
+        self.first = self.first or payload[:120]
+        self.last = payload[:120]
+        super()._text(payload, now)
+
+
+async def _open(cfg: dict[str, Any], index: int, stats: _wsclient.Stats) -> _Client:
     loop = asyncio.get_running_loop()
     host, port = cfg["host"], cfg["port"]
     bearer = token(f"{cfg['prefix']}-{index}", cfg["secret"], cfg["issuer"], cfg["audience"])
@@ -57,12 +69,14 @@ async def _open(cfg: dict[str, Any], index: int, stats: _wsclient.Stats) -> _wsc
         sock.close()
         raise
     _, client = await loop.create_connection(
-        lambda: _wsclient.Client(request, _wsclient.frame(subscribe.encode()), stats, False),
+        lambda: _Client(request, _wsclient.frame(subscribe.encode()), stats, False),
         sock=sock,
     )
     try:
         await asyncio.wait_for(client.upgraded, 30)
         await asyncio.wait_for(client.ready, 30)
+        if not client.first.startswith(b'{"type":"subscribed"'):  # e.g. unavailable
+            raise ConnectionError(client.first.decode("utf-8", "replace"))
     except BaseException:
         if client.transport is not None:
             client.transport.abort()
@@ -72,7 +86,7 @@ async def _open(cfg: dict[str, Any], index: int, stats: _wsclient.Stats) -> _wsc
 
 async def _serve(conn: Connection, cfg: dict[str, Any]) -> None:
     stats = _wsclient.Stats()
-    clients: list[_wsclient.Client] = []
+    clients: list[_Client] = []
     while True:
         command = await asyncio.to_thread(conn.recv)
         op = command[0]
@@ -103,6 +117,9 @@ async def _serve(conn: Connection, cfg: dict[str, Any]) -> None:
             conn.send({
                 "latencies": stats.latencies.get(phase, []), "sockets": len(clients),
                 "closed": stats.closed, "resyncs": stats.resyncs,
+                "missing": [c.last.decode("utf-8", "replace") for c in clients
+                            if not c.per_phase.get(phase)][:5],
+                "twice": sum(1 for c in clients if c.per_phase.get(phase, 0) > 1),
             })  # fmt: skip
         elif op == "close":
             for client in clients:

@@ -63,6 +63,8 @@ class Density:
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
     nofile: tuple[int, int] = (0, 0)
+    closed: int = 0  # sockets the server closed (or that broke) before the end
+    resyncs: int = 0
 
     @property
     def per_socket_kb(self) -> float:
@@ -191,6 +193,11 @@ def measure(
                 clients.close()
     finally:
         redis.cleanup()
+    result.closed = sum(s["closed"] for s in stats)
+    missing = [m for s in stats for m in s["missing"]]
+    if missing or any(s["twice"] for s in stats):
+        progress(f"  twice: {[s['twice'] for s in stats]}; last frames of missing: {missing}")
+    result.resyncs = sum(s["resyncs"] for s in stats)
     latencies = sorted(x for s in stats for x in s["latencies"])
     result.received = len(latencies)
     result.p50_ms = c.percentile(latencies, 50) * 1000
@@ -202,6 +209,7 @@ def measure(
         f"({result.per_socket_kb:.1f} KB/socket), after the broadcast {result.rss_after_mb:.0f}"
         f" MB  received {result.received}/{sockets - result.failed + 1}  p50 "
         f"{result.p50_ms:.0f} ms  p99 {result.p99_ms:.0f} ms  max {result.max_ms:.0f} ms"
+        + f"  closed {result.closed}  resyncs {result.resyncs}"
         + (f"  first error: {result.first_error}" if result.first_error else "")
     )
     return result, reports

@@ -22,6 +22,7 @@ A subscribe that names a channel with history (its rule has ``history_size``) go
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +52,8 @@ class Histories:
         self._client = client
         self._policy = policy
         self._made: dict[tuple[int, float], ChannelHistory] = {}
+        self._positions: dict[str, asyncio.Future[Position]] = {}  # reads not yet sent
+        self._reads: set[asyncio.Task[None]] = set()
 
     def of(self, channel: str) -> ChannelHistory | None:
         """The history of ``channel``, or None when its rules keep none."""
@@ -63,6 +66,35 @@ class Histories:
             history = ChannelHistory(self._client, size=key[0], ttl=key[1])
             self._made[key] = history
         return history
+
+    async def position(self, history: ChannelHistory, channel: str) -> Position:
+        """``history.position(channel)``, one read for the subscribes that ask at once (a
+        crowd reconnecting after a restart would queue one per socket for the pool). A
+        read is shared only by the callers that came before it was sent, so each gets a
+        position read after its own subscription was held. Raises what it raises."""
+        pending = self._positions.get(channel)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = self._positions[channel] = loop.create_future()
+            task = loop.create_task(self._read_position(history, channel, pending))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+        return await asyncio.shield(pending)
+
+    async def _read_position(
+        self, history: ChannelHistory, channel: str, pending: asyncio.Future[Position]
+    ) -> None:
+        # Later callers wait for the next read: this one starts now.
+        if self._positions.get(channel) is pending:
+            del self._positions[channel]
+        try:
+            pending.set_result(await history.position(channel))
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: the callers (if any are left) raise it
+        finally:
+            if not pending.done():
+                pending.cancel()
 
     async def publish(self, channel: str, data: Any) -> tuple[int, Position | None]:
         """Publish ``data`` on ``channel``, with history when its rule keeps some:
@@ -106,7 +138,7 @@ async def catch_up(
             continue
         since = recover.get(name)
         if since is None:
-            job.position = job.reported = await history.position(name)
+            job.position = job.reported = await histories.position(history, name)
             continue
         limit = min(history.size, _MAX_RECOVER)
         page = await history.read(name, since=since, limit=limit)

@@ -15,11 +15,11 @@ import pytest
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
-from gateway_redis import ChannelHistory, RedisClient, RedisConfig, RedisUnavailable
+from gateway_redis import ChannelHistory, Position, RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import Gateway as ComposedGateway
 from middleware import JWTSettings, WebSocketSettings
-from middleware.websocket._recovery import RECOVER_BYTES
+from middleware.websocket._recovery import RECOVER_BYTES, Histories
 from middleware.websocket.bridge import WebSocketBridge
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.websocket.wsutil import AUDIENCE, ISSUER, SECRET, Gateway, mint, serve_app
@@ -303,3 +303,35 @@ async def test_a_redis_restart_is_mended_from_persisted_history_else_resync(
         assert seqs[:10] == list(range(1, 11))
         assert seqs == sorted(set(seqs))
         assert seqs[-5:] == list(range(21, 26))
+
+
+class CountingHistory(ChannelHistory):
+    """A real history that counts its position reads."""
+
+    def __init__(self, client: RedisClient) -> None:
+        super().__init__(client, size=50, ttl=60)
+        self.reads = 0
+
+    async def position(self, channel: str) -> Position:
+        self.reads += 1
+        return await super().position(channel)
+
+
+async def test_subscribes_at_once_share_one_position_read(client: RedisClient) -> None:
+    # A crowd subscribing at once (reconnecting after a deploy) reads each channel's position
+    # once, not once per socket (which queued one command per socket for the pool).
+    histories = Histories(client, POLICY)
+    history = CountingHistory(client)
+    first = await asyncio.gather(*(histories.position(history, "hist:crowd") for _ in range(30)))
+    assert history.reads == 1
+    assert len(set(first)) == 1
+    # A caller that comes after the read was sent gets a read of its own: its subscription
+    # may have missed what that read saw.
+    await history.publish("hist:crowd", {"n": 1})
+    early = asyncio.ensure_future(histories.position(history, "hist:crowd"))
+    await asyncio.sleep(0)  # the caller asks
+    await asyncio.sleep(0)  # the read is sent
+    late = asyncio.ensure_future(histories.position(history, "hist:crowd"))
+    both = await asyncio.gather(early, late)
+    assert history.reads == 3
+    assert [p.offset for p in both] == [first[0].offset + 1] * 2
