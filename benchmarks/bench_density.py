@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import resource
 import time
 import urllib.request
@@ -43,8 +44,22 @@ from gateway_redis.embedded import EmbeddedRedis
 CHANNEL = "system:broadcast"
 SECRET = "density-secret-" + "d" * 40
 ISSUER, AUDIENCE = "https://gateway.example", "gateway-api"
-# What scripts/gateway passes uvicorn for WebSockets (docs/production.md, "Density").
+# What scripts/gateway passes uvicorn for WebSockets (docs/production.md, "Density"); the
+# implementation (--ws) is the run's variable.
 DEPLOYMENT_WS = ["--ws-max-size", "65536", "--ws-per-message-deflate", "false"]
+DEPLOYMENT_IMPL = "websockets-sansio"
+DESCRIPTION = (
+    "The example gateway (`examples.realtime`, uvicorn, one worker on its own core, "
+    "`--ws-per-message-deflate false --ws-max-size 65536`) on an embedded Redis; the "
+    "file-descriptor limit raised in the harness (`setrlimit`, inherited by the server and "
+    "clients). Four client processes on the other core, each from its own source address "
+    "(127.0.0.10-13); every socket has its own subject and token (`Authorization: Bearer`) "
+    "and subscribes to `system:broadcast` (a channel with history and positions). Per-socket "
+    "memory = server RSS growth from idle (one warm-up socket came and went) to all sockets "
+    "subscribed, / N. Then one `PUBLISH` with a timestamp; latency = receipt - timestamp "
+    "over every socket. `websockets-sansio` is what `scripts/gateway` runs; `websockets` "
+    "(uvicorn's default `auto` when websockets is installed) for comparison."
+)
 FD_SPARE = 1024  # descriptors beyond one per socket: Redis pool, listeners, files
 
 
@@ -145,7 +160,7 @@ async def _publish(redis_url: str, phase: int) -> None:
 def measure(
     sockets: int,
     *,
-    ws: str = "auto",
+    ws: str = DEPLOYMENT_IMPL,
     processes: int = 4,
     probe: bool = False,
     trace: int = 0,
@@ -215,6 +230,15 @@ def measure(
     return result, reports
 
 
+def run(*, quick: bool = False, progress: Callable[[str], None] = c.progress) -> list[Density]:
+    """The deployment's implementation at N (``DENSITY_SOCKETS``, default 20,000; 2,000
+    with ``quick``), then uvicorn's default one at a quarter of that for comparison."""
+    sockets = int(os.environ.get("DENSITY_SOCKETS") or (2_000 if quick else 20_000))
+    results = [measure(sockets, ws=DEPLOYMENT_IMPL, progress=progress)[0]]
+    results.append(measure(max(500, sockets // 4), ws="websockets", progress=progress)[0])
+    return results
+
+
 def table(results: Sequence[Density]) -> str:
     rows = [
         [r.ws, f"{r.sockets:,}", r.failed, f"{r.connect_s:.0f}",
@@ -233,7 +257,7 @@ def table(results: Sequence[Density]) -> str:
 def goals(results: Sequence[Density]) -> list[tuple[str, bool, str]]:
     if not results:
         return []
-    r = max(results, key=lambda r: r.sockets)
+    r = results[0]
     whole = r.failed == 0 and r.received >= r.sockets
     return [
         (
@@ -252,7 +276,7 @@ def goals(results: Sequence[Density]) -> list[tuple[str, bool, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sockets", type=int, default=20_000)
-    parser.add_argument("--ws", default="auto", help="uvicorn --ws implementation")
+    parser.add_argument("--ws", default=DEPLOYMENT_IMPL, help="uvicorn --ws implementation")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--probe", action="store_true", help="print the server's objects")
     parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames (with --probe)")

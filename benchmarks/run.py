@@ -7,7 +7,9 @@
 Parts: ``hotpath`` (wrk against uvicorn), ``client`` (RedisClient vs raw redis-py),
 ``invalidation`` (instance A changes, instance B rejects), ``outage`` (Redis killed under
 load), ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster) and ``ratelimit`` (a
-rate-limited warm route vs bare Starlette and the naive one-GET stack). Each part measures our
+rate-limited warm route vs bare Starlette and the naive one-GET stack) and ``density`` (20,000
+authenticated, subscribed WebSockets on one gateway process: server memory per socket, one
+broadcast's latency; ``DENSITY_SOCKETS`` sets N). Each part measures our
 code side by side with a baseline in the same run and reports ratios; nothing here is a
 pass/fail test. Needs the ``bench`` extra (``pip install -e '.[dev,bench]'``); installs
 Debian's ``wrk`` when missing (as root). Every server is on 127.0.0.1 and started here.
@@ -32,6 +34,7 @@ from pathlib import Path
 from benchmarks import _common as c
 from benchmarks import (
     bench_client,
+    bench_density,
     bench_fanout,
     bench_hotpath,
     bench_invalidation,
@@ -40,7 +43,7 @@ from benchmarks import (
 )
 
 RESULTS = c.RESULTS
-PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit"]
+PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit", "density"]
 
 
 def machine() -> str:
@@ -79,6 +82,7 @@ HEADINGS = {
     "outage": "## 5. Redis outage under load",
     "fanout": "## 3. WebSocket fan-out",
     "ratelimit": "## 6. Rate limiting",
+    "density": "## 7. WebSocket density",
 }
 _GOALS_HEADER = "| goal | holds | measured |"
 _PROVENANCE = "_Measured "
@@ -303,6 +307,18 @@ def main() -> None:
             + bench_fanout.soak_table(soaks) + "\n\n" + _goals(g) + "\n\n![fan-out](fanout.png)\n"
         )  # fmt: skip
         sections["fanout"] = text
+        print(text, flush=True)
+        write()
+    if "density" in parts:
+        c.progress("== 7. density: authenticated, subscribed sockets on one gateway process")
+        results = bench_density.run(quick=args.quick)
+        g = bench_density.goals(results)
+        goals.extend(g)
+        text = (
+            "## 7. WebSocket density\n\n" + bench_density.DESCRIPTION + "\n\n"
+            + bench_density.table(results) + "\n\n" + _goals(g) + "\n"
+        )  # fmt: skip
+        sections["density"] = text
         print(text, flush=True)
         write()
     write()
