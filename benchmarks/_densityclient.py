@@ -29,7 +29,7 @@ import jwt
 from benchmarks import _wsclient
 
 _BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-_IN_FLIGHT = 64  # handshakes under way at once, per process
+_IN_FLIGHT = 32  # handshakes under way at once, per process
 
 
 def token(subject: str, secret: str, issuer: str, audience: str, ttl: int = 3600) -> str:
@@ -73,11 +73,13 @@ async def _open(cfg: dict[str, Any], index: int, stats: _wsclient.Stats) -> _Cli
         sock=sock,
     )
     try:
-        await asyncio.wait_for(client.upgraded, 30)
-        await asyncio.wait_for(client.ready, 30)
+        await asyncio.wait_for(client.upgraded, 120)
+        await asyncio.wait_for(client.ready, 120)
         if not client.first.startswith(b'{"type":"subscribed"'):  # e.g. unavailable
             raise ConnectionError(client.first.decode("utf-8", "replace"))
     except BaseException:
+        for future in (client.upgraded, client.ready):  # failed with the connection: seen
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if client.transport is not None:
             client.transport.abort()
         raise

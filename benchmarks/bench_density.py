@@ -60,7 +60,7 @@ DESCRIPTION = (
     "over every socket. `websockets-sansio` is what `scripts/gateway` runs; `websockets` "
     "(uvicorn's default `auto` when websockets is installed) for comparison."
 )
-FD_SPARE = 1024  # descriptors beyond one per socket: Redis pool, listeners, files
+FD_SPARE = 256  # descriptors beyond one per socket: Redis pool, listeners, files
 
 
 @dataclass
@@ -89,7 +89,8 @@ class Density:
 
 def raise_nofile(need: int) -> tuple[int, int]:
     """Raise RLIMIT_NOFILE of this process (inherited by its children): the soft limit to
-    the hard one, and both to ``need`` when the hard limit is lower and we may (root)."""
+    the hard one, and both to ``need`` when the hard limit is lower and we may (root with
+    CAP_SYS_RESOURCE; a container may drop it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
         with contextlib.suppress(ValueError, OSError):
@@ -168,8 +169,14 @@ def measure(
 ) -> tuple[Density, list[dict[str, Any]]]:
     """One run with ``sockets`` sockets; the result and, with ``probe``, the server's memory
     reports (idle, full)."""
+    nofile = raise_nofile(sockets + FD_SPARE)
+    if nofile[0] - FD_SPARE < sockets:  # the hard limit could not be raised (not root)
+        progress(
+            f"  RLIMIT_NOFILE is {nofile[0]}: {sockets} sockets capped to {nofile[0] - FD_SPARE}"
+        )
+        sockets = nofile[0] - FD_SPARE
     result = Density(sockets, ws)
-    result.nofile = raise_nofile(sockets + FD_SPARE)
+    result.nofile = nofile
     redis = EmbeddedRedis()
     redis.start()
     reports: list[dict[str, Any]] = []
