@@ -57,8 +57,8 @@ DESCRIPTION = (
     "and subscribes to `system:broadcast` (a channel with history and positions). Per-socket "
     "memory = server RSS growth from idle (one warm-up socket came and went) to all sockets "
     "subscribed, / N. Then one `PUBLISH` with a timestamp; latency = receipt - timestamp "
-    "over every socket. `websockets-sansio` is what `scripts/gateway` runs; `websockets` "
-    "(uvicorn's default `auto` when websockets is installed) for comparison."
+    "over every socket. `websockets-sansio` is what `scripts/gateway` runs (and uvicorn "
+    "0.55's `auto`); the legacy `websockets` protocol at a quarter of N for comparison."
 )
 FD_SPARE = 256  # descriptors beyond one per socket: Redis pool, listeners, files
 
