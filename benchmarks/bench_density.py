@@ -251,12 +251,12 @@ def table(results: Sequence[Density]) -> str:
         [r.ws, f"{r.sockets:,}", r.failed, f"{r.connect_s:.0f}",
          f"{r.rss_idle_mb:.0f} / {r.rss_full_mb:.0f} / {r.rss_after_mb:.0f}",
          f"{r.per_socket_kb:.1f}", f"{r.received:,}", f"{r.p50_ms:.0f}", f"{r.p99_ms:.0f}",
-         f"{r.max_ms:.0f}"]
+         f"{r.max_ms:.0f}", f"{r.resyncs:,}"]
         for r in results
     ]  # fmt: skip
     return c.md_table(
         ["uvicorn --ws", "sockets", "failed", "connect s", "RSS idle / full / after MB",
-         "KB per socket", "received", "p50 ms", "p99 ms", "max ms"],
+         "KB per socket", "received", "p50 ms", "p99 ms", "max ms", "resync frames"],
         rows,
     )  # fmt: skip
 
