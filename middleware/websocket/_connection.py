@@ -14,7 +14,6 @@ reader stops reading while ``queue_size`` replies are waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -79,12 +78,9 @@ class Identity:
 
 
 class Connection:
-    """State of one accepted socket; see the module docstring.
-
-    Kept small: a server holds tens of thousands of these. The socket's writer runs in the
-    task that serves it (:meth:`run`), its reader in one more task; the writer and a
-    reader held back by back-pressure wait on a future made only while they wait.
-    """
+    """State of one accepted socket; see the module docstring. Kept small (a server holds
+    tens of thousands): the writer runs in the task serving the socket (:meth:`run`), the
+    reader in one more; either waits on a future made only while it waits."""
 
     __slots__ = (
         "_control",
@@ -142,10 +138,10 @@ class Connection:
         self._control = 0
         self._lost: set[str] | None = None  # channels that lost messages (resync owed)
         self._waiter: asyncio.Future[None] | None = None  # the idle writer's
-        self._full = False  # replies pile up: the reader waits (back-pressure)
-        self._room: asyncio.Future[None] | None = None  # the waiting reader's
+        self._full = False  # replies pile up: the reader waits (back-pressure) on _room
+        self._room: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None  # the one serving the socket (run)
-        self._timer: asyncio.TimerHandle | None = None  # cuts off a close that hangs
+        self._timer: asyncio.TimerHandle | None = None  # cuts off a close that hangs (_cut)
         self._cut = False
         self._drop_oldest = limits.overflow == "drop_oldest"
         self._dropped_counter = websocket_instruments().ws_dropped
@@ -190,19 +186,12 @@ class Connection:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        _resolve(self._waiter)
+        self._waiter = None
 
     def _make_room(self) -> None:
-        self._full = False
-        room = self._room
-        if room is not None:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
+        _resolve(self._room)
+        self._full, self._room = False, None
 
     def _drop_one(self) -> None:
         queue = self._queue
@@ -301,7 +290,6 @@ class Connection:
             self._task = None  # no more cut-offs: this task is ending
             if self._timer is not None:
                 self._timer.cancel()
-            self._wake()  # nothing waits on it any more
             await cancel_and_wait(reader)
             error = None if reader.cancelled() else reader.exception()
             for result in (failure, error):
@@ -395,29 +383,16 @@ class Connection:
             self._queue = []
         self._messages = self._control = 0
         self._make_room()
-        if len(frames) <= 1:
-            return frames
-        out: list[str] = []
-        chunk: list[str] = []
-        size, limit = 0, self.limits.batch_max_bytes
-        for text in frames:
-            if chunk and size + len(text) > limit:
-                out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
-                chunk, size = [], 0
-            chunk.append(text)
-            size += len(text) + 1
-        if chunk:
-            out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
-        return out
+        return proto.batched(frames, self.limits.batch_max_bytes)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    """Wake whoever waits on ``waiter`` (if anyone)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
     # uvicorn raises ClientDisconnected (an OSError), other servers OSError or RuntimeError
     # ("Unexpected ASGI message ... after sending 'websocket.close'") once the peer is gone.
     return isinstance(exc, (OSError, RuntimeError, asyncio.CancelledError))
-
-
-async def send_close_before_accept(send: Send, code: int) -> None:
-    """Reject a handshake: ``websocket.close`` before ``websocket.accept``."""
-    with contextlib.suppress(OSError, RuntimeError):
-        await send({"type": "websocket.close", "code": code})

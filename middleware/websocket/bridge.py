@@ -86,7 +86,7 @@ from middleware.scope import PERMISSIONS_KEY
 from middleware.telemetry import websocket_instruments
 from middleware.websocket import _auth as auth
 from middleware.websocket._auth import SessionPermissions
-from middleware.websocket._connection import Connection, Identity, send_close_before_accept
+from middleware.websocket._connection import Connection, Identity
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._protocol import CloseCode
 from middleware.websocket._reauthorize import Reauthorizer
@@ -260,7 +260,7 @@ class WebSocketBridge:
                         {"gateway.ws.outcome": "refused", "gateway.ws.reason": rejection.reason}
                     )
                     span.set_status(trace.StatusCode.ERROR, rejection.reason)
-                await send_close_before_accept(send, int(rejection.code))
+                await auth.send_close_before_accept(send, int(rejection.code))
                 return None
             conn = Connection(
                 send=send,
