@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
+def frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """A masked client frame (mask key 0: valid, and no XOR needed)."""
     n = len(payload)
     if n < 126:
@@ -117,9 +117,9 @@ class Client(asyncio.Protocol):
             if opcode == 0x1:
                 self._text(payload, now)
             elif opcode == 0x9 and self.transport is not None:
-                self.transport.write(_frame(payload, 0xA))
+                self.transport.write(frame(payload, 0xA))
             elif opcode == 0x8 and self.transport is not None:
-                self.transport.write(_frame(payload[:2], 0x8))
+                self.transport.write(frame(payload[:2], 0x8))
                 self.transport.close()
                 return
         self.buf = buf[pos:]
@@ -149,7 +149,7 @@ class Client(asyncio.Protocol):
             if t == "resync":
                 stats.resyncs += 1
             elif t == "ping" and self.transport is not None:
-                self.transport.write(_frame(b'{"type":"pong"}'))
+                self.transport.write(frame(b'{"type":"pong"}'))
             data = item.get("data")
             if not isinstance(data, dict) or "p" not in data:
                 continue
@@ -160,7 +160,7 @@ class Client(asyncio.Protocol):
             stats.last_recv[phase] = now
 
 
-def _request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+def upgrade_request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
@@ -181,7 +181,7 @@ async def _open(
     sock.setblocking(False)
     await loop.sock_connect(sock, (host, port))
     _, client = await loop.create_connection(
-        lambda: Client(_request(host, port, path, headers), first, stats, stalled), sock=sock
+        lambda: Client(upgrade_request(host, port, path, headers), first, stats, stalled), sock=sock
     )
     await asyncio.wait_for(client.upgraded, 10)
     await asyncio.wait_for(client.ready, 10)
@@ -195,7 +195,7 @@ async def _serve(conn: Connection, target: dict[str, Any]) -> None:
     host, port, path = target["host"], target["port"], target["path"]
     headers: dict[str, str] = target["headers"]
     first = target["first_frame"].encode() if target.get("first_frame") else None
-    first_frame = _frame(first) if first else None
+    first_frame = frame(first) if first else None
     while True:
         command = await asyncio.to_thread(conn.recv)
         op = command[0]

@@ -7,9 +7,11 @@
 Parts: ``hotpath`` (wrk against uvicorn), ``client`` (RedisClient vs raw redis-py),
 ``invalidation`` (instance A changes, instance B rejects), ``outage`` (Redis killed under
 load), ``fanout`` (WebSocket fan-out, ours vs encode/broadcaster), ``ratelimit`` (a
-rate-limited warm route vs bare Starlette and the naive one-GET stack) and ``history``
+rate-limited warm route vs bare Starlette and the naive one-GET stack), ``history``
 (publish with history vs plain, recovery of 1,000 missed messages on reconnect, fan-out
-with history vs encode/broadcaster). Each part measures our
+with history vs encode/broadcaster) and ``density`` (20,000 authenticated, subscribed
+WebSockets on one gateway process: server memory per socket, one broadcast's latency;
+``DENSITY_SOCKETS`` sets N). Each part measures our
 code side by side with a baseline in the same run and reports ratios; nothing here is a
 pass/fail test. Needs the ``bench`` extra (``pip install -e '.[dev,bench]'``); installs
 Debian's ``wrk`` when missing (as root). Every server is on 127.0.0.1 and started here.
@@ -34,6 +36,7 @@ from pathlib import Path
 from benchmarks import _common as c
 from benchmarks import (
     bench_client,
+    bench_density,
     bench_fanout,
     bench_history,
     bench_hotpath,
@@ -43,7 +46,7 @@ from benchmarks import (
 )
 
 RESULTS = c.RESULTS
-PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit", "history"]
+PARTS = ["hotpath", "client", "invalidation", "outage", "fanout", "ratelimit", "history", "density"]
 
 
 def machine() -> str:
@@ -83,6 +86,7 @@ HEADINGS = {
     "fanout": "## 3. WebSocket fan-out",
     "ratelimit": "## 6. Rate limiting",
     "history": "## 7. History and recovery",
+    "density": "## 8. WebSocket density",
 }
 _GOALS_HEADER = "| goal | holds | measured |"
 _PROVENANCE = "_Measured "
@@ -314,6 +318,16 @@ def main() -> None:
         text, g = bench_history.section(quick=args.quick)
         goals.extend(g)
         sections["history"] = text
+    if "density" in parts:
+        c.progress("== 8. density: authenticated, subscribed sockets on one gateway process")
+        results = bench_density.run(quick=args.quick)
+        g = bench_density.goals(results)
+        goals.extend(g)
+        text = (
+            "## 8. WebSocket density\n\n" + bench_density.DESCRIPTION + "\n\n"
+            + bench_density.table(results) + "\n\n" + _goals(g) + "\n"
+        )  # fmt: skip
+        sections["density"] = text
         print(text, flush=True)
         write()
     write()

@@ -11,11 +11,12 @@ downgrade a request to cookie authentication.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from starlette.types import Scope
+from starlette.types import Scope, Send
 
 from gateway_redis.sessions import id_digest
 from middleware.scope import SESSION_KEY, get_claims_or_none
@@ -36,6 +37,7 @@ __all__ = [
     "identify",
     "normalize_origins",
     "origin_allowed",
+    "send_close_before_accept",
 ]
 
 _BEARER: Final = "bearer"
@@ -209,3 +211,9 @@ class SessionPrincipal:
         if self._resolve is None:
             return frozenset()
         return await self._resolve(self._session)
+
+
+async def send_close_before_accept(send: Send, code: int) -> None:
+    """Reject a handshake: ``websocket.close`` before ``websocket.accept``."""
+    with contextlib.suppress(OSError, RuntimeError):
+        await send({"type": "websocket.close", "code": code})

@@ -14,10 +14,8 @@ reader stops reading while ``queue_size`` replies are waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -80,23 +78,28 @@ class Identity:
 
 
 class Connection:
-    """State of one accepted socket; see the module docstring."""
+    """State of one accepted socket; see the module docstring. Kept small (a server holds
+    tens of thousands): the writer runs in the task serving the socket (:meth:`run`), the
+    reader in one more; either waits on a future made only while it waits."""
 
     __slots__ = (
         "_control",
+        "_cut",
         "_drop_oldest",
         "_dropped_counter",
+        "_full",
         "_handle",
         "_lost",
         "_messages",
         "_queue",
-        "_space",
+        "_room",
         "_stamp",
         "_strike_stamp",
         "_strikes",
+        "_task",
+        "_timer",
         "_tokens",
-        "_wake",
-        "_woken",
+        "_waiter",
         "channels",
         "close_reason",
         "closing",
@@ -130,20 +133,22 @@ class Connection:
         self._handle = handle
         self.channels: dict[str, ChannelEntry] = {}
         self.granted: set[str] | None = None  # channels the server subscribed (server_api)
-        self._queue: deque[Frame] = deque()
+        self._queue: list[Frame] = []
         self._messages = 0
         self._control = 0
-        self._lost: set[str] = set()
-        self._wake = asyncio.Event()
-        self._woken = asyncio.Event()  # set once a close is requested
-        self._space = asyncio.Event()
-        self._space.set()
+        self._lost: set[str] | None = None  # channels that lost messages (resync owed)
+        self._waiter: asyncio.Future[None] | None = None  # the idle writer's
+        self._full = False  # replies pile up: the reader waits (back-pressure) on _room
+        self._room: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the one serving the socket (run)
+        self._timer: asyncio.TimerHandle | None = None  # cuts off a close that hangs (_cut)
+        self._cut = False
         self._drop_oldest = limits.overflow == "drop_oldest"
         self._dropped_counter = websocket_instruments().ws_dropped
         self.dropped = 0
         self.closing: int | None = None
         self.close_reason = ""
-        self.finished = asyncio.Event()
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         now = time.monotonic()
         self.last_rx = self.last_ping = now
         self._tokens = float(limits.burst)
@@ -168,7 +173,7 @@ class Connection:
             self._drop_one()
         self._queue.append(frame)
         self._messages += 1
-        self._wake.set()
+        self._wake()
 
     def push_control(self, text: str) -> None:
         """Queue a reply, error, resync or ping (never dropped)."""
@@ -177,18 +182,25 @@ class Connection:
         self._queue.append(Frame(None, text))
         self._control += 1
         if self._control >= self.limits.queue_size:
-            self._space.clear()
-        self._wake.set()
+            self._full = True
+        self._wake()
+
+    def _wake(self) -> None:
+        _resolve(self._waiter)
+        self._waiter = None
+
+    def _make_room(self) -> None:
+        _resolve(self._room)
+        self._full, self._room = False, None
 
     def _drop_one(self) -> None:
         queue = self._queue
-        if queue[0].channel is not None:
-            dropped = queue.popleft()
-        else:  # rare: replies at the head; drop the oldest message behind them
-            index = next(i for i, f in enumerate(queue) if f.channel is not None)
-            dropped = queue[index]
-            del queue[index]
+        # Rarely replies are at the head: then the oldest message behind them goes.
+        index = next(i for i, f in enumerate(queue) if f.channel is not None)
+        dropped = queue.pop(index)
         assert dropped.channel is not None
+        if self._lost is None:
+            self._lost = set()
         self._lost.add(dropped.channel)
         self._messages -= 1
         self.dropped += 1
@@ -196,22 +208,37 @@ class Connection:
 
     def forget_channel(self, channel: str) -> None:
         """Discard queued messages of ``channel`` (after unsubscribing from it)."""
-        self._lost.discard(channel)
+        if self._lost is not None:
+            self._lost.discard(channel)
         if self.granted is not None:
             self.granted.discard(channel)
         if any(f.channel == channel for f in self._queue):
             kept = [f for f in self._queue if f.channel != channel]
             self._messages -= len(self._queue) - len(kept)
-            self._queue = deque(kept)
+            self._queue = kept
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the socket to close with ``code`` (the first request wins). Never waits."""
         if self.closing is None:
             self.closing = int(code)
             self.close_reason = reason
-            self._wake.set()
-            self._space.set()
-            self._woken.set()
+            self._wake()
+            self._make_room()
+            self._arm_cut()
+
+    def _arm_cut(self) -> None:
+        # The writer gets close_timeout to send what is queued and the close frame (none
+        # when the peer is gone); a peer that stopped reading is then cut off.
+        task = self._task
+        if task is not None and not task.done() and self._timer is None:
+            delay = 0.0 if self.closing == _CLOSE_GONE else self.limits.close_timeout
+            self._timer = task.get_loop().call_later(delay, self._cut_off)
+
+    def _cut_off(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and not self._cut:
+            self._cut = True
+            task.cancel()
 
     # -- rate limiting --------------------------------------------------------------------
 
@@ -238,40 +265,56 @@ class Connection:
     # -- the socket's tasks ---------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the socket until it closes; returns once both tasks have ended."""
-        loop = asyncio.get_running_loop()
-        reader = loop.create_task(self._read(), name="gateway-ws-reader")
-        writer = loop.create_task(self._write(), name="gateway-ws-writer")
-        closing = loop.create_task(self._woken.wait(), name="gateway-ws-closing")
-        tasks = (reader, writer, closing)
+        """Serve the socket until it closes: the writer runs here, the reader in a task of
+        its own; returns once both have ended."""
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        reader = task.get_loop().create_task(self._read(), name="gateway-ws-reader")
+        reader.add_done_callback(self._reader_done)
+        failure: BaseException | None = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if self.closing is None and writer.done():
-                self.close(_CLOSE_GONE)  # a send failed: the peer is gone
-            if self.closing is None:
-                self.close(1011, "internal error")  # the reader failed
-            if self.closing != _CLOSE_GONE and not writer.done():
-                # Let the writer send the close frame, unless the peer stopped reading.
-                await asyncio.wait({writer}, timeout=self.limits.close_timeout)
+            if self.closing is not None:
+                self._arm_cut()
+            await self._write()
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+            # Cut off by _cut_off (close_timeout over): not a cancellation of this task.
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None and uncancel() > 0:
+                raise
+        except Exception as exc:
+            failure = exc  # a send failed: the peer is gone
+            self.close(_CLOSE_GONE)
         finally:
-            await cancel_and_wait(*tasks)
-            for task in tasks:
-                result = None if task.cancelled() else task.exception()
+            self._task = None  # no more cut-offs: this task is ending
+            if self._timer is not None:
+                self._timer.cancel()
+            await cancel_and_wait(reader)
+            error = None if reader.cancelled() else reader.exception()
+            for result in (failure, error):
                 if isinstance(result, Exception) and not _is_disconnect(result):
                     _log.warning(
                         "websocket task failed: %r",
                         result,
                         extra=log_fields(_COMPONENT, "websocket_task_failed"),
                     )
-            self.finished.set()
+            if not self.finished.done():
+                self.finished.set_result(None)
+
+    def _reader_done(self, reader: asyncio.Task[None]) -> None:
+        if self.closing is None:
+            self.close(1011, "internal error")  # the reader failed
 
     async def _read(self) -> None:
         receive, limits = self.receive, self.limits
         max_bytes = limits.max_message_bytes
         handled = 0
         while self.closing is None:
-            if not self._space.is_set():
-                await self._space.wait()  # replies pile up: stop reading (back-pressure)
+            if self._full:
+                # Replies pile up: stop reading (back-pressure) until the writer took them.
+                self._room = room = asyncio.get_running_loop().create_future()
+                await room
                 continue
             message = await receive()
             kind = message["type"]
@@ -307,15 +350,18 @@ class Connection:
                 self.push_control(proto.error_frame("internal", "Internal error."))
 
     async def _write(self) -> None:
-        send, wake = self.send, self._wake
+        send = self.send
+        loop = asyncio.get_running_loop()
         while self.closing is None:
-            await wake.wait()
-            wake.clear()
+            if not self._queue:
+                self._waiter = waiter = loop.create_future()
+                await waiter
+                continue
             for text in self._take():
                 await send({"type": "websocket.send", "text": text})
         if self.closing != _CLOSE_GONE:
             # What is queued (at most the bounded outbox) goes out before the close frame,
-            # so a client learns why (rate_limited...); a stalled one is cut off by run().
+            # so a client learns why (rate_limited...); a stalled one is cut off (_arm_cut).
             for text in self._take():
                 await send({"type": "websocket.send", "text": text})
             close = {"type": "websocket.close", "code": self.closing, "reason": self.close_reason}
@@ -326,39 +372,27 @@ class Connection:
         queue, frames = self._queue, []
         if self._lost:
             lost = sorted(c for c in self._lost if c in self.channels)
-            self._lost.clear()
+            self._lost = None
             if lost:
                 frames.append(proto.resync_frame(lost))
         if len(queue) == 1 and not frames:
-            frames.append(queue.popleft().text)
+            frames.append(queue[0].text)
+            queue.clear()
         else:
             frames.extend(f.text for f in queue)
-            queue.clear()
+            self._queue = []
         self._messages = self._control = 0
-        self._space.set()
-        if len(frames) <= 1:
-            return frames
-        out: list[str] = []
-        chunk: list[str] = []
-        size, limit = 0, self.limits.batch_max_bytes
-        for text in frames:
-            if chunk and size + len(text) > limit:
-                out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
-                chunk, size = [], 0
-            chunk.append(text)
-            size += len(text) + 1
-        if chunk:
-            out.append(chunk[0] if len(chunk) == 1 else proto.batch_frame(chunk))
-        return out
+        self._make_room()
+        return proto.batched(frames, self.limits.batch_max_bytes)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    """Wake whoever waits on ``waiter`` (if anyone)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
     # uvicorn raises ClientDisconnected (an OSError), other servers OSError or RuntimeError
     # ("Unexpected ASGI message ... after sending 'websocket.close'") once the peer is gone.
     return isinstance(exc, (OSError, RuntimeError, asyncio.CancelledError))
-
-
-async def send_close_before_accept(send: Send, code: int) -> None:
-    """Reject a handshake: ``websocket.close`` before ``websocket.accept``."""
-    with contextlib.suppress(OSError, RuntimeError):
-        await send({"type": "websocket.close", "code": code})

@@ -22,6 +22,7 @@ __all__ = [
     "CloseCode",
     "Request",
     "batch_frame",
+    "batched",
     "error_frame",
     "message_data",
     "message_prefix",
@@ -219,6 +220,25 @@ def resync_frame(channels: Iterable[str]) -> str:
 def batch_frame(frames: list[str]) -> str:
     """One ``batch`` frame joining already-serialized frames, in order."""
     return '{"type":"batch","messages":[' + ",".join(frames) + "]}"
+
+
+def batched(frames: list[str], limit: int) -> list[str]:
+    """``frames`` (serialized, in order) as frames to send: alone, or joined in ``batch``
+    frames of at most about ``limit`` characters each."""
+    if len(frames) <= 1:
+        return frames
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for text in frames:
+        if chunk and size + len(text) > limit:
+            out.append(chunk[0] if len(chunk) == 1 else batch_frame(chunk))
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    if chunk:
+        out.append(chunk[0] if len(chunk) == 1 else batch_frame(chunk))
+    return out
 
 
 def message_prefix(channel: str) -> str:

@@ -83,7 +83,7 @@ from middleware.scope import PERMISSIONS_KEY
 from middleware.telemetry import websocket_instruments
 from middleware.websocket import _auth as auth
 from middleware.websocket._auth import SessionPermissions
-from middleware.websocket._connection import Connection, Identity, send_close_before_accept
+from middleware.websocket._connection import Connection, Identity
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._presence import Presences
 from middleware.websocket._protocol import CloseCode
@@ -262,7 +262,7 @@ class WebSocketBridge:
                         {"gateway.ws.outcome": "refused", "gateway.ws.reason": rejection.reason}
                     )
                     span.set_status(trace.StatusCode.ERROR, rejection.reason)
-                await send_close_before_accept(send, int(rejection.code))
+                await auth.send_close_before_accept(send, int(rejection.code))
                 return None
             conn = Connection(
                 send=send,
@@ -378,9 +378,8 @@ class WebSocketBridge:
         for conn in (conns := list(self._registry.conns)):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         if conns:
-            waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
+            waits = [c.finished for c in conns]
             await asyncio.wait(waits, timeout=self.limits.close_timeout + 0.5)
-            await cancel_and_wait(*waits)
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(*tasks)
         for task in tasks:  # retrieved (not raised), as gather(return_exceptions=True) did

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -126,3 +127,38 @@ async def test_server_shutdown_closes_sockets(gateway_factory: GatewayFactory) -
         await subscribe(ws, "system:broadcast")
     # uvicorn closes open sockets with 1012 before the lifespan (and bridge.aclose) runs.
     assert await closed_with(ws) in (1001, 1012)
+
+
+@pytest.mark.parametrize("ws", ["websockets", "websockets-sansio"])
+async def test_a_socket_has_one_task_of_the_bridge(
+    gateway_factory: GatewayFactory, ws: str
+) -> None:
+    # Density: the writer runs in the server's own task for the socket and only the reader
+    # is a task of its own, so 20,000 sockets are 20,000 bridge tasks, not 60,000; they
+    # still deliver and close.
+    async with gateway_factory() as gw:
+        sockets = [await gw.connect(mint(f"density-{i}")) for i in range(5)]
+        for socket in sockets:
+            await subscribe(socket, "system:broadcast")
+        bridge_code = str(Path("middleware", "websocket"))
+        ours = [
+            t
+            for t in asyncio.all_tasks()
+            if bridge_code in t.get_coro().cr_code.co_filename
+            and t.get_coro().__qualname__.startswith("Connection.")
+        ]
+        assert len(ours) == 5
+        async with httpx.AsyncClient(base_url=gw.http) as http:
+            admin = {"Authorization": f"Bearer {mint('root', roles=('admin',))}"}
+            reply = await http.post(
+                "/api/channels/system:broadcast/publish", json={"n": 1}, headers=admin
+            )
+        assert reply.status_code == 200, reply.text
+        for socket in sockets:
+            got = [f for f in await frames(socket) if f["type"] == "message"]
+            assert [f["data"] for f in got] == [{"n": 1}]
+            await socket.close()
+        deadline = time.monotonic() + 5
+        while gw.app.state.bridge.stats().connections and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert gw.app.state.bridge.stats().connections == 0

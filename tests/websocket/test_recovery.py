@@ -15,11 +15,11 @@ import pytest
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
-from gateway_redis import ChannelHistory, RedisClient, RedisConfig, RedisUnavailable
+from gateway_redis import ChannelHistory, Position, RedisClient, RedisConfig, RedisUnavailable
 from gateway_redis.embedded import EmbeddedRedis
 from middleware import Gateway as ComposedGateway
 from middleware import JWTSettings, WebSocketSettings
-from middleware.websocket._recovery import RECOVER_BYTES
+from middleware.websocket._recovery import RECOVER_BYTES, Histories
 from middleware.websocket.bridge import WebSocketBridge
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
 from tests.websocket.wsutil import AUDIENCE, ISSUER, SECRET, Gateway, mint, serve_app
@@ -331,3 +331,38 @@ async def test_a_subscribe_storm_shares_its_position_reads(
         print(f"{commands} commands for {sockets} subscribes")
         assert commands < sockets // 3, commands  # 2 (INFO) + SUBSCRIBE + the reads
         await asyncio.gather(*(ws.close() for ws in clients))
+
+
+class CountingHistory(ChannelHistory):
+    """A real history that counts its position reads."""
+
+    def __init__(self, client: RedisClient) -> None:
+        super().__init__(client, size=50, ttl=60)
+        self.reads = 0
+
+    async def position(self, channel: str) -> Position:
+        self.reads += 1
+        return await super().position(channel)
+
+
+async def test_subscribes_at_once_share_one_position_read(client: RedisClient) -> None:
+    # A crowd subscribing at once (reconnecting after a deploy) reads each channel's position
+    # once, not once per socket (which queued one command per socket for the pool).
+    histories = Histories(client, POLICY)
+    history = CountingHistory(client)
+    first = await asyncio.gather(*(histories.position(history, "hist:crowd") for _ in range(30)))
+    assert history.reads == 1
+    assert len(set(first)) == 1
+    # A caller that comes after the read was sent gets a read of its own: its subscription
+    # may have missed what that read saw.
+    await history.publish("hist:crowd", {"n": 1})
+    early = asyncio.ensure_future(histories.position(history, "hist:crowd"))
+    for _ in range(100):  # until the caller has asked and its read is sent
+        if history.reads == 2:
+            break
+        await asyncio.sleep(0)
+    assert history.reads == 2
+    late = asyncio.ensure_future(histories.position(history, "hist:crowd"))
+    both = await asyncio.gather(early, late)
+    assert history.reads == 3
+    assert [p.offset for p in both] == [first[0].offset + 1] * 2
