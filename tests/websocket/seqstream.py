@@ -186,7 +186,7 @@ class SeqReader:
             if self.last is None or not f.get("recovered", {}).get(self.channel, True):
                 # a fresh start: from where the channel was when subscribed
                 self.last = dict(f["positions"][self.channel])
-        elif kind != "ping":
+        elif kind not in ("ping", "join", "leave"):  # presence comes and goes: not checked
             self.others.append(f)
 
     def has(self, seq: int) -> bool:
