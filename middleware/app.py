@@ -290,7 +290,10 @@ class Gateway:
         layer's error responses. With a bridge, its endpoint is served at
         ``websocket_path`` (None: not routed, mount :attr:`bridge` yourself), public to the
         JWT layer without being listed: the bridge authenticates its handshakes itself
-        (token or session cookie; none is a 1008 close). ``csrf`` (on by default; None:
+        (token or session cookie; none is a 1008 close). Its handshakes pass every layer as
+        before; then the socket is handed over to the bridge, so that the layers' coroutines
+        do not stay suspended for its whole life (:mod:`middleware._handoff`; exceptions
+        the bridge raises skip Starlette's exception handlers). ``csrf`` (on by default; None:
         off) adds :class:`CSRFMiddleware` innermost whenever a cookie carries credentials
         (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
         those with the session cookie need the session's token (:func:`csrf_token`);
