@@ -16,7 +16,6 @@ import gc
 import json
 import os
 import tracemalloc
-from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -57,13 +56,10 @@ class MemoryProbe:
         if frames:
             tracemalloc.start(frames)
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # No frame of its own for what it passes on (a socket would keep it for its life).
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != _PATH:
-            return self.app(scope, receive, send)
-        return self._serve(scope, send)
-
-    async def _serve(self, scope: Scope, send: Send) -> None:
+            await self.app(scope, receive, send)
+            return
         body = json.dumps(self.report(b"baseline=1" in scope.get("query_string", b""))).encode()
         await send({
             "type": "http.response.start", "status": 200,
