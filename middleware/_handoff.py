@@ -9,7 +9,8 @@ exception layer and router, about fourteen suspended frames (with their locals a
 closures) per socket, some 4 KB each at 20,000 sockets (the density benchmark).
 
 :class:`WebSocketHandoff`, outermost of the Gateway's layers, sees a WebSocket handshake
-that the router would give to the bridge's route. It puts a :class:`Handoff` in the scope
+that the router would give to the bridge's route. It sets a :class:`Handoff` (in a
+context variable, not in the scope: every key a socket's scope gains is kept for its life)
 and runs the layers as usual: each does its handshake work (the JWT layer authenticates
 the token, the session layer loads the session, RBAC checks its rules, and any of them may
 refuse the handshake exactly as before). :class:`HandoffTail`, innermost of the layers,
@@ -29,14 +30,19 @@ own errors and closes the socket itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["HANDOFF_KEY", "Handoff", "HandoffPoint", "HandoffTail", "WebSocketHandoff"]
+__all__ = ["Handoff", "HandoffPoint", "HandoffTail", "WebSocketHandoff", "current_handoff"]
 
-HANDOFF_KEY = "gateway.handoff"
-"""Scope key of the :class:`Handoff` during the layers' handshake work."""
+_HANDOFF: ContextVar[Handoff | None] = ContextVar("gateway_handoff", default=None)
+
+
+def current_handoff() -> Handoff | None:
+    """The :class:`Handoff` of the WebSocket handshake the layers are checking, if any."""
+    return _HANDOFF.get()
 
 
 class Handoff:
@@ -86,8 +92,8 @@ class HandoffTail:
         point.tail = self
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        handoff = scope.get(HANDOFF_KEY) if scope["type"] == "websocket" else None
-        if handoff is None:
+        handoff = _HANDOFF.get() if scope["type"] == "websocket" else None
+        if handoff is None or handoff.taken is not None:
             return self.app(scope, receive, send)
         handoff.taken = (scope, receive, send)
         return _taken()
@@ -106,29 +112,30 @@ class WebSocketHandoff:
             return self.app(scope, receive, send)
         point = self._point
         for route in point.router.routes:  # the router's own choice: its first full match
-            match, child = route.matches(scope)
+            match, _ = route.matches(scope)
             if match is Match.FULL:
                 if route is point.route and point.tail is not None:
-                    return self._handoff(scope, receive, send, child)
+                    return self._handoff(scope, receive, send)
                 break
         return self.app(scope, receive, send)
 
-    async def _handoff(self, scope: Scope, receive: Receive, send: Send, child: Scope) -> None:
+    async def _handoff(self, scope: Scope, receive: Receive, send: Send) -> None:
         point = self._point
         handoff = Handoff()
-        scope[HANDOFF_KEY] = handoff
         try:
-            await self.app(scope, receive, send)  # the layers' handshake work
+            reset = _HANDOFF.set(handoff)
+            try:
+                await self.app(scope, receive, send)  # the layers' handshake work
+            finally:
+                _HANDOFF.reset(reset)
             taken = handoff.taken
             if taken is None:  # refused by a layer (its answer was sent)
                 return
             handoff.taken = None
             scope, receive, send = taken
-            scope.pop(HANDOFF_KEY, None)
             tail = point.tail
             if point.direct or tail is None:
-                scope.update(child)  # what the router would have added
-                scope.setdefault("router", point.router)
+                # Not the router's keys (endpoint, path_params, router): the bridge reads none.
                 await point.bridge(scope, receive, send)
             else:
                 await tail.app(scope, receive, send)

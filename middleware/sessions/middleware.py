@@ -55,7 +55,7 @@ from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from gateway_redis.sessions.codec import is_valid_id
 from gateway_redis.support import log_fields
-from middleware._handoff import HANDOFF_KEY, Handoff
+from middleware._handoff import current_handoff
 from middleware._memo import Memo
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
@@ -196,8 +196,8 @@ class SessionMiddleware:
         scope["session"] = handle.data
         scope[SESSION_KEY] = handle
         if kind == "websocket":
-            handoff = scope.get(HANDOFF_KEY)
-            if isinstance(handoff, Handoff):  # handed over: saved when the socket ends
+            handoff = current_handoff()
+            if handoff is not None:  # handed over to the bridge: saved when the socket ends
                 handoff.after(functools.partial(self._save_quietly, handle))
                 return await self.app(scope, receive, send)
             try:
