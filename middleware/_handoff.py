@@ -22,9 +22,10 @@ application. What a layer must do when the socket ends (the session layer saves 
 session) it registers with :meth:`Handoff.after`; it runs when the bridge returns, as it
 did when the layer's ``finally`` ran.
 
-A difference for the bridge's route only: exceptions raised by the bridge do not pass
-through Starlette's exception layer (``app.exception_handler``); the bridge handles its
-own errors and closes the socket itself.
+Differences, for the bridge's route only: exceptions raised by the bridge do not pass
+through Starlette's exception layer (``app.exception_handler``; the bridge handles its own
+errors and closes the socket itself), and on the direct path the scope does not get the
+router's keys (``endpoint``, ``path_params``, ``router``), which the bridge does not read.
 """
 
 from __future__ import annotations
