@@ -42,6 +42,7 @@ from starlette.routing import WebSocketRoute
 
 from gateway_redis import RedisClient, RedisConfig
 from gateway_redis.invalidation import InvalidationBus
+from middleware._handoff import HandoffPoint, HandoffTail, WebSocketHandoff
 from middleware._layers import Components, add_layers, source_of, validator_of
 from middleware._signals import SignalDrain
 from middleware.apikeys.authenticator import APIKeyAuthenticator
@@ -289,7 +290,10 @@ class Gateway:
         layer's error responses. With a bridge, its endpoint is served at
         ``websocket_path`` (None: not routed, mount :attr:`bridge` yourself), public to the
         JWT layer without being listed: the bridge authenticates its handshakes itself
-        (token or session cookie; none is a 1008 close). ``csrf`` (on by default; None:
+        (token or session cookie; none is a 1008 close). Its handshakes pass every layer as
+        before; then the socket is handed over to the bridge, so that the layers' coroutines
+        do not stay suspended for its whole life (:mod:`middleware._handoff`; exceptions
+        the bridge raises skip Starlette's exception handlers). ``csrf`` (on by default; None:
         off) adds :class:`CSRFMiddleware` innermost whenever a cookie carries credentials
         (session cookie, ``token_cookie``): unsafe requests from other sites get 403, and
         those with the session cookie need the session's token (:func:`csrf_token`);
@@ -324,6 +328,15 @@ class Gateway:
         route = websocket_path if self._bridge is not None else None
         if route is not None and route not in public:
             public = (*public, route)
+        bridge = self._bridge
+        point: HandoffPoint | None = None
+        if route is not None and bridge is not None:
+            # The layers check a handshake, then hand the socket over (middleware._handoff):
+            # the bridge runs without their frames. Straight to the bridge when no middleware
+            # was installed before ours (nothing but Starlette's layers before the router).
+            websocket_route = WebSocketRoute(route, bridge, name="gateway-websocket")
+            point = HandoffPoint(app.router, websocket_route, bridge, not app.user_middleware)
+            app.add_middleware(HandoffTail, point=point)  # innermost of our layers
         add_layers(
             app,
             Components(
@@ -345,9 +358,9 @@ class Gateway:
             csrf=csrf,
             rate_limits=rate_limits,
         )
-        bridge = self._bridge
-        if route is not None and bridge is not None:
-            app.router.routes.append(WebSocketRoute(route, bridge, name="gateway-websocket"))
+        if point is not None:
+            app.add_middleware(WebSocketHandoff, point=point)  # outermost of our layers
+            app.router.routes.append(point.route)
         self._installed = True
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ from gateway_redis._driver.cluster import (
 )
 from gateway_redis._driver.cluster_backend import ClusterBackend
 from gateway_redis._driver.connections import lone_connection_kwargs
-from gateway_redis._driver.deadlines import Deadline
+from gateway_redis._driver.deadlines import Deadline, wait_attentively
 from gateway_redis._driver.pool import GatewayPool, GatewaySentinelPool, PoolExhausted
 from gateway_redis._driver.retry import (
     GatewayRetry,
@@ -68,4 +68,5 @@ __all__ = [
     "probe_until_conclusive",
     "restore_retries",
     "retries_disabled",
+    "wait_attentively",
 ]

@@ -1,4 +1,6 @@
-"""Deadlines: the hard time limit every Redis call runs under (:class:`Deadline`).
+"""Deadlines: the hard time limit every Redis call runs under (:class:`Deadline`), and
+:func:`wait_attentively`, a time limit that counts only the time the event loop could
+spend on the wait (for verdicts such as "the server is dead").
 
 Deadlines of one length on one event loop share a timer queue (:class:`_Queue`), so
 starting and ending one is an append and a flag, not a timer handle on the loop's heap.
@@ -11,9 +13,13 @@ import collections
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "wait_attentively"]
+
+T = TypeVar("T")
+_SLICES = 8  # a wait of `seconds` is watched in this many steps (see wait_attentively)
 
 _RECANCEL = 0.05  # seconds between cancellations once a deadline has passed
 
@@ -177,3 +183,40 @@ class Deadline:
             if self._task.cancelling() > self._cancelling:
                 return  # someone else cancelled too: let their CancelledError through
         raise asyncio.TimeoutError(f"deadline of {self._seconds}s exceeded") from exc
+
+
+async def wait_attentively(awaitable: Awaitable[T], seconds: float) -> T:
+    """The result of ``awaitable``; raises :class:`asyncio.TimeoutError` once it has had
+    ``seconds`` of the event loop's attention without finishing.
+
+    A :class:`Deadline` counts wall-clock time: when our own loop is busy (a callback that
+    blocks, thousands of handshakes at once), an answer can sit unread in a socket buffer
+    past the deadline, and the verdict "no answer" would be ours, not the server's. Here
+    the wait is watched in steps of ``seconds / 8``; a step that ends late (the loop was
+    busy) counts as one step, not as the time it took. So an idle loop times out after
+    ``seconds`` as usual, and a busy one only after eight steps in which the loop ran and
+    the answer still was not there. On a timeout, a coroutine's task is cancelled until it
+    has ended (insistently, like :class:`Deadline`); a future is cancelled.
+    """
+    loop = _running_loop()
+    future = asyncio.ensure_future(awaitable)
+    step = seconds / _SLICES
+    counted = 0.0
+    try:
+        while True:
+            started = loop.time()
+            await asyncio.wait((future,), timeout=min(step, seconds - counted))
+            if future.done():
+                return future.result()
+            counted += min(loop.time() - started, step)
+            if counted >= seconds * (1 - 1e-9):
+                break
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    while not future.done():
+        future.cancel()
+        await asyncio.wait((future,), timeout=_RECANCEL)
+    if not future.cancelled():
+        future.exception()  # retrieved: what it raised while being cancelled is moot
+    raise asyncio.TimeoutError(f"no answer within {seconds}s of the loop's attention")

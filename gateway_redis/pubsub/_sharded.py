@@ -238,9 +238,8 @@ class ShardListener(Supervisor[T]):
         token, seen = self._issue_token()
         self.ledger.ping(token)
         self.kick()
-        try:
-            async with _driver.Deadline(self._timeout):
-                await seen
+        try:  # the loop's attention: a PONG unread while our loop was busy is no verdict
+            await _driver.wait_attentively(seen, self._timeout)
         except asyncio.TimeoutError:
             return f"PING not answered within {self._timeout}s"
         finally:

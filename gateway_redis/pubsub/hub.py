@@ -58,9 +58,11 @@ class PubSubHub:
     Reached as ``client.pubsub`` (the client creates it lazily and closes it with itself).
     ``liveness_interval`` (seconds, default 0.5) is how long a subscriber connection may
     stay silent before the hub checks it; ``liveness_timeout`` (seconds, default 0.8) is
-    how long the check may take before the connection counts as dead. With the defaults a
-    frozen server is noticed within about 1.6 s. Channels listed in the configuration's
-    ``sharded_channels`` use sharded pub/sub (see the package docstring). Raises
+    how long the check may take before the connection counts as dead (time our event loop
+    was free to read the answer: a busy loop does not make a healthy server look dead).
+    With the defaults a frozen server is noticed within about 1.6 s. Channels listed in
+    the configuration's ``sharded_channels`` use sharded pub/sub (see the package
+    docstring). Raises
     :class:`ValueError` for a liveness time that is not > 0.
     """
 

@@ -18,11 +18,11 @@ that only notes whether it was written to), so ``request.session`` works;
 :class:`SessionHandle` (``get_session_handle(request)``) creates, regenerates and deletes.
 When the endpoint starts its response, the fields that changed (compared by JSON value, so
 nested changes count; a session nothing wrote to is not compared at all) are merged into
-the stored session in one atomic update that never
-resurrects a session deleted meanwhile (a concurrent logout wins; the cookie is then
-cleared). Data written while there is no session is discarded: sessions are created
-explicitly, so no ID the server did not issue is ever stored. Sliding expiry: a session is
-touched at most once per ``refresh_interval`` (and at least twice per idle timeout).
+the stored session in one atomic update that never resurrects a session deleted meanwhile
+(a concurrent logout wins; the cookie is then cleared). Data written while there is no
+session is discarded: sessions are created explicitly, so no ID the server did not issue
+is ever stored. Sliding expiry: a session is touched at most once per
+``refresh_interval`` (and at least twice per idle timeout).
 
 Redis unavailable (``on_unavailable``): ``"error"`` (default) answers 503 with
 ``Retry-After`` to requests that carry a session ID (requests without one never need Redis);
@@ -30,8 +30,8 @@ Redis unavailable (``on_unavailable``): ``"error"`` (default) answers 503 with
 ``required_paths`` always get ``"error"`` and ``optional_paths`` always ``"anonymous"``, so
 a gateway can keep token-only routes up and still refuse session routes during an outage.
 A save that fails because of an outage turns the response into a 503 (nothing was sent yet).
-WebSocket scopes: loaded at the handshake and saved when the app returns; cookies cannot be
-changed there.
+WebSocket scopes: loaded at the handshake and saved when the app returns (or, handed over
+to the Gateway's bridge, when the socket ends); cookies cannot be changed there.
 
 The warm path (a session in L1, no touch due) awaits nothing and starts no span: it sets
 ``gateway.session.cache.result = "l1"`` on the current (server) span instead. Loads from
@@ -41,6 +41,7 @@ Redis and saves keep their ``gateway.session load`` / ``gateway.session save`` s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -54,6 +55,7 @@ from gateway_redis.errors import RedisUnavailable, SessionNotFound
 from gateway_redis.sessions import Session
 from gateway_redis.sessions.codec import is_valid_id
 from gateway_redis.support import log_fields
+from middleware._handoff import current_handoff
 from middleware._memo import Memo
 from middleware._paths import PathSet, route_path
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
@@ -126,9 +128,8 @@ class SessionMiddleware:
         self._id_memo: Memo[bytes, str] = Memo()
         self._ids = self._id_memo.entries
         # Cookie headers without this substring cannot hold the session cookie.
-        self._cookie_marker = (
-            self._cookie_name.encode("latin-1") + b"=" if self._cookie_name is not None else None
-        )
+        name = self._cookie_name
+        self._cookie_marker = name.encode("latin-1") + b"=" if name is not None else None
         self._refresh = float(refresh_interval)
         self._anonymous = on_unavailable == "anonymous"
         self._required = PathSet(required_paths)
@@ -154,15 +155,13 @@ class SessionMiddleware:
 
     @property
     def header_key(self) -> bytes | None:
-        """The session header's name as it appears in an ASGI scope (lower-case bytes), or
-        None."""
+        """The session header's name as in an ASGI scope (lower-case bytes), or None."""
         return self._header
 
     def session_id(self, scope: Scope, cookie: bytes) -> str | None:
         """The session ID from ``cookie``, the one ``Cookie`` header of ``scope`` that holds
-        :attr:`cookie_marker` (memoized for the usual shape; every header is read when it
-        is not that simple). None when missing, empty or given twice with different
-        values."""
+        :attr:`cookie_marker` (memoized for the usual shape; every header is read when it is
+        not that simple). None when missing, empty or given twice with different values."""
         found = self._simple_cookie(cookie)
         return found if found is not None else self._parse_cookies(scope)
 
@@ -197,6 +196,10 @@ class SessionMiddleware:
         scope["session"] = handle.data
         scope[SESSION_KEY] = handle
         if kind == "websocket":
+            handoff = current_handoff()
+            if handoff is not None:  # handed over to the bridge: saved when the socket ends
+                handoff.after(functools.partial(self._save_quietly, handle))
+                return await self.app(scope, receive, send)
             try:
                 await self.app(scope, receive, send)
             finally:

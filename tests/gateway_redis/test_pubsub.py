@@ -481,6 +481,40 @@ async def test_frozen_server_is_detected_without_traffic_and_recovers(
     print(f"freeze detected in {detected:.2f}s, available {thawed:.2f}s after thaw")
 
 
+async def test_a_busy_event_loop_does_not_make_a_healthy_server_dead(
+    fault_client: RedisClient,
+) -> None:
+    """Our loop blocked (``time.sleep`` in a callback) for longer than the liveness timeout
+    while a check waits: the token comes back into the socket buffer, unread until the loop
+    is free again. That is no verdict on the server: no reconnect, no gap, no down vote."""
+    sub = await fault_client.subscribe("busy")
+    hub = fault_client.pubsub
+    await until(lambda: hub.connected, 2, "hub connected")
+    listener = hub._classic  # white box: block the loop right as a check starts
+    issue = listener._issue_token
+    blocked: list[bytes] = []
+    states: list[str] = []
+    fault_client.add_state_listener(lambda state, _reason: states.append(state.value))
+
+    def issue_then_block() -> tuple[bytes, asyncio.Future[None]]:
+        token, seen = issue()
+        if len(blocked) < 2:
+            blocked.append(token)
+            asyncio.get_running_loop().call_soon(time.sleep, 2.5 * listener._timeout)
+        return token, seen
+
+    listener._issue_token = issue_then_block  # type: ignore[method-assign]
+    await until(lambda: len(blocked) == 2 and listener._token is None, 10, "two checks")
+    await asyncio.sleep(3 * listener._interval)  # and a few ordinary checks after them
+    assert hub.stats().reconnects == 0
+    assert states == []
+    assert fault_client.available
+    assert await fault_client.publish("busy", 1) == 1
+    got = await receive(sub)
+    assert (got.data, got.gap_before) == (1, False)
+    await sub.close()
+
+
 async def test_started_hub_alone_reports_a_frozen_server(fault_server: EmbeddedRedis) -> None:
     async with RedisClient(RedisConfig(url=fault_server.url)) as c:
         c.pubsub.start()  # no subscriptions: just the readiness signal

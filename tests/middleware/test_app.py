@@ -166,7 +166,7 @@ async def test_the_ws_path_is_public_to_jwt_but_the_bridge_refuses_no_credential
     app = Starlette(lifespan=gateway.lifespan)
     gateway.install(app, rules=[Rule("/api/**", "a:read")], fused=fused)
     layer = GatewayMiddleware if fused else JWTMiddleware
-    assert app.user_middleware[0].cls is layer
+    assert app.user_middleware[1].cls is layer  # [0]: the WebSocket handoff
     async with app.router.lifespan_context(app):
         anonymous = Socket(app, [])
         assert await anonymous.start() == {"type": "websocket.close", "code": 1008}
