@@ -41,6 +41,7 @@ STACKS = {
     "l1off": {"BENCH_VARIANT": "ours", "BENCH_L1": "off"},
     "warm": {"BENCH_VARIANT": "ours"},
     "warm-fused": {"BENCH_VARIANT": "ours", "BENCH_FUSED": "1"},
+    "cached": {"BENCH_VARIANT": "ours", "BENCH_FUSED": "1", "BENCH_CACHE": "1"},
     "warm-session": {"BENCH_VARIANT": "ours", "BENCH_ONLY": "session"},
     "warm-jwt": {"BENCH_VARIANT": "ours", "BENCH_ONLY": "jwt"},
     "warm-jwt-rbac": {"BENCH_VARIANT": "ours", "BENCH_ONLY": "jwt,rbac"},
