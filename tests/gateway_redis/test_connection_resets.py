@@ -87,7 +87,7 @@ async def test_reset_connections_fail_only_their_own_calls(
         # A probe sent after the last reset may still hold its connection for a moment: a
         # leak is a connection that never comes back.
         settle = time.monotonic() + 5.0
-        while c.pool_in_use and time.monotonic() < settle:
+        while c.pool_in_use and time.monotonic() < settle:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         in_use = c.pool_in_use
     failed_incr = collections.Counter(outcome.pop("incr failed by worker", []))
