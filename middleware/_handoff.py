@@ -88,6 +88,8 @@ class HandoffTail:
     """Innermost of the Gateway's layers: takes a WebSocket that carries a :class:`Handoff`;
     everything else passes through without a frame of its own."""
 
+    _asgi_single_callable = True  # ASGI 3 for asgiref (see WebSocketHandoff)
+
     def __init__(self, app: ASGIApp, *, point: HandoffPoint) -> None:
         self.app = app
         point.tail = self
@@ -103,6 +105,10 @@ class HandoffTail:
 class WebSocketHandoff:
     """Outermost of the Gateway's layers: see the module docstring. Anything but a
     WebSocket for the bridge's route passes through without a frame of its own."""
+
+    # A plain __call__ returning an awaitable: tell asgiref (OpenTelemetry's ASGI
+    # middleware wraps what it is given with it) that this is ASGI 3, not ASGI 2.
+    _asgi_single_callable = True
 
     def __init__(self, app: ASGIApp, *, point: HandoffPoint) -> None:
         self.app = app

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket
 
 from gateway_redis import RedisClient
 from middleware import Gateway, Rule, SessionMiddleware, SessionSettings
-from middleware._handoff import HandoffTail, WebSocketHandoff
+from middleware._handoff import HandoffPoint, HandoffTail, WebSocketHandoff
 from tests.middleware.test_app import POLICY, SETTINGS, Socket, bearer
 
 # Coroutines that must not stay suspended under a socket's bridge.
@@ -145,3 +145,18 @@ async def test_a_route_defined_before_the_bridges_still_wins(
         assert (await socket.start())["type"] == "websocket.accept"
         assert (await asyncio.wait_for(socket.sent.get(), 5))["text"] == "mine"
         await socket.finish()
+
+
+def test_the_layers_are_asgi3_for_asgiref() -> None:
+    # OpenTelemetry's ASGI middleware wraps its app with asgiref, which takes a plain
+    # __call__ for ASGI 2 and called the layers with the scope alone (every request 500).
+    from asgiref.compatibility import guarantee_single_callable
+    from starlette.routing import Router
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    route = WebSocketRoute("/ws", app)
+    point = HandoffPoint(Router(routes=[route]), route, app, direct=True)
+    for layer in (WebSocketHandoff(app, point=point), HandoffTail(app, point=point)):
+        assert guarantee_single_callable(layer) is layer
