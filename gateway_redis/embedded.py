@@ -183,11 +183,10 @@ class EmbeddedRedis:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = (
-                    self._process.stderr.read().decode(errors="replace")
-                    if self._process.stderr
-                    else ""
-                )
+                err = ""
+                if self._process.stderr is not None:
+                    with self._process.stderr:
+                        err = self._process.stderr.read().decode(errors="replace")
                 log = (
                     self.log_file.read_text(errors="replace")[-2000:]
                     if self.log_file.exists()

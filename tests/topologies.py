@@ -117,9 +117,12 @@ class ClusterTopology:
             )
             for _ in range(primaries * (1 + replicas))
         ]
-        for node in self.nodes:
-            node.args = (*node.args, "--cluster-config-file", f"nodes-{node.port}.conf")
-            node.start()
+        try:
+            for node in self.nodes:
+                _start_cluster_node(node)
+        except BaseException:
+            self.cleanup()
+            raise
         cli = find_server_binary("cli")
         import subprocess
 
@@ -179,6 +182,21 @@ class ClusterTopology:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+def _start_cluster_node(node: EmbeddedRedis, attempts: int = 5) -> None:
+    """Start a cluster node; a port pair taken meanwhile (by any process's outgoing
+    connection: free_port only saw it free) is replaced by another, a few times."""
+    base = node.args
+    for attempt in range(attempts):
+        node.args = (*base, "--cluster-config-file", f"nodes-{node.port}.conf")
+        try:
+            node.start()
+            return
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+            node.port = free_port(cluster=True)
 
 
 @contextmanager
