@@ -40,7 +40,7 @@ def _chains() -> list[str]:
         names, step = [], task.get_coro()
         while step is not None and len(names) < 60:
             code = getattr(step, "cr_code", None) or getattr(step, "gi_code", None)
-            names.append(code.co_qualname if code is not None else type(step).__qualname__)
+            names.append(step.__qualname__ if code is not None else type(step).__qualname__)
             step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
         chains[f"{len(names)}: " + " > ".join(names)] += 1
     return [f"{n} x {chain}" for chain, n in chains.most_common(4)]

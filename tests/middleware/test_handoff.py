@@ -34,7 +34,7 @@ def chain(task: asyncio.Task[Any] | None) -> list[str]:
     step: Any = task.get_coro()
     while step is not None and len(names) < 80:
         code = getattr(step, "cr_code", None)
-        names.append(code.co_qualname if code is not None else type(step).__qualname__)
+        names.append(step.__qualname__ if code is not None else type(step).__qualname__)
         step = getattr(step, "cr_await", None)
     return names
 
