@@ -13,7 +13,6 @@ at once, retrying (idempotency keys) until the new primary answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ import pytest
 
 from examples.realtime import create_app
 from gateway_redis import ChannelHistory, RedisClient, RedisConfig
+from gateway_redis.support import cancel_and_wait
 from tests.topologies import MASTER, SentinelTopology, replica_caught_up, sentinel_topology
 from tests.websocket.seqstream import (
     CHANNEL,
@@ -79,9 +79,7 @@ async def test_clients_recover_everything_through_a_sentinel_failover(
             assert reply["recovered"] == {CHANNEL: True}, reply
             await publishing
         finally:
-            publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publishing
+            await cancel_and_wait(publishing)
         await until(lambda: stays.has(COUNT) and away.has(COUNT), "the last message")
         await asyncio.sleep(0.1)  # nothing more may come (a duplicate would)
         for reader in (stays, away):

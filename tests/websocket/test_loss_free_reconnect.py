@@ -15,7 +15,6 @@ cannot be recovered (docs/guides/websocket.md, "History and recovery").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from gateway_redis import ChannelHistory, RedisClient, RedisConfig
 from gateway_redis.embedded import EmbeddedRedis
+from gateway_redis.support import cancel_and_wait
 from tests.websocket.seqstream import (
     CHANNEL,
     SeqReader,
@@ -70,9 +70,7 @@ async def test_clients_move_to_a_second_instance_without_loss(
                     assert reply["recovered"] == {CHANNEL: True}, reply
                 await publishing
             finally:
-                publishing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await publishing
+                await cancel_and_wait(publishing)
             await until(lambda: all(r.has(COUNT) for r in readers), "every message everywhere")
             await asyncio.sleep(0.1)  # nothing more may come (a duplicate would)
         for reader in readers:
@@ -145,9 +143,7 @@ async def test_a_redis_restart_with_persistence_loses_nothing(
                     assert reply["recovered"] == {CHANNEL: persistent}, reply
                     await publishing
                 finally:
-                    publishing.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await publishing
+                    await cancel_and_wait(publishing)
                 await until(lambda: stays.has(COUNT) and away.has(COUNT), "the last message")
                 await asyncio.sleep(0.1)
                 for reader in (stays, away):
