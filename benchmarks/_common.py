@@ -164,8 +164,9 @@ def stop(server: Server, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    with contextlib.suppress(OSError):
-        server.log.unlink()
+    if not os.environ.get("BENCH_KEEP_LOG"):
+        with contextlib.suppress(OSError):
+            server.log.unlink()
 
 
 @contextlib.contextmanager

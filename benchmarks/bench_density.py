@@ -187,7 +187,9 @@ def measure(
             "REDIS_URL": redis.url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_COOKIE_SECURE": "0",
             **({"DENSITY_TRACEMALLOC": str(trace)} if trace else {}),
         }  # fmt: skip
-        args = [*DEPLOYMENT_WS, "--ws", ws, "--backlog", "4096"]
+        # asgi3: the probe layer's __call__ is a plain function returning an awaitable, which
+        # uvicorn's auto-detection takes for ASGI 2.
+        args = [*DEPLOYMENT_WS, "--ws", ws, "--backlog", "4096", "--interface", "asgi3"]
         with c.serving("benchmarks.density_app:create", env, extra_args=args) as server:
             clients = _Clients(server.port, processes)
             try:
