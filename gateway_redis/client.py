@@ -264,7 +264,11 @@ class RedisClient(Commands, Availability):
             if translated is None:
                 raise
             if translated.outage is not Outage.NONE:
-                if self._backend.call_failed(translated.outage):
+                # A deadline that passed while our own loop was stalled is no verdict on
+                # Redis (nor on a cluster node): the probe decides.
+                if timer.stalled:
+                    self._health.check_now()
+                elif self._backend.call_failed(translated.outage):
                     self._health.report_failure(exc, translated.detail)
                 else:  # the probe decides (a broken connection; cluster)
                     self._health.check_now(translated.outage is Outage.LOST)

@@ -26,7 +26,7 @@ from gateway_redis._driver.connections import (
     probe_connection_kwargs,
     sentinel_connection,
 )
-from gateway_redis._driver.deadlines import Deadline
+from gateway_redis._driver.deadlines import Deadline, wait_attentively
 from gateway_redis._driver.retry import GatewayRetry, probe_until_conclusive
 from gateway_redis._translate import Outage
 from gateway_redis.config import RedisConfig
@@ -116,10 +116,11 @@ class Backend(Protocol):
         """Close every connection this backend opened."""
 
 
-def open_probe_connection(backend: Backend, timeout: float) -> AbstractConnection:
-    """A lone connection for health probes: no retries, ``timeout`` seconds to connect and
-    to read."""
-    return backend.lone_connection(**probe_connection_kwargs(timeout))
+def open_probe_connection(backend: Backend) -> AbstractConnection:
+    """A lone connection for health probes: no retries, and no socket timeouts (each use
+    of it has a time limit: the probe's counts the loop's attention, see
+    :meth:`PoolBackend.probe`)."""
+    return backend.lone_connection(**probe_connection_kwargs(None))
 
 
 class PoolBackend:
@@ -139,16 +140,19 @@ class PoolBackend:
         self.pool = make_pool(config, self.sentinel, config.pool_size)
         self.redis = Redis(connection_pool=self.pool)
         self._probe_timeout = probe_timeout
-        self._probe_conn = open_probe_connection(self, probe_timeout)
+        self._probe_conn = open_probe_connection(self)
 
     def run(self, call: Callable[[Redis], Awaitable[T]]) -> Awaitable[T]:
         """``call(redis)``: the pool itself makes callers wait for a connection."""
         return call(self.redis)
 
     def call_failed(self, outage: Outage) -> bool:
-        """An outage of the one primary is an outage of Redis; a broken connection is
-        not, by itself: the probe decides."""
-        return outage is not Outage.LOST
+        """An outage of the one primary is an outage of Redis. A broken connection is not,
+        by itself, and neither is a deadline that passed: a loop too busy to read the
+        reply in time (thousands of handshakes at once) looks the same from here as a
+        server that stopped answering. The probe decides, counting only the time the loop
+        could spend on it (:meth:`probe`)."""
+        return outage is not Outage.LOST and outage is not Outage.DEADLINE
 
     async def _ask(self, *command: str) -> Any:
         conn = self._probe_conn
@@ -165,9 +169,12 @@ class PoolBackend:
         """``ROLE`` on the probe connection: answers like ``PING`` and also says whether the
         server is a primary. Raises ``ConnectionError`` when it is not. A broken connection
         is tried again on a fresh one (:func:`probe_until_conclusive`): one reset is no
-        outage. Returns False: nothing short of an outage needs probing often here."""
-        async with Deadline(self._probe_timeout):
-            reply = await probe_until_conclusive(lambda: self._ask("ROLE"))
+        outage. The time limit counts the loop's attention (:func:`wait_attentively`): a
+        loop too busy to read the answer is no outage either. Returns False: nothing short
+        of an outage needs probing often here."""
+        reply = await wait_attentively(
+            probe_until_conclusive(lambda: self._ask("ROLE")), self._probe_timeout
+        )
         if isinstance(reply, list) and reply and reply[0] in (b"master", "master"):
             return False
         if isinstance(reply, list):

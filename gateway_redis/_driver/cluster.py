@@ -18,7 +18,7 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio.connection import Connection, SSLConnection
 
-from gateway_redis._driver.deadlines import Deadline
+from gateway_redis._driver.deadlines import wait_attentively
 from gateway_redis._translate import is_auth_error
 from gateway_redis.support import log_fields
 
@@ -232,20 +232,24 @@ def cluster_state(reply: Any) -> str:
 async def probe_cluster(conn: ClusterSeedConnection, timeout: float) -> None:
     """Ask a seed node for ``CLUSTER INFO``; the cluster is up if it says ``cluster_state:ok``.
 
-    Seeds are tried one after another, ``timeout`` seconds each, until one answers; a
+    Seeds are tried one after another, ``timeout`` seconds of the loop's attention each
+    (:func:`~gateway_redis._driver.deadlines.wait_attentively`), until one answers; a
     node's ``cluster_state`` is ``fail`` while any slot has no reachable primary (Redis then
     refuses every key with CLUSTERDOWN, unless ``cluster-require-full-coverage no``).
     Raises :class:`redis.exceptions.ClusterDownError` when the answer is not ``ok``, an
     auth error as soon as one comes, and the last error when no seed answers.
     """
     last: BaseException | None = None
+
+    async def ask() -> Any:
+        if not conn.is_connected:
+            await conn.connect()
+        await conn.send_command("CLUSTER INFO")
+        return await conn.read_response()
+
     for _ in range(conn.seed_count):
         try:
-            async with Deadline(timeout):
-                if not conn.is_connected:
-                    await conn.connect()
-                await conn.send_command("CLUSTER INFO")
-                reply = await conn.read_response()
+            reply = await wait_attentively(ask(), timeout)
         except (asyncio.TimeoutError, rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             await conn.disconnect(nowait=True)
             if is_auth_error(exc):

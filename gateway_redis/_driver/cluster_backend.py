@@ -61,7 +61,8 @@ class ClusterBackend:
         self._limiter = asyncio.Semaphore(config.pool_size)
         self._wait_observer: Callable[[float], None] | None = None
         self._probe_timeout = probe_timeout
-        self._probe_conn = seed_connection(config, **probe_connection_kwargs(probe_timeout))
+        # No socket timeouts: probe_cluster's time limit counts the loop's attention.
+        self._probe_conn = seed_connection(config, **probe_connection_kwargs(None))
 
     def _make_cluster(self) -> RedisCluster:
         config = self.config

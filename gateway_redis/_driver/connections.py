@@ -97,7 +97,7 @@ def connection_kwargs(config: RedisConfig, **overrides: Any) -> dict[str, Any]:
 def lone_connection_kwargs(
     *,
     socket_timeout: float | None,
-    socket_connect_timeout: float,
+    socket_connect_timeout: float | None,
     client_name: str,
     protocol: int | None = None,
 ) -> dict[str, Any]:
@@ -106,7 +106,9 @@ def lone_connection_kwargs(
     Pass them to ``backend.lone_connection(**...)`` (or
     :func:`sentinel_connection`): probes, pub/sub subscribers, liveness checks and
     routers own their connection and decide themselves when to reconnect.
-    ``socket_timeout`` None means no read timeout (an idle subscriber); ``protocol=2`` asks
+    ``socket_timeout`` None means no read timeout (an idle subscriber), and
+    ``socket_connect_timeout`` None no connect timeout (a probe: its caller bounds every
+    use); ``protocol=2`` asks
     for RESP2 (replies as plain arrays), None keeps redis-py's default.
     """
     kwargs: dict[str, Any] = {
@@ -120,10 +122,13 @@ def lone_connection_kwargs(
     return kwargs
 
 
-def probe_connection_kwargs(timeout: float) -> dict[str, Any]:
+def probe_connection_kwargs(timeout: float | None) -> dict[str, Any]:
     """:func:`lone_connection_kwargs` of a health probe: ``timeout`` seconds to connect and
-    to read. Probes go over a raw connection, not ``Redis.execute_command``, so they never
-    show up as command spans in OpenTelemetry's redis instrumentation."""
+    to read (None: no socket timeouts, for a connection whose every use has a time limit
+    of its own, such as :func:`~gateway_redis._driver.deadlines.wait_attentively`, which a
+    wall-clock socket timeout would pre-empt when the loop is busy). Probes go over a raw
+    connection, not ``Redis.execute_command``, so they never show up as command spans in
+    OpenTelemetry's redis instrumentation."""
     return lone_connection_kwargs(
         socket_timeout=timeout, socket_connect_timeout=timeout, client_name="gateway-redis-probe"
     )

@@ -59,7 +59,15 @@ class _Queue:
                 entries.popleft()
             elif entry._when <= now:
                 entries.popleft()
-                entry._fire()
+                step = entry._seconds / _SLICES
+                if now - entry._when > step:
+                    # The loop was stalled past the deadline (a long callback, a collector
+                    # pause, a flood of handshakes): the answer may be in a socket buffer,
+                    # its reader run just now. Give it one step before cancelling.
+                    entry._stalled = True
+                    entry._handle = self._loop.call_at(now + step, entry._fire)
+                else:
+                    entry._fire()
             else:
                 self._timer = self._loop.call_at(entry._when, self._expire)
                 return
@@ -98,6 +106,12 @@ class Deadline:
     from outside that arrives meanwhile is passed on, not turned into a timeout. It is
     also cheaper than ``asyncio.timeout``: deadlines of the same length share one timer
     (see :class:`_Queue`), which matters when every Redis call has one.
+
+    A deadline counts wall-clock time, but not a stall of the loop at its very end: when
+    its timer runs more than an eighth of the deadline late, the reply may have arrived
+    during the stall and be unread. The block then gets one more eighth (one loop
+    iteration at least, in which the readers run) before it is cancelled, and
+    :attr:`stalled` says so.
     """
 
     __slots__ = (
@@ -107,6 +121,7 @@ class Deadline:
         "_handle",
         "_loop",
         "_seconds",
+        "_stalled",
         "_task",
         "_when",
     )
@@ -115,6 +130,7 @@ class Deadline:
         self._seconds = seconds
         self._fired = 0
         self._done = False
+        self._stalled = False
         self._handle: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Deadline:
@@ -160,6 +176,13 @@ class Deadline:
         """Whether the deadline passed while the block ran."""
         return self._fired > 0
 
+    @property
+    def stalled(self) -> bool:
+        """Whether the event loop was stalled when the deadline passed (its timer ran more
+        than an eighth of the deadline late): the block then had that eighth more, and a
+        timeout says at least as much about this process as about the server."""
+        return self._stalled
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -174,6 +197,8 @@ class Deadline:
         unless a cancellation from outside is on its way."""
         self._done = True
         if not self._fired:
+            if self._handle is not None:  # ended within the grace of a stalled loop
+                self._handle.cancel()
             return
         if self._handle is not None:
             self._handle.cancel()

@@ -53,7 +53,7 @@ def _connections(client: RedisClient) -> dict[str, AbstractConnection]:
     """One connection of every kind ``client`` opens, unconnected."""
     backend = client.backend
     conns: dict[str, AbstractConnection] = {
-        "probe": open_probe_connection(backend, 1.0),
+        "probe": open_probe_connection(backend),
         "subscriber": open_subscriber_connection(client),
         "lone": backend.lone_connection(),
     }
