@@ -17,6 +17,9 @@ With ``--reconnect`` a lost socket is reconnected (after a second; not when the 
 refused or ended the credential: 1008, 4401, 4403) and its channels subscribed again with
 ``recover`` from the last position seen on each channel with history, so no message is
 missed while away (the ``subscribed`` reply says ``recovered`` per channel).
+
+A subscribe answered ``unavailable`` (the gateway could not reach Redis) is sent again, with
+``recover``, after 1 s, then 2, 4, up to 8 s between tries, for as long as the socket lives.
 """
 
 from __future__ import annotations
@@ -54,9 +57,21 @@ def _frames(raw: str | bytes) -> list[dict[str, Any]]:
     return [frame]
 
 
-async def _request(ws: ClientConnection, frame: dict[str, Any], seq: list[int]) -> None:
+async def _request(ws: ClientConnection, frame: dict[str, Any], seq: list[int]) -> int:
     seq[0] += 1
     await ws.send(json.dumps({**frame, "id": seq[0]}))
+    return seq[0]
+
+
+def _subscribe_frame(channels: list[str], positions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "subscribe", "channels": channels}
+    recover = {c: positions[c] for c in channels if c in positions}
+    if recover:
+        frame["recover"] = recover
+    return frame
+
+
+_RETRY_FIRST, _RETRY_MAX = 1.0, 8.0  # seconds between subscribes answered "unavailable"
 
 
 _FINAL_CODES = frozenset({1008, 4401, 4403})  # refused, token or session ended: no retry
@@ -79,11 +94,13 @@ async def _print(
     args: argparse.Namespace,
     seq: list[int],
     positions: dict[str, dict[str, Any]] | None = None,
+    subscribe_id: int | None = None,
 ) -> bool:
-    """Print frames until done (True) or the socket closes (False)."""
+    """Print frames until done (True) or the socket closes (False). ``subscribe_id``: the
+    id of the subscribe request sent, to send again if it is answered ``unavailable``."""
     positions = {} if positions is None else positions
     with contextlib.suppress(websockets.ConnectionClosed):  # closed without a close frame
-        return await _print_frames(ws, args, seq, positions)
+        return await _print_frames(ws, args, seq, positions, subscribe_id)
     return False
 
 
@@ -92,7 +109,9 @@ async def _print_frames(
     args: argparse.Namespace,
     seq: list[int],
     positions: dict[str, dict[str, Any]],
+    subscribe_id: int | None,
 ) -> bool:
+    pause = _RETRY_FIRST
     async for raw in ws:
         for frame in _frames(raw):
             if frame.get("type") == "ping":
@@ -100,6 +119,13 @@ async def _print_frames(
                 continue
             print(json.dumps(frame), flush=True)
             _track(frame, positions)
+            retry = frame.get("type") == "error" and frame.get("code") == "unavailable"
+            if retry and subscribe_id is not None and frame.get("id") == subscribe_id:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX)
+                frame = _subscribe_frame(args.subscribe, positions)
+                subscribe_id = await _request(ws, frame, seq)
+                continue
             if frame.get("type") == "message":
                 seq[1] += 1
                 if args.count and seq[1] >= args.count:
@@ -139,18 +165,16 @@ async def _connected(
     while True:
         try:
             async with websockets.connect(url, **options) as ws:
+                subscribe_id = None
                 if args.subscribe:
-                    frame: dict[str, Any] = {"type": "subscribe", "channels": args.subscribe}
-                    recover = {c: positions[c] for c in args.subscribe if c in positions}
-                    if recover:
-                        frame["recover"] = recover
-                    await _request(ws, frame, seq)
+                    frame = _subscribe_frame(args.subscribe, positions)
+                    subscribe_id = await _request(ws, frame, seq)
                 for item in publish:
                     channel, _, data = item.partition("=")
                     frame = {"type": "publish", "channel": channel, "data": json.loads(data)}
                     await _request(ws, frame, seq)
                 publish = []  # published once, not again after a reconnect
-                if await _print(ws, args, seq, positions):
+                if await _print(ws, args, seq, positions, subscribe_id):
                     return 0
         except (OSError, websockets.InvalidHandshake) as exc:
             if not args.reconnect:

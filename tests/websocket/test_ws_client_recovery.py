@@ -1,5 +1,6 @@
 """The example's command-line client reconnects with ``recover`` after its socket was cut
-(by a TCP proxy between it and the gateway) and prints every message once, in order."""
+(by a TCP proxy between it and the gateway) and prints every message once, in order; a
+subscribe answered ``unavailable`` is sent again until it goes through."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from examples import ws_client
-from gateway_redis import ChannelHistory, RedisClient
+from gateway_redis import ChannelHistory, RedisClient, RedisConfig
+from gateway_redis.embedded import EmbeddedRedis
 from tests.websocket.wsutil import Gateway, mint
 
 
@@ -97,3 +99,56 @@ async def test_cli_client_reconnects_and_recovers(
     replies = [f for f in got if f["type"] == "subscribed"]
     assert "recovered" not in replies[0]
     assert replies[1]["recovered"] == {"system:broadcast": True}
+
+
+async def test_cli_client_subscribes_again_after_unavailable(
+    gateway_factory: Any, fault_server: EmbeddedRedis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis is down when the client reconnects: its subscribe is answered ``unavailable``;
+    the client sends it again (1 s, 2 s, ... apart) until Redis is back, then gets the
+    channel's messages."""
+    async with gateway_factory(redis_url=fault_server.url) as gateway:
+        proxy = CuttingProxy(gateway.port)
+        port = await proxy.start()
+        args = argparse.Namespace(
+            base=f"http://127.0.0.1:{port}", url=None, login=None, token=mint("bob"),
+            header=False, subscribe=["system:broadcast"], publish=[], count=3, seconds=30.0,
+            reconnect=True,
+        )  # fmt: skip
+        task = asyncio.create_task(ws_client.run(args))
+        out: list[str] = []
+
+        def lines() -> list[dict[str, Any]]:
+            out.append(capsys.readouterr().out)
+            return [json.loads(line) for line in "".join(out).splitlines() if line.strip()]
+
+        async def until(condition: Any, seconds: float = 10.0) -> None:
+            for _ in range(int(seconds / 0.02)):
+                if condition(lines()):
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"timed out; got {lines()}")
+
+        def unavailable(got: list[dict[str, Any]]) -> int:
+            return sum(f["type"] == "error" and f.get("code") == "unavailable" for f in got)
+
+        try:
+            await until(lambda got: any(f["type"] == "subscribed" for f in got))
+            await asyncio.to_thread(fault_server.kill)
+            proxy.cut()  # the client reconnects after a second, Redis still down
+            await until(lambda got: unavailable(got) >= 2)  # asked again, refused again
+            await asyncio.to_thread(fault_server.start)
+            await until(lambda got: sum(f["type"] == "subscribed" for f in got) == 2)
+            async with RedisClient(RedisConfig(url=fault_server.url)) as publisher:
+                history = ChannelHistory(publisher, size=1000, ttl=300)
+                for n in range(1, 4):
+                    await history.publish("system:broadcast", {"n": n})
+            assert await asyncio.wait_for(task, 10) == 0
+        finally:
+            task.cancel()
+            await proxy.aclose()
+    got = lines()
+    assert [f["data"]["n"] for f in got if f["type"] == "message"] == [1, 2, 3]
+    refused = [f for f in got if f["type"] == "error"]
+    assert refused
+    assert all(f["code"] == "unavailable" for f in refused)
