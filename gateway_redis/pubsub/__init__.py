@@ -51,7 +51,7 @@ every connection the package opens).
 from __future__ import annotations
 
 from gateway_redis.pubsub.envelope import Position
-from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, Published
+from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, PayloadPage, Published
 from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
 from gateway_redis.pubsub.presence import (
     ChannelPresence,
@@ -72,6 +72,7 @@ __all__ = [
     "HistoryPage",
     "Message",
     "MessageCallback",
+    "PayloadPage",
     "Position",
     "PresenceChange",
     "PresenceMember",
