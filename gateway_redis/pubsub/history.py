@@ -101,7 +101,7 @@ class HistoryPage:
 @dataclasses.dataclass(frozen=True, slots=True)
 class PayloadPage:
     """What :meth:`ChannelHistory.read_payloads` found: a :class:`HistoryPage` with each
-    message as its payload only (:attr:`Message.payload`: the publisher's JSON text,
+    message as its payload only (``Message.payload``: the publisher's JSON text,
     exactly as written), never decoded into objects. ``payloads[i]`` has the offset
     ``first + i`` (``first`` is the reader's offset + 1) and the epoch ``position.epoch``.
     ``recovered`` as in :class:`HistoryPage` (False: ``payloads`` is empty)."""
