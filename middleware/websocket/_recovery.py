@@ -196,7 +196,8 @@ def deliver(fanout: Fanout, conn: Connection, job: Catchup) -> None:
                 continue  # sent already (or from before the position the client was given)
             position = Position(message.epoch or "", message.offset)
         frames.append(fanout.frame(job.name, message).text)
-    conn.push_control(frames)  # as replies, one run: never dropped (bounded by the history size)
+    if frames:  # as replies, one run: never dropped (bounded by the history size)
+        conn.push_control(frames)
     if job.resync or held.gap:
         conn.push_control(proto.resync_frame([job.name]))
     # Messages up to the position may still be on their way from Redis (history was read
