@@ -31,7 +31,8 @@ build a PSUBSCRIBE pattern from user input.
 * Channel history (:class:`ChannelHistory`, in :mod:`~gateway_redis.pubsub.history`):
   publishing through it keeps the channel's recent messages in a Redis Stream, gives each
   an epoch and offset (carried by the :class:`Message`), and lets a subscriber that
-  missed some get them back (:meth:`ChannelHistory.read`).
+  missed some get them back (:meth:`ChannelHistory.read`, or as JSON text without
+  decoding: :meth:`ChannelHistory.read_payloads`).
 * Channel presence (:class:`ChannelPresence`, in :mod:`~gateway_redis.pubsub.presence`):
   who is on a channel (user, connection, info), expiring without heartbeats, with O(1)
   counts.
@@ -51,7 +52,7 @@ every connection the package opens).
 from __future__ import annotations
 
 from gateway_redis.pubsub.envelope import Position
-from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, Published
+from gateway_redis.pubsub.history import ChannelHistory, HistoryPage, PayloadPage, Published
 from gateway_redis.pubsub.hub import PubSubHub, ReconnectListener
 from gateway_redis.pubsub.presence import (
     ChannelPresence,
@@ -72,6 +73,7 @@ __all__ = [
     "HistoryPage",
     "Message",
     "MessageCallback",
+    "PayloadPage",
     "Position",
     "PresenceChange",
     "PresenceMember",

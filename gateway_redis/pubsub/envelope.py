@@ -39,13 +39,14 @@ History position
     All values are still strings, so a reader that predates positions decodes the body
     exactly as before (it sees the two keys among the propagation headers).
     :func:`decode_message` returns them as a :class:`Position`; :func:`decode` leaves
-    them out of the trace context.
+    them out of the trace context; :func:`history_payloads` checks them and slices the
+    bodies out of many such messages at once, without keeping them decoded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
@@ -60,6 +61,7 @@ __all__ = [
     "decode_message",
     "dumps",
     "encode",
+    "history_payloads",
 ]
 
 RESERVED: Final = "__gateway_redis__:"
@@ -70,8 +72,16 @@ MAX_NAME_BYTES: Final = 1024
 _HEAD: Final = b'{"_gw":'
 _MID: Final = b',"data":'
 _MID_TEXT: Final = _MID.decode()
+_HEAD_TEXT: Final = _HEAD.decode()
 _DECODER: Final = json.JSONDecoder()
 _MAX_EPOCH: Final = 64  # characters
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT: Final = json.JSONDecoder(parse_constant=_refuse_constant)  # no NaN, no Infinity
 
 
 class Position(NamedTuple):
@@ -166,6 +176,49 @@ def decode_message(raw: bytes) -> tuple[str, Any, Mapping[str, str] | None, Posi
     return text, data, None, None
 
 
+def history_payloads(raws: Sequence[bytes], epoch: str, first: int) -> list[str] | None:
+    """The payloads (the publishers' JSON text, as :func:`decode` gives them) of messages
+    kept in a channel's history, ``raws[i]`` being expected at ``Position(epoch, first +
+    i)``; None unless every one is an envelope carrying exactly that position around a
+    payload that is strict JSON (no NaN or Infinity, no surrounding whitespace).
+
+    For handing many messages on as text: each payload is checked, not kept decoded (no
+    object per message survives the call). An envelope without trace headers is recognised
+    by its exact opening. Never raises.
+    """
+    fast = epoch.isascii() and epoch.isalnum()  # written as is: no escaping in JSON
+    opening = f'{{"_gw":{{"epoch":"{epoch}","offset":"'
+    payloads: list[str] = []
+    append = payloads.append
+    check = _STRICT.raw_decode
+    for offset, raw in enumerate(raws, first):
+        text = raw.decode("utf-8", "replace")
+        head = f'{opening}{offset}"}},"data":'
+        start = len(head) if fast and text.startswith(head) else None
+        if start is None:
+            start = _traced_start(text, Position(epoch, offset))
+        if start is None or not text.endswith("}"):
+            return None
+        payload = text[start:-1]
+        try:
+            end = check(payload)[1]
+        except (ValueError, RecursionError):
+            return None
+        if end != len(payload):
+            return None
+        append(payload)
+    return payloads
+
+
+def _traced_start(text: str, at: Position) -> int | None:
+    # Where the payload of an envelope with trace headers starts, if it carries ``at``.
+    split = _split(text)
+    if split is None:
+        return None
+    context, end = split
+    return end + len(_MID) if _position(context) == at else None
+
+
 def _position(context: dict[str, str]) -> Position | None:
     # Takes the position keys out of the context; None unless both are well formed.
     if "epoch" not in context and "offset" not in context:
@@ -176,8 +229,10 @@ def _position(context: dict[str, str]) -> Position | None:
     return Position(epoch, int(offset)) if offset.isascii() and offset.isdigit() else None
 
 
-def _unwrap(text: str) -> tuple[str, Any, dict[str, str]] | None:
-    # Exactly '{"_gw":' <object of strings> ',"data":' <one JSON value> '}', nothing else.
+def _split(text: str) -> tuple[dict[str, str], int] | None:
+    # '{"_gw":' <object of strings> ',"data":' ...: the object, and where ',"data":' starts.
+    if not text.startswith(_HEAD_TEXT):
+        return None
     try:
         context, end = _DECODER.raw_decode(text, len(_HEAD))
     except (ValueError, RecursionError):
@@ -186,6 +241,15 @@ def _unwrap(text: str) -> tuple[str, Any, dict[str, str]] | None:
         return None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
         return None
+    return context, end
+
+
+def _unwrap(text: str) -> tuple[str, Any, dict[str, str]] | None:
+    # Exactly '{"_gw":' <object of strings> ',"data":' <one JSON value> '}', nothing else.
+    split = _split(text)
+    if split is None:
+        return None
+    context, end = split
     inner = text[end + len(_MID) : -1]
     try:
         data = json.loads(inner)

@@ -60,7 +60,7 @@ from gateway_redis.support import check_seconds
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
-__all__ = ["ChannelHistory", "HistoryPage", "Published"]
+__all__ = ["ChannelHistory", "HistoryPage", "PayloadPage", "Published"]
 
 MAX_SIZE: Final = 1_000_000
 MAX_LIMIT: Final = 10_000
@@ -95,6 +95,20 @@ class HistoryPage:
 
     position: Position
     messages: tuple[Message, ...]
+    recovered: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayloadPage:
+    """What :meth:`ChannelHistory.read_payloads` found: a :class:`HistoryPage` with each
+    message as its payload only (``Message.payload``: the publisher's JSON text,
+    exactly as written), never decoded into objects. ``payloads[i]`` has the offset
+    ``first + i`` (``first`` is the reader's offset + 1) and the epoch ``position.epoch``.
+    ``recovered`` as in :class:`HistoryPage` (False: ``payloads`` is empty)."""
+
+    position: Position
+    first: int
+    payloads: tuple[str, ...]
     recovered: bool
 
 
@@ -212,6 +226,38 @@ class ChannelHistory:
         """The messages published on ``channel`` after ``since`` (a :class:`Position`, or
         an ``(epoch, offset)`` pair), at most ``limit`` (1 to 10,000); see
         :class:`HistoryPage`. Raises :class:`RedisUnavailable`, :class:`ValueError`."""
+        name, position, raws = await self._read(channel, since, limit)
+        if raws is None:
+            return HistoryPage(position, (), False)
+        messages = []
+        for raw in raws:
+            payload, data, context, at = envelope.decode_message(raw)
+            if at is None:  # not written by PUBLISH above: the stream was tampered with
+                return HistoryPage(position, (), False)
+            messages.append(
+                Message(name, payload, data, None, context, offset=at.offset, epoch=at.epoch)
+            )
+        return HistoryPage(position, tuple(messages), True)
+
+    async def read_payloads(
+        self, channel: str, *, since: Position | tuple[str, int], limit: int = 100
+    ) -> PayloadPage:
+        """:meth:`read` for handing the messages on as text (a WebSocket frame, an HTTP
+        body): each payload is checked to be JSON but not decoded, so a large page costs
+        no object per message. A message that is not exactly what :meth:`publish` wrote
+        (its position, strict JSON) makes the page ``recovered=False``, as in :meth:`read`.
+        Raises :class:`RedisUnavailable`, :class:`ValueError`."""
+        _, position, raws = await self._read(channel, since, limit)
+        first = _check_position(since)[1] + 1
+        payloads = None if raws is None else envelope.history_payloads(raws, position.epoch, first)
+        if payloads is None:
+            return PayloadPage(position, first, (), False)
+        return PayloadPage(position, first, tuple(payloads), True)
+
+    async def _read(
+        self, channel: str, since: Position | tuple[str, int], limit: int
+    ) -> tuple[str, Position, list[bytes] | None]:
+        # The checked name, the channel's position, the stored messages (None: impossible).
         (name,) = envelope.check_names((channel,), "channel")
         epoch, offset = _check_position(since)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
@@ -222,16 +268,8 @@ class ChannelHistory:
         )
         position = Position(_text(reply[0]), int(reply[1]))
         if reply[2] is None:
-            return HistoryPage(position, (), False)
-        messages = []
-        for raw in reply[2]:
-            payload, data, context, at = envelope.decode_message(bytes(raw))
-            if at is None:  # not written by PUBLISH above: the stream was tampered with
-                return HistoryPage(position, (), False)
-            messages.append(
-                Message(name, payload, data, None, context, offset=at.offset, epoch=at.epoch)
-            )
-        return HistoryPage(position, tuple(messages), True)
+            return name, position, None
+        return name, position, [bytes(raw) for raw in reply[2]]
 
     def _keys(self, name: str) -> list[str]:
         base = self._base(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -21,7 +22,6 @@ from starlette.types import Scope, Send
 from gateway_redis.sessions import id_digest
 from middleware.scope import SESSION_KEY, get_claims_or_none
 from middleware.sessions.handle import SessionHandle
-from middleware.websocket._connection import Identity
 
 if TYPE_CHECKING:
     from gateway_redis.sessions import Session
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from middleware.rbac.permissions import PermissionCache
 
 __all__ = [
+    "Identity",
     "Rejection",
     "SessionPermissions",
     "SessionPrincipal",
@@ -45,6 +46,31 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
 SessionPermissions = Callable[["Session"], Awaitable[Collection[str]]]
 """``resolver(session) -> permissions`` for cookie-session principals."""
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who is connected and by what credential.
+
+    ``method`` is ``"token"`` or ``"session"``; ``cookie`` is True when the credential
+    came from a cookie (Origin checks apply). ``user`` is the SHA-256 digest of the
+    subject (the key of the per-user index, as in session events). ``expires_at`` (epoch
+    seconds) is when the credential ends (for a token: ``exp`` plus the authenticator's
+    leeway); ``idle_check_at`` when an idle session must be looked at again;
+    ``refresh_at`` when a token socket is to be sent ``refresh_required`` (None: not, or
+    already sent).
+    """
+
+    subject: str
+    user: str
+    method: str
+    cookie: bool
+    claims: TokenClaims | None = None
+    session: Session | None = None
+    session_key: str | None = None
+    expires_at: float | None = None
+    idle_check_at: float | None = None
+    refresh_at: float | None = None
 
 
 class Rejection(Exception):

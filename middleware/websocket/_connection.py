@@ -1,8 +1,9 @@
 """One accepted WebSocket: its bounded outbox, its writer task and its reader (private).
 
 Frames reach a socket through :meth:`Connection.push` (messages, shared between sockets,
-droppable) and :meth:`Connection.push_control` (replies, errors, resyncs, pings: never
-dropped). Neither ever waits: they append to the outbox and wake the writer. The writer
+droppable) and :meth:`~Connection.push_control` (replies, errors, resyncs, pings, and
+recovered messages by the run: never dropped). Neither ever waits: they append to the
+outbox and wake the writer. The writer
 takes *everything* queued each time it wakes and sends it as one frame (one ``batch``
 frame when more than one is waiting), so a slow socket costs one send per wake-up, not one
 per message. The outbox holds at most ``queue_size`` messages: on overflow the oldest
@@ -17,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import Receive, Send
@@ -27,13 +27,12 @@ from middleware.telemetry import websocket_instruments
 from middleware.websocket import _protocol as proto
 
 if TYPE_CHECKING:
-    from gateway_redis.sessions import Session
-    from middleware.jwt.claims import TokenClaims
+    from middleware.websocket._auth import Identity
     from middleware.websocket._fanout import ChannelEntry
     from middleware.websocket.bridge import WebSocketLimits
     from middleware.websocket.channels import Principal
 
-__all__ = ["Connection", "Frame", "Identity"]
+__all__ = ["Connection", "Frame"]
 
 _log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
@@ -43,38 +42,15 @@ _YIELD_EVERY: Final = 32  # client frames handled before the reader lets other t
 
 class Frame:
     """One outgoing frame. Message frames (``channel`` set) are built once per Redis
-    message and shared by every socket; control frames (``channel`` None) are per socket."""
+    message and shared by every socket; control frames (``channel`` None) are per socket,
+    alone (``text``) or many in a *run* (``run``, queued as one entry)."""
 
-    __slots__ = ("channel", "text")
+    __slots__ = ("channel", "run", "text")
 
-    def __init__(self, channel: str | None, text: str) -> None:
+    def __init__(self, channel: str | None, text: str, run: list[str] | None = None) -> None:
         self.channel = channel
         self.text = text
-
-
-@dataclass(slots=True)
-class Identity:
-    """Who is connected and by what credential.
-
-    ``method`` is ``"token"`` or ``"session"``; ``cookie`` is True when the credential
-    came from a cookie (Origin checks apply). ``user`` is the SHA-256 digest of the
-    subject (the key of the per-user index, as in session events). ``expires_at`` (epoch
-    seconds) is when the credential ends (for a token: ``exp`` plus the authenticator's
-    leeway); ``idle_check_at`` when an idle session must be looked at again;
-    ``refresh_at`` when a token socket is to be sent ``refresh_required`` (None: not, or
-    already sent).
-    """
-
-    subject: str
-    user: str
-    method: str
-    cookie: bool
-    claims: TokenClaims | None = None
-    session: Session | None = None
-    session_key: str | None = None
-    expires_at: float | None = None
-    idle_check_at: float | None = None
-    refresh_at: float | None = None
+        self.run = run
 
 
 class Connection:
@@ -158,7 +134,7 @@ class Connection:
     @property
     def queued(self) -> int:
         """Frames waiting in the outbox."""
-        return len(self._queue)
+        return self._messages + self._control
 
     # -- producers (never wait) ---------------------------------------------------------
 
@@ -175,12 +151,17 @@ class Connection:
         self._messages += 1
         self._wake()
 
-    def push_control(self, text: str) -> None:
-        """Queue a reply, error, resync or ping (never dropped)."""
+    def push_control(self, text: str | list[str]) -> None:
+        """Queue a reply, error, resync or ping (never dropped); a list of them (a run, e.g.
+        the messages a socket catches up with: kept as is, do not change it) in one entry."""
         if self.closing is not None:
             return
-        self._queue.append(Frame(None, text))
-        self._control += 1
+        if isinstance(text, str):
+            self._queue.append(Frame(None, text))
+            self._control += 1
+        else:
+            self._queue.append(Frame(None, "", text))
+            self._control += len(text)
         if self._control >= self.limits.queue_size:
             self._full = True
         self._wake()
@@ -375,12 +356,12 @@ class Connection:
             self._lost = None
             if lost:
                 frames.append(proto.resync_frame(lost))
-        if len(queue) == 1 and not frames:
-            frames.append(queue[0].text)
-            queue.clear()
-        else:
-            frames.extend(f.text for f in queue)
-            self._queue = []
+        for frame in queue:
+            if frame.run is None:
+                frames.append(frame.text)
+            else:
+                frames.extend(frame.run)
+        queue.clear()
         self._messages = self._control = 0
         self._make_room()
         return proto.batched(frames, self.limits.batch_max_bytes)

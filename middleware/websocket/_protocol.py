@@ -24,6 +24,7 @@ __all__ = [
     "batch_frame",
     "batched",
     "error_frame",
+    "history_frames",
     "message_data",
     "message_prefix",
     "parse",
@@ -252,6 +253,16 @@ def position_suffix(message: Message) -> str:
     if message.offset is None or message.epoch is None:
         return ""
     return ',"offset":' + str(message.offset) + ',"epoch":' + _dumps(message.epoch)
+
+
+def history_frames(channel: str, epoch: str, first: int, payloads: Iterable[str]) -> list[str]:
+    """The message frames of ``payloads`` (strict JSON, as
+    :meth:`~gateway_redis.ChannelHistory.read_payloads` gives them) on ``channel``, at
+    offsets ``first``, ``first + 1``...: the same text as for a :class:`Message` (its
+    :func:`message_data` and :func:`position_suffix`), built without one."""
+    prefix = message_prefix(channel)
+    tail = ',"epoch":' + _dumps(epoch) + "}"
+    return [f'{prefix}{data},"offset":{at}{tail}' for at, data in enumerate(payloads, first)]
 
 
 def message_data(message: Message) -> str:

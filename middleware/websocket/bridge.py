@@ -82,8 +82,8 @@ from gateway_redis.support import cancel_and_wait, log_fields
 from middleware.scope import PERMISSIONS_KEY
 from middleware.telemetry import websocket_instruments
 from middleware.websocket import _auth as auth
-from middleware.websocket._auth import SessionPermissions
-from middleware.websocket._connection import Connection, Identity
+from middleware.websocket._auth import Identity, SessionPermissions
+from middleware.websocket._connection import Connection
 from middleware.websocket._fanout import Fanout
 from middleware.websocket._presence import Presences
 from middleware.websocket._protocol import CloseCode

@@ -12,6 +12,7 @@ import json
 
 import pytest
 import redis
+from opentelemetry.sdk.trace import TracerProvider
 
 from gateway_redis import ChannelHistory, Position, RedisClient, RedisConfig
 from gateway_redis.pubsub import envelope
@@ -205,3 +206,70 @@ def test_positions_travel_in_an_envelope_old_readers_decode() -> None:
         b'{"_gw":{"offset":"2"},"data":3}',
     ):
         assert envelope.decode_message(bad)[1:] == (3, None, None)
+
+
+async def test_read_payloads_gives_the_messages_of_read_as_text(
+    client: RedisClient, history: ChannelHistory
+) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    values: list[object] = [{"n": 1, "s": "é\u2028"}, None, "text", [1.5, {"_gw": {}, "data": 2}]]
+    for i, value in enumerate(values):
+        if i % 2:  # inside a trace: the envelope also carries trace headers
+            with tracer.start_as_current_span("request"):
+                await history.publish("text", value)
+        else:
+            await history.publish("text", value)
+    top = await history.position("text")
+    page = await history.read_payloads("text", since=(top.epoch, 0))
+    read = await history.read("text", since=(top.epoch, 0))
+    assert (page.position, page.first, page.recovered) == (top, 1, True)
+    assert page.payloads == tuple(m.payload for m in read.messages)
+    assert [json.loads(p) for p in page.payloads] == values
+    assert any(m.trace_context for m in read.messages)
+    # a page at a time, nothing missed, and the impossible cases of read()
+    two = await history.read_payloads("text", since=Position(top.epoch, 1), limit=2)
+    assert (two.first, two.payloads) == (2, page.payloads[1:3])
+    assert (await history.read_payloads("text", since=top)).payloads == ()
+    for since in ((top.epoch, 5), ("another", 0)):
+        gone = await history.read_payloads("text", since=since)
+        assert (gone.recovered, gone.payloads, gone.position) == (False, (), top)
+
+
+async def test_read_payloads_refuses_entries_publish_did_not_write(
+    client: RedisClient, history: ChannelHistory, redis_admin: redis.Redis
+) -> None:
+    epoch = (await history.publish("odd", 1)).epoch
+    stream = history_key(client, "s", "odd")
+    good = f'{{"_gw":{{"epoch":"{epoch}","offset":"2"}},"data":2}}'
+    redis_admin.xadd(stream, {"p": good}, id="2-0")
+    redis_admin.hset(history_key(client, "m", "odd"), "o", 2)
+    page = await history.read_payloads("odd", since=(epoch, 0))
+    assert (page.recovered, page.payloads) == (True, ("1", "2"))
+    for offset, body in enumerate(("NaN", "[1", "1 ", "{}x", '"a"}'), 3):
+        raw = f'{{"_gw":{{"epoch":"{epoch}","offset":"{offset}"}},"data":{body}}}'
+        redis_admin.xadd(stream, {"p": raw}, id=f"{offset}-0")
+        redis_admin.hset(history_key(client, "m", "odd"), "o", offset)
+        assert not (await history.read_payloads("odd", since=(epoch, offset - 1))).recovered
+        assert (await history.read_payloads("odd", since=(epoch, offset))).recovered
+
+
+def test_history_payloads_checks_each_position_and_payload() -> None:
+    def raw(head: str, body: str = '{"a":[1]}') -> bytes:
+        return ('{"_gw":{' + head + '},"data":' + body + "}").encode()
+
+    plain = raw('"epoch":"e1","offset":"7"')
+    traced = raw('"traceparent":"00-a-b-01","epoch":"e1","offset":"8"', "null")
+    assert envelope.history_payloads([plain, traced], "e1", 7) == ['{"a":[1]}', "null"]
+    assert envelope.history_payloads([], "e1", 7) == []
+    escaped = raw('"epoch":"e\\"1","offset":"7"')  # an epoch that needs escaping in JSON
+    assert envelope.history_payloads([escaped], 'e"1', 7) == ['{"a":[1]}']
+    for bad in (
+        [plain, plain],  # offsets must follow each other
+        [raw('"epoch":"e2","offset":"7"')],  # another epoch
+        [raw('"epoch":"e1","offset":"7","x":1')],  # not an object of strings
+        [raw('"epoch":"e1","offset":"7"', "Infinity")],
+        [raw('"epoch":"e1","offset":"7"', " 1")],
+        [b'{"a":1}'],  # no envelope
+        [plain[:-1]],
+    ):
+        assert envelope.history_payloads(bad, "e1", 7) is None, bad

@@ -14,7 +14,8 @@ from gateway_redis.sessions import id_digest
 from middleware import PermissionCache
 from middleware.errors import ServiceUnavailable
 from middleware.jwt import TokenClaims
-from middleware.websocket._connection import Connection, Identity
+from middleware.websocket._auth import Identity
+from middleware.websocket._connection import Connection
 from middleware.websocket._fanout import ChannelEntry
 from middleware.websocket._reauthorize import Reauthorizer
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
