@@ -4,7 +4,8 @@ FastAPI merges the headers a dependency sets on its injected ``Response`` only i
 response FastAPI builds itself (the endpoint returned data); an endpoint returning a
 ``Response`` object of its own would drop the ``RateLimit-Policy`` and ``RateLimit``
 fields of the :class:`~middleware.ratelimit.dependency.RateLimit` dependency. So the
-dependency also records them in the request's scope (:func:`record_fields`), and this
+dependency also records them in the request's scope (:func:`record_fields`; so does
+:func:`~middleware.ratelimit.rate_limited` for data a FastAPI endpoint returns), and this
 layer, outside the route, puts them on the response start whatever the endpoint returned,
 in place of any the response carries (so a FastAPI-built response has each field once).
 

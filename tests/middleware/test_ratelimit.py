@@ -481,6 +481,46 @@ async def test_the_starlette_decorator_limits_one_endpoint_and_keeps_its_outage_
         assert runs == ["export", "export", "again"]
 
 
+async def test_the_decorator_on_fastapi_endpoints_keeps_their_answer_and_adds_the_fields(
+    client: RedisClient, make_token: Any, http_for: Any
+) -> None:
+    # It handed FastAPI a plain ASGI function: FastAPI answered 200 "{}" (the endpoint's
+    # Response lost) or 500 (returned data).
+    gateway = Gateway(client, jwt=SETTINGS)
+    app = FastAPI(lifespan=gateway.lifespan)
+    gateway.install(app)
+    store = RateLimitStore(client)
+    shared = PlainTextResponse("shared")  # the same object every time: never changed
+
+    @app.get("/own")
+    @rate_limited("3/h", store=store, name="fastapi-own")
+    async def own(request: Request) -> JSONResponse:
+        return JSONResponse({"own": True}, headers={"RateLimit": "forged"})
+
+    @app.get("/shared")
+    @rate_limited("3/h", store=store, name="fastapi-shared")
+    async def same(request: Request) -> PlainTextResponse:
+        return shared
+
+    @app.get("/data")
+    @rate_limited("3/h", store=store, name="fastapi-data")
+    async def data(request: Request) -> dict[str, bool]:
+        return {"data": True}
+
+    http = await http_for(app)
+    alice = auth(make_token, "alice")
+    for path, body in (("/own", '{"own":true}'), ("/shared", "shared"), ("/data", '{"data":true}')):
+        answers = [await http.get(path, headers=alice) for _ in range(4)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 429], path
+        assert [r.text for r in answers[:3]] == [body] * 3
+        for n, r in enumerate(answers):
+            assert r.headers.get_list("ratelimit-policy") == ['"3-per-3600s";q=3;w=3600']
+            assert r.headers.get_list("ratelimit") == [
+                f'"3-per-3600s";r={max(0, 2 - n)};t={1200 * min(n + 1, 3)}'
+            ]
+    assert not any(name.startswith(b"ratelimit") for name, _ in shared.raw_headers)
+
+
 def test_the_decorator_needs_an_async_endpoint_with_a_request(client: RedisClient) -> None:
     limit = rate_limited("1/s", store=RateLimitStore(client), name="x")
 
