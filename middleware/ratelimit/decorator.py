@@ -64,9 +64,9 @@ def rate_limited(
     proxies: TrustedProxies | None = None,
     on_error: ErrorHandler = default_error_response,
 ) -> Callable[[F], F]:
-    """Decorate an async Starlette endpoint (with a ``request`` parameter) so that each
-    request is charged under ``limits`` (:class:`Limit` or text such as ``"10/s"``) in
-    the budget ``name``; the other arguments as for
+    """Decorate an async Starlette (or FastAPI) endpoint with a ``request`` parameter so
+    that each request is charged under ``limits`` (:class:`Limit` or text such as
+    ``"10/s"``) in the budget ``name``; the other arguments as for
     :class:`~middleware.ratelimit.RateLimitRule` and
     :class:`~middleware.ratelimit.RateLimitMiddleware`. See the module docstring. Raises
     ``ValueError`` for bad arguments and ``TypeError`` for an endpoint without ``request``.
