@@ -66,6 +66,7 @@ from middleware.proxies import TrustedProxies
 from middleware.ratelimit import (
     IdentityFunction,
     RateLimiter,
+    RateLimitFieldsMiddleware,
     RateLimitMiddleware,
     RateLimitRule,
     RateLimitSettings,
@@ -147,6 +148,7 @@ __all__ = [
     "Presented",
     "Principal",
     "RBACMiddleware",
+    "RateLimitFieldsMiddleware",
     "RateLimitMiddleware",
     "RateLimitRule",
     "RateLimitSettings",

@@ -1,6 +1,7 @@
 """How :class:`~middleware.app.Gateway` turns its components into middleware layers.
 
-:func:`add_layers` adds, innermost first, the response cache, CSRF protection, the
+:func:`add_layers` adds, innermost first, the response cache, (FastAPI applications)
+:class:`~middleware.ratelimit.RateLimitFieldsMiddleware`, the rate limits, CSRF protection, the
 authentication and authorization layers (one fused :class:`GatewayMiddleware` or the
 separate session, JWT and RBAC layers) and the API-key layer, each present when the
 Gateway has its component. :func:`validator_of` and :func:`source_of` read the Gateway's
@@ -9,6 +10,7 @@ Gateway has its component. :func:`validator_of` and :func:`source_of` read the G
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -27,6 +29,7 @@ from middleware.jwt.authenticator import JWTAuthenticator
 from middleware.jwt.middleware import JWTMiddleware
 from middleware.jwt.settings import JWTSettings
 from middleware.jwt.validator import JWTValidator, TokenValidator
+from middleware.ratelimit.fields import RateLimitFieldsMiddleware
 from middleware.ratelimit.rules import RateLimitRule
 from middleware.ratelimit.settings import RateLimitSettings, install_rate_limits
 from middleware.rbac.middleware import RBACMiddleware, Rule
@@ -101,6 +104,8 @@ def add_layers(
         )
     if c.response_cache is not None:  # innermost: after JWT, RBAC (and CSRF)
         app.add_middleware(ResponseCacheMiddleware, cache=c.response_cache, routes=app)
+    if _is_fastapi(app):  # the RateLimit dependency's fields, whatever an endpoint returns
+        app.add_middleware(RateLimitFieldsMiddleware)
     # Rate limits: outside the cache, inside CSRF and authentication (added next).
     install_rate_limits(app, c.client, rate_limits, on_error)
     cookies = [token_cookie] if token_cookie else []
@@ -129,6 +134,13 @@ def add_layers(
             fail_closed_paths=fail_closed,
             on_error=on_error,
         )
+
+
+def _is_fastapi(app: Starlette) -> bool:
+    """Whether ``app`` is a FastAPI application (FastAPI is optional: imported already
+    when it is one)."""
+    fastapi = sys.modules.get("fastapi")
+    return fastapi is not None and isinstance(app, fastapi.FastAPI)
 
 
 def validator_of(jwt: object) -> TokenValidator:

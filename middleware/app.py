@@ -305,6 +305,9 @@ class Gateway:
         :class:`~middleware.ratelimit.RateLimitMiddleware` on the client, inside
         authentication, RBAC and CSRF (it keys on the subject, and requests refused by those
         cost no budget) and outside the response cache (a cached answer is counted too).
+        A FastAPI ``app`` also gets :class:`~middleware.ratelimit.RateLimitFieldsMiddleware`
+        (just outside the response cache): the ``RateLimit`` dependency's fields reach
+        responses that endpoints return as ``Response`` objects.
 
         Raises ``ValueError`` for bad arguments and ``RuntimeError`` when called twice or
         after the app started serving.

@@ -11,13 +11,16 @@ cost, identity, fail-open or fail-closed); :mod:`~middleware.ratelimit.middlewar
 :meth:`middleware.Gateway.install`; :mod:`~middleware.ratelimit.decorator`:
 :func:`rate_limited`, a per-route Starlette endpoint decorator;
 :mod:`~middleware.ratelimit.dependency`: ``RateLimit``,
-a per-route FastAPI dependency (imported on demand: FastAPI is optional). The budgets live in Redis
+a per-route FastAPI dependency (imported on demand: FastAPI is optional), whose fields
+:mod:`~middleware.ratelimit.fields` (:class:`RateLimitFieldsMiddleware`) puts on responses
+the endpoint built itself. The budgets live in Redis
 (:class:`gateway_redis.ratelimit.RateLimitStore`: GCRA, one script per request).
 """
 
 from __future__ import annotations
 
 from middleware.ratelimit.decorator import rate_limited
+from middleware.ratelimit.fields import RateLimitFieldsMiddleware
 from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.middleware import RateLimitMiddleware
 from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
@@ -25,6 +28,7 @@ from middleware.ratelimit.settings import RateLimitSettings, install_rate_limits
 
 __all__ = [
     "IdentityFunction",
+    "RateLimitFieldsMiddleware",
     "RateLimitMiddleware",
     "RateLimitRule",
     "RateLimitSettings",

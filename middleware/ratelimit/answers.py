@@ -27,6 +27,8 @@ from starlette.types import Message, Send
 from gateway_redis.ratelimit import Limit, RateDecision
 
 __all__ = [
+    "FIELD_NAMES",
+    "field_pairs",
     "policy_header",
     "rate_limited_response",
     "retry_after",
@@ -37,6 +39,8 @@ __all__ = [
 _DETAIL = "Too many requests; retry later."
 _POLICY = b"ratelimit-policy"
 _STATE = b"ratelimit"
+# The two fields' names, as they appear (lowercase) in ASGI headers.
+FIELD_NAMES = (_POLICY, _STATE)
 
 
 def _name(limit: Limit) -> str:
@@ -76,20 +80,24 @@ def rate_limited_response(decision: RateDecision, policy: bytes) -> JSONResponse
     )
 
 
+def field_pairs(policy: bytes, decision: RateDecision | None) -> list[tuple[bytes, bytes]]:
+    """The ASGI header pairs: ``RateLimit-Policy`` (``policy``) and, with a decision, its
+    ``RateLimit``."""
+    if decision is None:
+        return [(_POLICY, policy)]
+    return [(_POLICY, policy), (_STATE, state_header(decision))]
+
+
 def with_fields(send: Send, policy: bytes, decision: RateDecision | None) -> Send:
     """``send`` adding ``RateLimit-Policy`` (``policy``) and ``RateLimit`` (of
     ``decision``) to the response start, in place of any the app set itself. Without a
     decision (Redis could not be asked: a fail-open rule's response, a fail-closed rule's
     503) only the policy is stated."""
-    fields = (
-        ((_POLICY, policy),)
-        if decision is None
-        else ((_POLICY, policy), (_STATE, state_header(decision)))
-    )
+    fields = field_pairs(policy, decision)
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(n, v) for n, v in message.get("headers", ()) if n not in (_POLICY, _STATE)]
+            headers = [(n, v) for n, v in message.get("headers", ()) if n not in FIELD_NAMES]
             headers += fields
             message = {**message, "headers": headers}
         await send(message)

@@ -16,9 +16,13 @@ with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit`` without the endpoin
 a fail-closed rule answers ``on_error``'s 503 while Redis is down (with
 ``RateLimit-Policy``, as a fail-open rule's responses then), and an admitted
 request's response carries the two fields (whatever the endpoint returns: a Starlette
-``Response`` or any ASGI app). Routes sharing ``name`` and limits share one budget. Put
-it under the authentication layer (the subject comes from the request's claims).
-FastAPI routes use :class:`~middleware.ratelimit.dependency.RateLimit` instead.
+``Response`` or any ASGI app; it is handed back wrapped in a :class:`FieldedAnswer`, a
+``Response`` that sends it with the fields). Routes sharing ``name`` and limits share one
+budget. Put it under the authentication layer (the subject comes from the request's
+claims). FastAPI routes use :class:`~middleware.ratelimit.dependency.RateLimit`; the
+decorator works there too (a ``Response`` object the endpoint returns is wrapped like
+Starlette's, and returned data reaches FastAPI unchanged, its fields recorded for
+:class:`~middleware.ratelimit.fields.RateLimitFieldsMiddleware`).
 """
 
 from __future__ import annotations
@@ -29,16 +33,23 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway_redis.ratelimit import Limit, RateLimitStore
+from gateway_redis.ratelimit import Limit, RateDecision, RateLimitStore
 from middleware.errors import ErrorHandler, ServiceUnavailable, default_error_response
 from middleware.proxies import TrustedProxies
-from middleware.ratelimit.answers import policy_header, rate_limited_response, with_fields
+from middleware.ratelimit.answers import (
+    field_pairs,
+    policy_header,
+    rate_limited_response,
+    with_fields,
+)
+from middleware.ratelimit.fields import record_fields
 from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
 
-__all__ = ["rate_limited"]
+__all__ = ["FieldedAnswer", "rate_limited"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,9 +64,9 @@ def rate_limited(
     proxies: TrustedProxies | None = None,
     on_error: ErrorHandler = default_error_response,
 ) -> Callable[[F], F]:
-    """Decorate an async Starlette endpoint (with a ``request`` parameter) so that each
-    request is charged under ``limits`` (:class:`Limit` or text such as ``"10/s"``) in
-    the budget ``name``; the other arguments as for
+    """Decorate an async Starlette (or FastAPI) endpoint with a ``request`` parameter so
+    that each request is charged under ``limits`` (:class:`Limit` or text such as
+    ``"10/s"``) in the budget ``name``; the other arguments as for
     :class:`~middleware.ratelimit.RateLimitRule` and
     :class:`~middleware.ratelimit.RateLimitMiddleware`. See the module docstring. Raises
     ``ValueError`` for bad arguments and ``TypeError`` for an endpoint without ``request``.
@@ -80,7 +91,7 @@ def rate_limited(
             if not isinstance(request, Request):
                 raise TypeError("the endpoint was not given a request")
             scope = request.scope
-            answer: ASGIApp
+            answer: Any
             try:
                 decision = await limiter.decide(rule, scope)
             except ServiceUnavailable as error:  # Redis down, the rule fails closed
@@ -89,12 +100,35 @@ def rate_limited(
                 if decision is not None and not decision.allowed:
                     return rate_limited_response(decision, policy)
                 answer = await func(*args, **kwargs)  # admitted, or the rule fails open
-
-            async def fielded(scope: Scope, receive: Receive, send: Send) -> None:
-                await answer(scope, receive, with_fields(send, policy, decision))
-
-            return fielded
+            if not callable(answer):  # data a FastAPI endpoint returns: FastAPI renders it
+                record_fields(scope, field_pairs(policy, decision))
+                return answer
+            return FieldedAnswer(answer, policy, decision)
 
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+class FieldedAnswer(Response):
+    """An endpoint's answer (any ASGI app) sent with ``RateLimit-Policy`` (``policy``) and
+    ``RateLimit`` (of ``decision``, none without one) on its response start, in place of
+    any it sets itself (:func:`~middleware.ratelimit.answers.with_fields`). A
+    ``Response``, so that FastAPI sends it as it is; nothing is rendered here (the answer
+    sends itself, then the ``background`` task FastAPI may attach runs). The answer object
+    is not changed: an endpoint may return the same one every time."""
+
+    def __init__(self, answer: ASGIApp, policy: bytes, decision: RateDecision | None) -> None:
+        # Response.__init__ is not called: there is no content of our own to render.
+        self.answer = answer
+        self.policy = policy
+        self.decision = decision
+        self.status_code = int(getattr(answer, "status_code", 200))
+        self.background = None
+        self.body = b""
+        self.raw_headers = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(scope, receive, with_fields(send, self.policy, self.decision))
+        if self.background is not None:
+            await self.background()

@@ -14,8 +14,11 @@ request, per subject or address, the rule's outage policy), for one route: a ref
 request raises FastAPI's ``HTTPException`` 429 with ``Retry-After``, ``RateLimit-Policy``
 and ``RateLimit`` (so the application's exception handlers apply), fail-closed rules raise
 503 with ``Retry-After`` while Redis is down, and an admitted request's response carries
-the two fields (set on FastAPI's ``Response`` parameter: they reach the client when the
-endpoint returns data, not a ``Response`` object of its own). The dependency's value is the
+the two fields, whatever the endpoint returns: they are set on FastAPI's ``Response``
+parameter (which FastAPI merges only into a response it builds from returned data) and
+recorded for :class:`~middleware.ratelimit.fields.RateLimitFieldsMiddleware`, which
+``Gateway.install`` adds to FastAPI applications, so that a ``Response`` object the
+endpoint returns gets them too. The dependency's value is the
 :class:`~gateway_redis.ratelimit.RateDecision`, or None when Redis is down and the rule
 fails open. Imported on demand: FastAPI is an optional dependency.
 """
@@ -30,7 +33,8 @@ from gateway_redis.ratelimit import Limit, RateDecision, RateLimitStore
 from middleware.errors import ServiceUnavailable
 from middleware.fastapi import http_exception
 from middleware.proxies import TrustedProxies
-from middleware.ratelimit.answers import policy_header, retry_after, state_header
+from middleware.ratelimit.answers import field_pairs, policy_header, retry_after, state_header
+from middleware.ratelimit.fields import discard_fields, record_fields
 from middleware.ratelimit.limiter import RateLimiter
 from middleware.ratelimit.rules import IdentityFunction, RateLimitRule
 
@@ -66,17 +70,20 @@ class RateLimit:
             name=name,
         )
         self._limiter = RateLimiter(store, proxies)
-        self._policy = policy_header(self.rule.limits).decode()
+        self._policy_field = policy_header(self.rule.limits)
+        self._policy = self._policy_field.decode()
 
     async def __call__(self, request: Request, response: Response) -> RateDecision | None:
         try:
             decision = await self._limiter.decide(self.rule, request.scope)
         except ServiceUnavailable as error:
+            discard_fields(request.scope)
             raise http_exception(error) from None
         if decision is None:
             return None
-        state = state_header(decision).decode()
         if not decision.allowed:
+            discard_fields(request.scope)
+            state = state_header(decision).decode()
             headers = {
                 "Retry-After": str(retry_after(decision)),
                 "RateLimit-Policy": self._policy,
@@ -84,6 +91,8 @@ class RateLimit:
                 "Cache-Control": "no-store",
             }
             raise HTTPException(429, _DETAIL, headers)
+        fields = field_pairs(self._policy_field, decision)
+        record_fields(request.scope, fields)  # for an endpoint's own Response object
         response.headers["RateLimit-Policy"] = self._policy
-        response.headers["RateLimit"] = state
+        response.headers["RateLimit"] = fields[1][1].decode()
         return decision

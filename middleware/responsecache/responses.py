@@ -45,7 +45,14 @@ class RequestHeaders:
 
     @classmethod
     def read(cls, headers: Iterable[tuple[bytes, bytes]], vary: tuple[str, ...]) -> RequestHeaders:
-        """Parse ``headers`` (raw ASGI pairs); ``vary`` are the rule's lowercase names."""
+        """Parse ``headers`` (raw ASGI pairs); ``vary`` are the rule's lowercase names.
+        Not to be changed: a request with none of these headers shares one instance."""
+        if not vary:
+            for name, _value in headers:
+                if name in _READ:
+                    break
+            else:
+                return _PLAIN  # the common request: nothing to read
         found = cls()
         wanted: dict[bytes, list[bytes]] | None = (
             {name.encode(): [] for name in vary} if vary else None
@@ -81,6 +88,11 @@ class RequestHeaders:
             if tag == wanted:
                 return True
         return False
+
+
+# The request headers the cache reads (besides a rule's vary names).
+_READ = frozenset({b"if-none-match", b"cache-control", b"pragma"})
+_PLAIN = RequestHeaders()
 
 
 @dataclass(slots=True)
@@ -181,30 +193,32 @@ class Capture:
         await send({"type": "http.response.body", "body": b"" if head else self.body()})
 
 
+_CONTROL = {True: b"public, max-age=%d", False: b"private, max-age=%d"}
+
+
 async def send_stored(
     send: Send,
     stored: StoredResponse,
     *,
-    now: float,
+    age: float,
     public: bool,
     request: RequestHeaders,
     head: bool,
 ) -> None:
     """Send ``stored`` (or ``304`` for a matching ``If-None-Match``) with the cache's
-    ``ETag``, ``Age`` and ``Cache-Control``."""
-    age = stored.age(now)
-    fresh = max(0, int(stored.ttl - age))
-    control = (b"public" if public else b"private") + b", max-age=" + str(fresh).encode()
-    own = [
+    ``ETag``, ``Age`` and ``Cache-Control``; ``age`` is ``stored.age(now)``."""
+    fresh = int(stored.ttl - age)
+    own = (
         (b"etag", stored.etag.encode()),
-        (b"cache-control", control),
-        (b"age", str(int(age)).encode()),
-    ]
-    if stored.status == 200 and request.matches(stored.etag):
+        (b"cache-control", _CONTROL[public] % (fresh if fresh > 0 else 0)),
+        (b"age", b"%d" % age),
+    )
+    if request.if_none_match is not None and stored.status == 200 and request.matches(stored.etag):
         vary = [(n, v) for n, v in stored.headers if n == b"vary"]
-        await send({"type": "http.response.start", "status": 304, "headers": own + vary})
+        await send({"type": "http.response.start", "status": 304, "headers": [*own, *vary]})
         await send({"type": "http.response.body", "body": b""})
         return
-    headers = [*stored.headers, *own]
+    headers = list(stored.headers)
+    headers += own
     await send({"type": "http.response.start", "status": stored.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else stored.body})

@@ -316,6 +316,66 @@ async def test_the_fastapi_dependency_limits_one_route_and_keeps_its_outage_poli
             assert "ratelimit" not in opened.headers
 
 
+async def test_the_fastapi_dependency_fields_reach_endpoints_returning_their_own_response(
+    client: RedisClient, make_token: Any, http_for: Any
+) -> None:
+    # FastAPI merges a dependency's Response headers only into responses it builds itself:
+    # an endpoint returning a Response object of its own lost the fields.
+    gateway = Gateway(client, jwt=SETTINGS)
+    app = FastAPI(lifespan=gateway.lifespan)
+    gateway.install(app)
+    store = RateLimitStore(client)
+    exports = RateLimit("3/h", store=store, name="own-response")
+    data = RateLimit("3/h", store=store, name="own-data")
+
+    @app.post("/exports", dependencies=[Depends(exports)])
+    async def export() -> JSONResponse:
+        return JSONResponse({"ok": True}, headers={"RateLimit": "forged"})
+
+    @app.get("/plain", dependencies=[Depends(exports)])
+    async def plain() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/data", dependencies=[Depends(data)])
+    async def read() -> dict[str, bool]:
+        return {"ok": True}
+
+    tight = RateLimit("1/h", store=store, name="own-tight")
+
+    @app.get("/both", dependencies=[Depends(RateLimit("3/h", store=store, name="own-both")),
+                                    Depends(tight)])  # fmt: skip
+    async def both() -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    http = await http_for(app)
+    alice = auth(make_token, "alice")
+    answers = [await http.post("/exports", headers=alice) for _ in range(2)]
+    answers.append(await http.get("/plain", headers=alice))
+    answers.append(await http.post("/exports", headers=alice))
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    for n, r in enumerate(answers):
+        assert r.headers.get_list("ratelimit-policy") == ['"3-per-3600s";q=3;w=3600']
+        assert r.headers.get_list("ratelimit") == [
+            f'"3-per-3600s";r={max(0, 2 - n)};t={1200 * min(n + 1, 3)}'
+        ]
+    assert answers[2].text == "ok"
+    # A FastAPI-built response has each field once (merged by FastAPI, not added twice).
+    read_answer = await http.get("/data", headers=alice)
+    assert read_answer.headers.get_list("ratelimit") == ['"3-per-3600s";r=2;t=1200']
+    assert read_answer.headers.get_list("ratelimit-policy") == ['"3-per-3600s";q=3;w=3600']
+    assert "ratelimit" not in (await http.get("/docs")).headers
+    # Both limits on the response; a refusal by the second carries its own fields only.
+    first = await http.get("/both", headers=alice)
+    assert first.headers.get_list("ratelimit") == [
+        '"3-per-3600s";r=2;t=1200',
+        '"1-per-3600s";r=0;t=3600',
+    ]
+    refused = await http.get("/both", headers=alice)
+    assert refused.status_code == 429
+    assert refused.headers.get_list("ratelimit") == ['"1-per-3600s";r=0;t=3600']
+    assert refused.headers.get_list("ratelimit-policy") == ['"1-per-3600s";q=1;w=3600']
+
+
 async def test_decisions_are_traced_and_counted_without_the_identity(
     client: RedisClient, make_token: Any, http_for: Any, telemetry: Telemetry
 ) -> None:
@@ -419,6 +479,46 @@ async def test_the_starlette_decorator_limits_one_endpoint_and_keeps_its_outage_
             assert opened.status_code == 200  # fails open: served, unlimited
             assert "ratelimit" not in opened.headers
         assert runs == ["export", "export", "again"]
+
+
+async def test_the_decorator_on_fastapi_endpoints_keeps_their_answer_and_adds_the_fields(
+    client: RedisClient, make_token: Any, http_for: Any
+) -> None:
+    # It handed FastAPI a plain ASGI function: FastAPI answered 200 "{}" (the endpoint's
+    # Response lost) or 500 (returned data).
+    gateway = Gateway(client, jwt=SETTINGS)
+    app = FastAPI(lifespan=gateway.lifespan)
+    gateway.install(app)
+    store = RateLimitStore(client)
+    shared = PlainTextResponse("shared")  # the same object every time: never changed
+
+    @app.get("/own")
+    @rate_limited("3/h", store=store, name="fastapi-own")
+    async def own(request: Request) -> JSONResponse:
+        return JSONResponse({"own": True}, headers={"RateLimit": "forged"})
+
+    @app.get("/shared")
+    @rate_limited("3/h", store=store, name="fastapi-shared")
+    async def same(request: Request) -> PlainTextResponse:
+        return shared
+
+    @app.get("/data")
+    @rate_limited("3/h", store=store, name="fastapi-data")
+    async def data(request: Request) -> dict[str, bool]:
+        return {"data": True}
+
+    http = await http_for(app)
+    alice = auth(make_token, "alice")
+    for path, body in (("/own", '{"own":true}'), ("/shared", "shared"), ("/data", '{"data":true}')):
+        answers = [await http.get(path, headers=alice) for _ in range(4)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 429], path
+        assert [r.text for r in answers[:3]] == [body] * 3
+        for n, r in enumerate(answers):
+            assert r.headers.get_list("ratelimit-policy") == ['"3-per-3600s";q=3;w=3600']
+            assert r.headers.get_list("ratelimit") == [
+                f'"3-per-3600s";r={max(0, 2 - n)};t={1200 * min(n + 1, 3)}'
+            ]
+    assert not any(name.startswith(b"ratelimit") for name, _ in shared.raw_headers)
 
 
 def test_the_decorator_needs_an_async_endpoint_with_a_request(client: RedisClient) -> None:

@@ -5,7 +5,9 @@ tag versions, the fill lock across instances."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -110,6 +112,34 @@ async def test_public_entries_are_shared_private_ones_are_per_user(
         f = await http.get("/private/1")
         assert e.text != f.text
         assert "cache-control" not in f.headers
+
+
+async def test_an_l1_hit_carries_the_stored_headers_and_the_caches_own_once(
+    redis_config: RedisConfig,
+) -> None:
+    backend = Backend()
+    async with instance(redis_config, backend) as (http, _):
+        first = await http.get("/private/7", headers={"x-user": "ann"})
+        hit = await http.get("/private/7", headers={"x-user": "ann"})
+        assert backend.calls == 1
+        assert hit.content == first.content
+        names = [name for name, _ in hit.headers.raw]
+        assert sorted(names) == sorted(
+            [b"content-length", b"content-type", b"etag", b"cache-control", b"age"]
+        )
+        digest = base64.urlsafe_b64encode(hashlib.sha256(hit.content).digest()).rstrip(b"=")
+        assert hit.headers["etag"] == f'"{digest.decode()}"' == first.headers["etag"]
+        control = hit.headers["cache-control"]
+        assert control.startswith("private, max-age=")
+        assert 28 <= int(control.rsplit("=", 1)[1]) <= 30
+        assert hit.headers["age"] in ("0", "1", "2")
+        again = await http.get(
+            "/private/7", headers={"x-user": "ann", "if-none-match": hit.headers["etag"]}
+        )
+        assert again.status_code == 304
+        assert again.content == b""
+        assert again.headers["etag"] == hit.headers["etag"]
+        assert again.headers["cache-control"].startswith("private, max-age=")
 
 
 async def test_the_query_string_is_part_of_the_key(redis_config: RedisConfig) -> None:
