@@ -58,7 +58,16 @@ class SentinelTopology:
             try:
                 with redis.Redis(port=self.replica.port) as r:
                     link = r.info("replication").get("master_link_status")
-                ready = link == "up"
+                # The replica's link is up before the primary puts it online (on its first
+                # ACK); until then WAIT does not count it and confirmed writes do not wait.
+                with redis.Redis(port=self.primary.port) as r:
+                    info = r.info("replication")
+                online = any(
+                    isinstance(v, dict) and v.get("state") == "online"
+                    for k, v in info.items()
+                    if k.startswith("slave")
+                )
+                ready = link == "up" and online
                 for sentinel in self.sentinels:
                     with redis.Redis(port=sentinel.port) as r:
                         state = r.sentinel_master(MASTER)
