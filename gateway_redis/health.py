@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway_redis.support import cancel_and_wait, describe_error, log_fields
+from gateway_redis.support import add_listener, call_listeners, cancel_and_wait, describe_error
 
 __all__ = ["ClientState", "HealthMonitor", "HealthState", "StateListener"]
 
@@ -126,13 +126,7 @@ class HealthMonitor:
 
     def add_listener(self, listener: StateListener) -> Callable[[], None]:
         """Register ``listener``; returns a function that removes it."""
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
+        return add_listener(self._listeners, listener)
 
     def start(self) -> None:
         """Start the background probe task (idempotent)."""
@@ -204,13 +198,14 @@ class HealthMonitor:
                 "reason": reason,
             },
         )
-        for listener in list(self._listeners):
-            try:
-                listener(state, reason)
-            except Exception:  # a listener can never break the monitor
-                self._logger.exception(
-                    "health listener failed", extra=log_fields("health", "health_listener_failed")
-                )
+        call_listeners(
+            self._listeners,
+            state,
+            reason,
+            logger=self._logger,
+            message="health listener failed",
+            fields=("health", "health_listener_failed"),
+        )
         self._wake.set()
 
     async def _wait(self, seconds: float) -> None:

@@ -11,15 +11,30 @@
 - :func:`describe_error`: a short, secret-free description of an exception.
 - :func:`check_seconds` and :func:`ttl_milliseconds`: the one validator of durations given
   as seconds or :class:`~datetime.timedelta` (timeouts, TTLs, intervals).
+- :func:`add_listener` and :func:`call_listeners`: lists of callbacks (state listeners,
+  connection listeners), where one that raises never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait", "check_seconds", "describe_error", "log_fields", "ttl_milliseconds"]
+__all__ = [
+    "add_listener",
+    "call_listeners",
+    "cancel_and_wait",
+    "check_seconds",
+    "describe_error",
+    "log_fields",
+    "ttl_milliseconds",
+]
+
+L = TypeVar("L", bound=Callable[..., object])
 
 _EXACT_INT_SECONDS = 2**53 // 1000  # up to here an int TTL gives the same result as a float
 
@@ -114,3 +129,32 @@ def ttl_milliseconds(ttl: float | timedelta) -> int:
     if type(ttl) is int and 0 < ttl <= _EXACT_INT_SECONDS:  # the common case, cheaply
         return ttl * 1000
     return max(1, round(check_seconds("ttl", ttl) * 1000))
+
+
+def add_listener(listeners: list[L], listener: L) -> Callable[[], None]:
+    """Append ``listener`` to ``listeners``; returns a function that removes it again
+    (calling that a second time does nothing)."""
+    listeners.append(listener)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
+
+    return remove
+
+
+def call_listeners(
+    listeners: Sequence[Callable[..., object]],
+    *args: object,
+    logger: logging.Logger,
+    message: str,
+    fields: tuple[str, str],
+) -> None:
+    """Call every one of ``listeners`` with ``args`` (over a copy: a listener may remove
+    itself). One that raises is logged (``message``, ``extra=log_fields(*fields)``: the
+    component and the event) and the others still run."""
+    for listener in list(listeners):
+        try:
+            listener(*args)
+        except Exception:  # a listener can never break its caller
+            logger.exception(message, extra=log_fields(*fields))

@@ -18,6 +18,7 @@ router.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -27,6 +28,7 @@ from gateway_redis import _driver
 from gateway_redis.pubsub._connection import open_connection
 from gateway_redis.pubsub._registry import Entry, Ledger, Node, ProtocolError
 from gateway_redis.pubsub._supervisor import YIELD_EVERY, ListenerSettings, Supervisor
+from gateway_redis.support import log_fields
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
 
 T = TypeVar("T")
+# The hub's logger: pattern warnings are about its psubscribe().
+_log = logging.getLogger("gateway_redis.pubsub.hub")
 _MARKER: Final = b"ready"  # the PING argument that ends a resubscription
 # Errors that say the cluster is changing, not that the channel is refused: reconnect.
 _TRANSIENT: Final = (rexc.AskError, rexc.TryAgainError, rexc.ClusterDownError)
@@ -42,10 +46,11 @@ _TRANSIENT: Final = (rexc.AskError, rexc.TryAgainError, rexc.ClusterDownError)
 class ShardedNames:
     """Which channels are sharded: exact names and prefixes (entries ending in ``*``)."""
 
-    __slots__ = ("_exact", "_prefixes", "entries")
+    __slots__ = ("_exact", "_prefixes", "_warned", "entries")
 
     def __init__(self, entries: tuple[str, ...]) -> None:
         self.entries = entries
+        self._warned: set[str] = set()  # patterns warned about (once each)
         self._exact = frozenset(e for e in entries if not e.endswith("*"))
         self._prefixes = tuple(e[:-1] for e in entries if e.endswith("*"))
 
@@ -78,6 +83,27 @@ class ShardedNames:
             else:
                 some = some or entry.startswith(literal)
         return "some" if some else None
+
+    def check_pattern(self, pattern: str) -> None:
+        """Raise :class:`ValueError` for a pattern subscription that can only match
+        sharded channels (their messages never reach pattern subscriptions); log a warning,
+        once per pattern, for one that may match some."""
+        overlap = self.pattern_overlap(pattern)
+        if overlap == "all":
+            raise ValueError(
+                f"pattern {pattern!r} only matches sharded channels "
+                f"(sharded_channels={self.entries!r}), and sharded messages "
+                "never reach pattern subscriptions: subscribe to the channels by name"
+            )
+        if overlap == "some" and pattern not in self._warned:
+            self._warned.add(pattern)
+            _log.warning(
+                "pubsub pattern %r may match sharded channels (%s); their messages "
+                "are published with SPUBLISH and never reach pattern subscriptions",
+                pattern,
+                ", ".join(self.entries),
+                extra=log_fields("pubsub", "pubsub_pattern_sharded"),
+            )
 
 
 class SlotRouter(Protocol[T]):

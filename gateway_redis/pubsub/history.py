@@ -47,11 +47,9 @@ import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry import propagate, trace
-
-from gateway_redis import telemetry
 from gateway_redis.pubsub import envelope
 from gateway_redis.pubsub._history_scripts import PUBLISH, READ, ScriptRunner
+from gateway_redis.pubsub._publisher import publishing, record
 from gateway_redis.pubsub._sharded import ShardedNames
 from gateway_redis.pubsub.envelope import Position
 from gateway_redis.pubsub.subscription import Message
@@ -171,13 +169,7 @@ class ChannelHistory:
         if idempotency_key is not None:
             keys.append(self._marker(name, idempotency_key))
             window = max(1, round(check_seconds("idempotency_window", idempotency_window) * 1000))
-        carrier: dict[str, str] = {}
-        traced = trace.get_current_span().get_span_context().is_valid
-        with telemetry.tracer.start_as_current_span(
-            "gateway.pubsub publish", kind=trace.SpanKind.PRODUCER
-        ) as span:
-            if traced:
-                propagate.inject(carrier)
+        with publishing(name) as (span, carrier):
             # the envelope's object up to where the script adds epoch and offset
             head = json.dumps(carrier, separators=(",", ":"))[:-1] + "," if carrier else "{"
             args = [
@@ -197,16 +189,7 @@ class ChannelHistory:
                 retry=idempotency_key is not None,
             )
             result = Published(int(reply[2]), _text(reply[0]), int(reply[1]), bool(reply[3]))
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        "messaging.system": "redis",
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": name,
-                        "gateway.pubsub.receivers": result.receivers,
-                        "gateway.pubsub.offset": result.offset,
-                    }
-                )
+            record(span, name, result.receivers, {"gateway.pubsub.offset": result.offset})
         return result
 
     async def position(self, channel: str) -> Position:

@@ -1,4 +1,3 @@
-# Over 400 lines: one class, PubSubHub, whose public methods carry the pub/sub API reference.
 """The process's pub/sub hub: publishing, subscribing, and the connections behind them.
 
 :class:`PubSubHub` owns the classic subscriber connection
@@ -6,19 +5,17 @@
 (:mod:`~gateway_redis.pubsub._routing`) and, with Sentinel, the ``+switch-master`` watch
 (:mod:`~gateway_redis.pubsub._sentinel`). It decodes each message once
 (:mod:`~gateway_redis.pubsub.envelope`) and hands it to every matching
-:class:`~gateway_redis.pubsub.subscription.Subscription`.
+:class:`~gateway_redis.pubsub.subscription.Subscription`. Publishing: ``_publisher``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from opentelemetry import propagate, trace
 
 from gateway_redis import telemetry
 from gateway_redis._driver import Deadline
@@ -26,6 +23,7 @@ from gateway_redis.errors import RedisUnavailable
 from gateway_redis.health import ClientState
 from gateway_redis.pubsub import envelope
 from gateway_redis.pubsub._classic import Listener
+from gateway_redis.pubsub._publisher import Publisher
 from gateway_redis.pubsub._registry import Entry
 from gateway_redis.pubsub._routing import Router
 from gateway_redis.pubsub._sentinel import SwitchWatch
@@ -33,12 +31,12 @@ from gateway_redis.pubsub._sharded import ShardedNames
 from gateway_redis.pubsub._supervisor import ListenerSettings
 from gateway_redis.pubsub.subscription import (
     End,
-    Message,
     MessageCallback,
     PubSubStats,
     Subscription,
+    fan_out,
 )
-from gateway_redis.support import log_fields
+from gateway_redis.support import add_listener, call_listeners
 
 if TYPE_CHECKING:
     from gateway_redis.client import RedisClient
@@ -46,6 +44,12 @@ if TYPE_CHECKING:
 __all__ = ["PubSubHub", "ReconnectListener"]
 
 _log = logging.getLogger(__name__)
+_notify = functools.partial(
+    call_listeners,
+    logger=_log,
+    message="pubsub connection listener failed",
+    fields=("pubsub", "pubsub_listener_callback_failed"),
+)
 
 ReconnectListener = Callable[[], None]
 """Called with no arguments when the subscriber connection is lost or restored."""
@@ -76,7 +80,7 @@ class PubSubHub:
         settings: ListenerSettings[Subscription] = ListenerSettings(
             liveness_interval=liveness_interval,
             liveness_timeout=liveness_timeout,
-            deliver=_fan_out,
+            deliver=fan_out,
             on_lost=self._on_lost,
             on_regained=self._on_reconnect,
             on_shard_lost=self._on_shard_lost,
@@ -89,7 +93,7 @@ class PubSubHub:
         self._classic: Listener[Subscription] = Listener(client, settings, liveness)
         self._sharded = ShardedNames(config.sharded_channels)
         self._router: Router[Subscription] = Router(client, settings)
-        self._warned_patterns: set[str] = set()
+        self._publisher = Publisher(client, self._classic.channels.key, self._sharded)
         self._switch = SwitchWatch(client, self._on_switch) if config.mode == "sentinel" else None
         self._subscribe_timeout = config.operation_timeout  # every call's one deadline
         self._subs: set[Subscription] = set()  # open and not released
@@ -115,37 +119,7 @@ class PubSubHub:
         Redis is known to be down), :class:`TypeError`/:class:`ValueError` for a bad
         channel name.
         """
-        (name,) = envelope.check_names((channel,), "channel")
-        body = envelope.dumps(message)
-        sharded = self._sharded.match(name)
-        target = self._classic.channels.key(name)
-        # Only a publish that is part of a trace (the caller has a span) carries context;
-        # otherwise the message goes out as plain JSON, readable by any other publisher's
-        # subscribers (a Go service, redis-cli), even with an SDK installed.
-        traced = trace.get_current_span().get_span_context().is_valid
-        with telemetry.tracer.start_as_current_span(
-            "gateway.pubsub publish", kind=trace.SpanKind.PRODUCER
-        ) as span:
-            carrier: dict[str, str] = {}
-            if traced:
-                propagate.inject(carrier)
-            payload = envelope.encode(body, carrier)
-            receivers: int = await self._client.execute(
-                "publish",
-                lambda r: (r.spublish if sharded else r.publish)(target, payload),
-                retry=False,
-            )
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        "messaging.system": "redis",
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": name,
-                        "gateway.pubsub.receivers": receivers,
-                        "gateway.pubsub.sharded": sharded,
-                    }
-                )
-        return receivers
+        return await self._publisher.publish(channel, message)
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -186,22 +160,7 @@ class PubSubHub:
         """
         names = envelope.check_names(patterns, "pattern")
         for name in names:
-            overlap = self._sharded.pattern_overlap(name)
-            if overlap == "all":
-                raise ValueError(
-                    f"pattern {name!r} only matches sharded channels "
-                    f"(sharded_channels={self._sharded.entries!r}), and sharded messages "
-                    "never reach pattern subscriptions: subscribe to the channels by name"
-                )
-            if overlap == "some" and name not in self._warned_patterns:
-                self._warned_patterns.add(name)
-                _log.warning(
-                    "pubsub pattern %r may match sharded channels (%s); their messages "
-                    "are published with SPUBLISH and never reach pattern subscriptions",
-                    name,
-                    ", ".join(self._sharded.entries),
-                    extra=log_fields("pubsub", "pubsub_pattern_sharded"),
-                )
+            self._sharded.check_pattern(name)
         return await self._open([], names, buffer_size)
 
     async def unsubscribe(self, *channels: str) -> None:
@@ -245,7 +204,7 @@ class PubSubHub:
         missed: time to resync). Listeners run on the event loop and must not block;
         exceptions are logged. Returns a function that removes the listener.
         """
-        return _add_listener(self._on_reconnected, listener)
+        return add_listener(self._on_reconnected, listener)
 
     def add_disconnect_listener(self, listener: ReconnectListener) -> Callable[[], None]:
         """Call ``listener()`` as soon as the subscriber connection is lost.
@@ -253,7 +212,7 @@ class PubSubHub:
         Until the reconnect listeners run, messages are being missed (an L1 cache fed by
         invalidations should be bypassed). Same rules as :meth:`add_reconnect_listener`.
         """
-        return _add_listener(self._on_disconnected, listener)
+        return add_listener(self._on_disconnected, listener)
 
     @property
     def connected(self) -> bool:
@@ -438,38 +397,3 @@ class PubSubHub:
             sub.end(End.FAILED)
         self._classic.forget()
         self._router.forget()
-
-
-def _add_listener(
-    listeners: list[ReconnectListener], listener: ReconnectListener
-) -> Callable[[], None]:
-    listeners.append(listener)
-
-    def remove() -> None:
-        with contextlib.suppress(ValueError):
-            listeners.remove(listener)
-
-    return remove
-
-
-def _notify(listeners: list[ReconnectListener]) -> None:
-    for listener in list(listeners):
-        try:
-            listener()
-        except Exception:  # a listener can never break the hub
-            _log.exception(
-                "pubsub connection listener failed",
-                extra=log_fields("pubsub", "pubsub_listener_callback_failed"),
-            )
-
-
-def _fan_out(subs: set[Subscription], channel: str, pattern: str | None, raw: bytes) -> None:
-    # Decoded once, shared by every subscriber.
-    payload, data, context, position = envelope.decode_message(raw)
-    if position is None:
-        message = Message(channel, payload, data, pattern, context)
-    else:
-        epoch, offset = position
-        message = Message(channel, payload, data, pattern, context, offset=offset, epoch=epoch)
-    for sub in subs:
-        sub.deliver(message)

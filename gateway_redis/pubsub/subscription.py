@@ -19,9 +19,10 @@ from types import TracebackType
 from typing import Any, Final
 
 from gateway_redis.errors import SubscriptionClosed
+from gateway_redis.pubsub import envelope
 from gateway_redis.support import log_fields
 
-__all__ = ["End", "Message", "MessageCallback", "PubSubStats", "Subscription"]
+__all__ = ["End", "Message", "MessageCallback", "PubSubStats", "Subscription", "fan_out"]
 
 _log = logging.getLogger(__name__)
 _WARN_EVERY: Final = 10.0  # seconds between overflow warnings of one subscription
@@ -337,3 +338,15 @@ class Subscription:
         names = [*self._channels.values(), *self._patterns.values()]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
         return ", ".join(repr(n) for n in names[:3]) + more
+
+
+def fan_out(subs: set[Subscription], channel: str, pattern: str | None, raw: bytes) -> None:
+    """Hand a message that came from Redis to ``subs``: decoded once, shared by all."""
+    payload, data, context, position = envelope.decode_message(raw)
+    if position is None:
+        message = Message(channel, payload, data, pattern, context)
+    else:
+        epoch, offset = position
+        message = Message(channel, payload, data, pattern, context, offset=offset, epoch=epoch)
+    for sub in subs:
+        sub.deliver(message)
