@@ -51,6 +51,8 @@ SESSION_KEY = "gateway.session"
 
 
 def _scope(conn: HTTPConnection | Scope) -> Scope:
+    if type(conn) is dict:  # an ASGI scope: no isinstance check against an ABC (hot path)
+        return conn
     return conn.scope if isinstance(conn, HTTPConnection) else conn
 
 

@@ -39,7 +39,7 @@ from middleware.responsecache.cache import ResponseCache
 from middleware.responsecache.responses import Capture, RequestHeaders, send_stored
 from middleware.responsecache.routes import route_rules
 from middleware.responsecache.rules import CacheRule
-from middleware.scope import API_KEY_KEY, CLAIMS_KEY, get_auth_kind
+from middleware.scope import CLAIMS_KEY, get_auth_kind
 
 __all__ = ["ResponseCacheMiddleware"]
 
@@ -55,14 +55,14 @@ def caller_of(scope: Scope) -> tuple[str, str, tuple[str, ...]] | None:
     the key. The token's roles are too: two tokens of one subject with different roles
     (which a role-based permission source reads per token) never share an entry. Other
     authentication layers' users (``scope["user"]``) have no roles."""
-    claims = scope.get(CLAIMS_KEY)
-    if claims is not None:  # get_auth_kind's answer for claims, without its calls
-        sub: str = claims.sub
-        roles: tuple[str, ...] = claims.roles
-        return ("apikey" if scope.get(API_KEY_KEY) is not None else "jwt"), sub, roles
     kind = get_auth_kind(scope)
     if kind is None:
         return None
+    claims = scope.get(CLAIMS_KEY)
+    if claims is not None:
+        sub: str = claims.sub
+        roles: tuple[str, ...] = claims.roles
+        return kind, sub, roles
     identity = getattr(scope.get("user"), "identity", None)
     if isinstance(identity, str) and identity:
         return kind, identity, ()
@@ -93,7 +93,7 @@ class ResponseCacheMiddleware:
         if scope["type"] != "http" or scope["method"] not in _METHODS:
             return await self.app(scope, receive, send)
         cache = self.cache
-        path: str = route_path(scope) if scope.get("root_path") else scope["path"]
+        path = route_path(scope)
         rule = cache.rule_for(path)
         if rule is None:
             return await self.app(scope, receive, send)
@@ -115,11 +115,8 @@ class ResponseCacheMiddleware:
         if not skip:
             hit = cache.lookup(key)
             if hit is not None:
-                # hit.age() and hit.remaining(), spelled out: this is the hot path.
-                age = time.time() - hit.created
-                if age < 0.0:
-                    age = 0.0
-                left = hit.ttl - age
+                age = hit.age(time.time())
+                left = hit.ttl - age  # hit.remaining(), without computing the age twice
                 if left > 0:
                     cache.tally("l1")
                     return await send_stored(
