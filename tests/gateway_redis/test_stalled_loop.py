@@ -44,6 +44,13 @@ async def _reply_during_a_stall(deadline: float, stall: float) -> tuple[bytes, D
         theirs.close()
 
 
+def _changes_of(client: RedisClient) -> list[tuple[HealthState, str]]:
+    """The client's health changes from now on."""
+    changes: list[tuple[HealthState, str]] = []
+    client.add_state_listener(lambda state, reason: changes.append((state, reason)))
+    return changes
+
+
 async def test_a_reply_that_came_during_a_stall_past_the_deadline_is_read() -> None:
     line, timer = await _reply_during_a_stall(deadline=0.1, stall=0.3)
     assert line == b"+PONG\r\n"
@@ -84,8 +91,7 @@ async def test_a_call_whose_reply_came_during_a_stall_succeeds_and_redis_stays_u
     config = RedisConfig(url=redis_server.url, operation_timeout=0.2, probe_interval=0.05)
     async with RedisClient(config) as c:
         await c.set("stalled", "value")
-        changes: list[tuple[HealthState, str]] = []
-        c.add_state_listener(lambda state, reason: changes.append((state, reason)))
+        changes = _changes_of(c)
         loop = asyncio.get_running_loop()
         for _ in range(3):
             # Runs once the call has sent GET and waits for the reply.
@@ -141,8 +147,7 @@ async def test_a_passed_deadline_alone_does_not_take_the_client_down(
     config = RedisConfig(url=redis_server.url, operation_timeout=0.1)
     async with RedisClient(config) as c:
         await c.set("paused", "value")
-        changes: list[tuple[HealthState, str]] = []
-        c.add_state_listener(lambda state, reason: changes.append((state, reason)))
+        changes = _changes_of(c)
         redis_admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
         with pytest.raises(RedisUnavailable):
             await c.get("paused")

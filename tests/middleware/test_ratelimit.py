@@ -61,6 +61,14 @@ def gateway_app(client: RedisClient, limits: Any, **install: Any) -> tuple[Gatew
     return gateway, app
 
 
+def fastapi_app(client: RedisClient) -> tuple[FastAPI, RateLimitStore]:
+    """A FastAPI application wired by a Gateway (JWT), and a store for its limits."""
+    gateway = Gateway(client, jwt=SETTINGS)
+    app = FastAPI(lifespan=gateway.lifespan)
+    gateway.install(app)
+    return app, RateLimitStore(client)
+
+
 @pytest.fixture
 async def http_for() -> AsyncIterator[Any]:
     async with contextlib.AsyncExitStack() as stack:
@@ -282,10 +290,7 @@ async def test_the_fastapi_dependency_limits_one_route_and_keeps_its_outage_poli
 ) -> None:
     config = RedisConfig(url=fault_server.url, min_idle_conns=1)
     async with RedisClient(config) as client:
-        gateway = Gateway(client, jwt=SETTINGS)
-        app = FastAPI(lifespan=gateway.lifespan)
-        gateway.install(app)
-        store = RateLimitStore(client)
+        app, store = fastapi_app(client)
         exports = RateLimit("3/h", store=store, name="exports")
         lenient = RateLimit("3/h", store=store, name="lenient", on_unavailable="open")
 
@@ -321,10 +326,7 @@ async def test_the_fastapi_dependency_fields_reach_endpoints_returning_their_own
 ) -> None:
     # FastAPI merges a dependency's Response headers only into responses it builds itself:
     # an endpoint returning a Response object of its own lost the fields.
-    gateway = Gateway(client, jwt=SETTINGS)
-    app = FastAPI(lifespan=gateway.lifespan)
-    gateway.install(app)
-    store = RateLimitStore(client)
+    app, store = fastapi_app(client)
     exports = RateLimit("3/h", store=store, name="own-response")
     data = RateLimit("3/h", store=store, name="own-data")
 
@@ -486,10 +488,7 @@ async def test_the_decorator_on_fastapi_endpoints_keeps_their_answer_and_adds_th
 ) -> None:
     # It handed FastAPI a plain ASGI function: FastAPI answered 200 "{}" (the endpoint's
     # Response lost) or 500 (returned data).
-    gateway = Gateway(client, jwt=SETTINGS)
-    app = FastAPI(lifespan=gateway.lifespan)
-    gateway.install(app)
-    store = RateLimitStore(client)
+    app, store = fastapi_app(client)
     shared = PlainTextResponse("shared")  # the same object every time: never changed
 
     @app.get("/own")

@@ -54,6 +54,26 @@ class CuttingProxy:
             self.server.close()
 
 
+class Printed:
+    """The JSON lines the client printed so far (:meth:`lines`), and waiting for them."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.out: list[str] = []
+
+    def lines(self) -> list[dict[str, Any]]:
+        self.out.append(self.capsys.readouterr().out)
+        return [json.loads(line) for line in "".join(self.out).splitlines() if line.strip()]
+
+    async def until(self, condition: Any) -> None:
+        """Wait (at most 10 s) until ``condition(lines)`` holds."""
+        for _ in range(500):
+            if condition(self.lines()):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out; got {self.lines()}")
+
+
 async def test_cli_client_reconnects_and_recovers(
     gateway: Gateway, client: RedisClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,18 +85,8 @@ async def test_cli_client_reconnects_and_recovers(
         subscribe=["system:broadcast"], publish=[], count=30, seconds=30.0, reconnect=True,
     )  # fmt: skip
     task = asyncio.create_task(ws_client.run(args))
-    out: list[str] = []
-
-    def lines() -> list[dict[str, Any]]:
-        out.append(capsys.readouterr().out)
-        return [json.loads(line) for line in "".join(out).splitlines() if line.strip()]
-
-    async def until(condition: Any) -> None:
-        for _ in range(500):
-            if condition(lines()):
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out; got {lines()}")
+    printed = Printed(capsys)
+    lines, until = printed.lines, printed.until
 
     try:
         await until(lambda got: any(f["type"] == "subscribed" for f in got))
@@ -116,18 +126,8 @@ async def test_cli_client_subscribes_again_after_unavailable(
             reconnect=True,
         )  # fmt: skip
         task = asyncio.create_task(ws_client.run(args))
-        out: list[str] = []
-
-        def lines() -> list[dict[str, Any]]:
-            out.append(capsys.readouterr().out)
-            return [json.loads(line) for line in "".join(out).splitlines() if line.strip()]
-
-        async def until(condition: Any, seconds: float = 10.0) -> None:
-            for _ in range(int(seconds / 0.02)):
-                if condition(lines()):
-                    return
-                await asyncio.sleep(0.02)
-            raise AssertionError(f"timed out; got {lines()}")
+        printed = Printed(capsys)
+        lines, until = printed.lines, printed.until
 
         def unavailable(got: list[dict[str, Any]]) -> int:
             return sum(f["type"] == "error" and f.get("code") == "unavailable" for f in got)
