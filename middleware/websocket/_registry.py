@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from gateway_redis.errors import GatewayRedisError, SessionNotFound
 from gateway_redis.sessions import id_digest
@@ -44,6 +44,7 @@ _log = logging.getLogger("middleware.websocket.bridge")
 _COMPONENT = "websocket"
 _TICK: Final = 0.5  # seconds between housekeeping rounds (expiry, idle, heartbeat)
 _RECHECK_BATCH: Final = 32  # sessions looked up concurrently
+_K = TypeVar("_K")
 
 
 class Registry:
@@ -60,9 +61,9 @@ class Registry:
         self.store = store
         self.authenticator = authenticator
         self.conns: set[Connection] = set()
-        self._users: dict[str, set[Connection]] = {}
-        self._tokens: dict[tuple[str, str], set[Connection]] = {}
-        self._sessions: dict[str, set[Connection]] = {}
+        self._users: _Index[str] = _Index()
+        self._tokens: _Index[tuple[str, str]] = _Index()
+        self._sessions: _Index[str] = _Index()
         self._recheck: set[Connection] = set()
         self._recheck_wake = asyncio.Event()
         # Called with a session socket whose session data changed (permissions may follow).
@@ -70,22 +71,22 @@ class Registry:
 
     def count(self, user: str) -> int:
         """Open sockets of the user with this digest."""
-        return len(self._users.get(user, ()))
+        return len(self._users.get(user))
 
     def of_user(self, user: str) -> list[Connection]:
         """Open sockets of the user with this digest."""
-        return list(self._users.get(user, ()))
+        return list(self._users.get(user))
 
     def add(self, conn: Connection) -> None:
         """Index an accepted (or accepting) socket."""
         identity = conn.identity
         self.conns.add(conn)
-        self._users.setdefault(identity.user, set()).add(conn)
+        self._users.add(identity.user, conn)
         claims = identity.claims
         if claims is not None and claims.jti is not None:
-            self._tokens.setdefault((claims.iss, claims.jti), set()).add(conn)
+            self._tokens.add((claims.iss, claims.jti), conn)
         if identity.session_key is not None:
-            self._sessions.setdefault(identity.session_key, set()).add(conn)
+            self._sessions.add(identity.session_key, conn)
 
     def remove(self, conn: Connection) -> bool:
         """Forget a socket; False if it was not registered."""
@@ -93,11 +94,11 @@ class Registry:
             return False
         self.conns.discard(conn)
         identity = conn.identity
-        _discard(self._users, identity.user, conn)
+        self._users.discard(identity.user, conn)
         if identity.claims is not None and identity.claims.jti is not None:
-            _discard(self._tokens, (identity.claims.iss, identity.claims.jti), conn)
+            self._tokens.discard((identity.claims.iss, identity.claims.jti), conn)
         if identity.session_key is not None:
-            _discard(self._sessions, identity.session_key, conn)
+            self._sessions.discard(identity.session_key, conn)
         self._recheck.discard(conn)
         return True
 
@@ -106,19 +107,19 @@ class Registry:
         identity = conn.identity
         old = identity.claims
         if old is not None and old.jti is not None:
-            _discard(self._tokens, (old.iss, old.jti), conn)
+            self._tokens.discard((old.iss, old.jti), conn)
         identity.claims = claims
         if claims.jti is not None:
-            self._tokens.setdefault((claims.iss, claims.jti), set()).add(conn)
+            self._tokens.add((claims.iss, claims.jti), conn)
 
     def on_revoked(self, event: TokenRevoked) -> None:
         """Revocation hook: a revoked token's sockets close with 4401."""
-        for conn in list(self._tokens.get((event["iss"], event["jti"]), ())):
+        for conn in list(self._tokens.get((event["iss"], event["jti"]))):
             conn.close(CloseCode.TOKEN_ENDED, "token revoked")
 
     def on_subject_revoked(self, event: SubjectRevoked) -> None:
         """Cut-off hook: the subject's sockets on tokens issued up to the cut-off close (4401)."""
-        for conn in list(self._users.get(id_digest(event["sub"]), ())):
+        for conn in list(self._users.get(id_digest(event["sub"]))):
             claims = conn.identity.claims
             if claims is not None and claims.sub == event["sub"] and claims.iat <= event["cutoff"]:
                 conn.close(CloseCode.TOKEN_ENDED, "token revoked")
@@ -128,23 +129,21 @@ class Registry:
         if event["op"] == "drop":  # deleted, regenerated or merely updated: look it up
             for key in event["ids"]:
                 if key in self._sessions:
-                    self._recheck.update(self._sessions[key])
+                    self._recheck.update(self._sessions.get(key))
                     self._recheck_wake.set()
         else:
-            for conn in list(self._users.get(event["user"], ())):
+            for conn in list(self._users.get(event["user"])):
                 conn.close(CloseCode.SESSION_ENDED, "logged out everywhere")
 
     async def on_bus_resync(self) -> None:
         """Bus resync hook: events may have been lost, so re-check every credential."""
         authenticator = self.authenticator
         if authenticator is not None:
-            for conns in list(self._tokens.values()):
-                for conn in list(conns):
-                    claims = conn.identity.claims
-                    if claims is not None and authenticator.is_revoked(claims):
-                        conn.close(CloseCode.TOKEN_ENDED, "token revoked")
-        for conns in self._sessions.values():
-            self._recheck.update(conns)
+            for conn in self._tokens.every():
+                claims = conn.identity.claims
+                if claims is not None and authenticator.is_revoked(claims):
+                    conn.close(CloseCode.TOKEN_ENDED, "token revoked")
+        self._recheck.update(self._sessions.every())
         if self._recheck:
             self._recheck_wake.set()
 
@@ -237,9 +236,50 @@ class Registry:
                 conn.push_control(proto.PING_FRAME)
 
 
-def _discard(index: dict[Any, set[Connection]], key: Any, conn: Connection) -> None:
-    conns = index.get(key)
-    if conns is not None:
-        conns.discard(conn)
-        if not conns:
-            del index[key]
+class _Index(Generic[_K]):
+    """Open sockets by key. A key with one socket (nearly every user, token and session)
+    maps to the socket itself, not to a one-element set: a set costs about 200 bytes, and
+    there are two or three indexes per socket."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self) -> None:
+        self._map: dict[_K, Connection | set[Connection]] = {}
+
+    def __contains__(self, key: _K) -> bool:
+        return key in self._map
+
+    def get(self, key: _K) -> Collection[Connection]:
+        """The sockets under ``key`` (do not change the collection returned)."""
+        held = self._map.get(key)
+        if held is None:
+            return ()
+        return held if isinstance(held, set) else (held,)
+
+    def every(self) -> list[Connection]:
+        """Every socket in the index (a copy)."""
+        found: list[Connection] = []
+        for held in self._map.values():
+            if isinstance(held, set):
+                found.extend(held)
+            else:
+                found.append(held)
+        return found
+
+    def add(self, key: _K, conn: Connection) -> None:
+        held = self._map.get(key)
+        if held is None:
+            self._map[key] = conn
+        elif isinstance(held, set):
+            held.add(conn)
+        elif held is not conn:
+            self._map[key] = {held, conn}
+
+    def discard(self, key: _K, conn: Connection) -> None:
+        held = self._map.get(key)
+        if held is conn:
+            del self._map[key]
+        elif isinstance(held, set):
+            held.discard(conn)
+            if len(held) == 1:
+                self._map[key] = held.pop()

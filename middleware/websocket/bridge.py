@@ -280,6 +280,7 @@ class WebSocketBridge:
             except (OSError, RuntimeError):
                 await self._forget(conn, accepted=False)
                 return None
+            scope["headers"] = []  # read: the server keeps the scope for the socket's life
             self._ensure_tasks()
             self._metrics.ws_connections.add(1)
             if span.is_recording():

@@ -83,6 +83,7 @@ async def test_a_bridge_socket_keeps_no_layer_suspended(
         for key in ("gateway.claims", "gateway.permissions", "gateway.session"):
             assert key in socket.scope
         assert not {"gateway.handoff", "endpoint", "router"} & set(socket.scope)  # kept small
+        assert socket.scope["headers"] == []  # read at the handshake; the server keeps the scope
         await socket.finish()
         refused = Socket(app, bearer("not-a-token"))  # the JWT layer's refusal, as before
         assert (await refused.start())["code"] == 1008
