@@ -29,7 +29,8 @@ client's invalidation bus (:attr:`gateway_redis.RedisClient.invalidation`).
   :mod:`~middleware.authentication` (the JWT and API-key layers' authentication step),
   :mod:`~middleware.scope` (typed scope accessors), :mod:`~middleware.telemetry`;
   :mod:`~middleware.fastapi`: FastAPI dependencies (imported on demand, so FastAPI stays
-  optional).
+  optional); :mod:`~middleware.uvicorn_protocol`: uvicorn's WebSocket protocol keeping
+  less per open socket (``--ws middleware.uvicorn_protocol:LeanWebSocketProtocol``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ NAMESPACES = {
     "gateway_redis.telemetry",  # instruments: read by name, not imported by users
     "middleware.fastapi",  # optional integration, imported lazily
     "middleware.telemetry",
+    "middleware.uvicorn_protocol",  # optional integration: named to uvicorn's --ws
 }
 
 

@@ -4,11 +4,13 @@ trusted unless ``FORWARDED_ALLOW_IPS`` says so."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from gateway_redis.embedded import EmbeddedRedis
 from tests.examples.conftest import gateway_env
@@ -53,12 +55,38 @@ def test_the_script_bounds_headers_and_ignores_forwarded_for(
         assert second.status_code == 429
 
 
+def test_the_scripts_websocket_protocol_serves_the_bridge(redis_server: EmbeddedRedis) -> None:
+    # --ws middleware.uvicorn_protocol:LeanWebSocketProtocol, --ws-ping-interval 0: a socket
+    # authenticates, subscribes and receives what is published.
+    env = gateway_env(redis_server.url)
+    with (
+        uvicorn_process(["examples.gateway:app", *script_flags()], env) as (port, _),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+    ):
+        login = http.post("/auth/login", json={"username": "alice", "password": "alice-password"})
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        with connect(f"ws://127.0.0.1:{port}/ws", additional_headers=bearer) as ws:
+            ws.send(json.dumps({"type": "subscribe", "channels": ["system:broadcast"], "id": 1}))
+            while json.loads(ws.recv(timeout=10)).get("id") != 1:
+                pass
+            published = http.post(
+                "/api/channels/system:broadcast/publish", json={"n": 42}, headers=bearer
+            )
+            assert published.status_code == 200, published.text
+            while (frame := json.loads(ws.recv(timeout=10)))["type"] != "message":
+                pass
+            assert frame["data"] == {"n": 42}
+
+
 EXPLAINED_FLAGS = [
     "--h11-max-incomplete-event-size",
     "--forwarded-allow-ips",
     "--ws-max-size",
     "--timeout-graceful-shutdown",
     "--no-proxy-headers",
+    "--ws-ping-interval",
+    "middleware.uvicorn_protocol:LeanWebSocketProtocol",
 ]
 
 

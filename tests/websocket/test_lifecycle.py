@@ -137,14 +137,28 @@ async def test_server_shutdown_closes_sockets(gateway_factory: GatewayFactory) -
     assert await closed_with(ws) in (1001, 1012)
 
 
-@pytest.mark.parametrize("ws", ["websockets", "websockets-sansio"])
+@pytest.mark.parametrize(
+    "ws",
+    [
+        # uvicorn's legacy protocol: deprecated by uvicorn and by websockets.
+        pytest.param(
+            "websockets",
+            marks=[
+                pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+                pytest.mark.filterwarnings("ignore::uvicorn.config.UvicornDeprecationWarning"),
+            ],
+        ),
+        "websockets-sansio",
+        "middleware.uvicorn_protocol:LeanWebSocketProtocol",
+    ],
+)
 async def test_a_socket_has_one_task_of_the_bridge(
     gateway_factory: GatewayFactory, ws: str
 ) -> None:
     # Density: the writer runs in the server's own task for the socket and only the reader
     # is a task of its own, so 20,000 sockets are 20,000 bridge tasks, not 60,000; they
     # still deliver and close.
-    async with gateway_factory() as gw:
+    async with gateway_factory(uvicorn_options={"ws": ws}) as gw:
         sockets = [await gw.connect(mint(f"density-{i}")) for i in range(5)]
         for socket in sockets:
             await subscribe(socket, "system:broadcast")

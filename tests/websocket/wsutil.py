@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway_redis.embedded import free_port
+from middleware.uvicorn_protocol import LeanWebSocketProtocol
 from tests.processes import uvicorn_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,10 +159,11 @@ async def closed_with(ws: ClientConnection, timeout: float = 1.0) -> int | None:
 
 @contextlib.asynccontextmanager
 async def serve_app(app: Any, **config: Any) -> AsyncIterator[Gateway]:
-    """Serve ``app`` with uvicorn on this event loop (its lifespan included)."""
+    """Serve ``app`` with uvicorn on this event loop (its lifespan included), with the
+    WebSocket protocol ``scripts/gateway`` names unless ``ws`` says otherwise."""
     port = free_port()
     options: dict[str, Any] = {
-        "host": "127.0.0.1", "port": port, "ws_max_size": 65536,
+        "host": "127.0.0.1", "port": port, "ws_max_size": 65536, "ws": LeanWebSocketProtocol,
         "ws_per_message_deflate": False, "lifespan": "on", "log_level": "warning",
     }  # fmt: skip
     options.update(config)
@@ -187,6 +189,7 @@ def gateway_process(
 ) -> Iterator[tuple[Gateway, subprocess.Popen[bytes]]]:
     """The example gateway in its own uvicorn process (a second CPU for load tests)."""
     args = ["examples.realtime:create_app", "--factory", "--ws-max-size", "65536",
+            "--ws", "middleware.uvicorn_protocol:LeanWebSocketProtocol",
             "--ws-per-message-deflate", "false", "--backlog", "4096"]  # fmt: skip
     with uvicorn_process(args, gateway_env(redis_url, **extra)) as (port, proc):
         yield Gateway(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"), proc

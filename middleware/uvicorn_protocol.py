@@ -1,0 +1,147 @@
+"""uvicorn's sans-I/O WebSocket protocol, keeping less per open socket (optional integration).
+
+::
+
+    uvicorn examples.gateway:app --ws middleware.uvicorn_protocol:LeanWebSocketProtocol
+    uvicorn.run(app, ws=LeanWebSocketProtocol)          # or programmatically
+
+A gateway holds tens of thousands of idle WebSockets, and the server's per-socket objects
+are most of what each one costs (``docs/production.md``, "WebSocket density"). uvicorn's
+``websockets-sansio`` protocol (:class:`WebSocketsSansIOProtocol`) keeps, for the
+socket's whole life, objects it needs only until the handshake is answered or only in a
+heavier form than a socket needs. This subclass changes three of them and nothing else
+(same frames, same ASGI events, same close codes, same flow control):
+
+- the handshake's parsed request and the prepared response (``websockets``' ``Request`` and
+  ``Response`` with their ``Headers``, about 2 KB): dropped once the handshake is answered;
+- the receive queue, an :class:`asyncio.Queue` (three deques and an
+  :class:`asyncio.Event` with a fourth, about 3 KB): an :class:`Inbox` with the three
+  methods the protocol calls; it never holds more than a message and a disconnect, since
+  the protocol stops reading until the application has taken the message;
+- the write gate, an :class:`asyncio.Event` (about 0.7 KB): a :class:`Gate`.
+
+Measured by the density benchmark (``python -m benchmarks.run density``): about 5 KB less
+per socket. Requires uvicorn with the ``websockets-sansio`` protocol (0.35 or later; tested
+with 0.55) and ``websockets``. It relies on uvicorn internals (the attributes above and
+``start_keepalive`` being called right after the handshake's answer is written), so pin
+the uvicorn version you deploy and run ``tests/websocket/test_uvicorn_protocol.py`` when
+you upgrade: it checks that every one of them is still released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Generic, TypeVar
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+__all__ = ["Gate", "Inbox", "LeanWebSocketProtocol"]
+
+_T = TypeVar("_T")
+
+
+def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
+    for waiter in waiters or ():
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+class Inbox(Generic[_T]):
+    """A FIFO with :class:`asyncio.Queue`'s ``put_nowait``, ``get`` and ``empty`` (unbounded,
+    fair to concurrent getters, no item lost to a cancelled ``get``) in two small lists."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[_T] = []
+        self._waiters: list[asyncio.Future[None]] | None = None  # getters waiting, oldest first
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: _T) -> None:
+        self._items.append(item)
+        _wake_one(self._waiters)
+
+    async def get(self) -> _T:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                # Woken, then cancelled before running: hand the wake-up to the next getter.
+                if waiter.done() and not waiter.cancelled() and self._items:
+                    self._waiters.remove(waiter)
+                    _wake_one(self._waiters)
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if not self._waiters:
+                    self._waiters = None
+        return self._items.pop(0)
+
+
+class Gate:
+    """A flag with :class:`asyncio.Event`'s ``set``, ``clear``, ``is_set`` and ``wait``."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> bool:
+        if self._open:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """:class:`WebSocketsSansIOProtocol` without what an open socket no longer needs; see
+    the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]  # duck-typed: put_nowait/get/empty
+        self.writable = Gate()  # type: ignore[assignment]  # duck-typed: set/clear/wait
+        self.writable.set()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # The request was turned into the ASGI scope (or answered, when refused).
+        del self.request
+
+    def start_keepalive(self) -> None:
+        # Called right after the accepting response was written: nothing reads it again.
+        vars(self).pop("response", None)
+        super().start_keepalive()
