@@ -44,21 +44,27 @@ from gateway_redis.embedded import EmbeddedRedis
 CHANNEL = "system:broadcast"
 SECRET = "density-secret-" + "d" * 40
 ISSUER, AUDIENCE = "https://gateway.example", "gateway-api"
-# What scripts/gateway passes uvicorn for WebSockets (docs/production.md, "Density"); the
-# implementation (--ws) is the run's variable.
-DEPLOYMENT_WS = ["--ws-max-size", "65536", "--ws-per-message-deflate", "false"]
-DEPLOYMENT_IMPL = "websockets-sansio"
+# What scripts/gateway passes uvicorn for WebSockets and proxies (docs/production.md,
+# "uvicorn flags"); the implementation (--ws) is the run's variable.
+DEPLOYMENT_WS = [
+    "--ws-max-size", "65536", "--ws-per-message-deflate", "false", "--ws-ping-interval", "0",
+    "--no-proxy-headers",
+]  # fmt: skip
+DEPLOYMENT_IMPL = "middleware.uvicorn_protocol:LeanWebSocketProtocol"
+STOCK_IMPL = "websockets-sansio"  # uvicorn 0.55's own (its `auto`), for comparison
 DESCRIPTION = (
     "The example gateway (`examples.realtime`, uvicorn, one worker on its own core, "
-    "`--ws-per-message-deflate false --ws-max-size 65536`) on an embedded Redis; the "
+    "`--ws-per-message-deflate false --ws-max-size 65536 --ws-ping-interval 0 "
+    "--no-proxy-headers`, as in `scripts/gateway`) on an embedded Redis; the "
     "file-descriptor limit raised in the harness (`setrlimit`, inherited by the server and "
     "clients). Four client processes on the other core, each from its own source address "
     "(127.0.0.10-13); every socket has its own subject and token (`Authorization: Bearer`) "
     "and subscribes to `system:broadcast` (a channel with history and positions). Per-socket "
     "memory = server RSS growth from idle (one warm-up socket came and went) to all sockets "
     "subscribed, / N. Then one `PUBLISH` with a timestamp; latency = receipt - timestamp "
-    "over every socket. `websockets-sansio` is what `scripts/gateway` runs (and uvicorn "
-    "0.55's `auto`); the legacy `websockets` protocol at a quarter of N for comparison."
+    "over every socket. The first row is what `scripts/gateway` runs "
+    "(`--ws middleware.uvicorn_protocol:LeanWebSocketProtocol`); the second, uvicorn's own "
+    "sans-I/O protocol (`websockets-sansio`, what its `auto` picks), same N, same flags."
 )
 FD_SPARE = 256  # descriptors beyond one per socket: Redis pool, listeners, files
 
@@ -228,7 +234,8 @@ def measure(
     result.p99_ms = c.percentile(latencies, 99) * 1000
     result.max_ms = latencies[-1] * 1000 if latencies else float("nan")
     progress(
-        f"  ws={ws:<17} N={sockets:<6} failed {result.failed}  connect {result.connect_s:.1f} s  "
+        f"  ws={ws.rsplit(':', 1)[-1]:<21} N={sockets:<6} failed {result.failed}  "
+        f"connect {result.connect_s:.1f} s  "
         f"RSS {result.rss_idle_mb:.0f} -> {result.rss_full_mb:.0f} MB "
         f"({result.per_socket_kb:.1f} KB/socket), after the broadcast {result.rss_after_mb:.0f}"
         f" MB  received {result.received}/{sockets - result.failed + 1}  p50 "
@@ -241,10 +248,10 @@ def measure(
 
 def run(*, quick: bool = False, progress: Callable[[str], None] = c.progress) -> list[Density]:
     """The deployment's implementation at N (``DENSITY_SOCKETS``, default 20,000; 2,000
-    with ``quick``), then uvicorn's default one at a quarter of that for comparison."""
+    with ``quick``), then uvicorn's own sans-I/O one at the same N for comparison."""
     sockets = int(os.environ.get("DENSITY_SOCKETS") or (2_000 if quick else 20_000))
     results = [measure(sockets, ws=DEPLOYMENT_IMPL, progress=progress)[0]]
-    results.append(measure(max(500, sockets // 4), ws="websockets", progress=progress)[0])
+    results.append(measure(sockets, ws=STOCK_IMPL, progress=progress)[0])
     return results
 
 
