@@ -1,7 +1,7 @@
-"""A channel's gap mended by the bridge (its own Redis subscription lost) sends its sockets
-the very frames, byte for byte, that a client recovering the same range gets: both splice
-the stored JSON text into frames, never decoded (real uvicorn, real ``websockets``
-clients, real Redis)."""
+"""A channel's gap mended by the bridge (its own Redis subscription lost): its sockets get
+the very frames, byte for byte, that a client recovering the same range gets (both splice
+the stored JSON text into frames, never decoded), or ``resync`` when one read of history
+cannot fill the gap (real uvicorn, real ``websockets`` clients, real Redis)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import contextlib
 import json
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from websockets.asyncio.client import ClientConnection
 
-from gateway_redis import ChannelHistory, RedisClient
-from tests.websocket.test_recovery import history_app
+from gateway_redis import ChannelHistory, RedisClient, RedisConfig
+from gateway_redis.embedded import EmbeddedRedis
+from tests.websocket.test_recovery import history_app, read, subscribe
 from tests.websocket.wsutil import mint
 
 CHANNEL = "hist:mend-frames"
@@ -96,3 +98,51 @@ async def test_a_mend_sends_the_frames_a_recover_sends(
         map(json.dumps, VALUES * 4)
     )
     assert mended == recovered[1:]  # byte for byte
+
+
+@pytest.mark.parametrize("missed", [30, 60])
+async def test_a_gap_only_history_knows_is_mended_in_one_read_else_resync(
+    missed: int, client: RedisClient, redis_server: EmbeddedRedis, redis_admin: Any
+) -> None:
+    # A publisher that shards the channel writes the same history (same stream, same
+    # offsets) but SPUBLISHes: the bridge's SUBSCRIBE never sees those messages, so once
+    # its subscription comes back only history knows them. The bridge reads at most its
+    # rule's history_size (50) at once: beyond that it tells the sockets to resync.
+    channel = f"hist:only-history-{missed}"
+    history = ChannelHistory(client, size=1000, ttl=60)
+    sharding = RedisConfig(url=redis_server.url, sharded_channels=(channel,))
+    frames: list[dict[str, Any]] = []
+    async with RedisClient(sharding) as other, history_app(client) as (gateway, _):
+        unseen = ChannelHistory(other, size=1000, ttl=60)
+        ws = await gateway.connect(mint("ines"))
+        reply, early = await subscribe(ws, channel)
+        assert early == []
+        start = reply["positions"][channel]["offset"]
+
+        async def read_until(found: Any) -> None:
+            while not any(found(f) for f in frames):
+                frames.extend(await read(ws, timeout=10))
+
+        await history.publish(channel, {"seq": 0})  # live: the bridge knows the position
+        await read_until(lambda f: f["data"] == {"seq": 0})
+        for seq in range(1, missed + 1):
+            assert (await unseen.publish(channel, {"seq": seq})).receivers == 0
+        redis_admin.client_kill_filter(_type="pubsub")  # the bridge's subscription
+        if missed <= 50:
+            await read_until(lambda f: f.get("data") == {"seq": missed})
+        else:
+            await read_until(lambda f: f["type"] == "resync")
+        await history.publish(channel, {"seq": missed + 1})
+        await read_until(lambda f: f.get("data") == {"seq": missed + 1})
+        await ws.close()
+    kinds = [f["type"] for f in frames]
+    seqs = [f["data"]["seq"] for f in frames if f["type"] == "message"]
+    offsets = [f["offset"] - start for f in frames if f["type"] == "message"]
+    if missed <= 50:  # mended: every message once, in order, no resync
+        assert kinds == ["message"] * (missed + 2)
+        assert seqs == list(range(missed + 2))
+        assert offsets == list(range(1, missed + 3))
+    else:
+        assert kinds == ["message", "resync", "message"]
+        assert seqs == [0, missed + 1]
+        assert offsets == [1, missed + 2]
