@@ -69,8 +69,8 @@ async def test_a_mend_sends_the_frames_a_recover_sends(
 
     async with history_app(client) as (gateway, bridge):
         ws = await gateway.connect(mint("hana"))
-        await ws.send(json.dumps({"type": "subscribe", "channels": [CHANNEL], "id": 1}))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        reply, early = await subscribe(ws, CHANNEL)
+        assert early == []
         start = reply["positions"][CHANNEL]
         mended: list[str] = []
         await publish_all()  # live: the bridge knows the channel's position from then on
