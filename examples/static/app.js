@@ -25,6 +25,14 @@
   const subscribed = new Set();
   // The last position seen on each channel with history: a reconnect recovers from there.
   const positions = new Map();
+  // Subscribes awaiting their reply (request id -> channels). One answered "unavailable"
+  // (the gateway could not reach Redis) is sent again, with recover, after 1, 2, 4 s, then
+  // every 8 s while the socket is open: channels failing meanwhile join the same retry.
+  const asked = new Map();
+  const RETRY_FIRST = 1000;
+  const RETRY_MAX = 8000;
+  // channels: those waiting; sent: the id of the last retry sent; due: when the next is.
+  const retry = { channels: new Set(), tries: 0, due: 0, timer: null, ticker: null, sent: null };
 
   function log(kind, text, channel) {
     const item = document.createElement("li");
@@ -67,9 +75,80 @@
   }
 
   function send(frame) {
-    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return null;
     frame.id = nextId++;
     socket.send(JSON.stringify(frame));
+    return frame.id;
+  }
+
+  function subscribeTo(channels) {
+    // recover: from the last position seen on each channel, so nothing missed is lost
+    const frame = { type: "subscribe", channels };
+    const recover = {};
+    for (const channel of channels) {
+      if (positions.has(channel)) recover[channel] = positions.get(channel);
+    }
+    if (Object.keys(recover).length) frame.recover = recover;
+    const id = send(frame);
+    if (id !== null) asked.set(id, channels);
+    return id;
+  }
+
+  function showRetry() {
+    // The visible status line of a pending retry (hidden when there is none).
+    const line = $("retry");
+    if (!retry.channels.size || socket === null) {
+      line.hidden = true;
+      line.textContent = "";
+      return;
+    }
+    const names = [...retry.channels].join(", ");
+    const left = Math.max(0, Math.ceil((retry.due - Date.now()) / 1000));
+    const when = retry.timer === null ? "now" : `in ${left} s`;
+    line.textContent =
+      `Redis unavailable: subscribing to ${names} again ${when} (retry ${retry.tries})`;
+    line.hidden = false;
+  }
+
+  function stopRetry(forget) {
+    clearTimeout(retry.timer);
+    clearInterval(retry.ticker);
+    retry.timer = null;
+    retry.ticker = null;
+    retry.tries = 0;
+    if (forget) retry.channels.clear();
+    showRetry();
+  }
+
+  function scheduleRetry(channels) {
+    channels.forEach((c) => retry.channels.add(c));
+    if (retry.timer !== null) {
+      showRetry(); // a retry is pending: these channels join it
+      return;
+    }
+    const delay = Math.min(RETRY_FIRST * 2 ** retry.tries, RETRY_MAX);
+    retry.tries += 1;
+    retry.due = Date.now() + delay;
+    retry.timer = setTimeout(() => {
+      retry.timer = null;
+      clearInterval(retry.ticker);
+      retry.ticker = null;
+      showRetry();
+      if (retry.channels.size) retry.sent = subscribeTo([...retry.channels]);
+    }, delay);
+    clearInterval(retry.ticker);
+    retry.ticker = setInterval(showRetry, 1000);
+    log("resync", `Redis unavailable: subscribing again in ${delay / 1000} s`,
+        [...retry.channels].join(", "));
+    showRetry();
+  }
+
+  function subscribedTo(channels) {
+    const retried = retry.tries;
+    channels.forEach((c) => retry.channels.delete(c));
+    if (retry.channels.size) return;
+    stopRetry(true);
+    if (retried) log("info", `subscribed after ${retried} ${retried === 1 ? "retry" : "retries"}`);
   }
 
   function handle(frame) {
@@ -84,6 +163,7 @@
         log("message", JSON.stringify(frame.data), frame.channel);
         break;
       case "subscribed": {
+        asked.delete(frame.id);
         frame.channels.forEach((c) => subscribed.add(c));
         const recovered = frame.recovered || {};
         for (const [channel, position] of Object.entries(frame.positions || {})) {
@@ -95,6 +175,7 @@
           log(ok ? "info" : "resync",
               ok ? "recovered the missed messages" : "could not recover: refetch", channel);
         }
+        subscribedTo(frame.channels);
         render();
         break;
       }
@@ -117,9 +198,15 @@
       case "resync":
         log("resync", `messages may have been missed on ${frame.channels.join(", ")}`);
         break;
-      case "error":
+      case "error": {
         log("error", `${frame.code}: ${frame.message}`);
+        let channels = asked.get(frame.id) || [];
+        asked.delete(frame.id);
+        // A retry's channels unsubscribed meanwhile are not asked for again.
+        if (frame.id === retry.sent) channels = channels.filter((c) => retry.channels.has(c));
+        if (channels.length && frame.code === "unavailable") scheduleRetry(channels);
         break;
+      }
       case "join":
       case "leave": // presence: who came and went (up to the channel's join_leave_limit)
         log("info", `${frame.user} ${frame.type === "join" ? "joined" : "left"}`, frame.channel);
@@ -134,19 +221,18 @@
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const url = `${scheme}${location.host}/ws`;
     // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
-    socket = token ? new WebSocket(url, ["bearer", token]) : new WebSocket(url);
+    const ws = token ? new WebSocket(url, ["bearer", token]) : new WebSocket(url);
+    socket = ws;
     setStatus("connecting", "connecting...");
     socket.onopen = () => {
       setStatus("open", `connected (${token ? "token" : "session cookie"})`);
-      const wanted = subscribed.size ? [...subscribed] : ["system:broadcast"];
-      subscribed.clear();
-      const recover = {};
-      for (const channel of wanted) {
-        if (positions.has(channel)) recover[channel] = positions.get(channel);
-      }
-      const frame = { type: "subscribe", channels: wanted };
-      if (Object.keys(recover).length) frame.recover = recover;
-      send(frame);
+      // The channels subscribed before, and those still waiting for a retry.
+      const wanted = new Set([...subscribed, ...retry.channels]);
+      if (!wanted.size) wanted.add("system:broadcast");
+      subscribed.clear(); // until the reply: "none" while a retry is pending
+      render();
+      stopRetry(true);
+      subscribeTo([...wanted]);
     };
     socket.onmessage = (event) => {
       try {
@@ -156,8 +242,11 @@
       }
     };
     socket.onclose = (event) => {
+      if (socket !== ws) return; // replaced (a new login): the new socket's state stays
       const why = CLOSE_REASONS[event.code] || "closed";
       socket = null;
+      asked.clear();
+      stopRetry(false); // the channels waiting are subscribed again on the next connect
       setStatus("closed", `disconnected (${event.code}: ${why})`);
       log("info", `socket closed: ${event.code} ${why}`);
     };
@@ -220,10 +309,13 @@
   $("disconnect").addEventListener("click", () => socket && socket.close(1000));
   $("subscribe-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    send({ type: "subscribe", channels: [$("channel").value.trim()] });
+    subscribeTo([$("channel").value.trim()]);
   });
   $("unsubscribe").addEventListener("click", () => {
-    send({ type: "unsubscribe", channels: [$("channel").value.trim()] });
+    const channel = $("channel").value.trim();
+    if (retry.channels.delete(channel) && !retry.channels.size) stopRetry(true);
+    showRetry();
+    send({ type: "unsubscribe", channels: [channel] });
   });
   $("publish-form").addEventListener("submit", (event) => {
     event.preventDefault();

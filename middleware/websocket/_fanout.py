@@ -329,7 +329,10 @@ class Fanout:
             if entry.mending is None or entry.mending.gap:
                 break
             try:
-                page = await history.read(entry.name, since=since, limit=min(history.size, 10_000))
+                # As text, never decoded: what a client's recover costs (issue 15).
+                page = await history.read_payloads(
+                    entry.name, since=since, limit=min(history.size, 10_000)
+                )
                 break
             except (RedisUnavailable, OSError) as exc:
                 failure = type(exc).__name__

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway_redis.pubsub import HistoryPage, Message, Position
+from gateway_redis.pubsub import Message, PayloadPage, Position
 from middleware.websocket import _protocol as proto
+from middleware.websocket._connection import Frame
 
 if TYPE_CHECKING:
-    from middleware.websocket._connection import Connection, Frame
+    from middleware.websocket._connection import Connection
     from middleware.websocket._fanout import ChannelEntry
 
 __all__ = ["Held", "mended", "pass_held"]
@@ -76,23 +77,26 @@ def pass_held(entry: ChannelEntry, message: Message) -> list[Connection]:
 
 def mended(
     entry: ChannelEntry,
-    page: HistoryPage | None,
+    page: PayloadPage | None,
     held: Held,
     frame: Callable[[str, Message], Frame],
 ) -> int:
-    """Send ``entry``'s sockets what history gave back (``page``; None when it could not
-    be read) and then what was ``held``, each offset once; ``resync`` first when the gap
-    cannot be filled. Returns the number of messages sent."""
-    missed = list(page.messages) if page is not None and page.recovered else None
-    if missed and page is not None and missed[-1].offset != page.position.offset:
-        missed = None  # more than one read's worth: a resync is cheaper
-    if missed is None or held.gap:
+    """Send ``entry``'s sockets what history gave back (``page``: the stored JSON text,
+    never decoded; None when it could not be read) and then what was ``held``, each
+    offset once; ``resync`` first when the gap cannot be filled. Returns the number of
+    messages sent."""
+    missed = None if held.gap else _from_history(entry, page)
+    if missed is None:
         text = proto.resync_frame([entry.name])
         for conn in entry.sockets:
             conn.push_control(text)
         missed = []
-    sent = 0
-    for message in [*missed, *held.messages]:
+    for text in missed:
+        shared = Frame(entry.name, text)
+        for conn in entry.sockets:
+            conn.push(shared)
+    sent = len(missed)
+    for message in held.messages:
         last = entry.last
         if message.offset is not None:
             if last is not None and last.epoch == message.epoch and message.offset <= last.offset:
@@ -103,3 +107,20 @@ def mended(
             conn.push(shared)
         sent += 1
     return sent
+
+
+def _from_history(entry: ChannelEntry, page: PayloadPage | None) -> list[str] | None:
+    # The message frames of what ``page`` holds past ``entry.last`` (moved to the last of
+    # them), built as a client's recover builds them; None when it does not fill the gap.
+    if page is None or not page.recovered:
+        return None
+    payloads, epoch, first = page.payloads, page.position.epoch, page.first
+    if payloads and first + len(payloads) - 1 != page.position.offset:
+        return None  # more than one read's worth: a resync is cheaper
+    last = entry.last
+    if last is not None and last.epoch == epoch and first <= last.offset:
+        payloads = payloads[last.offset + 1 - first :]  # sent already
+        first = last.offset + 1
+    if payloads:
+        entry.last = Position(epoch, first + len(payloads) - 1)
+    return proto.history_frames(entry.name, epoch, first, payloads)
