@@ -15,6 +15,8 @@ import collections
 import gc
 import json
 import os
+import sys
+import time
 import tracemalloc
 from collections.abc import Awaitable
 from typing import Any
@@ -100,5 +102,25 @@ class MemoryProbe:
         return out
 
 
+def _log_collections() -> None:
+    """With ``DENSITY_GC_LOG=1``: every generation-2 collection, its pause and what it
+    went through, to stderr (the server's log; keep it with ``BENCH_KEEP_LOG=1``)."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pause = (time.perf_counter() - started[0]) * 1000
+            print(f"gen-2 collection: {pause:.0f} ms, {info['collected']} collected",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    gc.callbacks.append(callback)
+
+
 def create() -> ASGIApp:
+    if os.environ.get("DENSITY_GC_LOG"):
+        _log_collections()
     return MemoryProbe(create_app())

@@ -13,7 +13,8 @@ heavier form than a socket needs. This subclass changes three of them and nothin
 (same frames, same ASGI events, same close codes, same flow control):
 
 - the handshake's parsed request and the prepared response (``websockets``' ``Request`` and
-  ``Response`` with their ``Headers``, about 2 KB): dropped once the handshake is answered;
+  ``Response`` with their ``Headers``, about 4 KB): dropped once the handshake is answered
+  (the request's headers emptied, as ``websockets``' parser keeps the request itself);
 - the receive queue, an :class:`asyncio.Queue` (three deques and an
   :class:`asyncio.Event` with a fourth, about 3 KB): an :class:`Inbox` with the three
   methods the protocol calls; it never holds more than a message and a disconnect, since
@@ -138,7 +139,10 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
-        # The request was turned into the ASGI scope (or answered, when refused).
+        # The request was turned into the ASGI scope (or answered, when refused). websockets'
+        # parser still holds it (a local of its generator, for the socket's life): its
+        # headers, copied into the scope, go.
+        event.headers.clear()
         del self.request
 
     def start_keepalive(self) -> None:

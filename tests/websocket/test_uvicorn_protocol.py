@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ import uvicorn
 import websockets
 from starlette.types import Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
 
 from gateway_redis.embedded import free_port
 from middleware.uvicorn_protocol import Gate, Inbox, LeanWebSocketProtocol
@@ -180,6 +182,12 @@ async def test_messages_both_ways_and_the_handshake_objects_are_released() -> No
             assert not hasattr(protocol, "response")
             assert isinstance(protocol.queue, Inbox)
             assert isinstance(protocol.writable, Gate)
+            # websockets' parser keeps the server's request object: its headers are gone
+            # (the client's own request, in this process too, keeps them).
+            requests = [o for o in gc.get_objects() if isinstance(o, Request)]
+            assert ws.request in requests
+            assert len(requests) == 2
+            assert [r.headers for r in requests if r.headers and r is not ws.request] == []
             await ws.close(4001, "client done")
         for _ in range(200):
             if endpoints.disconnects:
