@@ -26,6 +26,8 @@ secret) seals the verified tokens cached in Redis (L2, ``JWTSettings.cache_key``
 it L2 is not used for tokens (a warning says so at startup). ``POST /auth/logout-all``
 (with a token) logs its subject out everywhere: its sessions are deleted and every token
 of it issued so far is refused on every instance (``revoke_subject``; its sockets close).
+``GATEWAY_GC_THRESHOLDS`` sets Python's garbage collector for a process holding many
+sockets (default ``10000,10,100``; ``off``: Python's own): :mod:`examples.collector`.
 
 Everything is wired by one :class:`~middleware.Gateway` (``create_app``): its middleware
 (one fused layer) runs, outermost first, sessions (cookie; during a Redis outage only
@@ -50,6 +52,7 @@ from fastapi.responses import JSONResponse
 from examples.apikeys import api_key_settings, install_apikeys
 from examples.auth import ROLES, GatewayKeys, error, install_auth
 from examples.cached import cached_settings, install_cached
+from examples.collector import collector_thresholds, tuned_collector
 from examples.guards import LoginGuards
 from examples.limited import install_limited, limited_settings
 from examples.openapi import declare_responses
@@ -110,6 +113,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
         api_keys=api_key_settings(env, ROLES),  # GATEWAY_API_KEYS: examples.apikeys
     )
     guards = LoginGuards.from_env(env, gateway.client)
+    thresholds = collector_thresholds(env)  # GATEWAY_GC_THRESHOLDS: examples.collector
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,8 +121,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> FastAPI:
             await embedded.astart()
             log.warning("no Redis configured: using an embedded server at %s", config.url)
         try:
-            async with gateway.lifespan(app):
-                yield
+            with tuned_collector(thresholds):
+                async with gateway.lifespan(app):
+                    yield
         finally:
             if embedded is not None:
                 embedded.cleanup()
