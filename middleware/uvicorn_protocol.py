@@ -41,22 +41,46 @@ __all__ = ["Gate", "Inbox", "LeanWebSocketProtocol"]
 _T = TypeVar("_T")
 
 
-def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
-    for waiter in waiters or ():
-        if not waiter.done():
-            waiter.set_result(None)
-            return
+class _Waiters:
+    """The futures of the tasks waiting on an :class:`Inbox` or a :class:`Gate`, oldest
+    first (a list only while one waits)."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def _enlist(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        return waiter
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters = None
+
+    def _wake(self, *, every: bool) -> None:
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+                if not every:
+                    return
 
 
-class Inbox(Generic[_T]):
+class Inbox(_Waiters, Generic[_T]):
     """A FIFO with :class:`asyncio.Queue`'s ``put_nowait``, ``get`` and ``empty`` (unbounded,
     fair to concurrent getters, no item lost to a cancelled ``get``) in two small lists."""
 
-    __slots__ = ("_items", "_waiters")
+    __slots__ = ("_items",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._items: list[_T] = []
-        self._waiters: list[asyncio.Future[None]] | None = None  # getters waiting, oldest first
 
     def empty(self) -> bool:
         return not self._items
@@ -66,48 +90,37 @@ class Inbox(Generic[_T]):
 
     def put_nowait(self, item: _T) -> None:
         self._items.append(item)
-        _wake_one(self._waiters)
+        self._wake(every=False)
 
     async def get(self) -> _T:
         while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
+            waiter = self._enlist()
             try:
                 await waiter
             except BaseException:
-                # Woken, then cancelled before running: hand the wake-up to the next getter.
+                self._forget(waiter)
                 if waiter.done() and not waiter.cancelled() and self._items:
-                    self._waiters.remove(waiter)
-                    _wake_one(self._waiters)
+                    self._wake(every=False)  # woken, then cancelled: the next getter's turn
                 raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                if not self._waiters:
-                    self._waiters = None
+            self._forget(waiter)
         return self._items.pop(0)
 
 
-class Gate:
+class Gate(_Waiters):
     """A flag with :class:`asyncio.Event`'s ``set``, ``clear``, ``is_set`` and ``wait``."""
 
-    __slots__ = ("_open", "_waiters")
+    __slots__ = ("_open",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._open = False
-        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         return self._open
 
     def set(self) -> None:
         self._open = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake(every=True)
 
     def clear(self) -> None:
         self._open = False
@@ -115,15 +128,11 @@ class Gate:
     async def wait(self) -> bool:
         if self._open:
             return True
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
+        waiter = self._enlist()
         try:
             await waiter
         finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+            self._forget(waiter)
         return True
 
 

@@ -19,6 +19,7 @@ through the same contract, so the twin cannot drift from what it stands in for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -42,6 +43,9 @@ from gateway_redis.sessions.codec import new_id
 from gateway_redis.support import check_seconds
 from middleware import InvalidToken, TokenClaims
 from middleware.jwt.claims import build_claims
+from middleware.websocket._auth import Identity
+from middleware.websocket._connection import Connection
+from middleware.websocket.limits import WebSocketLimits
 
 __all__ = ["ManualClock", "MemoryPermissions", "MemorySessionStore", "MemoryValidator"]
 
@@ -366,3 +370,27 @@ class MemoryPermissions:
         for role in claims.roles:
             granted |= self.roles.get(role, frozenset())
         return frozenset(granted)
+
+
+async def _never_received() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    return {}
+
+
+async def _sent_nowhere(_message: Any) -> None:
+    return None
+
+
+async def _not_handled(_conn: Connection, _text: str) -> None:
+    return None
+
+
+def idle_connection(
+    identity: Identity, *, principal: Any = None, limits: WebSocketLimits | None = None
+) -> Connection:
+    """A bridge :class:`Connection` whose client sends nothing and whose frames go nowhere
+    (its outbox is read with ``_take``); ``principal`` is only asked what a test asks."""
+    return Connection(
+        send=_sent_nowhere, receive=_never_received, identity=identity,
+        principal=principal, limits=limits or WebSocketLimits(), handle=_not_handled,
+    )  # fmt: skip

@@ -4,37 +4,18 @@ the frames it holds, in order, batched like any others."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from middleware.websocket._auth import Identity
 from middleware.websocket._connection import Connection, Frame
 from middleware.websocket.limits import WebSocketLimits
-
-
-async def _receive() -> dict[str, Any]:
-    await asyncio.Event().wait()
-    return {}
-
-
-async def _send(_message: Any) -> None:
-    return None
-
-
-async def _nothing(_conn: Connection, _text: str) -> None:
-    return None
+from tests.twins import idle_connection
 
 
 def socket(**limits: Any) -> Connection:
-    return Connection(
-        send=_send,
-        receive=_receive,
-        identity=Identity(subject="s", user="u", method="token", cookie=False),
-        principal=object(),  # type: ignore[arg-type]  # never asked here
-        limits=WebSocketLimits(**limits),
-        handle=_nothing,
-    )
+    identity = Identity(subject="s", user="u", method="token", cookie=False)
+    return idle_connection(identity, limits=WebSocketLimits(**limits))
 
 
 def frames(sent: list[str]) -> list[Any]:

@@ -19,7 +19,7 @@ from middleware.websocket._connection import Connection
 from middleware.websocket._fanout import ChannelEntry
 from middleware.websocket._reauthorize import Reauthorizer
 from middleware.websocket.channels import ChannelPolicy, ChannelRule
-from middleware.websocket.limits import WebSocketLimits
+from tests.twins import idle_connection
 
 POLICY = ChannelPolicy(
     [
@@ -81,29 +81,10 @@ class Principal:
             self.inflight -= 1
 
 
-async def _nothing(_conn: Connection, _text: str) -> None:
-    return None
-
-
-async def _receive() -> dict[str, Any]:
-    await asyncio.Event().wait()
-    return {}
-
-
-async def _send(_message: Any) -> None:
-    return None
-
-
 def socket(principal: Any, *channels: str) -> Connection:
     subject = principal.subject
-    conn = Connection(
-        send=_send,
-        receive=_receive,
-        identity=Identity(subject=subject, user=id_digest(subject), method="token", cookie=False),
-        principal=principal,
-        limits=WebSocketLimits(),
-        handle=_nothing,
-    )
+    identity = Identity(subject=subject, user=id_digest(subject), method="token", cookie=False)
+    conn = idle_connection(identity, principal=principal)
     for name in channels:
         conn.channels[name] = ChannelEntry(name)
     return conn

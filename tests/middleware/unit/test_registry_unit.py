@@ -4,31 +4,16 @@ socket keeps it without a set, for density)."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from gateway_redis.sessions import id_digest
 from middleware.jwt.claims import TokenClaims
 from middleware.websocket._auth import Identity
 from middleware.websocket._connection import Connection
 from middleware.websocket._registry import Registry
 from middleware.websocket.limits import WebSocketLimits
+from tests.twins import idle_connection
 
 LIMITS = WebSocketLimits()
 ANN = id_digest("ann")
-
-
-async def _receive() -> dict[str, Any]:
-    await asyncio.Event().wait()
-    return {}
-
-
-async def _send(_message: Any) -> None:
-    return None
-
-
-async def _nothing(_conn: Connection, _text: str) -> None:
-    return None
 
 
 def claims(sub: str, jti: str, iat: int = 100) -> TokenClaims:
@@ -43,11 +28,7 @@ def socket(user: str, token: TokenClaims | None = None, session: str | None = No
         subject=user, user=id_digest(user), method="token" if token else "session",
         cookie=False, claims=token, session_key=session,
     )  # fmt: skip
-    return Connection(
-        send=_send, receive=_receive, identity=identity,
-        principal=object(),  # type: ignore[arg-type]  # never asked here
-        limits=LIMITS, handle=_nothing,
-    )  # fmt: skip
+    return idle_connection(identity, limits=LIMITS)
 
 
 def registry() -> Registry:
