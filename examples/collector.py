@@ -14,7 +14,7 @@ young collections waits longer for a full one (a little more memory held between
 
 ``GATEWAY_GC_THRESHOLDS``: three integers for :func:`gc.set_threshold` (default
 ``10000,10,100``) or ``off`` (Python's own). The previous thresholds are restored when the
-app's lifespan ends.
+app's lifespan ends (unless they were changed meanwhile).
 """
 
 from __future__ import annotations
@@ -59,4 +59,5 @@ def tuned_collector(thresholds: tuple[int, int, int] | None) -> Iterator[None]:
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        if gc.get_threshold() == thresholds:  # else changed since (another app's ended first)
+            gc.set_threshold(*before)

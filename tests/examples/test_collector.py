@@ -43,6 +43,20 @@ def test_thresholds_hold_while_the_block_runs(thresholds_kept: tuple[int, int, i
     assert gc.get_threshold() == thresholds_kept
 
 
+def test_two_apps_ending_in_either_order_leave_the_thresholds_as_found(
+    thresholds_kept: tuple[int, int, int],
+) -> None:
+    first, second = tuned_collector((5000, 20, 50)), tuned_collector((5000, 20, 50))
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first app ends first
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == thresholds_kept
+    with tuned_collector((5000, 20, 50)), tuned_collector((6000, 20, 50)):
+        assert gc.get_threshold() == (6000, 20, 50)
+    assert gc.get_threshold() == thresholds_kept
+
+
 async def test_the_gateway_tunes_the_collector_during_its_lifespan(
     redis_server: EmbeddedRedis, thresholds_kept: tuple[int, int, int]
 ) -> None:
