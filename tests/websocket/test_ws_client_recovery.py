@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -74,21 +75,32 @@ class Printed:
         raise AssertionError(f"timed out; got {self.lines()}")
 
 
-async def test_cli_client_reconnects_and_recovers(
-    gateway: Gateway, client: RedisClient, capsys: pytest.CaptureFixture[str]
-) -> None:
-    history = ChannelHistory(client, size=1000, ttl=300)  # the example's system:broadcast
+@contextlib.asynccontextmanager
+async def cli_client(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str], count: int
+) -> AsyncIterator[tuple[CuttingProxy, asyncio.Task[int], Printed]]:
+    """The CLI client as bob, subscribed to ``system:broadcast`` and reconnecting, through
+    a :class:`CuttingProxy` to ``gateway``, until ``count`` messages came (30 s at most)."""
     proxy = CuttingProxy(gateway.port)
     port = await proxy.start()
     args = argparse.Namespace(
         base=f"http://127.0.0.1:{port}", url=None, login=None, token=mint("bob"), header=False,
-        subscribe=["system:broadcast"], publish=[], count=30, seconds=30.0, reconnect=True,
+        subscribe=["system:broadcast"], publish=[], count=count, seconds=30.0, reconnect=True,
     )  # fmt: skip
     task = asyncio.create_task(ws_client.run(args))
-    printed = Printed(capsys)
-    lines, until = printed.lines, printed.until
-
     try:
+        yield proxy, task, Printed(capsys)
+    finally:
+        task.cancel()
+        await proxy.aclose()
+
+
+async def test_cli_client_reconnects_and_recovers(
+    gateway: Gateway, client: RedisClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = ChannelHistory(client, size=1000, ttl=300)  # the example's system:broadcast
+    async with cli_client(gateway, capsys, count=30) as (proxy, task, printed):
+        until = printed.until
         await until(lambda got: any(f["type"] == "subscribed" for f in got))
         for n in range(1, 11):
             await history.publish("system:broadcast", {"n": n})
@@ -100,10 +112,7 @@ async def test_cli_client_reconnects_and_recovers(
         for n in range(21, 31):
             await history.publish("system:broadcast", {"n": n})
         assert await asyncio.wait_for(task, 10) == 0
-    finally:
-        task.cancel()
-        await proxy.aclose()
-    got = lines()
+    got = printed.lines()
     messages = [f["data"]["n"] for f in got if f["type"] == "message"]
     assert messages == list(range(1, 31))
     replies = [f for f in got if f["type"] == "subscribed"]
@@ -117,37 +126,27 @@ async def test_cli_client_subscribes_again_after_unavailable(
     """Redis is down when the client reconnects: its subscribe is answered ``unavailable``;
     the client sends it again (1 s, 2 s, ... apart) until Redis is back, then gets the
     channel's messages."""
-    async with gateway_factory(redis_url=fault_server.url) as gateway:
-        proxy = CuttingProxy(gateway.port)
-        port = await proxy.start()
-        args = argparse.Namespace(
-            base=f"http://127.0.0.1:{port}", url=None, login=None, token=mint("bob"),
-            header=False, subscribe=["system:broadcast"], publish=[], count=3, seconds=30.0,
-            reconnect=True,
-        )  # fmt: skip
-        task = asyncio.create_task(ws_client.run(args))
-        printed = Printed(capsys)
-        lines, until = printed.lines, printed.until
+    async with (
+        gateway_factory(redis_url=fault_server.url) as gateway,
+        cli_client(gateway, capsys, count=3) as (proxy, task, printed),
+    ):
+        until = printed.until
 
         def unavailable(got: list[dict[str, Any]]) -> int:
             return sum(f["type"] == "error" and f.get("code") == "unavailable" for f in got)
 
-        try:
-            await until(lambda got: any(f["type"] == "subscribed" for f in got))
-            await asyncio.to_thread(fault_server.kill)
-            proxy.cut()  # the client reconnects after a second, Redis still down
-            await until(lambda got: unavailable(got) >= 2)  # asked again, refused again
-            await asyncio.to_thread(fault_server.start)
-            await until(lambda got: sum(f["type"] == "subscribed" for f in got) == 2)
-            async with RedisClient(RedisConfig(url=fault_server.url)) as publisher:
-                history = ChannelHistory(publisher, size=1000, ttl=300)
-                for n in range(1, 4):
-                    await history.publish("system:broadcast", {"n": n})
-            assert await asyncio.wait_for(task, 10) == 0
-        finally:
-            task.cancel()
-            await proxy.aclose()
-    got = lines()
+        await until(lambda got: any(f["type"] == "subscribed" for f in got))
+        await asyncio.to_thread(fault_server.kill)
+        proxy.cut()  # the client reconnects after a second, Redis still down
+        await until(lambda got: unavailable(got) >= 2)  # asked again, refused again
+        await asyncio.to_thread(fault_server.start)
+        await until(lambda got: sum(f["type"] == "subscribed" for f in got) == 2)
+        async with RedisClient(RedisConfig(url=fault_server.url)) as publisher:
+            history = ChannelHistory(publisher, size=1000, ttl=300)
+            for n in range(1, 4):
+                await history.publish("system:broadcast", {"n": n})
+        assert await asyncio.wait_for(task, 10) == 0
+    got = printed.lines()
     assert [f["data"]["n"] for f in got if f["type"] == "message"] == [1, 2, 3]
     refused = [f for f in got if f["type"] == "error"]
     assert refused
