@@ -128,8 +128,9 @@ class Registry:
         """Session hook: look dropped sessions up; close a user's sockets."""
         if event["op"] == "drop":  # deleted, regenerated or merely updated: look it up
             for key in event["ids"]:
-                if key in self._sessions:
-                    self._recheck.update(self._sessions.get(key))
+                conns = self._sessions.get(key)
+                if conns:
+                    self._recheck.update(conns)
                     self._recheck_wake.set()
         else:
             for conn in list(self._users.get(event["user"])):
@@ -245,9 +246,6 @@ class _Index(Generic[_K]):
 
     def __init__(self) -> None:
         self._map: dict[_K, Connection | set[Connection]] = {}
-
-    def __contains__(self, key: _K) -> bool:
-        return key in self._map
 
     def get(self, key: _K) -> Collection[Connection]:
         """The sockets under ``key`` (do not change the collection returned)."""
