@@ -220,8 +220,10 @@ async def wait_attentively(awaitable: Awaitable[T], seconds: float) -> T:
     the wait is watched in steps of ``seconds / 8``; a step that ends late (the loop was
     busy) counts as one step, not as the time it took. So an idle loop times out after
     ``seconds`` as usual, and a busy one only after eight steps in which the loop ran and
-    the answer still was not there. On a timeout, a coroutine's task is cancelled until it
-    has ended (insistently, like :class:`Deadline`); a future is cancelled.
+    the answer still was not there. On a timeout, and when the wait itself is cancelled, a
+    coroutine's task is cancelled until it has ended (insistently, like :class:`Deadline`:
+    redis-py can swallow a cancellation), so nothing it does outlives the wait; a future is
+    cancelled.
     """
     loop = _running_loop()
     future = asyncio.ensure_future(awaitable)
@@ -237,11 +239,23 @@ async def wait_attentively(awaitable: Awaitable[T], seconds: float) -> T:
             if counted >= seconds * (1 - 1e-9):
                 break
     except asyncio.CancelledError:
-        future.cancel()
+        await _end(future)
         raise
+    if await _end(future):
+        raise asyncio.CancelledError
+    raise asyncio.TimeoutError(f"no answer within {seconds}s of the loop's attention")
+
+
+async def _end(future: asyncio.Future[T]) -> bool:
+    """Cancel ``future`` until it has ended, even while the caller is cancelled again (a
+    closing client cancels its tasks repeatedly); True if the caller was."""
+    cancelled = False
     while not future.done():
         future.cancel()
-        await asyncio.wait((future,), timeout=_RECANCEL)
+        try:
+            await asyncio.wait((future,), timeout=_RECANCEL)
+        except asyncio.CancelledError:
+            cancelled = True
     if not future.cancelled():
         future.exception()  # retrieved: what it raised while being cancelled is moot
-    raise asyncio.TimeoutError(f"no answer within {seconds}s of the loop's attention")
+    return cancelled
