@@ -237,10 +237,22 @@ class Presences:
         self._writing = set(pending)
         try:
             await self._write_all(list(pending.items()))
+        except asyncio.CancelledError:
+            self._requeue(pending)  # stopped mid-write (shutdown): aclose writes them again
+            raise
         finally:
             self._writing = set()
             written, self._written = self._written, asyncio.Event()
             written.set()
+
+    def _requeue(self, pending: dict[str, dict[str, PresenceMember | None]]) -> None:
+        # Writes are idempotent, so a batch whose writes may or may not have happened is
+        # queued again; an op queued since (newer) wins over the batch's.
+        for channel, ops in pending.items():
+            for conn_id, member in ops.items():
+                newer = self._pending.get(channel)
+                if newer is None or conn_id not in newer:
+                    self._queue(channel, conn_id, member)
 
     async def _settled(self, channel: str) -> None:
         # A read waits (at most _READ_WAIT) for this instance's queued writes of the

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
 from gateway_redis import RedisClient
+from gateway_redis.pubsub import ChannelPresence
 from middleware import Gateway as ComposedGateway
 from middleware import JWTSettings, WebSocketSettings
 from middleware.websocket import ChannelPolicy, ChannelRule, WebSocketLimits
@@ -236,3 +237,38 @@ async def test_with_the_queue_full_the_heartbeat_joins_and_the_ttl_removes(
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+async def test_a_leave_being_written_at_shutdown_is_written_all_the_same(
+    client: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A socket closes; its leave is being written when the bridge shuts down, which
+    # cancels the presence task mid-write. The leave must not be lost with the task:
+    # the final flush writes it (before, only leaves still queued were: the member stayed
+    # present for a whole TTL, and a test reading the channel next saw a ghost).
+    policy = ChannelPolicy([ChannelRule("rooms:*", subscribe=True, presence=True)])
+    jwt = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+    websocket = WebSocketSettings(policy=policy, limits=WebSocketLimits(presence_ttl=60))
+    composed = ComposedGateway(client, jwt=jwt, websocket=websocket)
+    app = Starlette(lifespan=composed.lifespan)
+    composed.install(app)
+    store = ChannelPresence(client, ttl=60)
+    original = ChannelPresence.leave
+    held = asyncio.Event()
+
+    async def leave_held_once(self: ChannelPresence, channel: str, conns: Any) -> Any:
+        if not held.is_set():
+            held.set()
+            await asyncio.Event().wait()  # until the task is cancelled
+        return await original(self, channel, conns)
+
+    async with serve_app(app) as gateway:
+        staying, leaving = [await gateway.connect(mint(u)) for u in ("staying", "leaving")]
+        await subscribe(staying, "rooms:shutdown")
+        await subscribe(leaving, "rooms:shutdown")
+        assert await stats(staying, "rooms:shutdown") == (2, 2)
+        monkeypatch.setattr(ChannelPresence, "leave", leave_held_once)
+        await leaving.close()
+        await asyncio.wait_for(held.wait(), 5)  # the leave is in flight
+    # the gateway has shut down: "staying" was closed by it, "leaving" before it
+    assert (await store.presence_stats("rooms:shutdown")).connections == 0
