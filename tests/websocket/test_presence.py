@@ -82,6 +82,18 @@ async def stats(ws: ClientConnection, channel: str) -> tuple[int, int]:
     return reply["connections"], reply["users"]
 
 
+def rooms_app(client: RedisClient, *, presence_ttl: float) -> Starlette:
+    """An in-process gateway whose ``rooms:*`` channels have presence."""
+    policy = ChannelPolicy([ChannelRule("rooms:*", subscribe=True, presence=True)])
+    jwt = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
+    limits = WebSocketLimits(presence_ttl=presence_ttl)
+    websocket = WebSocketSettings(policy=policy, limits=limits)
+    composed = ComposedGateway(client, jwt=jwt, websocket=websocket)
+    app = Starlette(lifespan=composed.lifespan)
+    composed.install(app)
+    return app
+
+
 async def test_presence_across_two_instances_one_killed(redis_server: Any) -> None:
     extra = {"GATEWAY_WS_PRESENCE_TTL": str(TTL)}
     with (
@@ -214,13 +226,7 @@ async def test_with_the_queue_full_the_heartbeat_joins_and_the_ttl_removes(
     # counted); subscribes are answered all the same, the heartbeat (every ttl / 3)
     # joins the sockets and the TTL removes the closed ones.
     monkeypatch.setattr(presence_module, "_MAX_PENDING", 0)
-    policy = ChannelPolicy([ChannelRule("rooms:*", subscribe=True, presence=True)])
-    jwt = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    websocket = WebSocketSettings(policy=policy, limits=WebSocketLimits(presence_ttl=1))
-    composed = ComposedGateway(client, jwt=jwt, websocket=websocket)
-    app = Starlette(lifespan=composed.lifespan)
-    composed.install(app)
-    async with serve_app(app) as gateway:
+    async with serve_app(rooms_app(client, presence_ttl=1)) as gateway:
         sockets = await asyncio.gather(*(gateway.connect(mint(f"u{i}")) for i in range(6)))
         try:
             await asyncio.gather(*(subscribe(ws, "rooms:a") for ws in sockets))
@@ -246,12 +252,7 @@ async def test_a_leave_being_written_at_shutdown_is_written_all_the_same(
     # cancels the presence task mid-write. The leave must not be lost with the task:
     # the final flush writes it (before, only leaves still queued were: the member stayed
     # present for a whole TTL, and a test reading the channel next saw a ghost).
-    policy = ChannelPolicy([ChannelRule("rooms:*", subscribe=True, presence=True)])
-    jwt = JWTSettings(algorithms=("HS256",), key=SECRET, issuer=ISSUER, audience=AUDIENCE)
-    websocket = WebSocketSettings(policy=policy, limits=WebSocketLimits(presence_ttl=60))
-    composed = ComposedGateway(client, jwt=jwt, websocket=websocket)
-    app = Starlette(lifespan=composed.lifespan)
-    composed.install(app)
+    app = rooms_app(client, presence_ttl=60)
     store = ChannelPresence(client, ttl=60)
     original = ChannelPresence.leave
     held = asyncio.Event()
