@@ -49,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import telemetry
 from middleware._memo import Memo
+from middleware.csrf import SAFE_METHODS, CSRFMiddleware
 from middleware.errors import ServiceUnavailable
 from middleware.jwt.authenticator import AuthenticationPin
 from middleware.jwt.middleware import GatewayUser, JWTMiddleware
@@ -57,7 +58,8 @@ from middleware.rbac.permissions import PermissionCache, PermissionPin
 from middleware.scope import CLAIMS_KEY, PERMISSIONS_KEY, SESSION_KEY
 from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager, SessionPin
-from middleware.sessions.middleware import SessionMiddleware, SessionResponder
+from middleware.sessions.middleware import SessionMiddleware
+from middleware.sessions.responder import SessionResponder
 from middleware.telemetry import ATTR_JWT_RESULT, ATTR_RBAC_RESULT, ATTR_SESSION_RESULT
 
 __all__ = ["GatewayMiddleware"]
@@ -105,6 +107,9 @@ class GatewayMiddleware:
         sessions: Middleware | None = None,
     ) -> None:
         self.app = app
+        # CSRF protection, when it is the next layer, has nothing to do for a safe method:
+        # a warm safe request skips its frame (the chain's requests still go through it).
+        self._app_when_safe = app.app if type(app) is CSRFMiddleware else app
         inner: ASGIApp = app
         self._rbac: RBACMiddleware | None = None
         self._permissions: PermissionCache | None = None
@@ -223,9 +228,10 @@ class GatewayMiddleware:
         scope[CLAIMS_KEY] = claims
         if context is not None:
             scope[PERMISSIONS_KEY] = context
+        app = self._app_when_safe if scope["method"] in SAFE_METHODS else self.app
         sessions = self._sessions
         if sessions is None:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         manager: Any = self._manager  # set whenever sessions is
         if session_pin is None:
@@ -237,7 +243,7 @@ class GatewayMiddleware:
         scope[SESSION_KEY] = handle
         responder = SessionResponder(sessions, scope, receive, send, handle)
         try:
-            await self.app(scope, receive, responder.wrapped_send)
+            await app(scope, receive, responder.wrapped_send)
         except ServiceUnavailable as error:
             if responder.started:
                 raise

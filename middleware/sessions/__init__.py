@@ -5,7 +5,8 @@ client's one :class:`~gateway_redis.SessionStore` and in-memory twins implement)
 :mod:`~middleware.sessions.manager` (:class:`SessionManager`: the store behind an L1
 cache), :mod:`~middleware.sessions.handle` (:class:`SessionHandle`, :class:`SessionData`:
 per-request state), :mod:`~middleware.sessions.cookie` (:class:`SessionCookie`) and
-:mod:`~middleware.sessions.middleware` (:class:`SessionMiddleware`).
+:mod:`~middleware.sessions.middleware` (:class:`SessionMiddleware`) with
+:mod:`~middleware.sessions.responder` (its per-response part).
 """
 
 from __future__ import annotations

@@ -276,7 +276,12 @@ class SessionHandle:
         self._load(session)  # refreshes data in place from what was stored
         return session
 
-    def _needs_save(self) -> bool:
+    def before_response(self) -> bool:
+        """Whether there may be anything to do before the response starts: a save, or the
+        session ID to set or clear (False for a warm request that wrote nothing)."""
+        return self._issue or self._clear or self.needs_save()
+
+    def needs_save(self) -> bool:
         """Whether :meth:`save` may have anything to do (False when nothing was written)."""
         if self._session is None:
             return bool(self.data)  # save() only logs that the data is discarded

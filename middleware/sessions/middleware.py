@@ -48,7 +48,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_redis import telemetry
 from gateway_redis.errors import RedisUnavailable, SessionNotFound
@@ -63,9 +63,10 @@ from middleware.scope import SESSION_KEY
 from middleware.sessions.cookie import TOKEN_CHARS, SessionCookie
 from middleware.sessions.handle import SessionHandle
 from middleware.sessions.manager import SessionManager
+from middleware.sessions.responder import SessionResponder
 from middleware.telemetry import ATTR_SESSION_RESULT
 
-__all__ = ["DEFAULT_COOKIE", "SessionMiddleware", "SessionResponder"]
+__all__ = ["DEFAULT_COOKIE", "SessionMiddleware"]
 
 _log = logging.getLogger(__name__)
 DEFAULT_COOKIE = SessionCookie()
@@ -232,8 +233,8 @@ class SessionMiddleware:
             clear = True  # unknown or ended: the client should drop it
         except RedisUnavailable:
             if not self._anonymous_on_outage(route_path(scope)):
-                error = ServiceUnavailable("session_unavailable", retry_after=self._retry_after)
-                await self._on_error(scope, error)(scope, receive, send)
+                error = ServiceUnavailable("session_unavailable")
+                await self.error_response(scope, error)(scope, receive, send)
                 return None
             available = False
         return SessionHandle(self._manager, session, available, stale_id=clear)
@@ -320,7 +321,14 @@ class SessionMiddleware:
         # Two different values (cookie tossing, a stale parent-domain cookie): trust neither.
         return found.pop() if len(found) == 1 else None
 
-    def _response_headers(self, handle: SessionHandle, headers: MutableHeaders) -> None:
+    def error_response(self, scope: Scope, error: ServiceUnavailable) -> ASGIApp:
+        """The response to ``error`` (a session store outage): ``on_error``'s, with this
+        layer's ``Retry-After``."""
+        error.retry_after = self._retry_after
+        return self._on_error(scope, error)
+
+    def response_headers(self, handle: SessionHandle, headers: MutableHeaders) -> None:
+        """Set (issued) or clear (ended) the session ID on a response's ``headers``."""
         session = handle.session
         if handle.issued and session is not None:
             max_age = max(1, int(session.expires_at.timestamp() - time.time()))
@@ -347,54 +355,3 @@ class SessionMiddleware:
                 type(exc).__name__,
                 extra=log_fields("sessions", "session_save_failed", type(exc).__name__),
             )
-
-
-class SessionResponder:
-    """Per-request state of one HTTP response: saves before the headers go out.
-
-    The app runs with :meth:`wrapped_send`; a :class:`ServiceUnavailable` it raises before
-    the response started becomes the 503 of :meth:`fail`.
-    """
-
-    __slots__ = ("handle", "middleware", "receive", "replaced", "scope", "send", "started")
-
-    def __init__(
-        self,
-        middleware: SessionMiddleware,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        handle: SessionHandle,
-    ) -> None:
-        self.middleware, self.scope, self.receive, self.send = middleware, scope, receive, send
-        self.handle = handle
-        self.started = self.replaced = False
-
-    async def fail(self, error: ServiceUnavailable) -> None:
-        """Answer with ``on_error``'s response to ``error`` (the app's own is dropped)."""
-        self.started = self.replaced = True
-        error.retry_after = self.middleware._retry_after
-        await self.middleware._on_error(self.scope, error)(self.scope, self.receive, self.send)
-
-    async def wrapped_send(self, message: Message) -> None:
-        """The ``send`` the app gets: saves the session (and sets or clears its cookie and
-        header) before ``http.response.start`` goes out; a failed save becomes a 503."""
-        if self.started:
-            if not self.replaced:
-                await self.send(message)
-            return  # else the app's own response was replaced by a 503
-        if message["type"] == "http.response.start":
-            handle = self.handle
-            if handle._needs_save():
-                try:
-                    await handle.save()
-                except ServiceUnavailable as error:
-                    await self.fail(error)
-                    return
-            self.started = True
-            # Issued or ended (the properties, spelled out): else the headers stay as they are.
-            if (handle._issue or handle._clear) and (handle.issued or handle.ended):
-                headers = MutableHeaders(raw=list(message.get("headers", [])))
-                self.middleware._response_headers(handle, headers)
-                message = {**message, "headers": headers.raw}
-        await self.send(message)
