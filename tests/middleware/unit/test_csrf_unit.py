@@ -23,7 +23,7 @@ from middleware import (
     csrf_token,
     get_session_handle,
 )
-from middleware.csrf import CSRF_SESSION_KEY
+from middleware.csrf import CSRF_SESSION_KEY, SAFE_METHODS
 
 SITE = "https://testserver"
 EVIL = "https://evil.example"
@@ -230,3 +230,27 @@ def test_bad_middleware_arguments_raise_value_error() -> None:
         CSRFMiddleware(app, cookie_names=())
     with pytest.raises(ValueError, match="settings"):
         CSRFMiddleware(app, settings={"header_name": "x"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", sorted(SAFE_METHODS))
+async def test_a_safe_method_passes_through_untouched(method: str) -> None:
+    # GatewayMiddleware relies on this: it sends a warm request with a safe method past
+    # this layer. A cross-site request with the session cookie and no token still reaches
+    # the app, with the very scope, receive and send this layer got.
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body is not read")
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    headers = [(b"origin", EVIL.encode()), (b"sec-fetch-site", b"cross-site")]
+    headers.append((b"cookie", b"__Host-session=abc"))
+    scope = {"type": "http", "method": method, "path": "/change", "headers": headers}
+    await CSRFMiddleware(app)(scope, receive, send)
+    assert seen == [(scope, receive, send)]
+    assert seen[0][0] is scope
