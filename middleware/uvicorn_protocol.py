@@ -99,11 +99,11 @@ class Inbox(_Waiters, Generic[_T]):
             try:
                 await waiter
             except BaseException:
-                self._forget(waiter)
                 if waiter.done() and not waiter.cancelled() and self._items:
                     self._wake(every=False)  # woken, then cancelled: the next getter's turn
                 raise
-            self._forget(waiter)
+            finally:
+                self._forget(waiter)
         return self._items.pop(0)
 
 

@@ -47,7 +47,13 @@ from middleware.websocket._auth import Identity
 from middleware.websocket._connection import Connection
 from middleware.websocket.limits import WebSocketLimits
 
-__all__ = ["ManualClock", "MemoryPermissions", "MemorySessionStore", "MemoryValidator"]
+__all__ = [
+    "ManualClock",
+    "MemoryPermissions",
+    "MemorySessionStore",
+    "MemoryValidator",
+    "idle_connection",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ID_TAIL = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
